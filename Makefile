@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a helper.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedmsr-installed
+# Ray must bind loopback only (DESIGN.md); exported for every recipe.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: setup demo test bench clean
+
+# torch 2.13.0 first: it is the local CPU wheel; letting pip resolve torch from
+# flwr/opacus' ranges could pull a multi-GB CUDA build instead.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/fedmsr run --devices 8 --rounds 5 --seed 0
+
+# pytest exits 5 when it collects no test; that is not a failure of the suite.
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+bench: setup
+	$(BIN)/python bench/dp_step.py
+	$(BIN)/python bench/round_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

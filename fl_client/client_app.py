@@ -1,0 +1,119 @@
+"""The device's Flower ClientApp: check-in, local VIB training, local evaluation.
+
+Stateless by design: every instruction arrives in the message (see `messages.py`) and the
+device's clips are regenerated deterministically from the fleet spec (or, on a real
+device, read from its own storage). Raw frames never leave this function: replies carry
+model arrays, scalar metrics and the DP event the training incurred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_client.messages import (
+    ARRAYS_KEY,
+    CHECKIN_ACTION,
+    CONFIG_KEY,
+    DEVICE_KEY,
+    DP_EVENT_KEY,
+    METRICS_KEY,
+    WEIGHT_KEY,
+    Instructions,
+    dp_event_to_record,
+)
+from fl_client.synthetic import ClipBatch, FleetSpec, device_clips, device_profile, stack_clips
+from fl_client.trainer import train_local
+from privacy.encoder import build_model, encode, load_numpy_state
+from privacy.vib import kl_bits
+
+app = ClientApp()
+
+
+def device_index(context: Context) -> int:
+    """The device this SuperNode is: `device-index` on real nodes, `partition-id` in simulation."""
+    node_config = context.node_config
+    for key in ("device-index", "partition-id"):
+        if key in node_config:
+            return int(node_config[key])
+    raise ValueError("node config has neither 'device-index' nor 'partition-id'; "
+                     "start the SuperNode with --node-config 'device-index=N'")
+
+
+@lru_cache(maxsize=8)
+def local_clips(spec: FleetSpec, device: int, split: str) -> ClipBatch:
+    """The device's own footage: training days, or the days after them for evaluation."""
+    if not 0 <= device < spec.num_devices:
+        raise ValueError(f"device index {device} is outside the fleet of {spec.num_devices}")
+    days = range(spec.days) if split == "train" else range(spec.days, spec.days + 1)
+    return stack_clips(device_clips(spec, device, days=days))
+
+
+def round_seed(base_seed: int, server_round: int, device: int) -> int:
+    """A per-(round, device) seed: resumed rounds redo exactly what they would have done."""
+    return int(np.random.SeedSequence([base_seed, server_round, device]).generate_state(1)[0])
+
+
+def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+@app.query(CHECKIN_ACTION)
+def checkin(msg: Message, context: Context) -> Message:
+    """Answer the server's roll call: who this device is and how much footage it holds."""
+    spec = Instructions.from_record(msg.content[CONFIG_KEY]).fleet
+    device = device_index(context)
+    answer = ConfigRecord({
+        "device": device,
+        "profile": device_profile(spec, device),
+        "num-clips": int(local_clips(spec, device, "train").x.shape[0]),
+    })
+    return Message(RecordDict({DEVICE_KEY: answer}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the encoder on this device's clips, starting from the global weights."""
+    instructions = Instructions.from_record(msg.content[CONFIG_KEY])
+    device = device_index(context)
+    batch = local_clips(instructions.fleet, device, "train")
+    train_cfg = dataclasses.replace(
+        instructions.train,
+        seed=round_seed(instructions.train.seed, instructions.server_round, device),
+    )
+    result = train_local(instructions.model, arrays_of(msg.content[ARRAYS_KEY]),
+                         batch.x, batch.labels["activity"], train_cfg)
+    metrics = {key: float(value) for key, value in result.metrics.items()}
+    metrics[WEIGHT_KEY] = int(result.num_examples)
+    content = RecordDict({
+        ARRAYS_KEY: record_of(result.arrays),
+        METRICS_KEY: MetricRecord(metrics),
+        DEVICE_KEY: ConfigRecord({"device": device}),
+    })
+    if result.dp_event is not None:
+        content[DP_EVENT_KEY] = dp_event_to_record(result.dp_event)
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Rate of the global encoder on this device's newest footage (bits per clip)."""
+    instructions = Instructions.from_record(msg.content[CONFIG_KEY])
+    device = device_index(context)
+    batch = local_clips(instructions.fleet, device, "eval")
+    model = build_model(instructions.model)
+    load_numpy_state(model, arrays_of(msg.content[ARRAYS_KEY]))
+    mu, logvar = encode(model, batch.x)
+    metrics = MetricRecord({
+        "kl_bits": float(np.mean(kl_bits(mu, logvar))),
+        WEIGHT_KEY: int(batch.x.shape[0]),
+    })
+    return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)

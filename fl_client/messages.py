@@ -1,0 +1,72 @@
+"""What the server and a device say to each other, as plain data.
+
+The device side owns the format (a device build must not need the server), so the
+server imports these builders from here. Every instruction the ClientApp acts on travels
+in the message's ConfigRecord: the ClientApp keeps no state between messages, which is
+what lets a run resume on any SuperNode after a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+from fl_client.synthetic import FleetSpec
+from fl_client.trainer import TrainConfig
+from privacy.dp_event import PoissonGaussianEvent
+from privacy.encoder import EncoderConfig
+
+CHECKIN_ACTION = "checkin"
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+DP_EVENT_KEY = "dp_event"
+DEVICE_KEY = "device"
+WEIGHT_KEY = "num-examples"
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """One round's instructions to a device: which round, which data, how to train."""
+
+    server_round: int
+    fleet: FleetSpec
+    model: EncoderConfig
+    train: TrainConfig
+
+    def to_record(self) -> ConfigRecord:
+        flat: dict[str, Any] = {"server-round": self.server_round}
+        for prefix, part in (("fleet", self.fleet), ("model", self.model), ("train", self.train)):
+            for key, value in dataclasses.asdict(part).items():
+                flat[f"{prefix}.{key}"] = value
+        return ConfigRecord(flat)
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> Instructions:
+        """Rebuild and validate; a missing or mistyped key raises ValueError naming it."""
+        parts: dict[str, dict[str, Any]] = {"fleet": {}, "model": {}, "train": {}}
+        for key, value in record.items():
+            prefix, _, name = key.partition(".")
+            if prefix in parts:
+                parts[prefix][name] = value
+        try:
+            server_round = int(record["server-round"])
+            return cls(
+                server_round=server_round,
+                fleet=FleetSpec(**parts["fleet"]),
+                model=EncoderConfig(**parts["model"]),
+                train=TrainConfig(**parts["train"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed instructions from the server: {exc}") from exc
+
+
+def dp_event_to_record(event: PoissonGaussianEvent) -> ConfigRecord:
+    return ConfigRecord(event.to_dict())
+
+
+def dp_event_from_record(record: ConfigRecord) -> PoissonGaussianEvent:
+    return PoissonGaussianEvent.from_dict(dict(record))

@@ -1,0 +1,164 @@
+"""The run configuration: one typed, validated object for every way a run starts.
+
+`fedmsr run` builds it from CLI flags, `flwr run .` from the `[tool.flwr.app.config]`
+table (Flower's `context.run_config`), and `--resume` from the `run.json` a run wrote
+when it started. All three go through :func:`RunConfig.validate`, so a bad value is
+refused the same way whichever door it came in by: one line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+UTILITIES = ("supervised", "ssl", "both")
+IMAGE_SIZES = (32, 64)
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the fix."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.field_name = name
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a federated run (same config + seed -> same numbers)."""
+
+    devices: int = 8
+    rounds: int = 3
+    seed: int = 0
+    # synthetic fleet
+    days: int = 4
+    clips_per_day: int = 8
+    frames: int = 8
+    image_size: int = 32
+    eval_days: int = 2
+    # encoder and local training
+    latent_dim: int = 32
+    width: int = 32
+    utility: str = "supervised"
+    beta: float = 0.01
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    # DP-SGD on the devices
+    dp_sgd: bool = False
+    noise_multiplier: float = 1.0
+    clip_norm: float = 1.0
+    # orchestration
+    fraction_train: float = 1.0
+    min_train_devices: int = 1
+    round_timeout_s: float = 600.0
+    runs_dir: str = "runs"
+    run_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> RunConfig:
+        """Raise :class:`ConfigError` for the first bad field; return self when all good."""
+        _positive_int(self, "devices", "rounds", "days", "clips_per_day", "latent_dim", "width",
+                      "local_epochs", "batch_size", "min_train_devices")
+        _at_least(self, "eval_days", 2, "the server probes fit on one held-out day and test on another")
+        if not 8 <= self.frames <= 16:
+            raise ConfigError("frames", f"must be between 8 and 16, got {self.frames}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ConfigError("image_size", f"must be one of {IMAGE_SIZES}, got {self.image_size}")
+        if self.utility not in UTILITIES:
+            raise ConfigError("utility", f"must be one of {', '.join(UTILITIES)}, got {self.utility!r}")
+        if not self.beta >= 0:
+            raise ConfigError("beta", f"must be >= 0, got {self.beta}")
+        if not self.learning_rate > 0:
+            raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.dp_sgd and not self.noise_multiplier > 0:
+            raise ConfigError("noise_multiplier", f"must be > 0 with DP-SGD, got {self.noise_multiplier}")
+        if self.dp_sgd and not self.clip_norm > 0:
+            raise ConfigError("clip_norm", f"must be > 0 with DP-SGD, got {self.clip_norm}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError("fraction_train", f"must be in (0, 1], got {self.fraction_train}")
+        if self.min_train_devices > self.devices:
+            raise ConfigError("min_train_devices",
+                              f"{self.min_train_devices} is more than the fleet's {self.devices} devices")
+        if not self.round_timeout_s > 0:
+            raise ConfigError("round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+        if self.run_id and not _RUN_ID.match(self.run_id):
+            raise ConfigError("run_id", f"{self.run_id!r} is not a valid run id "
+                              "(letters, digits, '.', '_', '-'; at most 64 characters)")
+        return self
+
+    # -- (de)serialisation -------------------------------------------------------------
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any], source: str) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown setting in {source}")
+        try:
+            return cls(**dict(data)).validate()
+        except TypeError as exc:  # wrong type for a field that dataclasses cannot coerce
+            raise ConfigError("config", f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_user_config(cls, user_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's `context.run_config` (hyphenated keys of `[tool.flwr.app.config]`)."""
+        renames = {"num-server-rounds": "rounds", "num-devices": "devices",
+                   "local-epochs": "local_epochs"}
+        data: dict[str, Any] = {}
+        for key, value in user_config.items():
+            name = renames.get(key, key.replace("-", "_"))
+            data[name] = value
+        return cls.from_json_dict(_coerce_types(data), "[tool.flwr.app.config]")
+
+    def with_run_id(self, run_id: str) -> RunConfig:
+        return dataclasses.replace(self, run_id=run_id).validate()
+
+    def run_dir(self) -> Path:
+        if not self.run_id:
+            raise ConfigError("run_id", "is empty; the launcher assigns one before the run starts")
+        return Path(self.runs_dir) / self.run_id
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("run_id", f"no run configuration at {path}; is the run id right?") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError("run.json", f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise ConfigError("run.json", f"{path} must hold a JSON object")
+        return cls.from_json_dict(data, str(path))
+
+
+def _coerce_types(data: dict[str, Any]) -> dict[str, Any]:
+    """Flower's UserConfig has int/float/bool/str only: turn ints into floats where wanted."""
+    float_fields = {f.name for f in dataclasses.fields(RunConfig) if f.type == "float"}
+    return {k: float(v) if k in float_fields and isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in data.items()}
+
+
+def _positive_int(cfg: RunConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def _at_least(cfg: RunConfig, name: str, minimum: int, why: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an integer >= {minimum} ({why}), got {value!r}")

@@ -1,0 +1,206 @@
+"""The federation loop the ServerApp runs: check-in, train, aggregate, evaluate, checkpoint.
+
+One round, as data (DESIGN.md): roll call of the devices (a `query.checkin` message),
+seeded sampling among those that answered, train messages carrying the global arrays and
+the round's instructions, FedAvg over the replies that came back in time, held-out probes,
+then a checkpoint and the history files. Every round ends in a checkpoint, so a killed
+run resumes after its last finished round and never repeats one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from rich.console import Console
+
+from fl_client.client_app import arrays_of, record_of
+from fl_client.messages import (
+    CHECKIN_ACTION,
+    CONFIG_KEY,
+    DEVICE_KEY,
+    METRICS_KEY,
+    WEIGHT_KEY,
+    Instructions,
+)
+from fl_client.synthetic import ACTIVITIES, FleetSpec
+from fl_client.trainer import TrainConfig
+from fl_server.atomic import write_bytes_atomic, write_text_atomic
+from fl_server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
+from fl_server.config import RunConfig
+from fl_server.evaluation import HeldOut, evaluate_encoder
+from fl_server.history import write_history
+from fl_server.run_status import RunStatus, read_status, write_status
+from privacy.encoder import EncoderConfig, build_model, state_to_numpy
+from strategies.messaging import send_and_collect, wait_for_nodes
+from strategies.seeded_fedavg import SeededFedAvg
+
+#: The check-in and evaluation replies are small; they get a shorter deadline than training.
+QUERY_TIMEOUT_S = 120.0
+#: How long a round waits for the whole fleet to be connected before going on without it.
+NODE_WAIT_S = 60.0
+
+
+class RoundFailed(RuntimeError):
+    """A round could not produce a new global model (too few devices answered)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The per-run constants every round's instructions are built from."""
+
+    fleet: FleetSpec
+    model: EncoderConfig
+    train: TrainConfig
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Plan:
+        return cls(
+            fleet=FleetSpec(seed=cfg.seed, num_devices=cfg.devices, days=cfg.days,
+                            clips_per_day=cfg.clips_per_day, frames=cfg.frames,
+                            image_size=cfg.image_size),
+            model=EncoderConfig(image_size=cfg.image_size, frames=cfg.frames,
+                                latent_dim=cfg.latent_dim, width=cfg.width,
+                                num_activities=len(ACTIVITIES)),
+            train=TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                              lr=cfg.learning_rate, beta=cfg.beta, utility=cfg.utility,
+                              dp_sgd=cfg.dp_sgd, noise_multiplier=cfg.noise_multiplier,
+                              clip_norm=cfg.clip_norm, seed=cfg.seed),
+        )
+
+    def instructions(self, server_round: int) -> ConfigRecord:
+        return Instructions(server_round, self.fleet, self.model, self.train).to_record()
+
+
+def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None) -> None:
+    """Run (or resume) `cfg`'s federation to its planned number of rounds."""
+    console = console or Console()
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_rounds(grid, cfg, run_dir, console)
+    except BaseException as exc:
+        previous = read_status(run_dir)
+        done = previous.completed_rounds if previous else 0
+        write_status(run_dir, RunStatus("failed", cfg.rounds, completed_rounds=done,
+                                        reason=_reason(exc)))
+        raise
+
+
+def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console) -> None:
+    plan = Plan.from_config(cfg)
+    strategy = SeededFedAvg(seed=cfg.seed, fraction_train=cfg.fraction_train,
+                            min_train_nodes=cfg.min_train_devices,
+                            min_available_nodes=cfg.min_train_devices,
+                            weighted_by_key=WEIGHT_KEY, arrayrecord_key="arrays",
+                            configrecord_key=CONFIG_KEY)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        ckpt = Checkpoint(0, state_to_numpy(build_model(plan.model, seed=cfg.seed)))
+    else:
+        strategy.load_state(ckpt.strategy_state)
+        console.print(f"[bold]resuming[/] {cfg.run_id} after round {ckpt.server_round} "
+                      f"of {cfg.rounds}")
+    held_out = HeldOut.for_fleet(plan.fleet, cfg.eval_days)
+    arrays, history = ckpt.arrays, list(ckpt.history)
+    for server_round in range(ckpt.server_round + 1, cfg.rounds + 1):
+        write_status(run_dir, RunStatus("running", cfg.rounds, completed_rounds=server_round - 1))
+        arrays, record = _one_round(grid, cfg, plan, strategy, held_out, arrays, server_round)
+        history.append(record)
+        save_checkpoint(run_dir, Checkpoint(server_round, arrays, strategy.state(), history))
+        write_history(run_dir, history)
+        _print_round(console, record, cfg.rounds)
+    _save_final_model(run_dir, plan.model, arrays)
+    write_status(run_dir, RunStatus("completed", cfg.rounds, completed_rounds=cfg.rounds))
+
+
+def _one_round(
+    grid: Grid, cfg: RunConfig, plan: Plan, strategy: SeededFedAvg, held_out: HeldOut,
+    arrays: dict[str, np.ndarray], server_round: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    started = time.perf_counter()
+    devices = checkin(grid, plan, server_round)
+    if len(devices) < cfg.min_train_devices:
+        raise RoundFailed(f"round {server_round}: {len(devices)} devices checked in, "
+                          f"{cfg.min_train_devices} needed")
+    strategy.candidates = sorted(devices)
+    messages = list(strategy.configure_train(server_round, record_of(arrays),
+                                             plan.instructions(server_round), grid))
+    train_started = time.perf_counter()
+    replies = send_and_collect(grid, messages, cfg.round_timeout_s)
+    train_wall = time.perf_counter() - train_started
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    ok = [r for r in replies if not r.has_error()]
+    if new_arrays is None or train_metrics is None or len(ok) < cfg.min_train_devices:
+        raise RoundFailed(f"round {server_round}: {len(ok)} of {len(messages)} devices "
+                          f"returned an update, {cfg.min_train_devices} needed")
+    arrays = arrays_of(new_arrays)
+    eval_started = time.perf_counter()
+    probes = evaluate_encoder(plan.model, arrays, held_out, seed=cfg.seed)
+    client_seconds = [float(r.content[METRICS_KEY]["train_seconds"]) for r in ok]
+    record = {
+        "round": server_round,
+        "loss": float(train_metrics["loss"]),
+        "kl_bits": probes["kl_bits"],
+        "utility_acc": probes["utility_acc"],
+        "identity_acc": probes["identity_acc"],
+        "utility_chance": probes["utility_chance"],
+        "identity_chance": probes["identity_chance"],
+        "train_kl_bits": float(train_metrics["kl_bits"]),
+        "sampled": len(messages),
+        "responded": len(ok),
+        "failed": len(messages) - len(ok),
+        "devices": sorted(devices[r.metadata.src_node_id] for r in ok),
+        "train_phase_s": train_wall,
+        "client_train_s_sum": float(np.sum(client_seconds)),
+        "client_train_s_max": float(np.max(client_seconds)),
+        "eval_s": time.perf_counter() - eval_started,
+        "wall_s": time.perf_counter() - started,
+    }
+    return arrays, record
+
+
+def checkin(grid: Grid, plan: Plan, server_round: int) -> dict[int, int]:
+    """Roll call: map each answering node id to the device index it reports."""
+    nodes = wait_for_nodes(grid, plan.fleet.num_devices, NODE_WAIT_S)
+    content = RecordDict({CONFIG_KEY: plan.instructions(server_round)})
+    messages = [Message(content=content, message_type=f"{MessageType.QUERY}.{CHECKIN_ACTION}",
+                        dst_node_id=node_id) for node_id in nodes]
+    replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
+    devices: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        devices[reply.metadata.src_node_id] = int(reply.content[DEVICE_KEY]["device"])
+    return devices
+
+
+def _save_final_model(run_dir: Path, model: EncoderConfig, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(run_dir / "final_model.npz", buffer.getvalue())
+    write_text_atomic(run_dir / "final_model.json",
+                      json.dumps({"encoder": dataclasses.asdict(model)}, indent=2) + "\n")
+
+
+def _print_round(console: Console, record: dict[str, Any], rounds: int) -> None:
+    console.print(
+        f"round {record['round']:>3}/{rounds}  loss {record['loss']:.4f}  "
+        f"KL {record['kl_bits']:.2f} bits  utility acc {record['utility_acc']:.3f} "
+        f"(chance {record['utility_chance']:.3f})  identity acc {record['identity_acc']:.3f} "
+        f"(chance {record['identity_chance']:.3f})  devices {record['responded']}/"
+        f"{record['sampled']}  {record['wall_s']:.1f} s"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:500]

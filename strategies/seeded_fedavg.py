@@ -1,0 +1,57 @@
+"""FedAvg with seeded, checkpointable client sampling over the devices that checked in.
+
+Flower's `FedAvg.configure_train` samples from every connected node with the process-wide
+`random` module, so two runs with the same seed sample differently and a resumed run
+cannot redo the sampling it would have done. This subclass keeps its own
+`random.Random(seed)`, samples only among the candidates the server admitted at check-in,
+and exposes its RNG state so a checkpoint can restore it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+
+class SeededFedAvg(FedAvg):
+    """FedAvg whose sampling is a pure function of (seed, candidates, round history)."""
+
+    def __init__(self, *, seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._rng = random.Random(seed)
+        self.candidates: list[int] = []
+
+    def sample(self, candidates: Sequence[int]) -> list[int]:
+        """Draw `max(ceil(fraction * n), min_train_nodes)` distinct candidates (sorted input)."""
+        pool = sorted(candidates)
+        size = min(len(pool), max(math.ceil(len(pool) * self.fraction_train), self.min_train_nodes))
+        return sorted(self._rng.sample(pool, size))
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Like FedAvg's, but over `self.candidates` (set after check-in) with our own RNG."""
+        candidates = self.candidates or list(grid.get_node_ids())
+        node_ids = self.sample(candidates)
+        log(INFO, "configure_train: sampled %s of %s checked-in devices",
+            len(node_ids), len(candidates))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able sampling state for checkpoints."""
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
