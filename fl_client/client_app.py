@@ -45,12 +45,11 @@ def device_index(context: Context) -> int:
 
 
 @lru_cache(maxsize=8)
-def local_clips(spec: FleetSpec, device: int, split: str) -> ClipBatch:
-    """The device's own footage: training days, or the days after them for evaluation."""
+def local_clips(spec: FleetSpec, device: int, days: range) -> ClipBatch:
+    """The device's own footage for `days` (cached: a simulated device is asked every round)."""
     if not 0 <= device < spec.num_devices:
         raise ValueError(f"device index {device} is outside the fleet of {spec.num_devices}")
-    days = range(spec.days) if split == "train" else range(spec.days, spec.days + 1)
-    return stack_clips(device_clips(spec, device, days=days))
+    return stack_clips(device_clips(spec, device, days=list(days)))
 
 
 def round_seed(base_seed: int, server_round: int, device: int) -> int:
@@ -69,12 +68,13 @@ def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 @app.query(CHECKIN_ACTION)
 def checkin(msg: Message, context: Context) -> Message:
     """Answer the server's roll call: who this device is and how much footage it holds."""
-    spec = Instructions.from_record(msg.content[CONFIG_KEY]).fleet
+    instructions = Instructions.from_record(msg.content[CONFIG_KEY])
     device = device_index(context)
+    clips = local_clips(instructions.fleet, device, instructions.days("train"))
     answer = ConfigRecord({
         "device": device,
-        "profile": device_profile(spec, device),
-        "num-clips": int(local_clips(spec, device, "train").x.shape[0]),
+        "profile": device_profile(instructions.fleet, device),
+        "num-clips": int(clips.x.shape[0]),
     })
     return Message(RecordDict({DEVICE_KEY: answer}), reply_to=msg)
 
@@ -84,7 +84,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the encoder on this device's clips, starting from the global weights."""
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
     device = device_index(context)
-    batch = local_clips(instructions.fleet, device, "train")
+    batch = local_clips(instructions.fleet, device, instructions.days("train"))
     train_cfg = dataclasses.replace(
         instructions.train,
         seed=round_seed(instructions.train.seed, instructions.server_round, device),
@@ -108,7 +108,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Rate of the global encoder on this device's newest footage (bits per clip)."""
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
     device = device_index(context)
-    batch = local_clips(instructions.fleet, device, "eval")
+    batch = local_clips(instructions.fleet, device, instructions.days("eval"))
     model = build_model(instructions.model)
     load_numpy_state(model, arrays_of(msg.content[ARRAYS_KEY]))
     mu, logvar = encode(model, batch.x)

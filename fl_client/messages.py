@@ -36,9 +36,11 @@ class Instructions:
     fleet: FleetSpec
     model: EncoderConfig
     train: TrainConfig
+    #: The device trains on days [0, train_days); later days of `fleet` are evaluation days.
+    train_days: int
 
     def to_record(self) -> ConfigRecord:
-        flat: dict[str, Any] = {"server-round": self.server_round}
+        flat: dict[str, Any] = {"server-round": self.server_round, "train-days": self.train_days}
         for prefix, part in (("fleet", self.fleet), ("model", self.model), ("train", self.train)):
             for key, value in dataclasses.asdict(part).items():
                 flat[f"{prefix}.{key}"] = value
@@ -53,15 +55,25 @@ class Instructions:
             if prefix in parts:
                 parts[prefix][name] = value
         try:
-            server_round = int(record["server-round"])
-            return cls(
-                server_round=server_round,
+            instructions = cls(
+                server_round=int(record["server-round"]),
                 fleet=FleetSpec(**parts["fleet"]),
                 model=EncoderConfig(**parts["model"]),
                 train=TrainConfig(**parts["train"]),
+                train_days=int(record["train-days"]),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed instructions from the server: {exc}") from exc
+        if not 0 < instructions.train_days < instructions.fleet.days:
+            raise ValueError(f"malformed instructions from the server: train-days "
+                             f"{instructions.train_days} must be in 1..{instructions.fleet.days - 1}")
+        return instructions
+
+    def days(self, split: str) -> range:
+        """Training days, or the held-out days after them."""
+        if split == "train":
+            return range(self.train_days)
+        return range(self.train_days, self.fleet.days)
 
 
 def dp_event_to_record(event: PoissonGaussianEvent) -> ConfigRecord:

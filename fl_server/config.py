@@ -41,7 +41,7 @@ class RunConfig:
     clips_per_day: int = 8
     frames: int = 8
     image_size: int = 32
-    eval_days: int = 2
+    eval_days: int = 4
     # encoder and local training
     latent_dim: int = 32
     width: int = 32

@@ -1,6 +1,7 @@
 """Server-side evaluation on held-out synthetic footage: utility and privacy probes.
 
-The held-out set is every device's clips from the days *after* its training days. Probes
+The held-out set is every device's clips from the days *after* its training days (the
+fleet spec covers both; devices train only on the first `train_days`). Probes
 are fitted on the first half of those days and scored on the second half, so the
 identity probe measures cross-day re-identification, not memorisation of a clip.
 """
@@ -23,14 +24,12 @@ class HeldOut:
     test: ClipBatch
 
     @classmethod
-    def for_fleet(cls, spec: FleetSpec, eval_days: int) -> HeldOut:
+    def for_fleet(cls, spec: FleetSpec, train_days: int) -> HeldOut:
+        """Days [train_days, spec.days) are held out; fit on the first half, test on the rest."""
         devices = range(spec.num_devices)
-        first = spec.days
-        half = max(1, eval_days // 2)
-        return cls(
-            fit=fleet_batch(spec, devices, range(first, first + half)),
-            test=fleet_batch(spec, devices, range(first + half, first + eval_days)),
-        )
+        split = train_days + max(1, (spec.days - train_days) // 2)
+        return cls(fit=fleet_batch(spec, devices, range(train_days, split)),
+                   test=fleet_batch(spec, devices, range(split, spec.days)))
 
 
 def evaluate_encoder(

@@ -60,11 +60,14 @@ class Plan:
     fleet: FleetSpec
     model: EncoderConfig
     train: TrainConfig
+    train_days: int
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Plan:
+        """The fleet films `days` training days then `eval_days` held-out days."""
         return cls(
-            fleet=FleetSpec(seed=cfg.seed, num_devices=cfg.devices, days=cfg.days,
+            train_days=cfg.days,
+            fleet=FleetSpec(seed=cfg.seed, num_devices=cfg.devices, days=cfg.days + cfg.eval_days,
                             clips_per_day=cfg.clips_per_day, frames=cfg.frames,
                             image_size=cfg.image_size),
             model=EncoderConfig(image_size=cfg.image_size, frames=cfg.frames,
@@ -77,7 +80,8 @@ class Plan:
         )
 
     def instructions(self, server_round: int) -> ConfigRecord:
-        return Instructions(server_round, self.fleet, self.model, self.train).to_record()
+        return Instructions(server_round, self.fleet, self.model, self.train,
+                            self.train_days).to_record()
 
 
 def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None) -> None:
@@ -109,7 +113,7 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console) -> 
         strategy.load_state(ckpt.strategy_state)
         console.print(f"[bold]resuming[/] {cfg.run_id} after round {ckpt.server_round} "
                       f"of {cfg.rounds}")
-    held_out = HeldOut.for_fleet(plan.fleet, cfg.eval_days)
+    held_out = HeldOut.for_fleet(plan.fleet, plan.train_days)
     arrays, history = ckpt.arrays, list(ckpt.history)
     for server_round in range(ckpt.server_round + 1, cfg.rounds + 1):
         write_status(run_dir, RunStatus("running", cfg.rounds, completed_rounds=server_round - 1))
@@ -128,6 +132,7 @@ def _one_round(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     started = time.perf_counter()
     devices = checkin(grid, plan, server_round)
+    checkin_s = time.perf_counter() - started
     if len(devices) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(devices)} devices checked in, "
                           f"{cfg.min_train_devices} needed")
@@ -138,6 +143,7 @@ def _one_round(
     replies = send_and_collect(grid, messages, cfg.round_timeout_s)
     train_wall = time.perf_counter() - train_started
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    aggregate_s = time.perf_counter() - train_started - train_wall
     ok = [r for r in replies if not r.has_error()]
     if new_arrays is None or train_metrics is None or len(ok) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(ok)} of {len(messages)} devices "
@@ -159,7 +165,9 @@ def _one_round(
         "responded": len(ok),
         "failed": len(messages) - len(ok),
         "devices": sorted(devices[r.metadata.src_node_id] for r in ok),
+        "checkin_s": checkin_s,
         "train_phase_s": train_wall,
+        "aggregate_s": aggregate_s,
         "client_train_s_sum": float(np.sum(client_seconds)),
         "client_train_s_max": float(np.max(client_seconds)),
         "eval_s": time.perf_counter() - eval_started,
@@ -193,11 +201,11 @@ def _save_final_model(run_dir: Path, model: EncoderConfig, arrays: dict[str, np.
 
 def _print_round(console: Console, record: dict[str, Any], rounds: int) -> None:
     console.print(
-        f"round {record['round']:>3}/{rounds}  loss {record['loss']:.4f}  "
-        f"KL {record['kl_bits']:.2f} bits  utility acc {record['utility_acc']:.3f} "
-        f"(chance {record['utility_chance']:.3f})  identity acc {record['identity_acc']:.3f} "
-        f"(chance {record['identity_chance']:.3f})  devices {record['responded']}/"
-        f"{record['sampled']}  {record['wall_s']:.1f} s"
+        f"round {record['round']:>3}/{rounds} loss {record['loss']:.3f} "
+        f"KL {record['kl_bits']:.2f}b utility {record['utility_acc']:.2f}"
+        f"/{record['utility_chance']:.2f} identity {record['identity_acc']:.2f}"
+        f"/{record['identity_chance']:.2f} dev {record['responded']}/{record['sampled']} "
+        f"{record['wall_s']:.1f}s", soft_wrap=True, highlight=False
     )
 
 

@@ -99,6 +99,9 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     from fl_client.client_app import app as client_app
     from fl_server.server_app import make_server_app
 
+    # Opacus calls logging.basicConfig at import; without this every Flower DEBUG record
+    # would reach that root handler and flood the console.
+    logging.getLogger("flwr").propagate = False
     engine_error = ""
     try:
         run_simulation(server_app=make_server_app(cfg, console), client_app=client_app,
