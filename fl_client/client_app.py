@@ -67,15 +67,19 @@ def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 @app.query(CHECKIN_ACTION)
 def checkin(msg: Message, context: Context) -> Message:
-    """Answer the server's roll call: who this device is and how much footage it holds."""
+    """Answer the server's roll call: who this device is and how much footage it holds.
+
+    A node whose device index is outside the planned fleet (e.g. a federation with more
+    SuperNodes than devices) answers `in-fleet = false` and is left out, not failed.
+    """
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
     device = device_index(context)
-    clips = local_clips(instructions.fleet, device, instructions.days("train"))
-    answer = ConfigRecord({
-        "device": device,
-        "profile": device_profile(instructions.fleet, device),
-        "num-clips": int(clips.x.shape[0]),
-    })
+    in_fleet = 0 <= device < instructions.fleet.num_devices
+    answer = ConfigRecord({"device": device, "in-fleet": in_fleet})
+    if in_fleet:
+        clips = local_clips(instructions.fleet, device, instructions.days("train"))
+        answer["profile"] = device_profile(instructions.fleet, device)
+        answer["num-clips"] = int(clips.x.shape[0])
     return Message(RecordDict({DEVICE_KEY: answer}), reply_to=msg)
 
 

@@ -185,7 +185,7 @@ def checkin(grid: Grid, plan: Plan, server_round: int) -> dict[int, int]:
     replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
     devices: dict[int, int] = {}
     for reply in replies:
-        if reply.has_error():
+        if reply.has_error() or not reply.content[DEVICE_KEY]["in-fleet"]:
             continue
         devices[reply.metadata.src_node_id] = int(reply.content[DEVICE_KEY]["device"])
     return devices
