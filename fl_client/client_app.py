@@ -9,9 +9,11 @@ model arrays, scalar metrics and the DP event the training incurred.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from functools import lru_cache
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -83,19 +85,46 @@ def checkin(msg: Message, context: Context) -> Message:
     return Message(RecordDict({DEVICE_KEY: answer}), reply_to=msg)
 
 
+#: What a DP-SGD device reports besides its update: quantities fixed by the public plan
+#: (dataset size, steps) or by the hardware, never a function of its clips' content.
+DP_SAFE_METRICS = ("steps", "train_seconds", "sample_rate")
+
+
+def training_seed(instructions: Instructions, device: int) -> int:
+    """The seed of this device's local round.
+
+    Without DP it is derived from the run seed, round and device, so runs are exactly
+    reproducible and a resumed round redoes what it would have done. With DP-SGD it comes
+    from the OS CSPRNG: whoever knows the seed can regenerate the Gaussian noise (and the
+    Poisson batches) and subtract it from the update, so it must be a secret of the device.
+    DP runs are therefore not bit-reproducible, by design.
+    """
+    if instructions.train.dp_sgd:
+        return secrets.randbits(63)
+    return round_seed(instructions.train.seed, instructions.server_round, device)
+
+
+def reported_metrics(metrics: dict[str, float], dp_sgd: bool) -> dict[str, float]:
+    """Training metrics to send: all of them without DP, only plan-determined ones with it.
+
+    Loss and KL on the private clips are not covered by the DP-SGD guarantee (they are
+    computed without noise), so a DP device keeps them to itself.
+    """
+    kept = {k: float(v) for k, v in metrics.items() if not dp_sgd or k in DP_SAFE_METRICS}
+    return kept
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the encoder on this device's clips, starting from the global weights."""
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
     device = device_index(context)
     batch = local_clips(instructions.fleet, device, instructions.days("train"))
-    train_cfg = dataclasses.replace(
-        instructions.train,
-        seed=round_seed(instructions.train.seed, instructions.server_round, device),
-    )
+    train_cfg = dataclasses.replace(instructions.train, seed=training_seed(instructions, device))
     result = train_local(instructions.model, arrays_of(msg.content[ARRAYS_KEY]),
                          batch.x, batch.labels["activity"], train_cfg)
-    metrics = {key: float(value) for key, value in result.metrics.items()}
+    metrics: dict[str, float | int] = dict(reported_metrics(result.metrics,
+                                                            instructions.train.dp_sgd))
     metrics[WEIGHT_KEY] = int(result.num_examples)
     content = RecordDict({
         ARRAYS_KEY: record_of(result.arrays),
@@ -109,15 +138,25 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Rate of the global encoder on this device's newest footage (bits per clip)."""
+    """The global encoder on this device's held-out footage: rate and activity accuracy.
+
+    Only aggregate scalars go back; the representations themselves stay on the device.
+    A DP-SGD device declines: these scalars are computed on its private clips without
+    noise (the server does not ask it in DP runs; this is the device's own guard).
+    """
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
+    if instructions.train.dp_sgd:
+        raise PermissionError("a DP-SGD device does not release un-noised evaluation metrics")
     device = device_index(context)
     batch = local_clips(instructions.fleet, device, instructions.days("eval"))
     model = build_model(instructions.model)
     load_numpy_state(model, arrays_of(msg.content[ARRAYS_KEY]))
     mu, logvar = encode(model, batch.x)
+    with torch.no_grad():
+        predicted = model.activity_head(torch.from_numpy(mu)).argmax(dim=1).numpy()
     metrics = MetricRecord({
         "kl_bits": float(np.mean(kl_bits(mu, logvar))),
+        "activity_acc": float(np.mean(predicted == batch.labels["activity"])),
         WEIGHT_KEY: int(batch.x.shape[0]),
     })
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)

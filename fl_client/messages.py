@@ -54,6 +54,12 @@ class Instructions:
             prefix, _, name = key.partition(".")
             if prefix in parts:
                 parts[prefix][name] = value
+        # Every field must be sent: a missing one must not silently take a default.
+        for prefix, kind in (("fleet", FleetSpec), ("model", EncoderConfig), ("train", TrainConfig)):
+            missing = sorted({f.name for f in dataclasses.fields(kind)} - set(parts[prefix]))
+            if missing:
+                raise ValueError(f"malformed instructions from the server: missing "
+                                 f"{', '.join(f'{prefix}.{m}' for m in missing)}")
         try:
             instructions = cls(
                 server_round=int(record["server-round"]),

@@ -8,9 +8,12 @@ identity probe measures cross-day re-identification, not memorisation of a clip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from fl_client.synthetic import ClipBatch, FleetSpec, fleet_batch
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
@@ -33,14 +36,26 @@ class HeldOut:
 
 
 def evaluate_encoder(
-    model_cfg: EncoderConfig, arrays: dict[str, np.ndarray], held_out: HeldOut, seed: int
+    model_cfg: EncoderConfig, arrays: dict[str, np.ndarray], held_out: HeldOut, seed: int,
+    beta: float,
 ) -> dict[str, float]:
-    """Probe accuracies (activity = utility, wearer = identity) and the mean rate in bits."""
+    """Held-out VIB loss, probe accuracies (activity = utility, wearer = identity), rate.
+
+    `loss` is the supervised VIB objective on the server's own held-out clips
+    (activity cross-entropy of the model's head at z = mu, + beta * KL in nats): one number
+    comparable across runs with and without DP, computed from no device's private data.
+    """
     model = build_model(model_cfg, seed=seed)
     load_numpy_state(model, arrays)
     mu_fit, _ = encode(model, held_out.fit.x)
     mu_test, logvar_test = encode(model, held_out.test.x)
-    result = {"kl_bits": float(np.mean(kl_bits(mu_test, logvar_test)))}
+    with torch.no_grad():
+        logits = model.activity_head(torch.from_numpy(mu_test))
+        labels = torch.from_numpy(held_out.test.labels["activity"]).long()
+        cross_entropy = float(F.cross_entropy(logits, labels))
+    rate_bits = kl_bits(mu_test, logvar_test)
+    result = {"kl_bits": float(np.mean(rate_bits)),
+              "loss": cross_entropy + beta * float(np.mean(rate_bits)) * math.log(2)}
     for name, label in (("utility", "activity"), ("identity", "wearer")):
         y_fit, y_test = held_out.fit.labels[label], held_out.test.labels[label]
         result[f"{name}_acc"] = linear_probe_accuracy(mu_fit, y_fit, mu_test, y_test, seed)

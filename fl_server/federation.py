@@ -27,9 +27,11 @@ from fl_client.messages import (
     CHECKIN_ACTION,
     CONFIG_KEY,
     DEVICE_KEY,
+    DP_EVENT_KEY,
     METRICS_KEY,
     WEIGHT_KEY,
     Instructions,
+    dp_event_from_record,
 )
 from fl_client.synthetic import ACTIVITIES, FleetSpec
 from fl_client.trainer import TrainConfig
@@ -150,21 +152,30 @@ def _one_round(
                           f"returned an update, {cfg.min_train_devices} needed")
     arrays = arrays_of(new_arrays)
     eval_started = time.perf_counter()
-    probes = evaluate_encoder(plan.model, arrays, held_out, seed=cfg.seed)
+    # Devices' own evaluation metrics are un-noised functions of private clips: skipped
+    # under DP-SGD (and a DP device would decline anyway).
+    on_devices = {} if cfg.dp_sgd else federated_evaluate(
+        grid, plan, strategy, server_round, arrays, [r.metadata.src_node_id for r in ok])
+    probes = evaluate_encoder(plan.model, arrays, held_out, seed=cfg.seed, beta=cfg.beta)
     client_seconds = [float(r.content[METRICS_KEY]["train_seconds"]) for r in ok]
     record = {
         "round": server_round,
-        "loss": float(train_metrics["loss"]),
+        "loss": probes["loss"],
         "kl_bits": probes["kl_bits"],
         "utility_acc": probes["utility_acc"],
         "identity_acc": probes["identity_acc"],
         "utility_chance": probes["utility_chance"],
         "identity_chance": probes["identity_chance"],
-        "train_kl_bits": float(train_metrics["kl_bits"]),
+        # Device-reported (None under DP-SGD, where devices keep these to themselves).
+        "train_loss": _maybe(train_metrics, "loss"),
+        "train_kl_bits": _maybe(train_metrics, "kl_bits"),
+        "device_kl_bits": on_devices.get("kl_bits"),
+        "device_activity_acc": on_devices.get("activity_acc"),
         "sampled": len(messages),
         "responded": len(ok),
         "failed": len(messages) - len(ok),
         "devices": sorted(devices[r.metadata.src_node_id] for r in ok),
+        "dp_events": dp_events(ok, devices),
         "checkin_s": checkin_s,
         "train_phase_s": train_wall,
         "aggregate_s": aggregate_s,
@@ -174,6 +185,19 @@ def _one_round(
         "wall_s": time.perf_counter() - started,
     }
     return arrays, record
+
+
+def federated_evaluate(
+    grid: Grid, plan: Plan, strategy: SeededFedAvg, server_round: int,
+    arrays: dict[str, np.ndarray], node_ids: list[int],
+) -> dict[str, float]:
+    """The new global model on the devices' own held-out days (weighted means of scalars)."""
+    content = RecordDict({"arrays": record_of(arrays), CONFIG_KEY: plan.instructions(server_round)})
+    messages = [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
+                for node in node_ids]
+    replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
+    metrics = strategy.aggregate_evaluate(server_round, replies)
+    return {} if metrics is None else {k: float(v) for k, v in metrics.items()}
 
 
 def checkin(grid: Grid, plan: Plan, server_round: int) -> dict[int, int]:
@@ -207,6 +231,20 @@ def _print_round(console: Console, record: dict[str, Any], rounds: int) -> None:
         f"/{record['identity_chance']:.2f} dev {record['responded']}/{record['sampled']} "
         f"{record['wall_s']:.1f}s", soft_wrap=True, highlight=False
     )
+
+
+def dp_events(replies: list[Message], devices: dict[int, int]) -> list[dict[str, Any]]:
+    """The DP-SGD events the devices report for this round (accounted by the budget ledger)."""
+    events = []
+    for reply in replies:
+        if DP_EVENT_KEY in reply.content:
+            event = dp_event_from_record(reply.content[DP_EVENT_KEY])
+            events.append({"device": devices[reply.metadata.src_node_id], **event.to_dict()})
+    return sorted(events, key=lambda e: e["device"])
+
+
+def _maybe(metrics: Any, key: str) -> float | None:
+    return float(metrics[key]) if key in metrics else None
 
 
 def _reason(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from fl_server.atomic import write_text_atomic
 from fl_server.config import ConfigError, RunConfig
 from fl_server.run_status import RunStatus, read_status, write_status
 
-RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 ENGINE_FILE = "engine.json"
 PR_SET_PDEATHSIG = 1
 

@@ -85,3 +85,25 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path) -> None:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert [r["devices"] for r in history(run_dir)] == [r["devices"] for r in
                                                         history(tmp_path / "straight")]
+
+
+def test_dp_sgd_run_keeps_private_metrics_and_noise_seed_on_devices(tmp_path) -> None:
+    """Under DP-SGD a device sends only its update, its DP event and plan-fixed metrics,
+    and its noise comes from a device secret: two runs with one seed end differently."""
+    args = ["--devices", "2", "--rounds", "1", "--seed", "5", *SMALL, "--dp-sgd",
+            "--noise-multiplier", "1.3", "--clip", "0.7", "--runs-dir", str(tmp_path)]
+    for run_id in ("dp-a", "dp-b"):
+        result = fedmsr("run", *args, "--run-id", run_id)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (row,) = history(tmp_path / "dp-a")
+    assert row["train_loss"] is None and row["train_kl_bits"] is None
+    assert row["device_kl_bits"] is None and row["device_activity_acc"] is None
+    assert math.isfinite(row["loss"]) and math.isfinite(row["utility_acc"])
+    clips = 4 * 2  # clips per day x training days
+    assert [e["device"] for e in row["dp_events"]] == [0, 1]
+    for event in row["dp_events"]:
+        assert event["noise_multiplier"] == 1.3
+        assert event["sample_rate"] == min(1.0, 16 / clips)
+        assert event["steps"] == math.ceil(clips / 16)
+    a, b = _final(tmp_path / "dp-a"), _final(tmp_path / "dp-b")
+    assert any(not np.allclose(a[k], b[k]) for k in a)

@@ -1,0 +1,319 @@
+"""The privatization encoder: clip -> q(z | x) = N(mu, diag(exp(logvar))).
+
+Architecture (per clip ``x``: T frames of H x W RGB):
+
+* a per-frame convolutional stem + 2 conv stages, every conv followed by GroupNorm
+  (never BatchNorm: per-frame statistics only, nothing shared across clips) and SiLU.
+  All T frames of all clips go through each conv as *one* batch of N*T images
+  (``FrameConv2d`` / ``FrameGroupNorm`` take ``[N, T, C, H, W]``); the stem's stride is
+  ``image_size // 16`` so 32x32 and 64x64 clips both reach the stages at 16x16;
+* spatial mean pooling per frame, then temporal mean pooling over the T frames;
+* an MLP to ``(mu, logvar)`` of a ``latent_dim`` Gaussian (``logvar`` softly bounded to
+  ``[-8, 8]``);
+* heads on the sampled ``z``: an activity classifier; an SSL projector + predictor.
+
+DP-SGD: Opacus computes per-example gradients per layer from the layer's input and
+output gradient, with the batch on dim 0. ``FrameConv2d`` / ``FrameGroupNorm`` keep the
+*clip* on dim 0 (their inputs are ``[N, T, ...]``) and come with their own per-example
+gradient functions (registered below) that sum the T frames of each clip, so the unit
+Opacus clips is the clip, never a frame. The per-clip conv weight gradient is computed
+with the same kernel as an ordinary weight gradient (``convolution_backward`` on that
+clip's T frames), which is what keeps a DP step cheap on CPU. There is no bare
+``nn.Parameter`` on the top-level module and no buffer anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample import register_grad_sampler  # type: ignore[import-untyped]
+from torch import Tensor, nn
+
+from privacy.vib import VIBOutput
+
+LOGVAR_BOUND = 8.0
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    image_size: int = 32  # 32 or 64
+    frames: int = 8
+    latent_dim: int = 32
+    width: int = 32
+    num_activities: int = 8
+    proj_dim: int = 32
+
+    def __post_init__(self) -> None:
+        if self.image_size not in (32, 64):
+            raise ValueError(f"image_size must be 32 or 64, got {self.image_size!r}")
+        for name in ("frames", "latent_dim", "width", "num_activities", "proj_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.num_activities < 2:
+            raise ValueError(f"num_activities must be >= 2, got {self.num_activities}")
+        if self.width % 4:
+            raise ValueError(f"width must be a multiple of 4 (GroupNorm groups), got {self.width}")
+
+
+# --------------------------------------------------------------------------------------
+# Frame-batched layers with per-clip gradient samplers
+# --------------------------------------------------------------------------------------
+
+
+class FrameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` applied to every frame: ``[N, T, C, H, W] -> [N, T, C', H', W']``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t = x.shape[:2]
+        y = self._conv_forward(x.reshape(n * t, *x.shape[2:]), self.weight, self.bias)
+        return y.view(n, t, *y.shape[1:])
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` per frame: statistics over (C/G, H, W) of one frame of one clip."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t = x.shape[:2]
+        y = F.group_norm(x.reshape(n * t, *x.shape[2:]), self.num_groups, self.weight, self.bias,
+                         self.eps)
+        return y.view(x.shape)
+
+
+@register_grad_sampler(FrameConv2d)
+def _frame_conv_grad_sample(layer: FrameConv2d, activations: list[Tensor], backprops: Tensor):
+    """Per-clip gradients of a FrameConv2d: the frames of clip i summed, one clip at a time."""
+    x = activations[0].to(backprops.dtype)
+    n = x.shape[0]
+    ret: dict[Tensor, Tensor] = {}
+    if layer.weight.requires_grad:
+        gw = backprops.new_empty((n, *layer.weight.shape))
+        for i in range(n):
+            gw[i] = torch.ops.aten.convolution_backward(
+                backprops[i], x[i], layer.weight, None, list(layer.stride), list(layer.padding),
+                list(layer.dilation), False, [0, 0], layer.groups, [False, True, False],
+            )[1]
+        ret[layer.weight] = gw
+    if layer.bias is not None and layer.bias.requires_grad:
+        ret[layer.bias] = backprops.sum(dim=(1, 3, 4))
+    return ret
+
+
+@register_grad_sampler(FrameGroupNorm)
+def _frame_group_norm_grad_sample(layer: FrameGroupNorm, activations: list[Tensor],
+                                  backprops: Tensor):
+    """Per-clip gradients of FrameGroupNorm's affine parameters (frames summed)."""
+    x = activations[0].to(backprops.dtype)
+    n, t = x.shape[:2]
+    ret: dict[Tensor, Tensor] = {}
+    if layer.weight is not None and layer.weight.requires_grad:
+        xhat = F.group_norm(x.reshape(n * t, *x.shape[2:]), layer.num_groups, None, None,
+                            layer.eps).view(x.shape)
+        ret[layer.weight] = (backprops * xhat).sum(dim=(1, 3, 4))
+    if layer.bias is not None and layer.bias.requires_grad:
+        ret[layer.bias] = backprops.sum(dim=(1, 3, 4))
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2, 1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class FrameEncoder(nn.Module):
+    """Per-frame conv net + spatial and temporal mean pooling: ``[N,T,3,H,W] -> [N, F]``."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        w = cfg.width
+        stride = cfg.image_size // 16  # 2 at 32x32, 4 at 64x64: stages always see 16x16
+        self.stem = FrameConv2d(3, w, kernel_size=stride + 1, stride=stride, padding=stride // 2)
+        self.norm0 = FrameGroupNorm(_groups(w), w)
+        self.conv1 = FrameConv2d(w, 2 * w, kernel_size=3, stride=2, padding=1)  # -> 8x8
+        self.norm1 = FrameGroupNorm(_groups(2 * w), 2 * w)
+        self.conv2 = FrameConv2d(2 * w, 2 * w, kernel_size=3, stride=2, padding=1)  # -> 4x4
+        self.norm2 = FrameGroupNorm(_groups(2 * w), 2 * w)
+        self.out_features = 2 * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.silu(self.norm0(self.stem(x)))
+        h = F.silu(self.norm1(self.conv1(h)))
+        h = F.silu(self.norm2(self.conv2(h)))
+        return h.mean(dim=(3, 4)).mean(dim=1)
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.SiLU(), nn.Linear(d_hidden, d_out))
+
+
+class VIBModel(nn.Module):
+    """Encoder -> (mu, logvar); activity head on z; SSL projector + predictor on z."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = FrameEncoder(cfg)
+        f = self.encoder.out_features
+        self.posterior_head = _mlp(f, f, 2 * cfg.latent_dim)
+        self.activity_head = nn.Linear(cfg.latent_dim, cfg.num_activities)
+        hidden = max(cfg.proj_dim, cfg.latent_dim) * 2
+        self.projector = _mlp(cfg.latent_dim, hidden, cfg.proj_dim)
+        self.predictor = _mlp(cfg.proj_dim, hidden, cfg.proj_dim)
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x``: float [N, T, 3, H, W] in [0, 1] -> (mu, logvar), each [N, latent_dim]."""
+        stats = self.posterior_head(self.encoder(x))
+        mu, raw = stats.chunk(2, dim=1)
+        logvar = LOGVAR_BOUND * torch.tanh(raw / LOGVAR_BOUND)
+        return mu, logvar
+
+    def forward(self, x: Tensor, eps: Tensor | None = None, *, logits: bool = True,
+                online: bool = False) -> VIBOutput:
+        """Training forward: z = mu + exp(logvar / 2) * eps (eps = 0 gives z = mu)."""
+        mu, logvar = self.posterior(x)
+        z = mu if eps is None else mu + torch.exp(0.5 * logvar) * eps
+        out = VIBOutput(mu=mu, logvar=logvar, z=z)
+        if logits:
+            out.logits = self.activity_head(z)
+        if online:
+            out.online = self.predictor(self.projector(z))
+        return out
+
+    def target_projection(self, x: Tensor) -> Tensor:
+        """What the frozen target network produces for the other view: projector(mu)."""
+        mu, _ = self.posterior(x)
+        return self.projector(mu)
+
+
+def build_model(cfg: EncoderConfig, seed: int = 0) -> VIBModel:
+    """A freshly initialised model; the same (cfg, seed) gives the same weights."""
+    if not isinstance(cfg, EncoderConfig):
+        raise ValueError(f"cfg must be an EncoderConfig, got {type(cfg).__name__}")  # noqa: TRY004
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = VIBModel(cfg)
+    return model
+
+
+def frames_to_tensor(x: np.ndarray) -> Tensor:
+    """uint8 ``[N, T, H, W, 3]`` -> float32 ``[N, T, 3, H, W]`` in [0, 1]."""
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise ValueError(f"clips must be uint8, got dtype {x.dtype}")
+    if x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"clips must have shape [N, T, H, W, 3], got {x.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 1, 4, 2, 3)
+    return t.to(torch.float32).div_(255.0).contiguous()
+
+
+def check_clips(cfg: EncoderConfig, x: np.ndarray, name: str = "x") -> None:
+    """ValueError naming ``name`` unless ``x`` is uint8 [N, frames, size, size, 3]."""
+    shape = getattr(x, "shape", None)
+    want = (cfg.frames, cfg.image_size, cfg.image_size, 3)
+    if shape is None or len(shape) != 5 or tuple(shape[1:]) != want:
+        raise ValueError(
+            f"{name} must have shape [N, {cfg.frames}, {cfg.image_size}, {cfg.image_size}, 3] "
+            f"to match the EncoderConfig, got {shape}"
+        )
+    if np.asarray(x).dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 frames, got dtype {np.asarray(x).dtype}")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # Opacus' GradSampleModule keeps the original model as ._module
+    while hasattr(model, "_module") and isinstance(model._module, nn.Module):
+        model = model._module
+    return model
+
+
+@torch.no_grad()
+def encode(model: VIBModel, x: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior parameters of every clip, in eval mode without gradients.
+
+    Returns ``(mu, logvar)``, each float32 ``[N, latent_dim]``. Deterministic.
+    """
+    base = cast(VIBModel, _unwrap(model))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_clips(base.cfg, x)
+    was_training = base.training
+    base.eval()
+    try:
+        mus, lvs = [], []
+        for start in range(0, x.shape[0], batch_size):
+            mu, lv = base.posterior(frames_to_tensor(x[start:start + batch_size]))
+            mus.append(mu.numpy())
+            lvs.append(lv.numpy())
+    finally:
+        base.train(was_training)
+    d = base.cfg.latent_dim
+    if not mus:
+        return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32)
+    return (np.concatenate(mus).astype(np.float32, copy=False),
+            np.concatenate(lvs).astype(np.float32, copy=False))
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's full state as NumPy arrays (unwrapping an Opacus GradSampleModule)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in _unwrap(model).state_dict().items()}
+
+
+def load_numpy_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load ``arrays`` (same keys and shapes as ``state_to_numpy``) into ``model``."""
+    base = _unwrap(model)
+    own = base.state_dict()
+    missing = sorted(set(own) - set(arrays))
+    unexpected = sorted(set(arrays) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"model arrays do not match the EncoderConfig: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
+    state = {}
+    for key, ref in own.items():
+        value = np.asarray(arrays[key])
+        if tuple(value.shape) != tuple(ref.shape):
+            raise ValueError(
+                f"model array {key!r} has shape {value.shape}, expected {tuple(ref.shape)}"
+            )
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"model array {key!r} holds NaN or infinite values")
+        state[key] = torch.as_tensor(np.array(value, dtype=np.float32, copy=True))
+    base.load_state_dict(state, strict=True)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in _unwrap(model).parameters())
+
+
+__all__ = [
+    "LOGVAR_BOUND",
+    "EncoderConfig",
+    "FrameConv2d",
+    "FrameEncoder",
+    "FrameGroupNorm",
+    "VIBModel",
+    "build_model",
+    "check_clips",
+    "encode",
+    "frames_to_tensor",
+    "load_numpy_state",
+    "num_parameters",
+    "state_to_numpy",
+]

@@ -1,0 +1,57 @@
+"""Device-side message handling: instructions format, seeds, what a DP device releases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from flwr.app import ConfigRecord
+
+from fl_client.client_app import reported_metrics, training_seed
+from fl_client.messages import Instructions
+from fl_client.synthetic import FleetSpec
+from fl_client.trainer import TrainConfig
+from privacy.encoder import EncoderConfig
+
+
+def _instructions(dp: bool = False) -> Instructions:
+    return Instructions(server_round=3, fleet=FleetSpec(seed=1, num_devices=4, days=6),
+                        model=EncoderConfig(), train=TrainConfig(dp_sgd=dp, seed=9), train_days=4)
+
+
+def test_instructions_round_trip_through_a_config_record() -> None:
+    original = _instructions(dp=True)
+    record = original.to_record()
+    assert isinstance(record, ConfigRecord)
+    assert Instructions.from_record(record) == original
+    assert list(original.days("train")) == [0, 1, 2, 3]
+    assert list(original.days("eval")) == [4, 5]
+
+
+@pytest.mark.parametrize("drop", ["server-round", "train-days", "fleet.seed"])
+def test_malformed_instructions_name_the_key(drop: str) -> None:
+    record = _instructions().to_record()
+    del record[drop]
+    with pytest.raises(ValueError, match="malformed instructions"):
+        Instructions.from_record(record)
+
+
+def test_train_days_must_leave_eval_days() -> None:
+    bad = dataclasses.replace(_instructions(), train_days=6).to_record()
+    with pytest.raises(ValueError, match="train-days"):
+        Instructions.from_record(bad)
+
+
+def test_seed_is_reproducible_without_dp_and_secret_with_it() -> None:
+    plain = _instructions(dp=False)
+    assert training_seed(plain, 2) == training_seed(plain, 2) != training_seed(plain, 3)
+    dp = _instructions(dp=True)
+    assert len({training_seed(dp, 2) for _ in range(8)}) == 8
+
+
+def test_dp_device_reports_only_plan_determined_metrics() -> None:
+    metrics = {"loss": 1.2, "kl_bits": 3.0, "utility_loss": 1.0, "steps": 4.0,
+               "train_seconds": 0.3, "sample_rate": 0.5}
+    assert reported_metrics(metrics, dp_sgd=False) == metrics
+    assert reported_metrics(metrics, dp_sgd=True) == {"steps": 4.0, "train_seconds": 0.3,
+                                                     "sample_rate": 0.5}
