@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from fl_server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from fl_server.config import RunConfig
 from fl_server.evaluation import HeldOut, evaluate_encoder
 from fl_server.history import write_history
+from fl_server.observers import RoundObserver
 from fl_server.run_status import RunStatus, read_status, write_status
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from strategies.messaging import send_and_collect, wait_for_nodes
@@ -86,22 +88,26 @@ class Plan:
                             self.train_days).to_record()
 
 
-def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None) -> None:
+def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
+                   observers: Sequence[RoundObserver] = ()) -> None:
     """Run (or resume) `cfg`'s federation to its planned number of rounds."""
     console = console or Console()
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _run_rounds(grid, cfg, run_dir, console)
+        _run_rounds(grid, cfg, run_dir, console, observers)
     except BaseException as exc:
         previous = read_status(run_dir)
         done = previous.completed_rounds if previous else 0
-        write_status(run_dir, RunStatus("failed", cfg.rounds, completed_rounds=done,
-                                        reason=_reason(exc)))
+        status = RunStatus("failed", cfg.rounds, completed_rounds=done, reason=_reason(exc))
+        write_status(run_dir, status)
+        for observer in observers:
+            observer.run_finished(cfg, status)
         raise
 
 
-def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console) -> None:
+def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
+                observers: Sequence[RoundObserver]) -> None:
     plan = Plan.from_config(cfg)
     strategy = SeededFedAvg(seed=cfg.seed, fraction_train=cfg.fraction_train,
                             min_train_nodes=cfg.min_train_devices,
@@ -117,6 +123,8 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console) -> 
                       f"of {cfg.rounds}")
     held_out = HeldOut.for_fleet(plan.fleet, plan.train_days)
     arrays, history = ckpt.arrays, list(ckpt.history)
+    for observer in observers:
+        observer.run_started(cfg, ckpt.server_round)
     for server_round in range(ckpt.server_round + 1, cfg.rounds + 1):
         write_status(run_dir, RunStatus("running", cfg.rounds, completed_rounds=server_round - 1))
         arrays, record = _one_round(grid, cfg, plan, strategy, held_out, arrays, server_round)
@@ -124,8 +132,13 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console) -> 
         save_checkpoint(run_dir, Checkpoint(server_round, arrays, strategy.state(), history))
         write_history(run_dir, history)
         _print_round(console, record, cfg.rounds)
+        for observer in observers:
+            observer.round_finished(cfg, record)
     _save_final_model(run_dir, plan.model, arrays)
-    write_status(run_dir, RunStatus("completed", cfg.rounds, completed_rounds=cfg.rounds))
+    status = RunStatus("completed", cfg.rounds, completed_rounds=cfg.rounds)
+    write_status(run_dir, status)
+    for observer in observers:
+        observer.run_finished(cfg, status)
 
 
 def _one_round(

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from fl_server.config import RunConfig
 from fl_server.federation import run_federation
+from fl_server.sinks import observers_for
 
 app = ServerApp()
 
@@ -25,7 +26,7 @@ def main(grid: Grid, context: Context) -> None:
         cfg = cfg.with_run_id(f"flwr-{context.run_id}")
     cfg.run_dir().mkdir(parents=True, exist_ok=True)
     cfg.save(cfg.run_dir() / "run.json")
-    run_federation(grid, cfg)
+    run_federation(grid, cfg, observers=observers_for(cfg))
 
 
 def make_server_app(cfg: RunConfig, console: Console | None = None) -> ServerApp:
@@ -34,6 +35,6 @@ def make_server_app(cfg: RunConfig, console: Console | None = None) -> ServerApp
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
-        run_federation(grid, cfg, console)
+        run_federation(grid, cfg, console, observers=observers_for(cfg))
 
     return bound
