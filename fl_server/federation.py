@@ -155,7 +155,10 @@ def _one_round(
     messages = list(strategy.configure_train(server_round, record_of(arrays),
                                              plan.instructions(server_round), grid))
     train_started = time.perf_counter()
-    replies = send_and_collect(grid, messages, cfg.round_timeout_s)
+    # Aggregate in device order, not arrival order: floating-point sums then do not depend
+    # on which device finished first, so a seed gives the same model on every run.
+    replies = sorted(send_and_collect(grid, messages, cfg.round_timeout_s),
+                     key=lambda r: devices.get(r.metadata.src_node_id, -1))
     train_wall = time.perf_counter() - train_started
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
     aggregate_s = time.perf_counter() - train_started - train_wall
