@@ -56,7 +56,7 @@ def bare_flower_round_trip(nodes: int, repeats: int) -> dict[str, list[float]]:
     def _noop(msg: Message, context: Context) -> Message:  # noqa: ARG001
         return Message(RecordDict({"m": MetricRecord({"ok": 1})}), reply_to=msg)
 
-    times: dict[str, list[float]] = {"flower send_and_receive": [], "fedmsr send_and_collect": []}
+    times: dict[str, list[float]] = {"flower": [], "fedmsr": []}
     server = ServerApp()
 
     @server.main()
@@ -68,8 +68,8 @@ def bare_flower_round_trip(nodes: int, repeats: int) -> dict[str, list[float]]:
 
         send_and_collect(grid, msgs(), 120)  # warm the actors up
         for _ in range(repeats):
-            for name, fn in (("flower send_and_receive", lambda: list(grid.send_and_receive(msgs()))),
-                             ("fedmsr send_and_collect", lambda: send_and_collect(grid, msgs(), 120))):
+            for name, fn in (("flower", lambda: list(grid.send_and_receive(msgs()))),
+                             ("fedmsr", lambda: send_and_collect(grid, msgs(), 120))):
                 start = time.perf_counter()
                 replies = fn()
                 times[name].append(time.perf_counter() - start)
@@ -155,27 +155,24 @@ def main() -> None:
         print(f"median wall / (client compute / {parallel}) after round 1: "
               f"{statistics.median(steady):.2f}x  (round 1 includes Ray actor start-up)")
 
-    times = bare_flower_round_trip(args.devices, args.repeats)
-    flower = statistics.median(times["flower send_and_receive"])
-    ours = statistics.median(times["fedmsr send_and_collect"])
-    print(f"\n== bare no-op round trip, {args.devices} nodes, median of {args.repeats} ==")
+    _report_round_trip(f"bare no-op round trip, in-process engine, {args.devices} nodes",
+                       bare_flower_round_trip(args.devices, args.repeats),
+                       "Flower's engine itself dispatches on a 0.1 s tick "
+                       "(vce_api.add_messages_to_queue), so both collectors wait for it")
+    _report_round_trip(f"same no-op round, SuperLink in simulation mode, {args.devices} nodes",
+                       superlink_round_trip(args.devices, args.repeats),
+                       "this ServerApp also runs on an in-memory grid; Flower's fixed 3 s poll "
+                       "is HttpGrid's (deployment mode), where a fedmsr round makes three "
+                       "exchanges: check-in, train, evaluate")
+
+
+def _report_round_trip(title: str, times: dict[str, list[float]], note: str) -> None:
+    flower, ours = (statistics.median(values) for values in times.values())
+    print(f"\n== {title}, median of {len(times['flower'])} ==")
     print(f"flower Grid.send_and_receive : {flower * 1000:8.1f} ms")
     print(f"fedmsr send_and_collect      : {ours * 1000:8.1f} ms")
     print(f"ratio flower / fedmsr        : {flower / ours:8.2f}x")
-    print("(in-process simulation: Flower's engine itself dispatches on a 0.1 s tick,\n"
-          " vce_api.add_messages_to_queue, so both collectors wait for it)")
-
-    times = superlink_round_trip(args.devices, args.repeats)
-    flower = statistics.median(times["flower"])
-    ours = statistics.median(times["fedmsr"])
-    print(f"\n== same no-op round through a SuperLink in simulation mode, {args.devices} nodes ==")
-    print(f"flower Grid.send_and_receive : {flower * 1000:8.1f} ms")
-    print(f"fedmsr send_and_collect      : {ours * 1000:8.1f} ms")
-    print(f"ratio flower / fedmsr        : {flower / ours:8.2f}x")
-    print("(a simulation-mode SuperLink also runs the ServerApp on an in-memory grid; Flower's\n"
-          " fixed 3 s poll is HttpGrid's, i.e. deployment mode, where every fedmsr round makes\n"
-          " three exchanges: check-in, train, evaluate)")
-
+    print(f"({note})")
 
 if __name__ == "__main__":
     main()
