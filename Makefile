@@ -19,16 +19,23 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The demo's fleet comes from the registry (sqlite:///fedmsr.db here): migrate it and
+# enroll the 8 synthetic devices; --skip-existing makes a second `make demo` a no-op there.
 demo: setup
+	$(BIN)/fedmsr db upgrade
+	$(BIN)/fedmsr fleet enroll --count 8 --prefix demo- --skip-existing
 	$(BIN)/fedmsr run --devices 8 --rounds 5 --seed 0
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 bench: setup
 	$(BIN)/python bench/dp_step.py
 	$(BIN)/python bench/round_overhead.py
+	$(BIN)/python bench/accounting.py
+	$(BIN)/python bench/secagg.py
+	$(BIN)/python bench/enroll_bulk.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

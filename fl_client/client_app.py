@@ -9,11 +9,16 @@ model arrays, scalar metrics and the DP event the training incurred.
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -78,11 +83,65 @@ def checkin(msg: Message, context: Context) -> Message:
     device = device_index(context)
     in_fleet = 0 <= device < instructions.fleet.num_devices
     answer = ConfigRecord({"device": device, "in-fleet": in_fleet})
+    if in_fleet and CHALLENGE_KEY in msg.content:
+        answer.update(sign_challenge(msg.content[CHALLENGE_KEY], context, device))
     if in_fleet:
         clips = local_clips(instructions.fleet, device, instructions.days("train"))
         answer["profile"] = device_profile(instructions.fleet, device)
         answer["num-clips"] = int(clips.x.shape[0])
     return Message(RecordDict({DEVICE_KEY: answer}), reply_to=msg)
+
+
+#: The server's check-in challenge (registry-backed runs): nonce, run id, and in simulation
+#: where the simulated enrollment's bundles are.
+CHALLENGE_KEY = "challenge"
+
+
+def checkin_statement(nonce: str, run_id: str, node_id: int) -> bytes:
+    """What a device signs at check-in: binds its enrollment key to this round's nonce, this
+    run and the Flower node it really is (a reply relayed by another node fails)."""
+    return f"fedmsr-checkin/v1\n{nonce}\n{run_id}\n{node_id}".encode()
+
+
+def sign_challenge(challenge: ConfigRecord, context: Context, device: int) -> ConfigRecord:
+    """Device id + ECDSA-SHA384 signature with the enrollment key; empty without a key."""
+    found = enrollment_key(context, str(challenge.get("bundles-dir", "")), device)
+    if found is None:
+        return ConfigRecord({})
+    device_id, key_path = found
+    key = load_ssh_private_key(Path(key_path).read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{key_path} is not an ECDSA enrollment key")
+    statement = checkin_statement(str(challenge["nonce"]), str(challenge["run-id"]),
+                                  int(context.node_id))
+    signature = key.sign(statement, ec.ECDSA(hashes.SHA384()))
+    return ConfigRecord({"device-id": device_id, "signature": signature.hex()})
+
+
+def enrollment_key(context: Context, bundles_dir: str, device: int) -> tuple[int, str] | None:
+    """(device id, private key path): a real SuperNode's `--node-config device-id=.. device-key=..`,
+    or in simulation the bundle of the simulated enrollment for this data index."""
+    config = context.node_config
+    if "device-key" in config and "device-id" in config:
+        return int(config["device-id"]), str(config["device-key"])
+    if bundles_dir:
+        return simulated_bundles(bundles_dir).get(device)
+    return None
+
+
+@lru_cache(maxsize=4)
+def simulated_bundles(bundles_dir: str) -> dict[int, tuple[int, str]]:
+    """Data index -> (device id, key path) of the bundles under `bundles_dir` (simulation)."""
+    found: dict[int, tuple[int, str]] = {}
+    for info_path in sorted(Path(bundles_dir).glob("*/device.json")):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        key = info_path.parent / "device.key"
+        if key.exists() and info.get("device_index") is not None:
+            found[int(info["device_index"])] = (int(info["device_id"]), str(key))
+    return found
 
 
 #: What a DP-SGD device reports besides its update: quantities fixed by the public plan
@@ -160,3 +219,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         WEIGHT_KEY: int(batch.x.shape[0]),
     })
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+import fl_client.secagg_handlers  # noqa: E402,F401  (registers the secure-aggregation stages)

@@ -6,6 +6,7 @@ Errors are one line on stderr, `error: <field>: <what is wrong>`, with a non-zer
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,8 +16,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fl_server.cli_budget import budget_app
+from fl_server.cli_eval import eval_command
+from fl_server.cli_fleet import db_app, device_app, fleet_app, pki_app, superlink_app
+from fl_server.cli_monitor import monitor as monitor_command
 from fl_server.config import ConfigError, RunConfig
 from fl_server.history import read_history
+from fl_server.registry.db import ENV_VAR as DB_ENV_VAR
+from fl_server.registry.db import RegistryError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="fedmsr: federated privatization encoders.")
@@ -26,8 +33,21 @@ EXIT_RUN_FAILED = 1
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    db: Annotated[Optional[str], typer.Option(
+        "--db", help="Registry database URL (else $FEDMSR_DB, else sqlite:///fedmsr.db).")] = None,
+) -> None:
     """fedmsr: federated training of Minimal Sufficient Representations for life-log video."""
+    if db:  # kept in the environment: subcommands and the engine subprocess read it there
+        os.environ[DB_ENV_VAR] = db
+
+
+app.add_typer(db_app, name="db")
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(pki_app, name="pki")
+app.add_typer(superlink_app, name="superlink")
+app.add_typer(device_app, name="device")
+app.add_typer(budget_app, name="budget")
 
 
 @app.command()
@@ -48,6 +68,16 @@ def run(
     runs_dir: Annotated[str, typer.Option(help="Where runs/<run-id>/ are written.")] = "runs",
     run_id: Annotated[str, typer.Option(help="Run id (default: time + random suffix).")] = "",
     resume: Annotated[Optional[str], typer.Option(help="Continue the run with this id.")] = None,
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT "
+                                              "while the run lives (0: any free port, written to "
+                                              "metrics.json; -1: off).")] = -1,
+    metrics_linger_s: Annotated[float, typer.Option(help="Keep the metrics endpoint up this many "
+                                                    "seconds after the run ends.")] = 0.0,
+    secure_aggregation: Annotated[bool, typer.Option(
+        "--secure-aggregation", help="SecAgg+: the server learns only the sum of updates.")] = False,
+    neighbours: Annotated[int, typer.Option(help="SecAgg+ neighbours per device "
+                                            "(0: 2*ceil(log2 n)).")] = 0,
+    threshold: Annotated[int, typer.Option(help="SecAgg+ Shamir threshold (0: floor(k/2)+1).")] = 0,
 ) -> None:
     """Run a federation on Flower's simulation engine (embedded defaults)."""
     from fl_server.launcher import launch_simulation, load_run_for_resume, prepare_new_run
@@ -66,7 +96,9 @@ def run(
             noise_multiplier=noise_multiplier, clip_norm=clip, utility=utility, beta=beta,
             clips_per_day=clips_per_day, days=days, image_size=image_size,
             local_epochs=local_epochs, fraction_train=fraction_train, runs_dir=runs_dir,
-            run_id=run_id).validate())
+            run_id=run_id, metrics_port=metrics_port,
+            metrics_linger_s=metrics_linger_s, secure_aggregation=secure_aggregation,
+            secagg_neighbours=neighbours, secagg_threshold=threshold).validate())
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
                   f"{'DP-SGD sigma=' + str(cfg.noise_multiplier) if cfg.dp_sgd else 'no DP'}"
                   f" -> {cfg.run_dir()}")
@@ -84,7 +116,11 @@ _RUN_DEFAULTS = {
     "devices": 8, "rounds": 3, "seed": 0, "dp_sgd": False, "noise_multiplier": 1.0, "clip": 1.0,
     "utility": "supervised", "beta": 0.01, "clips_per_day": 8, "days": 4, "image_size": 32,
     "local_epochs": 1, "fraction_train": 1.0, "runs_dir": "runs", "run_id": "",
+    "metrics_port": -1, "metrics_linger_s": 0.0,
+    "secure_aggregation": False, "neighbours": 0, "threshold": 0,
 }
+app.command("monitor")(monitor_command)
+app.command("eval")(eval_command)
 
 
 def _print_history(run_dir: Path) -> None:
@@ -119,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ConfigError as exc:
+    except (ConfigError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return result if isinstance(result, int) else 0

@@ -58,8 +58,20 @@ class RunConfig:
     fraction_train: float = 1.0
     min_train_devices: int = 1
     round_timeout_s: float = 600.0
+    # secure aggregation (SecAgg+, docs/secure-aggregation.md); 0 = default k / t
+    secure_aggregation: bool = False
+    secagg_neighbours: int = 0
+    secagg_threshold: int = 0
+    secagg_clip: float = 1.0
+    secagg_mod_bits: int = 32
+    # monitoring: Prometheus exporter on 127.0.0.1 (-1 = off, 0 = any free port), kept up
+    # metrics_linger_s after the run ends so a scraper sees the final state
+    metrics_port: int = -1
+    metrics_linger_s: float = 0.0
     runs_dir: str = "runs"
     run_id: str = ""
+    #: Synthetic device indices the registry lets take part (None: no registry in use).
+    device_indices: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
@@ -88,9 +100,18 @@ class RunConfig:
                               f"{self.min_train_devices} is more than the fleet's {self.devices} devices")
         if not self.round_timeout_s > 0:
             raise ConfigError("round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+        if (isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int)
+                or not -1 <= self.metrics_port <= 65535):
+            raise ConfigError("metrics_port", f"must be -1 (off), 0 (any free port) or a port "
+                              f"1..65535, got {self.metrics_port!r}")
+        if not 0 <= self.metrics_linger_s <= 86400:
+            raise ConfigError("metrics_linger_s", f"must be between 0 and 86400 s, "
+                              f"got {self.metrics_linger_s}")
         if self.run_id and not _RUN_ID.match(self.run_id):
             raise ConfigError("run_id", f"{self.run_id!r} is not a valid run id "
                               "(letters, digits, '.', '_', '-'; at most 64 characters)")
+        if self.secure_aggregation:
+            _validate_secure_aggregation(self)
         return self
 
     # -- (de)serialisation -------------------------------------------------------------
@@ -162,3 +183,30 @@ def _at_least(cfg: RunConfig, name: str, minimum: int, why: str) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(name, f"must be an integer >= {minimum} ({why}), got {value!r}")
+
+
+def _validate_secure_aggregation(cfg: RunConfig) -> None:
+    """Neighbours k even (or n-1), threshold a strict majority of k, an encoding that fits."""
+    from privacy.secagg.encoding import MAX_BITS, MIN_BITS, EncodingSpec
+    from privacy.secagg.errors import EncodingError
+
+    n, k, t = cfg.devices, cfg.secagg_neighbours, cfg.secagg_threshold
+    if n < 2:
+        raise ConfigError("devices", "secure aggregation needs at least 2 devices")
+    if k and not (k == n - 1 or (k % 2 == 0 and 2 <= k < n)):
+        raise ConfigError("neighbours", f"must be even and in 2..{n - 1}, or {n - 1} "
+                          f"(complete graph), got {k}; or 0 for the default")
+    if t and k and not k // 2 + 1 <= t <= k:
+        raise ConfigError("threshold", f"must be in {k // 2 + 1}..{k} (a strict majority of "
+                          f"--neighbours {k}), got {t}; or 0 for the default")
+    if t < 0 or (t and not k and t > n - 1):
+        raise ConfigError("threshold", f"must be between 1 and {n - 1}, got {t}; or 0")
+    if not cfg.secagg_clip > 0:
+        raise ConfigError("secagg_clip", f"must be > 0, got {cfg.secagg_clip}")
+    if not MIN_BITS <= cfg.secagg_mod_bits <= MAX_BITS:
+        raise ConfigError("secagg_mod_bits", f"must be in {MIN_BITS}..{MAX_BITS}, "
+                          f"got {cfg.secagg_mod_bits}")
+    try:  # every device's weight (its #clips) summed over the fleet must fit the modulus
+        EncodingSpec(cfg.secagg_clip, cfg.secagg_mod_bits, cfg.clips_per_day * cfg.days, n)
+    except EncodingError as exc:
+        raise ConfigError("secagg_mod_bits", str(exc)) from None

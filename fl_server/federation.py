@@ -23,7 +23,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from rich.console import Console
 
-from fl_client.client_app import arrays_of, record_of
+from fl_client.client_app import CHALLENGE_KEY, arrays_of, record_of
 from fl_client.messages import (
     CHECKIN_ACTION,
     CONFIG_KEY,
@@ -42,9 +42,11 @@ from fl_server.config import RunConfig
 from fl_server.evaluation import HeldOut, evaluate_encoder
 from fl_server.history import write_history
 from fl_server.observers import RoundObserver
+from fl_server.registry.identity import CheckinGate
 from fl_server.run_status import RunStatus, read_status, write_status
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from strategies.messaging import send_and_collect, wait_for_nodes
+from strategies.secagg_workflow import SecAggParams, secure_train_round
 from strategies.seeded_fedavg import SeededFedAvg
 
 #: The check-in and evaluation replies are small; they get a shorter deadline than training.
@@ -146,7 +148,7 @@ def _one_round(
     arrays: dict[str, np.ndarray], server_round: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     started = time.perf_counter()
-    devices = checkin(grid, plan, server_round)
+    devices = checkin(grid, plan, server_round, CheckinGate.for_config(cfg))
     checkin_s = time.perf_counter() - started
     if len(devices) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(devices)} devices checked in, "
@@ -155,13 +157,21 @@ def _one_round(
     messages = list(strategy.configure_train(server_round, record_of(arrays),
                                              plan.instructions(server_round), grid))
     train_started = time.perf_counter()
-    # Aggregate in device order, not arrival order: floating-point sums then do not depend
-    # on which device finished first, so a seed gives the same model on every run.
-    replies = sorted(send_and_collect(grid, messages, cfg.round_timeout_s),
-                     key=lambda r: devices.get(r.metadata.src_node_id, -1))
-    train_wall = time.perf_counter() - train_started
-    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-    aggregate_s = time.perf_counter() - train_started - train_wall
+    if cfg.secure_aggregation:  # SecAgg+: the server only ever sees the weighted mean update
+        secure = secure_train_round(grid, messages, devices, arrays, SecAggParams(
+            cfg.secagg_neighbours, cfg.secagg_threshold, cfg.secagg_clip, cfg.secagg_mod_bits,
+            max_weight=cfg.clips_per_day * cfg.days, enrollment_seed=cfg.seed,
+            round_context=f"{cfg.run_id}/round-{server_round}".encode()), cfg.round_timeout_s)
+        replies, new_arrays, train_metrics = secure.replies, secure.arrays, secure.metrics
+        train_wall, aggregate_s = secure.train_s, secure.aggregate_s
+    else:
+        # Aggregate in device order, not arrival order: floating-point sums then do not
+        # depend on which device finished first, so a seed gives the same model every run.
+        replies = sorted(send_and_collect(grid, messages, cfg.round_timeout_s),
+                         key=lambda r: devices.get(r.metadata.src_node_id, -1))
+        train_wall = time.perf_counter() - train_started
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        aggregate_s = time.perf_counter() - train_started - train_wall
     ok = [r for r in replies if not r.has_error()]
     if new_arrays is None or train_metrics is None or len(ok) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(ok)} of {len(messages)} devices "
@@ -216,19 +226,25 @@ def federated_evaluate(
     return {} if metrics is None else {k: float(v) for k, v in metrics.items()}
 
 
-def checkin(grid: Grid, plan: Plan, server_round: int) -> dict[int, int]:
-    """Roll call: map each answering node id to the device index it reports."""
+def checkin(grid: Grid, plan: Plan, server_round: int,
+            gate: CheckinGate | None = None) -> dict[int, int]:
+    """Roll call: map each answering node id to the device index it reports.
+
+    With a `gate` (registry-backed runs), the query carries a fresh nonce and only nodes
+    that sign it with the enrollment key of an eligible device take part.
+    """
     nodes = wait_for_nodes(grid, plan.fleet.num_devices, NODE_WAIT_S)
     content = RecordDict({CONFIG_KEY: plan.instructions(server_round)})
+    if gate is not None:
+        content[CHALLENGE_KEY] = gate.challenge()
     messages = [Message(content=content, message_type=f"{MessageType.QUERY}.{CHECKIN_ACTION}",
                         dst_node_id=node_id) for node_id in nodes]
     replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
-    devices: dict[int, int] = {}
-    for reply in replies:
-        if reply.has_error() or not reply.content[DEVICE_KEY]["in-fleet"]:
-            continue
-        devices[reply.metadata.src_node_id] = int(reply.content[DEVICE_KEY]["device"])
-    return devices
+    answers = {reply.metadata.src_node_id: reply.content[DEVICE_KEY] for reply in replies
+               if not reply.has_error() and reply.content[DEVICE_KEY]["in-fleet"]}
+    if gate is not None:
+        return gate.admit(answers)
+    return {node_id: int(answer["device"]) for node_id, answer in answers.items()}
 
 
 def _save_final_model(run_dir: Path, model: EncoderConfig, arrays: dict[str, np.ndarray]) -> None:

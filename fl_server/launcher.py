@@ -23,6 +23,7 @@ from rich.console import Console
 
 from fl_server.atomic import write_text_atomic
 from fl_server.config import ConfigError, RunConfig
+from fl_server.registry.fleet import fleet_for_new_run, fleet_for_resume
 from fl_server.run_status import RunStatus, read_status, write_status
 
 RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -36,7 +37,7 @@ def new_run_id() -> str:
 
 def prepare_new_run(cfg: RunConfig) -> RunConfig:
     """Assign a run id, create the run directory and freeze the config into run.json."""
-    cfg = cfg.with_run_id(cfg.run_id or new_run_id())
+    cfg = fleet_for_new_run(cfg.with_run_id(cfg.run_id or new_run_id()))  # registry's devices
     run_dir = cfg.run_dir()
     if (run_dir / "run.json").exists():
         raise ConfigError("run_id", f"run {cfg.run_id} already exists in {cfg.runs_dir}; "
@@ -51,7 +52,10 @@ def load_run_for_resume(runs_dir: str, run_id: str) -> RunConfig:
     cfg = RunConfig.load(Path(runs_dir) / run_id / "run.json")
     if cfg.run_id != run_id:
         raise ConfigError("run_id", f"{runs_dir}/{run_id}/run.json belongs to run {cfg.run_id!r}")
-    return cfg.with_run_id(run_id)  # runs_dir as given now, in case the folder moved
+    cfg, dropped = fleet_for_resume(cfg.with_run_id(run_id))  # runs_dir as given now
+    if dropped:  # no longer eligible in the registry (revoked): out of the remaining rounds
+        cfg.save(Path(runs_dir) / run_id / "run.json")
+    return cfg
 
 
 def backend_config(cpus: int | None = None) -> dict[str, object]:

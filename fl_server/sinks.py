@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from fl_server.config import RunConfig
 from fl_server.observers import RoundObserver
+from fl_server.registry_observer import registry_observers
+from monitoring.observer import MetricsObserver
 
 
 def observers_for(cfg: RunConfig) -> list[RoundObserver]:  # noqa: ARG001 - sinks read cfg
     """The sinks of a run, in the order they are notified."""
-    return []
+    metrics = [MetricsObserver.for_config(cfg)] if cfg.metrics_port >= 0 else []
+    return [*registry_observers(cfg), *metrics]

@@ -19,3 +19,37 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     yield TaskIdentity
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+# -- fleet registry (issue 3): every DB-touching test runs on SQLite and PostgreSQL ----------
+
+#: The PostgreSQL every machine runs (DESIGN.md): loopback, trust auth, database `test`.
+POSTGRES_ADMIN_URL = os.environ.get("FEDMSR_TEST_POSTGRES",
+                                    "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    """An empty database URL, isolated per test: a fresh SQLite file, or a fresh PostgreSQL
+    schema (the URL pins `search_path` to it) dropped afterwards with everything in it."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+
+    from fl_server.registry.db import dispose_engines
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        dispose_engines()
+        return
+    schema = f"fedmsr_test_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -1,0 +1,94 @@
+"""`fedmsr budget …`: what a DP plan costs before it runs (`budget show` needs the ledger).
+
+`fedmsr budget plan --rounds R --sample-rate Q --steps-per-round S (--noise X |
+--target-epsilon E) --delta D [--json]` prints the plan's reported epsilon (PLD, never
+below the exact value) and its RDP bound (what enforcement compares to a cap); with
+`--target-epsilon` it first calibrates the noise multiplier that reaches the target.
+Bad input is one line on stderr naming the option, exit 2, and nothing else printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Annotated
+
+import typer
+
+from privacy.accounting import calibrate_noise, plan_cost
+from privacy.accounting.events import EventKind
+
+budget_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                         help="Per-device DP budgets: what a plan costs.")
+EXIT_BAD_INPUT = 2
+
+
+def _bad(option: str, message: str) -> None:
+    print(f"error: {option}: {message}", file=sys.stderr)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _validate(rounds: int, sample_rate: float, steps: int, noise: float | None,
+              target: float | None, delta: float, kind: str) -> EventKind:
+    if rounds < 1:
+        _bad("--rounds", f"must be >= 1, got {rounds}")
+    if not (math.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
+        _bad("--sample-rate", f"must be in (0, 1] (batch / dataset size), got {sample_rate}")
+    if steps < 1:
+        _bad("--steps-per-round", f"must be >= 1, got {steps}")
+    if (noise is None) == (target is None):
+        _bad("--noise/--target-epsilon", "give exactly one of them")
+    if noise is not None and not (math.isfinite(noise) and noise > 0):
+        _bad("--noise", f"must be a finite noise multiplier > 0, got {noise}")
+    if target is not None and not (math.isfinite(target) and target > 0):
+        _bad("--target-epsilon", f"must be a finite epsilon > 0, got {target}")
+    if not (math.isfinite(delta) and 0.0 < delta < 1.0):
+        _bad("--delta", f"must be in (0, 1) (typically < 1/dataset size), got {delta}")
+    try:
+        return EventKind(kind)
+    except ValueError:
+        _bad("--kind", f"must be one of {', '.join(k.value for k in EventKind)}, got {kind!r}")
+        raise  # unreachable: _bad raises
+
+
+@budget_app.command("plan")
+def plan(
+    rounds: Annotated[int, typer.Option(help="Rounds the device takes part in.")],
+    sample_rate: Annotated[float, typer.Option(
+        help="Poisson sample rate q per step (local: batch / clips; central: client rate).")],
+    steps_per_round: Annotated[int, typer.Option(
+        help="Noisy steps per round (local DP-SGD steps; 1 for central DP-FedAvg).")] = 1,
+    noise: Annotated[float | None, typer.Option(help="Noise multiplier sigma.")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(
+        help="Calibrate sigma so the plan reaches this epsilon.")] = None,
+    delta: Annotated[float, typer.Option(help="The delta epsilon is reported at.")] = 1e-5,
+    kind: Annotated[str, typer.Option(help="local-dp-sgd | central-dp-fedavg.")]
+    = EventKind.LOCAL_DP_SGD.value,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Epsilon of ROUNDS x STEPS Poisson-subsampled Gaussian steps (or the sigma for a target)."""
+    event_kind = _validate(rounds, sample_rate, steps_per_round, noise, target_epsilon, delta,
+                           kind)
+    if noise is not None:
+        sigma = noise
+    else:
+        assert target_epsilon is not None  # _validate: exactly one of the two
+        sigma = calibrate_noise([(sample_rate, steps_per_round)] * rounds, target_epsilon, delta)
+    cost = plan_cost(rounds, sample_rate, sigma, steps_per_round, delta, event_kind)
+    result = {
+        "rounds": rounds, "sample_rate": sample_rate, "steps_per_round": steps_per_round,
+        "kind": event_kind.value, "noise_multiplier": sigma, "calibrated": noise is None,
+        "target_epsilon": target_epsilon, "delta": delta,
+        "epsilon": cost.epsilon, "epsilon_rdp": cost.epsilon_rdp,
+        "accountant": "pld (reported); rdp (enforcement bound)",
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if noise is None:
+        print(f"calibrated noise multiplier: {sigma:.4f} (target epsilon {target_epsilon:g})")
+    print(f"plan: {rounds} rounds x {steps_per_round} steps, q={sample_rate:g}, "
+          f"sigma={sigma:.4g}, {event_kind.value}")
+    print(f"epsilon: {cost.epsilon:.4f} at delta={delta:g} (reported, PLD)")
+    print(f"epsilon (RDP bound, used for enforcement): {cost.epsilon_rdp:.4f}")

@@ -1,0 +1,349 @@
+"""`fedmsr eval`: the DTP / PL / RR / SE privacy-utility evaluation (privacy/evaluation).
+
+What it does, in order:
+
+1. builds the synthetic benchmark: ``targets`` devices (whose clips are trained on,
+   probed and attacked) plus ``pop`` other devices (the attacker's own population), with
+   days split into *train* (encoder training), *fit* (the attacker's labelled data about
+   the targets and the probes' training set) and *test* (the targets' releases);
+2. trains the compared encoders **centrally** on the targets' train days with the
+   device trainer (``fl_client.trainer.train_local``: the same VIB loss, Adam and, for the
+   DP row, the same Opacus DP-SGD, over the pooled clips, for a few epochs). This is a
+   stand-in for federated training used for speed, documented as such: the evaluation
+   measures what an encoder's *outputs* reveal, whichever way it was trained. ``--model
+   runs/<id>`` adds a federated run's ``final_model.npz`` to the comparison;
+3. evaluates every representation (pixel baselines, beta = 0, MSR at several beta, MSR +
+   DP-SGD, the given run) on DTP, PL and RR; runs the gradient-inversion study on the
+   first MSR (plain update, DP-SGD update through Opacus, secure-aggregation sum) and SE;
+4. writes the report (privacy/evaluation/report.py) atomically into ``--out``.
+
+``--clips PATH`` also runs the decoder reconstruction attack and SE on real footage
+(``fl_client.footage.load_footage``: the clips carry no labels, so DTP / PL do not apply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+EXIT_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    targets: int
+    pop: int
+    clips_per_day: int
+    train_days: int
+    fit_days: int
+    test_days: int
+    epochs: int
+    betas: tuple[float, ...]
+    ks: tuple[int, ...]
+    repeats: int
+    decoder_epochs: int
+    attack_steps: int  # white-box encoder inversion
+    gi_steps: int
+    gi_targets: int
+    dp_noise: float = 1.0
+    dp_clip: float = 1.0
+
+
+FULL = Scale("full", targets=8, pop=4, clips_per_day=16, train_days=4, fit_days=4, test_days=4,
+             epochs=30, betas=(0.01, 0.03, 0.05, 0.1), ks=(1, 2, 4, 8, 16, 32, 64), repeats=20,
+             decoder_epochs=60, attack_steps=200, gi_steps=250, gi_targets=3)
+REDUCED = Scale("reduced", targets=6, pop=3, clips_per_day=8, train_days=2, fit_days=2, test_days=2,
+                epochs=12, betas=(0.01, 0.1), ks=(1, 2, 4, 8, 16), repeats=10,
+                decoder_epochs=25, attack_steps=100, gi_steps=150, gi_targets=2)
+
+
+def _fail(field: str, message: str) -> None:
+    print(f"error: {field}: {message}", file=sys.stderr)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _positive(field: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        _fail(field, f"must be >= 1, got {value}")
+
+
+def eval_command(
+    reduced: Annotated[bool, typer.Option("--reduced", help="CI-sized run (a few minutes).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for data, training, sampling and attacks.")] = 0,
+    out: Annotated[str, typer.Option(help="Output folder for the report.")] = "eval-report",
+    clips: Annotated[str | None, typer.Option(help="Real footage (video or folder) for RR and SE.")] = None,
+    model: Annotated[str | None, typer.Option(help="A run folder with final_model.npz to evaluate too.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Override: target devices (>= 2).")] = None,
+    clips_per_day: Annotated[int | None, typer.Option(help="Override: clips per device per day.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override: encoder training epochs.")] = None,
+    attack_steps: Annotated[int | None, typer.Option(help="Override: optimisation steps of the inversion attacks.")] = None,
+) -> None:
+    """Evaluate encoders and baselines on DTP / PL / RR / SE and write the report."""
+    if seed < 0:
+        _fail("--seed", f"must be >= 0, got {seed}")
+    for field, value in (("--devices", devices), ("--clips-per-day", clips_per_day),
+                         ("--epochs", epochs), ("--attack-steps", attack_steps)):
+        _positive(field, value)
+    if devices is not None and devices < 2:
+        _fail("--devices", f"needs at least 2 target devices to attack identity, got {devices}")
+    if clips is not None and not Path(clips).exists():
+        _fail("--clips", f"{clips} does not exist; pass a video file or a folder of videos/frames")
+    run_model = _load_run_model(Path(model)) if model is not None else None
+    out_dir = Path(out)
+    if out_dir.exists() and (not out_dir.is_dir() or
+                             (any(out_dir.iterdir()) and not (out_dir / "metrics.json").exists())):
+        _fail("--out", f"{out_dir} exists and is not an earlier evaluation report; choose another folder")
+    scale = REDUCED if reduced else FULL
+    over: dict[str, Any] = {"targets": devices, "clips_per_day": clips_per_day, "epochs": epochs}
+    scale = dataclasses.replace(scale, **{k: v for k, v in over.items() if v is not None})
+    if attack_steps is not None:
+        scale = dataclasses.replace(scale, attack_steps=attack_steps, gi_steps=attack_steps,
+                                    decoder_epochs=min(scale.decoder_epochs, attack_steps))
+    footage = None
+    if clips is not None:
+        footage = _load_clips(clips, run_model)
+    _run(scale, seed, out_dir, run_model, footage)
+
+
+def _load_run_model(run_dir: Path):
+    """(name, EncoderConfig, arrays, beta) of a run's final model; one-line error if unusable."""
+    npz, meta = run_dir / "final_model.npz", run_dir / "final_model.json"
+    if not npz.is_file() or not meta.is_file():
+        _fail("--model", f"{run_dir} has no final_model.npz / final_model.json; pass a completed run folder")
+    import numpy as np
+
+    from privacy.encoder import EncoderConfig
+
+    try:
+        cfg = EncoderConfig(**json.loads(meta.read_text())["encoder"])
+        with np.load(npz) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        _fail("--model", f"cannot read the final model in {run_dir}: {exc}")
+    beta = float("nan")
+    try:
+        beta = float(json.loads((run_dir / "run.json").read_text())["beta"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return (f"run {run_dir.name}", cfg, arrays, beta)
+
+
+def _load_clips(path: str, run_model):
+    from fl_client.footage import load_footage
+
+    size = run_model[1].image_size if run_model else 32
+    frames = run_model[1].frames if run_model else 8
+    try:
+        loaded = load_footage(path, frames=frames, image_size=size, max_clips=200)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail("--clips", str(exc).replace("load_footage: ", ""))
+    import numpy as np
+
+    if len(loaded) < 4:
+        _fail("--clips", f"{path} gives {len(loaded)} clips; need at least 4 (2 attacker, 2 target)")
+    return np.stack([c.frames for c in loaded])
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def _data(scale: Scale, seed: int, size: int, frames: int):
+    from fl_client.synthetic import FleetSpec, fleet_batch
+    from privacy.evaluation.harness import EvalData, Split
+
+    days = scale.train_days + scale.fit_days + scale.test_days
+    spec = FleetSpec(seed=seed, num_devices=scale.targets + scale.pop, days=days,
+                     clips_per_day=scale.clips_per_day, frames=frames, image_size=size)
+    targets = range(scale.targets)
+    pop = range(scale.targets, scale.targets + scale.pop)
+    train = fleet_batch(spec, targets, range(scale.train_days))
+    fit_days = range(scale.train_days, scale.train_days + scale.fit_days)
+    test_days = range(scale.train_days + scale.fit_days, days)
+    fit, test = fleet_batch(spec, targets, fit_days), fleet_batch(spec, targets, test_days)
+    pop_split = None
+    if scale.pop:
+        p = fleet_batch(spec, pop, range(scale.train_days, days))
+        pop_split = Split(p.x, p.labels)
+    data = EvalData(Split(fit.x, fit.labels), Split(test.x, test.labels), pop_split)
+    return spec, train, data
+
+
+def _train(cfg, train, beta: float, dp: bool, scale: Scale, seed: int):
+    from fl_client.trainer import TrainConfig, train_local
+    from privacy.encoder import build_model, load_numpy_state, state_to_numpy
+
+    init = state_to_numpy(build_model(cfg, seed=seed))
+    tc = TrainConfig(epochs=scale.epochs, batch_size=16, lr=2e-3, beta=beta, utility="supervised",
+                     dp_sgd=dp, noise_multiplier=scale.dp_noise, clip_norm=scale.dp_clip, seed=seed)
+    result = train_local(cfg, init, train.x, train.labels["activity"], tc)
+    model = build_model(cfg, seed=seed)
+    load_numpy_state(model, result.arrays)
+    return model
+
+
+def dp_sgd_update(model, x, y, *, beta: float, noise_multiplier: float, clip_norm: float,
+                  seed: int) -> dict:
+    """One DP-SGD release of one device's single-clip batch, through Opacus (the trainer's
+    DPStepper: per-clip clipping to ``clip_norm`` + N(0, (sigma C)^2) noise), read back as
+    the privatized gradient (an SGD step with lr 1 on a copy of the model)."""
+    import copy
+
+    import torch
+
+    from fl_client.trainer import Batch, DPStepper
+    from privacy.encoder import frames_to_tensor
+    from privacy.evaluation.reconstruction import trained_names
+    from privacy.vib import VIBCriterion, VIBTarget
+
+    net = copy.deepcopy(model).train()
+    names = set(trained_names(net))
+    for name, p in net.named_parameters():
+        p.requires_grad_(name in names)
+    before = {n: p.detach().clone() for n, p in net.named_parameters() if n in names}
+    params = [p for n, p in net.named_parameters() if n in names]
+    gen = torch.Generator().manual_seed(seed)
+    stepper = DPStepper(net, torch.optim.SGD(params, lr=1.0), VIBCriterion(beta, "supervised"),
+                        noise_multiplier=noise_multiplier, clip_norm=clip_norm,
+                        expected_batch_size=float(len(x)), noise_generator=gen)
+    try:
+        xt = frames_to_tensor(x)
+        stepper.step(Batch(view=xt, eps=torch.zeros(len(x), net.cfg.latent_dim),
+                           target=VIBTarget(labels=torch.as_tensor(y, dtype=torch.long))))
+    finally:
+        stepper.close()
+    after = dict(net.named_parameters())
+    return {n: (before[n] - after[n].detach()) for n in before}
+
+
+def _run(scale: Scale, seed: int, out_dir: Path, run_model, footage) -> None:
+    import torch
+    from rich.console import Console
+
+    from privacy.encoder import EncoderConfig, build_model, load_numpy_state
+    from privacy.evaluation.baselines import (
+        EncoderRepresentation,
+        default_pixel_baselines,
+        mean_frames,
+    )
+    from privacy.evaluation.efficiency import bytes_per_clip, encoder_size, latency_per_clip
+    from privacy.evaluation.harness import (
+        HarnessConfig,
+        evaluate_representation,
+        gradient_inversion_study,
+        operating_points,
+        references,
+        release,
+    )
+    from privacy.evaluation.harness import Split as _Split
+    from privacy.evaluation.reconstruction import decoder_attack
+    from privacy.evaluation.report import write_report
+
+    console = Console(stderr=False)
+    torch.manual_seed(seed)
+    cfg = run_model[1] if run_model else EncoderConfig()
+    _spec, train, data = _data(scale, seed, cfg.image_size, cfg.frames)
+    console.print(f"eval ({scale.name}, seed {seed}): {scale.targets} target + {scale.pop} population "
+                  f"devices, {len(train)} training / {len(data.fit.x)} attacker / {len(data.test.x)} "
+                  f"target clips")
+    reps: list = list(default_pixel_baselines(cfg.image_size))
+    plan = [(0.0, False)] + [(b, False) for b in scale.betas] + [(0.01, True)]
+    for beta, dp in plan:
+        name = ("non-private (beta=0)" if beta == 0 else f"MSR beta={beta:g}") + (" + DP-SGD" if dp else "")
+        console.print(f"training {name} ({scale.epochs} epochs, central)")
+        reps.append(EncoderRepresentation(name, _train(cfg, train, beta, dp, scale, seed), beta, dp))
+    if run_model:
+        model = build_model(run_model[1], seed=seed)
+        load_numpy_state(model, run_model[2])
+        reps.append(EncoderRepresentation(run_model[0], model, run_model[3], False))
+    hc = HarnessConfig(seed=seed, ks=scale.ks, repeats=scale.repeats, decoder_epochs=scale.decoder_epochs,
+                       inversion_steps=scale.attack_steps, gi_steps=scale.gi_steps,
+                       gi_targets=scale.gi_targets)
+    rows = []
+    for rep in reps:
+        console.print(f"evaluating {rep.name}")
+        rows.append(evaluate_representation(rep, data, hc))
+    msr = min((r for r in reps if r.family == "encoder" and r.beta > 0 and not r.dp_sgd
+               and r.name.startswith("MSR")), key=lambda r: abs(r.beta - 0.01))
+    # the update attacked: a device's first round (global model = the initial weights, the
+    # most exposed point of training) and a late round (the trained MSR)
+    gi: dict = {"dp": {"noise_multiplier": scale.dp_noise, "clip_norm": scale.dp_clip, "batch": 1},
+                "_recon": {}}
+    for label, net in (("round 1 (initial model)", build_model(cfg, seed=seed)), (msr.name, msr.model)):
+        console.print(f"gradient inversion on {label}")
+        study = gradient_inversion_study(
+            net, msr.beta, data.test.x, data.test.labels["activity"], hc,
+            dp_update=lambda m, x, y: dp_sgd_update(m, x, y, beta=msr.beta, noise_multiplier=scale.dp_noise,
+                                                    clip_norm=scale.dp_clip, seed=seed))
+        gi[label] = {k: v for k, v in study.items() if not k.startswith("_")}
+        gi["_recon"].update({f"{k} ({label})": v for k, v in study["_recon"].items()})
+    efficiency: dict[str, Any] = {**encoder_size(msr.model), **bytes_per_clip(data.test.x[:32], cfg.latent_dim)}
+    timings: dict[str, Any] = dict(latency_per_clip(msr.model, data.test.x[:32], seed=seed))
+    real: dict[str, Any] = {}
+    if footage is not None:
+        half = len(footage) // 2
+        real_truth_fit, real_truth_test = mean_frames(footage[:half]), mean_frames(footage[half:])
+        for rep in reps:
+            a = release(rep, _Split(footage[:half], {}), seed, "fit")
+            b = release(rep, _Split(footage[half:], {}), seed, "test")
+            dec = decoder_attack(a, real_truth_fit, b, real_truth_test, seed, scale.decoder_epochs)
+            real[rep.name] = {"psnr": dec["psnr"], "ssim": dec["ssim"], "decoder": dec["decoder"]}
+        efficiency["real_clip_bytes"] = bytes_per_clip(footage[:32], cfg.latent_dim)
+        timings["real_clip_latency"] = latency_per_clip(msr.model, footage[:16], seed=seed)
+    results: dict[str, Any] = {
+        "settings": {"scale": scale.name, "seed": seed, **dataclasses.asdict(scale),
+                     "data": f"synthetic fleet seed {seed}: {scale.targets} target devices "
+                             f"(days 0-{scale.train_days - 1} train, next {scale.fit_days} attacker/probe "
+                             f"fit, last {scale.test_days} target) + {scale.pop} attacker-population "
+                             f"devices, {scale.clips_per_day} clips/day, {cfg.frames}x{cfg.image_size}px",
+                     "training": f"central train_local, {scale.epochs} epochs, batch 16, Adam 2e-3, "
+                                 f"supervised utility (activity); DP-SGD sigma={scale.dp_noise}, C={scale.dp_clip}",
+                     "clips": "given" if footage is not None else None},
+        "representations": rows,
+        "gradient_inversion": gi,
+        "efficiency": efficiency,
+        "real_clips": real,
+        "references": references(data),
+        "operating_point": operating_points(rows),
+    }
+    n = min(6, len(data.test.x))
+    recon_rows = []
+    for r in rows:
+        best = r["rr"]["best"]["attack"]
+        recon_rows.append((f"{r['name']} ({best})", r["_recon"][best][:n]))
+    for key, imgs in gi["_recon"].items():
+        recon_rows.append((f"gradient inversion: {key}", imgs))
+    _write_atomically(out_dir, lambda tmp: write_report(
+        results, timings, tmp, truth=mean_frames(data.test.x[:n]), recon_rows=recon_rows))
+    op = results["operating_point"]
+    console.print(f"report written to {out_dir}/ (report.md, table.csv, metrics.json, timings.json, "
+                  f"frontier.png, pl_curves.png, reconstructions.png); operating point met by: "
+                  f"{', '.join(op.get('met_by', [])) or 'none'}")
+
+
+def _write_atomically(out_dir: Path, write) -> None:
+    """Write into a sibling temp folder, then swap it in: no half-written report."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        write(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,241 @@
+"""`fedmsr db …` and `fedmsr fleet …`: the registry and enrollment commands.
+
+The database URL is the global `fedmsr --db URL` (stored in `FEDMSR_DB` by the root
+callback), else `FEDMSR_DB`, else `sqlite:///fedmsr.db` here. Errors are
+:class:`RegistryError`s, which `fedmsr`'s `main()` prints as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fl_server import deployment, enrollment, pki
+from fl_server.registry import db
+from fl_server.registry.db import RegistryError
+
+console = Console(soft_wrap=True)  # no wrapping: output is read by scripts too
+db_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                     help="The registry database (schema migrations).")
+fleet_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                        help="Enroll, list, show, revoke and sync devices.")
+pki_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                      help="The CA and the SuperLink's TLS certificate.")
+superlink_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                            help="Run Flower's SuperLink for the fleet.")
+device_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                         help="Run a device's SuperNode from its bundle.")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the registry schema to this fedmsr's revision (idempotent)."""
+    url = db.resolve_url()
+    before, after = db.upgrade(url)
+    state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+    console.print(f"registry {db.redacted(url)}: {state} {after}", highlight=False)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the registry's schema revision (`none` for an empty database)."""
+    print(db.current_revision(db.resolve_url()) or "none")
+
+
+@fleet_app.command("enroll")
+def enroll(
+    name: Annotated[str | None, typer.Argument(help="Device name (one device).")] = None,
+    profile: Annotated[str, typer.Option(help="glasses | bodycam | home-cam.")] = "glasses",
+    epsilon_cap: Annotated[float, typer.Option(help="DP epsilon cap over the device's life.")]
+    = enrollment.DEFAULT_EPSILON_CAP,
+    delta_cap: Annotated[float, typer.Option(help="DP delta cap.")] = enrollment.DEFAULT_DELTA_CAP,
+    info_bits_cap: Annotated[float | None, typer.Option(
+        help="Cap on uploaded information (bits); none by default.")] = None,
+    device_index: Annotated[int | None, typer.Option(
+        help="Synthetic data index (default: the next unused one).")] = None,
+    data_source: Annotated[str, typer.Option(help="synthetic | footage.")] = "synthetic",
+    consent_training: Annotated[bool, typer.Option(
+        "--consent-training/--no-consent-training", help="Device consents to training.")] = True,
+    consent_evaluation: Annotated[bool, typer.Option(
+        "--consent-evaluation/--no-consent-evaluation", help="Consents to evaluation.")] = True,
+    count: Annotated[int | None, typer.Option(help="Bulk: enroll N devices PREFIX0..")] = None,
+    prefix: Annotated[str, typer.Option(help="Bulk: name prefix for --count.")] = "",
+    manifest: Annotated[Path | None, typer.Option(
+        help="Bulk: CSV with a header (name required; profile, epsilon_cap, delta_cap, "
+             "info_bits_cap, device_index, data_source, consent_training, "
+             "consent_evaluation).")] = None,
+    bundles_dir: Annotated[Path, typer.Option(help="Where device bundles are written.")]
+    = Path("devices"),
+    superlink: Annotated[str, typer.Option(help="SuperLink address written into bundles.")]
+    = enrollment.DEFAULT_SUPERLINK,
+    ca_cert: Annotated[Path | None, typer.Option(
+        help="CA certificate to put in bundles (default: pki/ca.pem if it exists).")] = None,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="Leave already enrolled names alone (repeatable scripts).")]
+    = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Enroll one device (NAME), or many (--count N --prefix P, or --manifest devices.csv)."""
+    forms = [form for form, given in (("NAME", name is not None), ("--count", count is not None),
+                                      ("--manifest", manifest is not None)) if given]
+    if len(forms) != 1:
+        raise RegistryError("NAME", "give exactly one of NAME, --count N --prefix P, or "
+                            f"--manifest FILE (got {', '.join(forms) or 'none'})")
+    template = enrollment.DeviceSpec(
+        name="template", profile=profile, epsilon_cap=epsilon_cap, delta_cap=delta_cap,
+        info_bits_cap=info_bits_cap, device_index=device_index, data_source=data_source,
+        consent_training=consent_training, consent_evaluation=consent_evaluation)
+    template.validate("--")
+    if name is not None:
+        specs = [dataclasses.replace(template, name=name).validate()]
+    elif count is not None:
+        specs = enrollment.specs_for_count(count, prefix, template)
+    else:
+        assert manifest is not None
+        specs = enrollment.specs_from_manifest(manifest, template)
+    if ca_cert is None and Path("pki/ca.pem").exists():
+        ca_cert = Path("pki/ca.pem")
+    started = time.perf_counter()
+    result = enrollment.enroll(db.resolve_url(), specs, enrollment.BundleOptions(
+        bundles_dir=bundles_dir, superlink=superlink, ca_certificate=ca_cert), skip_existing)
+    elapsed = time.perf_counter() - started
+    if as_json:
+        print(json.dumps({"enrolled": result.enrolled, "skipped": result.skipped}, indent=2))
+        return
+    for device in result.enrolled[:10]:
+        console.print(f"enrolled {device['id']} {device['name']} ({device['profile']}, index "
+                      f"{device['device_index']}) -> {bundles_dir / device['name']}",
+                      highlight=False)
+    if len(result.enrolled) > 10:
+        console.print(f"... and {len(result.enrolled) - 10} more", highlight=False)
+    if result.skipped:
+        console.print(f"skipped {len(result.skipped)} already enrolled: "
+                      f"{', '.join(result.skipped[:5])}{' ...' if len(result.skipped) > 5 else ''}",
+                      highlight=False)
+    console.print(f"{len(result.enrolled)} device(s) enrolled in {elapsed:.2f} s", highlight=False)
+
+
+@fleet_app.command("list")
+def list_devices(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of device objects.")]
+    = False,
+) -> None:
+    """The enrolled devices (all statuses)."""
+    devices = enrollment.list_devices(db.resolve_url())
+    if as_json:
+        print(json.dumps(devices, indent=2))
+        return
+    table = Table(title=f"fleet ({len(devices)} devices)")
+    for column in ("id", "name", "profile", "status", "index", "eps cap", "key"):
+        table.add_column(column)
+    for d in devices:
+        table.add_row(str(d["id"]), d["name"], d["profile"], d["status"],
+                      str(d["device_index"]), str(d["epsilon_cap"]), d["key_fingerprint"][:19])
+    console.print(table)
+
+
+@fleet_app.command("show")
+def show(ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")]) -> None:
+    """One device: fields, public key, rounds taken part in, audit trail (JSON)."""
+    print(json.dumps(enrollment.show_device(db.resolve_url(), ident), indent=2))
+
+
+@fleet_app.command("revoke")
+def revoke(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
+) -> None:
+    """Revoke a device for ever; a key registered at the SuperLink is unregistered at once."""
+    url = db.resolve_url()
+    device = enrollment.revoke(url, ident, reason)
+    console.print(f"revoked {device['id']} {device['name']} at {device['revoked_at']}: "
+                  f"{device['revoke_reason']}", highlight=False)
+    if device["superlink_node_id"] is None:
+        return
+    try:
+        deployment.unregister_device(url, device["id"], deployment.operator_flwr_home())
+    except RegistryError as exc:  # revoked in the registry; the SuperLink must still hear it
+        print(f"error: revoked in the registry, but not yet at the SuperLink ({exc}); "
+              "run `fedmsr fleet sync` once it is reachable", file=sys.stderr)
+        raise typer.Exit(1) from None
+    console.print(f"unregistered node {device['superlink_node_id']} at the SuperLink: its "
+                  "SuperNode is cut off", highlight=False)
+
+
+@fleet_app.command("sync")
+def sync() -> None:
+    """Register enrolled devices' keys with the SuperLink; unregister revoked ones."""
+    result = deployment.sync(db.resolve_url(), deployment.operator_flwr_home())
+    console.print(f"registered {len(result.registered)} key(s), unregistered "
+                  f"{len(result.unregistered)}", highlight=False)
+
+
+@pki_app.command("init")
+def pki_init(
+    pki_dir: Annotated[Path, typer.Option(help="Where the CA and certificates go.")]
+    = pki.DEFAULT_DIR,
+    host: Annotated[list[str] | None, typer.Option(
+        help="Address the SuperLink is reached at (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing PKI.")] = False,
+) -> None:
+    """Create a CA and the SuperLink's TLS certificate (ECDSA P-384)."""
+    created = pki.init_pki(pki_dir, host or ["127.0.0.1", "localhost"], force=force)
+    console.print(f"CA {created.ca_cert}, SuperLink certificate {created.server_cert}",
+                  highlight=False)
+
+
+@superlink_app.command("start")
+def superlink_start(
+    pki_dir: Annotated[Path, typer.Option(help="PKI of `fedmsr pki init`.")] = pki.DEFAULT_DIR,
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default: Flower's "
+                                           "Control API has no authentication).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Fleet/Control/Runtime APIs.")]
+    = deployment.DEFAULT_PORT,
+    state: Annotated[Path, typer.Option(help="SuperLink state (SQLite).")]
+    = Path("superlink/state.db"),
+) -> None:
+    """Run flower-superlink (TLS, SuperNode authentication) in the foreground."""
+    plan = deployment.SuperLinkPlan(pki.Pki(pki_dir).require(), host, port, state)
+    console.print(f"SuperLink on {plan.address} (TLS, SuperNode auth, state {state}); "
+                  f"Flower CLI config in {deployment.operator_flwr_home()}", highlight=False)
+    deployment.exec_superlink(plan, deployment.operator_flwr_home())
+
+
+@device_app.command("start")
+def device_start(
+    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE_DIR", help="Device bundle.")],
+    port: Annotated[int | None, typer.Option(help="SuperNode's own port (default: free).")]
+    = None,
+    superlink: Annotated[str | None, typer.Option(
+        help="Override the bundle's SuperLink address.")] = None,
+) -> None:
+    """Run flower-supernode for a device: its key, CA, own FLWR_HOME and port."""
+    bundle = deployment.Bundle.load(bundle_dir)
+    console.print(f"device {bundle.info['device_id']} ({bundle.info['name']}) -> "
+                  f"{superlink or bundle.info['superlink']}", highlight=False)
+    deployment.exec_supernode(bundle, port, superlink)
+
+
+@fleet_app.command("audit")
+def audit(
+    limit: Annotated[int, typer.Option(help="Newest N entries (0: all).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list.")] = False,
+) -> None:
+    """The append-only audit log of operator actions (oldest first)."""
+    entries = enrollment.audit_log(db.resolve_url(), limit or None)
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        target = f"device {e['device_id']}" if e["device_id"] else (e["run_id"] or "")
+        console.print(f"{e['at']} {e['actor']} {e['action']} {target} "
+                      f"{json.dumps(e['detail'])}", highlight=False, soft_wrap=True)

@@ -1,0 +1,198 @@
+"""Where the registry lives and how to reach it: URL resolution, engine, sessions, schema.
+
+The URL comes from `fedmsr --db URL`, else the `FEDMSR_DB` environment variable, else
+the embedded default `sqlite:///fedmsr.db` in the working directory. The `--db` flag is
+stored in `FEDMSR_DB` by the CLI, so the engine subprocess of `fedmsr run` (and every
+sink in it) reaches the same database. PostgreSQL works via `postgresql+psycopg://`.
+
+Every failure to reach or use the database becomes a :class:`RegistryError`: one line
+naming what is wrong and the fix, never a driver traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+ENV_VAR = "FEDMSR_DB"
+DEFAULT_FILE = "fedmsr.db"
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class RegistryError(Exception):
+    """A registry operation cannot go ahead; the message names the field and the fix."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.field_name = name
+
+
+def resolve_url(flag: str | None = None) -> str:
+    """`--db` flag, else `FEDMSR_DB`, else the embedded SQLite file in the working directory."""
+    if flag:
+        return flag
+    return os.environ.get(ENV_VAR) or f"sqlite:///{DEFAULT_FILE}"
+
+
+def registry_configured() -> bool:
+    """Whether an operator set up a registry here (a URL given, or the default file exists)."""
+    return bool(os.environ.get(ENV_VAR)) or Path(DEFAULT_FILE).exists()
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def get_engine(url: str) -> Engine:
+    """One engine per URL in this process (a connection pool is not cheap)."""
+    if url not in _ENGINES:
+        _ENGINES[url] = _new_engine(url)
+    return _ENGINES[url]
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection this process holds (tests, before dropping a schema)."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
+
+
+def _new_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise RegistryError("--db", f"{url!r} is not a database URL; use e.g. "
+                            "sqlite:///fedmsr.db or postgresql+psycopg://user@host/db") from None
+    kwargs: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": 5}
+    elif parsed.get_backend_name() != "sqlite":
+        raise RegistryError("--db", f"unsupported database {parsed.get_backend_name()!r}; "
+                            "use sqlite:///PATH or postgresql+psycopg://...")
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise RegistryError("--db", f"no driver for {redacted(url)} ({exc}); "
+                            "use postgresql+psycopg:// (psycopg 3)") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """SQLite ignores foreign keys unless asked, per connection."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return detail[0] if detail else type(exc).__name__
+
+
+def unreachable(url: str, exc: BaseException) -> RegistryError:
+    first = _first_line(exc)
+    return RegistryError("--db", f"cannot use the registry database {redacted(url)}: {first}; "
+                         f"check --db / {ENV_VAR} and that the database server is running")
+
+
+def alembic_config(connection: object | None = None) -> Config:
+    """Alembic configured in code: the migrations ship inside the package, no alembic.ini."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade(url: str) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision; return (revision before, revision after)."""
+    engine = get_engine(url)
+    try:
+        with engine.begin() as connection:
+            before = MigrationContext.configure(connection).get_current_revision()
+            command.upgrade(alembic_config(connection), "head")
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        raise unreachable(url, exc) from None
+    return before, head_revision()
+
+
+def current_revision(url: str) -> str | None:
+    """The schema revision, None for an empty database (a missing SQLite file is not created)."""
+    if _missing_sqlite_file(url):
+        return None
+    try:
+        with get_engine(url).connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except (DBAPIError, SQLAlchemyError, OSError) as exc:
+        raise unreachable(url, exc) from None
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    path = parsed.database or ""
+    return (parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:")
+            and not path.startswith("file:") and not Path(path).exists())
+
+
+def require_schema(url: str) -> None:
+    """Refuse to work on a database that `fedmsr db upgrade` has not brought to our revision."""
+    get_engine(url)  # a malformed URL is reported as such, before anything else
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        state = "has no fedmsr registry" if current is None else f"is at revision {current}"
+        raise RegistryError("--db", f"the registry database {redacted(url)} {state}, this "
+                            f"fedmsr expects {head}: run `fedmsr --db URL db upgrade` first")
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back (nothing written) on any error."""
+    require_schema(url)
+    factory = sessionmaker(get_engine(url), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise RegistryError("registry", f"the database refused the change (nothing was "
+                            f"written): {_first_line(exc)}") from None
+    except DBAPIError as exc:
+        session.rollback()
+        raise unreachable(url, exc) from None
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,111 @@
+"""App-level device identity at check-in: a fresh nonce per round, verified signatures.
+
+Each round's check-in query carries a challenge (a 256-bit nonce, the run id, and in
+simulation the directory of the simulated enrollment's bundles). A device answers with its
+registry device id and an ECDSA-SHA384 signature, made with its enrollment key, over
+(nonce, run id, its Flower node id) (`fl_client.client_app.checkin_statement`). The server
+admits a node only if the registry holds that device, not revoked, for the data index the
+node reports, among the run's devices, and the signature verifies with the registry's
+public key for the node id the reply came from. That binds Flower node id <-> device id
+for the round; every other node takes no part, and is counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from flwr.app import ConfigRecord
+from sqlalchemy import select
+
+from fl_client.client_app import checkin_statement
+from fl_server.config import RunConfig
+from fl_server.registry.db import resolve_url, session_scope
+from fl_server.registry.models import Device, DeviceStatus
+
+log = logging.getLogger("fedmsr.checkin")
+#: Where `fedmsr run` records the simulated enrollment's bundles (RunConfig.extra).
+BUNDLES_EXTRA = "bundles_dir"
+
+
+@dataclass
+class CheckinGate:
+    """One round's challenge and the verification of the answers to it."""
+
+    url: str
+    run_id: str
+    allowed: frozenset[int]
+    bundles_dir: str = ""
+    nonce: str = field(default_factory=lambda: secrets.token_hex(32))
+    refused: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig) -> CheckinGate | None:
+        """A gate for registry-backed runs; None (everyone who answers) without a registry."""
+        if cfg.device_indices is None:
+            return None
+        return cls(resolve_url(), cfg.run_id, frozenset(cfg.device_indices),
+                   str(cfg.extra.get(BUNDLES_EXTRA, "")))
+
+    def challenge(self) -> ConfigRecord:
+        record = ConfigRecord({"nonce": self.nonce, "run-id": self.run_id})
+        if self.bundles_dir:
+            record["bundles-dir"] = self.bundles_dir
+        return record
+
+    def admit(self, answers: Mapping[int, Any]) -> dict[int, int]:
+        """Node id -> device index for the nodes that proved who they are."""
+        ids = {int(a["device-id"]) for a in answers.values() if "device-id" in a}
+        with session_scope(self.url) as session:
+            devices = {d.id: (d.status, d.device_index, d.public_key) for d in session.scalars(
+                select(Device).where(Device.id.in_(ids)))} if ids else {}
+        admitted: dict[int, int] = {}
+        for node_id, answer in answers.items():
+            problem = self._problem(node_id, answer, devices)
+            if problem:
+                self.refused[node_id] = problem
+            else:
+                admitted[node_id] = int(answer["device"])
+        if self.refused:
+            log.warning("check-in refused %d node(s): %s", len(self.refused),
+                        "; ".join(f"node {n}: {p}" for n, p in sorted(self.refused.items())))
+        return admitted
+
+    def _problem(self, node_id: int, answer: Any,
+                 devices: Mapping[int, tuple[str, int | None, str]]) -> str:
+        index = int(answer["device"])
+        if index not in self.allowed:
+            return f"device index {index} is not among the run's devices"
+        if "device-id" not in answer or "signature" not in answer:
+            return "no signed answer (no enrollment key on the node)"
+        device_id = int(answer["device-id"])
+        if device_id not in devices:
+            return f"device id {device_id} is not in the registry"
+        status, registered_index, public_key = devices[device_id]
+        if status == DeviceStatus.REVOKED.value:
+            return f"device {device_id} is revoked"
+        if registered_index != index:
+            return f"device {device_id} is enrolled for index {registered_index}, not {index}"
+        key = load_ssh_public_key(public_key.encode())
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        try:
+            key.verify(bytes.fromhex(str(answer["signature"])),
+                       checkin_statement(self.nonce, self.run_id, node_id),
+                       ec.ECDSA(hashes.SHA384()))
+        except (InvalidSignature, ValueError):
+            return f"signature of device {device_id} does not verify for node {node_id}"
+        return ""
+
+
+def bundles_dir_for_run() -> str:
+    """The simulated enrollment's bundles: `devices/` here (absolute), if it exists."""
+    path = Path("devices")
+    return str(path.resolve()) if path.is_dir() else ""

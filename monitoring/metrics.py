@@ -1,0 +1,272 @@
+"""Every fedmsr Prometheus metric, defined once.
+
+Each :class:`FedmsrMetrics` owns a private :class:`CollectorRegistry` (never the global
+default), so a test, the engine process and `fedmsr monitor` each get their own, and a
+second instance in one process does not clash.
+
+Naming follows Prometheus conventions: `fedmsr_` prefix, base units (`_seconds`,
+`_bytes`, `_ratio` for accuracies and fractions, `_bits` for information), `_total` on
+counters. There are **no per-device labels**: a fleet has 10^4 - 10^6 devices, so
+per-device quantities (epsilon spent, information bits) are exported as fleet-level
+distributions (gauge histograms, rebuilt from a snapshot) and top-level gauges (max,
+p95, counts near / over the cap). Every label has a small, fixed set of values.
+
+Some metrics are fed by parts of the platform that are still to come; they are
+defined now so dashboards and alerts exist, and they start from values that are true
+before that part exists (no tracked devices, no disagreements). :data:`FED_LATER` names
+them and who will feed them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeHistogramMetricFamily
+from prometheus_client.registry import Collector
+
+# `_created` series double every counter and histogram and nothing here reads them.
+disable_created_metrics()
+
+RUN_STATUSES = ("running", "completed", "failed")
+ROUND_STATUSES = ("completed", "failed", "aborted")
+#: Phases of a round; the `secagg_*` stages are timed once secure aggregation lands.
+PHASES = ("checkin", "train", "secagg_setup", "secagg_share_keys", "secagg_collect_masked",
+          "secagg_unmask", "aggregate", "evaluate")
+#: The registry's device states: enrolled (keys issued) -> active (took part) -> revoked.
+DEVICE_STATUSES = ("enrolled", "active", "revoked")
+#: What `fedmsr monitor` reads between runs.
+MONITOR_SOURCES = ("runs", "registry")
+REJECT_REASONS = ("malformed", "norm_bound", "stale_round", "budget_exceeded", "error_reply")
+PROBES = ("utility", "identity")
+LEAKAGE_KS = (1, 2, 4, 8, 16, 32, 64)
+LEAKAGE_ATTACKS = ("identity",)
+#: Fraction of its cap at which a device counts as "near exhaustion".
+NEAR_CAP_FRACTION = 0.9
+
+EPSILON_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: Information is exported in bytes (Prometheus' base unit; promtool rejects `_bits`):
+#: 1 bit .. 1 Mibit, as bytes.
+INFORMATION_BYTES_BUCKETS = tuple(2.0 ** k / 8 for k in range(0, 21, 2))
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+#: Metrics defined now and fed by a later part of the platform (metric -> who feeds it).
+FED_LATER = {
+    "fedmsr_device_epsilon": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
+    "fedmsr_fleet_epsilon_max": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
+    "fedmsr_fleet_epsilon_p95": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
+    "fedmsr_devices_near_budget_cap": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
+    "fedmsr_devices_budget_exhausted": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
+    "fedmsr_budget_tracked_devices": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
+    "fedmsr_device_information_bytes": "budget ledger (issue 4) via set_information_bits",
+    "fedmsr_ledger_disagreements_total": "check-in ledger comparison (issue 4), record key "
+                                         "'ledger_disagreements'",
+    "fedmsr_updates_rejected_total": "update validation (strategies), record key 'rejected'",
+    "fedmsr_network_sent_bytes_total": "messaging, record key 'bytes_sent'",
+    "fedmsr_network_received_bytes_total": "messaging, record key 'bytes_received'",
+    "fedmsr_secagg_dropouts_total": "secure aggregation (issue 5), record key "
+                                    "'secagg_dropouts'",
+    "fedmsr_leakage_accumulation_gain_ratio": "leakage tracking (k > 1) via set_leakage",
+}
+
+
+class FleetDistribution(Collector):
+    """A fleet-wide distribution rebuilt from a snapshot (a Prometheus gauge histogram).
+
+    A regular Histogram only accumulates observations; "how many devices have spent at
+    most x epsilon *now*" must be replaced whole each time the ledger is read.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        self._counts = [0.0] * (len(self.bounds) + 1)
+        self._sum = 0.0
+
+    def set(self, values: Sequence[float] | np.ndarray) -> None:
+        array = np.asarray(values, dtype=float)
+        if array.size and not np.all(np.isfinite(array)):
+            raise ValueError(f"{self.name}: values must be finite")
+        cumulative = [float(np.count_nonzero(array <= b)) for b in self.bounds]
+        self._counts = [*cumulative, float(array.size)]
+        self._sum = float(array.sum())
+
+    def collect(self) -> Iterator[GaugeHistogramMetricFamily]:
+        family = GaugeHistogramMetricFamily(self.name, self.documentation, labels=[])
+        les = [_le(b) for b in self.bounds] + ["+Inf"]
+        family.add_metric([], list(zip(les, self._counts, strict=True)), gsum_value=self._sum)
+        yield family
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class FedmsrMetrics:
+    """The metric set of one process (engine, `fedmsr monitor`, a test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # -- run ---------------------------------------------------------------------
+        self.run_status = Gauge("fedmsr_run_status", "1 for the run's current status, 0 for "
+                                "the others", ["status"], registry=r)
+        self.run_rounds_planned = Gauge("fedmsr_run_rounds_planned",
+                                        "Rounds the current run plans", registry=r)
+        self.run_rounds_completed = Gauge("fedmsr_run_rounds_completed",
+                                          "Rounds the current run has finished", registry=r)
+        self.run_dp_sgd = Gauge("fedmsr_run_dp_sgd_enabled",
+                                "1 when devices train with DP-SGD in the current run", registry=r)
+        self.run_start_time = Gauge("fedmsr_run_start_time_seconds",
+                                    "Unix time the current run (or resume) started", registry=r)
+        self.last_round_time = Gauge("fedmsr_last_round_end_time_seconds",
+                                     "Unix time the last round finished", registry=r)
+        # -- rounds --------------------------------------------------------------------
+        self.rounds = Counter("fedmsr_rounds", "Rounds by outcome (aborted: secure "
+                              "aggregation could not unmask)", ["status"], registry=r)
+        self.round_duration = Histogram("fedmsr_round_duration_seconds", "Wall time of a round",
+                                        buckets=DURATION_BUCKETS, registry=r)
+        self.phase_duration = Histogram("fedmsr_round_phase_duration_seconds",
+                                        "Wall time of each phase of a round", ["phase"],
+                                        buckets=DURATION_BUCKETS, registry=r)
+        self.round_devices = Gauge("fedmsr_round_devices", "Devices sampled / responded / "
+                                   "dropped in the last round", ["outcome"], registry=r)
+        self.devices_sampled = Counter("fedmsr_devices_sampled", "Device-rounds sampled for "
+                                       "training", registry=r)
+        self.devices_responded = Counter("fedmsr_devices_responded", "Device-rounds that "
+                                         "returned an update", registry=r)
+        self.devices_dropped = Counter("fedmsr_devices_dropped", "Device-rounds sampled "
+                                       "that returned no update in time", registry=r)
+        self.updates_rejected = Counter("fedmsr_updates_rejected", "Updates received and "
+                                        "discarded, by reason", ["reason"], registry=r)
+        self.sent_bytes = Counter("fedmsr_network_sent_bytes", "Bytes sent to devices",
+                                  registry=r)
+        self.received_bytes = Counter("fedmsr_network_received_bytes",
+                                      "Bytes received from devices", registry=r)
+        self.client_train_seconds = Counter("fedmsr_client_train_seconds", "Device training "
+                                            "time, summed over devices", registry=r)
+        self.client_train_max = Gauge("fedmsr_round_client_train_max_seconds",
+                                      "Slowest device's training time in the last round",
+                                      registry=r)
+        self.secagg_dropouts = Counter("fedmsr_secagg_dropouts", "Devices lost after "
+                                       "masking (their masks had to be recovered)", registry=r)
+        # -- representation quality and leakage ----------------------------------------
+        self.probe_accuracy = Gauge("fedmsr_probe_accuracy_ratio", "Held-out linear probe "
+                                    "accuracy (utility: DTP, identity: PL)", ["probe"],
+                                    registry=r)
+        self.probe_chance = Gauge("fedmsr_probe_chance_accuracy_ratio", "Chance accuracy of "
+                                  "each probe", ["probe"], registry=r)
+        self.round_loss = Gauge("fedmsr_round_loss", "Server held-out VIB loss after the last "
+                                "round", registry=r)
+        self.kl_bytes = Gauge("fedmsr_representation_kl_bytes", "Mean KL(q(z|x)||prior) per "
+                              "clip on held-out clips (bytes: bits / 8)", registry=r)
+        self.leakage_accuracy = Gauge("fedmsr_leakage_attack_accuracy_ratio", "Attack "
+                                      "accuracy with k accumulated representations of one "
+                                      "device, PL(k)", ["attack", "k"], registry=r)
+        self.leakage_gain = Gauge("fedmsr_leakage_accumulation_gain_ratio", "max_k PL(k) - "
+                                  "PL(1): what accumulating representations adds",
+                                  ["attack"], registry=r)
+        self.leakage_max_k = Gauge("fedmsr_leakage_max_k", "Largest k measured for the "
+                                   "leakage curve", ["attack"], registry=r)
+        # -- devices, DP and budgets ---------------------------------------------------
+        self.devices = Gauge("fedmsr_devices", "Devices by status", ["status"], registry=r)
+        self.runs = Gauge("fedmsr_runs", "Runs in the runs directory by status (fedmsr "
+                          "monitor)", ["status"], registry=r)
+        self.source_up = Gauge("fedmsr_monitor_source_up", "1 when fedmsr monitor could read "
+                               "the source at the last scrape", ["source"], registry=r)
+        self.dp_events = Counter("fedmsr_dp_events", "DP-SGD releases reported by devices",
+                                 registry=r)
+        self.dp_sampling = Histogram("fedmsr_dp_sampling_ratio", "Poisson sampling rate q of "
+                                     "each DP-SGD release", registry=r,
+                                     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.99, 1.0))
+        self.dp_noise = Histogram("fedmsr_dp_noise_multiplier", "Noise multiplier sigma of "
+                                  "each DP-SGD release", registry=r,
+                                  buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0))
+        self.dp_steps = Histogram("fedmsr_dp_steps", "Noisy steps of each DP-SGD release",
+                                  registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
+        self.epsilon = FleetDistribution("fedmsr_device_epsilon", "Epsilon each tracked "
+                                         "device has spent (fleet distribution)", EPSILON_BUCKETS)
+        self.information = FleetDistribution(
+            "fedmsr_device_information_bytes", "Information each tracked device has uploaded "
+            "(sum of per-clip KL; bytes = bits / 8; fleet distribution)",
+            INFORMATION_BYTES_BUCKETS)
+        r.register(self.epsilon)
+        r.register(self.information)
+        self.epsilon_max = Gauge("fedmsr_fleet_epsilon_max", "Largest epsilon spent by a "
+                                 "tracked device", registry=r)
+        self.epsilon_p95 = Gauge("fedmsr_fleet_epsilon_p95", "95th percentile of epsilon "
+                                 "spent over tracked devices", registry=r)
+        self.near_cap = Gauge("fedmsr_devices_near_budget_cap", "Tracked devices within 10% "
+                              "of their epsilon cap (not yet over it)", registry=r)
+        self.exhausted = Gauge("fedmsr_devices_budget_exhausted", "Tracked devices whose "
+                               "epsilon reached their cap", registry=r)
+        self.budget_tracked = Gauge("fedmsr_budget_tracked_devices", "Devices the budget "
+                                    "figures cover (0 until the ledger feeds them)", registry=r)
+        self.ledger_disagreements = Counter("fedmsr_ledger_disagreements", "Check-ins whose "
+                                            "device ledger disagreed with the server's",
+                                            registry=r)
+        self._initialise_children()
+
+    def _initialise_children(self) -> None:
+        """Create every labelled series up front, so rate() and alerts see a 0, not a gap."""
+        for status in ROUND_STATUSES:
+            self.rounds.labels(status=status)
+        for phase in PHASES:
+            self.phase_duration.labels(phase=phase)
+        for reason in REJECT_REASONS:
+            self.updates_rejected.labels(reason=reason)
+        for status in RUN_STATUSES:
+            self.run_status.labels(status=status).set(0)
+        self.set_budgets([], [])
+
+    # -- setters used by the observer, `fedmsr monitor` and (later) the ledger ----------
+
+    def set_run_status(self, status: str) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        for name in RUN_STATUSES:
+            self.run_status.labels(status=name).set(1 if name == status else 0)
+
+    def set_budgets(self, epsilons: Sequence[float], caps: Sequence[float]) -> None:
+        """Fleet figures from each tracked device's epsilon spent and its cap."""
+        eps = np.asarray(epsilons, dtype=float)
+        cap = np.asarray(caps, dtype=float)
+        if eps.shape != cap.shape:
+            raise ValueError(f"{eps.size} epsilons but {cap.size} caps")
+        self.epsilon.set(eps)
+        self.budget_tracked.set(eps.size)
+        self.epsilon_max.set(float(eps.max()) if eps.size else 0.0)
+        self.epsilon_p95.set(float(np.quantile(eps, 0.95)) if eps.size else 0.0)
+        exhausted = eps >= cap
+        self.exhausted.set(int(np.count_nonzero(exhausted)))
+        self.near_cap.set(int(np.count_nonzero(~exhausted & (eps >= NEAR_CAP_FRACTION * cap))))
+
+    def set_information_bits(self, bits: Sequence[float]) -> None:
+        """Each tracked device's uploaded information, in bits (exported as bytes)."""
+        self.information.set(np.asarray(bits, dtype=float) / 8.0)
+
+    def set_kl_bits(self, bits_per_clip: float) -> None:
+        self.kl_bytes.set(bits_per_clip / 8.0)
+
+    def set_leakage(self, attack: str, curve: dict[int, float]) -> None:
+        """PL(k) for the measured k, and the accumulation gain max_k PL(k) - PL(1)."""
+        if 1 not in curve:
+            raise ValueError("the leakage curve needs PL(1), the single-representation attack")
+        for k, accuracy in sorted(curve.items()):
+            if not math.isfinite(accuracy):
+                raise ValueError(f"PL({k}) is not finite")
+            self.leakage_accuracy.labels(attack=attack, k=str(k)).set(accuracy)
+        self.leakage_gain.labels(attack=attack).set(max(curve.values()) - curve[1])
+        self.leakage_max_k.labels(attack=attack).set(max(curve))
+
+    def metric_names(self) -> set[str]:
+        """Every metric family name this set exposes (as scraped, without suffixes)."""
+        return {family.name for family in self.registry.collect()}

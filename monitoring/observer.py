@@ -1,0 +1,173 @@
+"""The metrics sink of a run: turns the federation's round records into Prometheus metrics.
+
+It follows `fl_server.observers.RoundObserver` by shape only (monitoring must not import
+fl_server; fl_server wires it in `sinks.py`). It reads from the run configuration only
+`devices`, `rounds`, `dp_sgd`, `metrics_port`, `metrics_linger_s` and `run_dir()`, and
+from each round record the keys `_one_round` writes; keys that later parts of the
+platform will add (`bytes_sent`, `rejected`, `secagg_phases_s`, `leakage`, ...) are read
+when present.
+
+The exporter lives as long as the run: started in `run_started`, stopped in
+`run_finished` after `metrics_linger_s` seconds, so a scraper that polls every few
+seconds still sees the final state of a short run. While it is up, `metrics.json` in the
+run directory says where (port 0 asks for any free port; that file is how a caller
+learns which).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from monitoring.exporter import MetricsExporter
+from monitoring.metrics import FedmsrMetrics
+
+ENDPOINT_FILE = "metrics.json"
+#: Record keys of each timed phase (`_one_round` in fl_server/federation.py).
+PHASE_KEYS = {"checkin": "checkin_s", "train": "train_phase_s", "aggregate": "aggregate_s",
+              "evaluate": "eval_s"}
+
+
+class MetricsObserver:
+    """Updates a :class:`FedmsrMetrics` from a run's hooks and serves it while the run lives."""
+
+    def __init__(self, metrics: FedmsrMetrics | None = None, port: int = -1,
+                 linger_s: float = 0.0) -> None:
+        self.metrics = metrics or FedmsrMetrics()
+        self.exporter = MetricsExporter(self.metrics.registry, port) if port >= 0 else None
+        self.linger_s = max(0.0, float(linger_s))
+        self._endpoint_file: Path | None = None
+        self._stop_linger = threading.Event()
+        self._active: set[int] = set()
+        self._fleet_size = 0
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> MetricsObserver:
+        return cls(port=int(getattr(cfg, "metrics_port", -1)),
+                   linger_s=float(getattr(cfg, "metrics_linger_s", 0.0)))
+
+    # -- RoundObserver hooks ----------------------------------------------------------
+
+    def run_started(self, cfg: Any, resumed_after_round: int) -> None:
+        m = self.metrics
+        m.set_run_status("running")
+        m.run_rounds_planned.set(cfg.rounds)
+        m.run_rounds_completed.set(resumed_after_round)
+        m.run_dp_sgd.set(1 if cfg.dp_sgd else 0)
+        m.run_start_time.set(time.time())
+        self._fleet_size = int(cfg.devices)
+        self._set_devices()
+        if self.exporter is not None:
+            self._serve(cfg)
+
+    def round_finished(self, cfg: Any, record: dict[str, Any]) -> None:
+        m = self.metrics
+        m.rounds.labels(status="completed").inc()
+        m.run_rounds_completed.set(record["round"])
+        m.last_round_time.set(time.time())
+        m.round_duration.observe(record["wall_s"])
+        for phase, key in PHASE_KEYS.items():
+            m.phase_duration.labels(phase=phase).observe(record[key])
+        for stage, seconds in record.get("secagg_phases_s", {}).items():
+            m.phase_duration.labels(phase=f"secagg_{stage}").observe(seconds)
+        self._devices(record)
+        self._quality(record)
+        self._dp_events(record.get("dp_events", []))
+        m.client_train_seconds.inc(record["client_train_s_sum"])
+        m.client_train_max.set(record["client_train_s_max"])
+        m.sent_bytes.inc(record.get("bytes_sent", 0))
+        m.received_bytes.inc(record.get("bytes_received", 0))
+        m.secagg_dropouts.inc(record.get("secagg_dropouts", 0))
+        m.ledger_disagreements.inc(record.get("ledger_disagreements", 0))
+        for reason, count in record.get("rejected", {}).items():
+            m.updates_rejected.labels(reason=reason).inc(count)
+
+    def run_finished(self, cfg: Any, status: Any) -> None:
+        m = self.metrics
+        m.set_run_status(status.status)
+        m.run_rounds_completed.set(status.completed_rounds)
+        if status.status == "failed" and status.completed_rounds < status.planned_rounds:
+            m.rounds.labels(status="failed").inc()  # the round that was under way
+        if self.exporter is not None and self.exporter.running:
+            self._stop_linger.wait(self.linger_s)
+            self.stop()
+
+    # -- serving ----------------------------------------------------------------------
+
+    def _serve(self, cfg: Any) -> None:
+        assert self.exporter is not None
+        try:
+            self.exporter.start()
+        except OSError as exc:
+            raise RuntimeError(f"metrics_port: cannot listen on 127.0.0.1:"
+                               f"{self.exporter.requested_port} ({exc.strerror}); "
+                               "choose another --metrics-port, or 0 for any free port") from None
+        self._endpoint_file = Path(cfg.run_dir()) / ENDPOINT_FILE
+        _write_json_atomic(self._endpoint_file, {"url": self.exporter.url,
+                                                 "port": self.exporter.port, "pid": os.getpid()})
+        print(f"metrics: {self.exporter.url}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        """Stop serving now (ends a linger early) and remove the endpoint file."""
+        self._stop_linger.set()
+        if self.exporter is not None:
+            self.exporter.stop()
+        if self._endpoint_file is not None:
+            self._endpoint_file.unlink(missing_ok=True)
+            self._endpoint_file = None
+
+    # -- record -> metrics ------------------------------------------------------------
+
+    def _devices(self, record: dict[str, Any]) -> None:
+        m = self.metrics
+        sampled, responded, failed = record["sampled"], record["responded"], record["failed"]
+        for outcome, value in (("sampled", sampled), ("responded", responded),
+                               ("dropped", failed)):
+            m.round_devices.labels(outcome=outcome).set(value)
+        m.devices_sampled.inc(sampled)
+        m.devices_responded.inc(responded)
+        m.devices_dropped.inc(failed)
+        self._active.update(int(d) for d in record.get("devices", []))
+        self._set_devices()
+
+    def _set_devices(self) -> None:
+        """A simulated fleet is enrolled whole and never revokes (the registry says more).
+
+        As in the registry, a device is `active` once it has taken part (here: in this
+        run) and `enrolled` until then.
+        """
+        m = self.metrics
+        m.devices.labels(status="active").set(len(self._active))
+        m.devices.labels(status="enrolled").set(self._fleet_size - len(self._active))
+        m.devices.labels(status="revoked").set(0)
+
+    def _quality(self, record: dict[str, Any]) -> None:
+        m = self.metrics
+        for probe in ("utility", "identity"):
+            m.probe_accuracy.labels(probe=probe).set(record[f"{probe}_acc"])
+            m.probe_chance.labels(probe=probe).set(record[f"{probe}_chance"])
+        m.round_loss.set(record["loss"])
+        m.set_kl_bits(record["kl_bits"])
+        # The identity probe on single clips is PL(1); leakage tracking adds k > 1.
+        curves = record.get("leakage") or {"identity": {1: record["identity_acc"]}}
+        for attack, curve in curves.items():
+            m.set_leakage(attack, {int(k): float(v) for k, v in curve.items()})
+
+    def _dp_events(self, events: list[dict[str, Any]]) -> None:
+        m = self.metrics
+        for event in events:
+            m.dp_events.inc()
+            m.dp_sampling.observe(event["sample_rate"])
+            m.dp_noise.observe(event["noise_multiplier"])
+            m.dp_steps.observe(event["steps"])
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,111 @@
+"""Metrics from what persists between runs: the runs directory and a fleet snapshot.
+
+`fedmsr monitor` serves these so fleet and budget panels do not go blank when no run is
+live. The runs directory is read as plain files (`run.json`, `status.json`,
+`history.json` of each run), never through fl_server, which monitoring must not import.
+The fleet snapshot (devices by status, per-device epsilon and information bits) comes from
+the registry; fl_server builds it and hands it over as a :class:`FleetSnapshot`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitoring.metrics import DEVICE_STATUSES, RUN_STATUSES, FedmsrMetrics
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """The registry's view of the fleet, as plain numbers (no device ids)."""
+
+    devices_by_status: dict[str, int]
+    epsilons: list[float] = field(default_factory=list)
+    epsilon_caps: list[float] = field(default_factory=list)
+    information_bits: list[float] = field(default_factory=list)
+
+    def apply(self, metrics: FedmsrMetrics) -> None:
+        for status in DEVICE_STATUSES:
+            metrics.devices.labels(status=status).set(self.devices_by_status.get(status, 0))
+        metrics.set_budgets(self.epsilons, self.epsilon_caps)
+        metrics.set_information_bits(self.information_bits)
+
+
+@dataclass(frozen=True)
+class RunOnDisk:
+    """One run directory's persisted state."""
+
+    run_id: str
+    config: dict[str, Any]
+    status: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def updated(self) -> float:
+        return float(self.status.get("updated_unix", 0.0))
+
+
+def read_runs(runs_dir: Path) -> list[RunOnDisk]:
+    """Every run in `runs_dir` with a readable run.json and status.json, oldest first.
+
+    A run being written right now may have a half-visible file; it is skipped at this
+    scrape and read at the next (the fl_server writers are atomic, so this is rare).
+    """
+    runs: list[RunOnDisk] = []
+    if not runs_dir.is_dir():
+        return runs
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        try:
+            config = json.loads((run_dir / "run.json").read_text())
+            status = json.loads((run_dir / "status.json").read_text())
+            history_path = run_dir / "history.json"
+            history = json.loads(history_path.read_text()) if history_path.exists() else []
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(config, dict) and isinstance(status, dict) and isinstance(history, list):
+            runs.append(RunOnDisk(run_dir.name, config, status, history))
+    return sorted(runs, key=lambda run: (run.updated, run.run_id))
+
+
+def apply_runs(metrics: FedmsrMetrics, runs: list[RunOnDisk]) -> None:
+    """Runs by status, and the latest run's last round, as the live exporter showed it."""
+    counts = Counter(str(run.status.get("status")) for run in runs)
+    for status in RUN_STATUSES:
+        metrics.runs.labels(status=status).set(counts.get(status, 0))
+    if not runs:
+        return
+    latest = runs[-1]
+    if latest.status.get("status") in RUN_STATUSES:
+        metrics.set_run_status(latest.status["status"])
+    metrics.run_rounds_planned.set(latest.status.get("planned_rounds", 0))
+    metrics.run_rounds_completed.set(latest.status.get("completed_rounds", 0))
+    metrics.run_dp_sgd.set(1 if latest.config.get("dp_sgd") else 0)
+    if latest.history:
+        _apply_last_round(metrics, latest.history[-1], latest.updated)
+
+
+def _apply_last_round(metrics: FedmsrMetrics, record: dict[str, Any], when: float) -> None:
+    for probe in ("utility", "identity"):
+        metrics.probe_accuracy.labels(probe=probe).set(record[f"{probe}_acc"])
+        metrics.probe_chance.labels(probe=probe).set(record[f"{probe}_chance"])
+    metrics.round_loss.set(record["loss"])
+    metrics.set_kl_bits(record["kl_bits"])
+    metrics.set_leakage("identity", {1: float(record["identity_acc"])})
+    for outcome, key in (("sampled", "sampled"), ("responded", "responded"),
+                         ("dropped", "failed")):
+        metrics.round_devices.labels(outcome=outcome).set(record[key])
+    metrics.client_train_max.set(record["client_train_s_max"])
+    metrics.last_round_time.set(when)
+
+
+def fleet_from_runs(runs: list[RunOnDisk]) -> FleetSnapshot | None:
+    """Without a registry: the latest run's simulated fleet (enrolled whole, none revoked)."""
+    if not runs:
+        return None
+    latest = runs[-1]
+    size = int(latest.config.get("devices", 0))
+    active = {int(d) for record in latest.history for d in record.get("devices", [])}
+    return FleetSnapshot({"enrolled": size - len(active), "active": len(active), "revoked": 0})

@@ -1,0 +1,268 @@
+"""The evaluation report: one table (Markdown + CSV + JSON) and PNG plots.
+
+Files written into the output folder:
+
+* ``metrics.json``      every number (except wall-clock timings), deterministic for a seed;
+* ``timings.json``      latency per clip (wall clock; the only non-deterministic figures);
+* ``table.csv``         one row per representation, the headline columns;
+* ``report.md``         the table, PL(k) / gains, gradient inversion, SE, operating point;
+* ``frontier.png``      privacy-utility frontier (identity inference vs activity accuracy);
+* ``pl_curves.png``     PL(k) for identity / location / routine and linkage AUC(k);
+* ``reconstructions.png`` originals next to each attacker's reconstructions.
+
+Plots use matplotlib's Agg backend with fixed sizes and no timestamps in the metadata, so
+the same results give the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+COLUMNS = (
+    "name", "family", "beta", "dp_sgd", "kl_bits",
+    "activity_linear", "activity_mlp", "indoor_linear", "objects_auc_linear",
+    "identity_single", "identity_chance", "location_single", "routine_single",
+    "identity_pl_kmax", "kmax", "identity_gain_kmax", "linkage_auc_kmax",
+    "rr_psnr", "rr_ssim", "rr_attack",
+)
+PNG_META = {"Software": None}
+
+
+def _last(curve: dict) -> tuple[int | None, float | None]:
+    if not curve:
+        return None, None
+    k = max(int(x) for x in curve)
+    return k, curve[k] if k in curve else curve[str(k)]
+
+
+def table_row(row: dict) -> dict:
+    pl, dtp, rr = row["pl"], row["dtp"], row["rr"]
+    kmax, ident = _last(pl["curves"]["identity_best"])
+    _, gain = _last(pl["gain"]["identity_best"])
+    _, link = _last(pl["curves"].get("linkage_auc", {}))
+    return {
+        "name": row["name"], "family": row["family"], "beta": row.get("beta"),
+        "dp_sgd": row.get("dp_sgd"), "kl_bits": row.get("kl_bits"),
+        "activity_linear": dtp.get("activity_linear"), "activity_mlp": dtp.get("activity_mlp"),
+        "indoor_linear": dtp.get("indoor_linear"), "objects_auc_linear": dtp.get("objects_auc_linear"),
+        "identity_single": pl["single"]["identity"]["best"],
+        "identity_chance": pl["single"]["identity"]["chance"],
+        "location_single": pl["single"]["location"]["best"],
+        "routine_single": pl["single"]["routine"]["best"],
+        "identity_pl_kmax": ident, "kmax": kmax, "identity_gain_kmax": gain,
+        "linkage_auc_kmax": link,
+        "rr_psnr": rr["best"]["psnr"], "rr_ssim": rr["best"]["ssim"], "rr_attack": rr["best"]["attack"],
+    }
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _clean(obj: object) -> object:
+    """JSON-ready: drop private ``_`` keys (arrays for plots), numpy -> Python, round floats."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        if math.isnan(f):
+            return None
+        return ("inf" if f > 0 else "-inf") if math.isinf(f) else round(f, 6)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def markdown(results: dict, rows: Sequence[dict], timings: dict) -> str:
+    out = [f"# fedmsr evaluation ({results['settings']['scale']}, seed {results['settings']['seed']})", ""]
+    s = results["settings"]
+    out += [f"Data: {s['data']}. Encoders: {s['training']}.", ""]
+    out += ["## Privacy-utility table", "",
+            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    out += ["", ("Columns: activity / indoor = probe accuracy (indoor and objects are tasks no encoder "
+            "was trained for); identity/location/routine_single = best single-clip attack accuracy; "
+            "identity_pl_kmax = PL(k) at the largest k measured, identity_gain_kmax = PL(k) - PL(1); "
+            "rr_* = best reconstruction attack (PSNR dB / SSIM of the temporal mean frame)."), ""]
+    out += ["## PL(k): accumulated over k representations of one device", ""]
+    for rep in results["representations"]:
+        curves = rep["pl"]["curves"]
+        ks = sorted({int(k) for c in curves.values() for k in c})
+        out += [f"### {rep['name']}", "", "| attack | " + " | ".join(f"k={k}" for k in ks) + " |",
+                "|---|" + "---|" * len(ks)]
+        for name, c in curves.items():
+            out.append(f"| {name} | " + " | ".join(_fmt(c.get(str(k), c.get(k))) for k in ks) + " |")
+        out.append("")
+    gi = results.get("gradient_inversion")
+    if gi:
+        dp = gi.get("dp", {})
+        out += ["## Gradient inversion (one device's single-clip update)", "",
+                (f"DP-SGD: sigma {dp.get('noise_multiplier')}, C {dp.get('clip_norm')}, batch 1; "
+                "secure_sum: the sum of several devices' plain updates."), "",
+                "| model attacked | update | PSNR | SSIM |", "|---|---|---|---|"]
+        for model, cases in gi.items():
+            if model == "dp" or not isinstance(cases, dict):
+                continue
+            out += [f"| {model} | {k} | {_fmt(v['psnr'])} | {_fmt(v['ssim'])} |"
+                    for k, v in cases.items() if isinstance(v, dict) and "psnr" in v]
+        out.append("")
+    ref = results.get("references")
+    if ref:
+        out += ["## References", "",
+                (f"* identity inferred from the true activity label alone: {_fmt(ref['identity_from_activity'])} "
+                f"(chance {_fmt(ref['identity_chance'])}): the floor for any encoder that keeps activity;"),
+                (f"* PSNR of answering the attacker's mean frame (no information about the clip): "
+                f"{_fmt(ref['prior_psnr'])} dB."), ""]
+    eff = results.get("efficiency", {})
+    if eff:
+        out += ["## System efficiency", "", "| figure | value |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v)} |" for k, v in {**eff, **timings}.items()]
+        out.append("")
+    if results.get("real_clips"):
+        out += ["## Reconstruction on the given clips", "", "| representation | PSNR | SSIM |", "|---|---|---|"]
+        out += [f"| {k} | {_fmt(v['psnr'])} | {_fmt(v['ssim'])} |" for k, v in results["real_clips"].items()]
+        out.append("")
+    op = results.get("operating_point", {})
+    out += ["## Operating point", ""]
+    if not op.get("available"):
+        out.append(f"not available: {op.get('reason')}")
+    else:
+        out.append(f"Reference: {op['reference']}; blur PSNR {op['blur_psnr']:.2f} dB. Met by: "
+                   f"{', '.join(op['met_by']) or 'none'}.")
+        out += ["", "| encoder | activity (needed) | identity (allowed) | PSNR (allowed) | meets |",
+                "|---|---|---|---|---|"]
+        for c in op["candidates"]:
+            out.append(f"| {c['name']} | {c['activity']:.3f} ({c['activity_needed']:.3f}) | "
+                       f"{c['identity']:.3f} ({c['identity_allowed']:.3f}) | {c['psnr']:.2f} "
+                       f"({c['psnr_allowed']:.2f}) | {_fmt(c['meets'])} |")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ plots
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "fedmsr", "font.size": 8})
+    return plt
+
+
+def plot_frontier(rows: Sequence[dict], path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for r in rows:
+        marker = "o" if r["family"] == "encoder" else "s"
+        ax.scatter(r["identity_single"], r["activity_linear"], marker=marker)
+        ax.annotate(r["name"], (r["identity_single"], r["activity_linear"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if rows:
+        ax.axvline(rows[0]["identity_chance"], color="grey", ls=":", lw=1, label="identity chance")
+    ax.set_xlabel("identity inference, single clip (accuracy; lower = more private)")
+    ax.set_ylabel("activity probe accuracy (higher = more useful)")
+    ax.set_title("privacy-utility frontier")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, metadata=PNG_META)
+    plt.close(fig)
+
+
+def plot_pl_curves(reps: Sequence[dict], path: Path) -> None:
+    plt = _figure()
+    panels = (("identity_best", "identity PL(k)"), ("location", "location (home/haunts) PL(k)"),
+              ("routine", "routine (hour pattern) PL(k)"), ("linkage_auc", "cross-day linkage AUC(k)"))
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7), dpi=100)
+    for ax, (key, title) in zip(axes.ravel(), panels, strict=True):
+        for rep in reps:
+            c = rep["pl"]["curves"].get(key, {})
+            if c:
+                ks = sorted(int(k) for k in c)
+                ax.plot(ks, [c.get(str(k), c.get(k)) for k in ks], marker="o", ms=3, label=rep["name"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k representations of one device")
+        ax.set_title(title)
+        chance = 0.5 if key == "linkage_auc" else (reps[0]["pl"]["device_chance"] if reps else 0)
+        ax.axhline(chance, color="grey", ls=":", lw=1)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, metadata=PNG_META)
+    plt.close(fig)
+
+
+def montage(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
+    """One image: row i holds the images of ``rows[i]`` ([n_i, H, W, 3]) side by side."""
+    h, w = rows[0].shape[1:3]
+    n = max(len(r) for r in rows)
+    out = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), np.float32)
+    for i, imgs in enumerate(rows):
+        for j, img in enumerate(imgs):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = np.clip(img, 0, 1)
+    return out
+
+
+def plot_reconstructions(truth: np.ndarray, rows: Sequence[tuple[str, np.ndarray]], path: Path) -> None:
+    """Originals (first row) next to each attacker's reconstructions of the same clips."""
+    plt = _figure()
+    labelled = [("original", truth), *rows]
+    grid = montage([imgs for _, imgs in labelled])
+    h = truth.shape[1] + 2
+    fig, ax = plt.subplots(figsize=(2.6 + 0.5 * len(truth), 0.55 * len(labelled) + 0.4), dpi=100)
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_yticks([2 + h * i + h / 2 - 1 for i in range(len(labelled))])
+    ax.set_yticklabels([label.replace("\n", " ") for label, _ in labelled], fontsize=6)
+    ax.set_xticks([])
+    ax.set_title("temporal mean frame: original and reconstructions", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, metadata=PNG_META)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ everything
+
+
+def write_report(results: dict, timings: dict, out_dir: Path, *, truth: np.ndarray,
+                 recon_rows: Sequence[tuple[str, np.ndarray]]) -> list[Path]:
+    """Write every report file into ``out_dir`` (which must exist); returns the paths."""
+    clean = cast(dict[str, Any], _clean(results))
+    rows = [table_row(r) for r in clean["representations"]]
+    files = {
+        "metrics.json": json.dumps(clean, indent=2, sort_keys=True) + "\n",
+        "timings.json": json.dumps(_clean(timings), indent=2, sort_keys=True) + "\n",
+        "report.md": markdown(clean, rows, cast(dict[str, Any], _clean(timings))),
+    }
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{c: _fmt(r[c]) if isinstance(r[c], float) else r[c] for c in COLUMNS} for r in rows])
+    files["table.csv"] = buf.getvalue()
+    paths = []
+    for name, text in files.items():
+        (out_dir / name).write_text(text)
+        paths.append(out_dir / name)
+    plot_frontier(rows, out_dir / "frontier.png")
+    plot_pl_curves(clean["representations"], out_dir / "pl_curves.png")
+    plot_reconstructions(truth, recon_rows, out_dir / "reconstructions.png")
+    paths += [out_dir / n for n in ("frontier.png", "pl_curves.png", "reconstructions.png")]
+    return paths

@@ -1,0 +1,154 @@
+"""Secure aggregation of one training round as ordinary Flower messages (server side).
+
+Drives `SecAggServer` through the four stages with `strategies.messaging.send_and_collect`
+(fast polling, a deadline per stage; whoever has not answered by then has dropped):
+
+  query.secagg_advertise -> query.secagg_share -> train.secagg_masked -> query.secagg_unmask
+
+Replaces "send train messages + FedAvg" in a round: the devices train in the masked stage
+and upload delta = (their new weights - the global weights), clipped to [-clip, clip],
+fixed-point encoded and weighted by their number of examples; the server learns only the
+weighted mean delta and adds it to the global model. Central DP noise, if any, goes on
+after this (on the unmasked mean); device-side DP-SGD happened before masking, so the
+budget accounting is unchanged. Participants are identified by device index (what the
+registry issues identities for); the graph seed is public and derived from the round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from privacy.secagg import codec
+from privacy.secagg.encoding import EncodingSpec
+from privacy.secagg.errors import ProtocolAbort, SecAggError
+from privacy.secagg.graph import default_neighbours, default_threshold
+from privacy.secagg.messages import RoundSetup
+from strategies.messaging import send_and_collect
+from strategies.secagg_server import AggregateResult, SecAggServer
+
+SECAGG_KEY = "secagg"
+ADVERTISE = f"{MessageType.QUERY}.secagg_advertise"
+SHARE = f"{MessageType.QUERY}.secagg_share"
+MASKED = f"{MessageType.TRAIN}.secagg_masked"
+UNMASK = f"{MessageType.QUERY}.secagg_unmask"
+#: Key exchange and unmasking are small and fast; training gets the round's timeout.
+QUICK_STAGE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """neighbours/threshold 0 = the defaults (2*ceil(log2 n), floor(k/2)+1)."""
+
+    neighbours: int = 0
+    threshold: int = 0
+    clip: float = 1.0
+    mod_bits: int = 32
+    max_weight: int = 1
+    enrollment_seed: int = 0
+    round_context: bytes = b""
+
+
+@dataclass(frozen=True)
+class SecureRound:
+    """What the federation loop needs: contributors' replies (metrics, DP events, no
+    update), the new global arrays, and timings."""
+
+    replies: list[Message]
+    arrays: ArrayRecord
+    metrics: dict[str, float]
+    result: AggregateResult
+    train_s: float
+    aggregate_s: float
+
+
+def round_setup(params: SecAggParams, participants: Sequence[int],
+                vector_length: int) -> RoundSetup:
+    n = len(participants)
+    if n < 2:
+        raise ProtocolAbort(f"secure aggregation needs at least 2 devices, {n} sampled")
+    k = params.neighbours or default_neighbours(n)
+    k = min(k, n - 1)
+    t = params.threshold or default_threshold(k)
+    seed = hashlib.sha256(b"fedmsr-secagg-graph/" + params.round_context).digest()
+    spec = EncodingSpec(params.clip, params.mod_bits, params.max_weight, n)
+    return RoundSetup(params.round_context, tuple(sorted(participants)), k, t, seed, spec,
+                      vector_length)
+
+
+def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: dict[int, int],
+                       global_arrays: dict[str, np.ndarray], params: SecAggParams,
+                       train_timeout_s: float,
+                       stage_timeout_s: float = QUICK_STAGE_TIMEOUT_S) -> SecureRound:
+    """Run one securely aggregated training round; raises ProtocolAbort with no sum."""
+    node_of = {devices[m.metadata.dst_node_id]: m.metadata.dst_node_id for m in train_messages}
+    train_of = {m.metadata.dst_node_id: m for m in train_messages}
+    setup = round_setup(params, sorted(node_of), int(codec.flatten(global_arrays).size))
+    server = SecAggServer(setup)
+    started = time.perf_counter()
+    setup_flat = {**codec.setup_to_flat(setup), "enrollment-seed": params.enrollment_seed}
+
+    def exchange(message_type: str, payloads: dict[int, dict[str, Any]], timeout: float,
+                 base: Callable[[int], RecordDict] | None = None) -> dict[int, Message]:
+        out = []
+        for device, payload in payloads.items():
+            content = base(device) if base else RecordDict()
+            content[SECAGG_KEY] = ConfigRecord(payload)
+            out.append(Message(content=content, message_type=message_type,
+                               dst_node_id=node_of[device]))
+        by_device: dict[int, Message] = {}
+        node_to_device = {node: d for d, node in node_of.items()}
+        for reply in send_and_collect(grid, out, timeout):
+            sender = node_to_device.get(reply.metadata.src_node_id)
+            if sender is not None and not reply.has_error() and SECAGG_KEY in reply.content:
+                by_device[sender] = reply
+        return by_device
+
+    adverts = exchange(ADVERTISE, {d: setup_flat for d in node_of}, stage_timeout_s)
+    relayed = server.collect_keys(_parsed(adverts, codec.advertise_from_flat))
+    shared = exchange(SHARE, {d: codec.neighbour_keys_to_flat(m) for d, m in relayed.items()},
+                      stage_timeout_s)
+    delivered = server.collect_shares(_parsed(shared, codec.share_keys_from_flat))
+
+    def train_content(device: int) -> RecordDict:
+        original = train_of[node_of[device]].content
+        return RecordDict({name: original[name] for name in original})
+
+    train_started = time.perf_counter()
+    masked = exchange(MASKED, {d: codec.delivery_to_flat(m) for d, m in delivered.items()},
+                      train_timeout_s, base=train_content)
+    train_s = time.perf_counter() - train_started
+    requests = server.collect_masked(
+        _parsed(masked, lambda f: codec.masked_from_flat(f, setup.encoding)))
+    answers = exchange(UNMASK, {d: codec.unmask_request_to_flat(q) for d, q in requests.items()},
+                       stage_timeout_s)
+    result = server.finish(_parsed(answers, codec.unmask_reply_from_flat))
+    mean_delta = codec.unflatten(result.mean, {k: np.asarray(v, dtype=np.float64)
+                                               for k, v in global_arrays.items()})
+    new = {k: (np.asarray(global_arrays[k], dtype=np.float64) + mean_delta[k])
+           .astype(np.asarray(global_arrays[k]).dtype) for k in global_arrays}
+    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
+    contributors = set(result.contributors)
+    replies = [masked[d] for d in sorted(masked) if d in contributors]
+    total_s = time.perf_counter() - started
+    return SecureRound(replies, record, {}, result, train_s, total_s - train_s)
+
+
+def _parsed(replies: dict[int, Message], parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """Each reply as a protocol message; a malformed one, or one in which a node speaks for
+    another device than its own, counts as a dropout (it cannot derail the server)."""
+    out = []
+    for device, reply in sorted(replies.items()):
+        try:
+            message = parse(dict(cast(ConfigRecord, reply.content[SECAGG_KEY])))
+        except (KeyError, TypeError, ValueError, SecAggError):
+            continue
+        if message.sender == device:
+            out.append(message)
+    return out

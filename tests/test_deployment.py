@@ -1,0 +1,230 @@
+"""Deployment on a real SuperLink, all on 127.0.0.1: PKI, TLS, SuperNode authentication
+with enrollment keys, refusal of an unenrolled key, revocation cutting a SuperNode off for
+good. Every process started here is stopped by PID (with its children) in `finally`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fl_server import deployment, enrollment
+from tests.helpers import FEDMSR, fedmsr
+
+STARTUP_S = 90.0
+
+
+def children(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc), deepest last."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [p for p, parent in parents.items() if parent == current]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process and everything it started, by PID; SIGKILL what lingers."""
+    pids = [proc.pid, *children(proc.pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            deadline = time.monotonic() + 10
+            while any(Path(f"/proc/{p}").exists() for p in pids[1:]) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+
+
+def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    handle = log.open("w")
+    return subprocess.Popen([*FEDMSR, *args], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+
+
+def wait_until(condition, timeout_s: float, what: str, alive: list[subprocess.Popen] = ()):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        for proc in alive:
+            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode} while " \
+                                        f"waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def nodes_or_empty(flwr_home: Path) -> dict[str, str]:
+    try:
+        return deployment.online_nodes(flwr_home)
+    except Exception:  # noqa: BLE001 - the SuperLink is still starting
+        return {}
+
+
+@pytest.mark.slow
+def test_supernodes_authenticate_with_enrollment_keys_and_revocation_cuts_them_off(
+        registry_url, tmp_path, monkeypatch) -> None:
+    flwr_home = tmp_path / "flwr-operator"
+    monkeypatch.setenv("FLWR_HOME", str(flwr_home))
+    monkeypatch.setenv("FEDMSR_DB", registry_url)
+    port = deployment.free_port()
+    for args in (["pki", "init", "--pki-dir", "pki"], ["db", "upgrade"],
+                 ["fleet", "enroll", "--count", "3", "--prefix", "dev-",
+                  "--superlink", f"127.0.0.1:{port}"]):
+        result = fedmsr(*args, cwd=tmp_path, timeout=120)
+        assert result.returncode == 0, result.stderr
+    # A 4th device bundle whose key was never enrolled (same CA, same SuperLink).
+    outsider = tmp_path / "outsider"
+    outsider.mkdir()
+    key = enrollment.generate_keypair()
+    (outsider / enrollment.KEY_FILE).write_bytes(key.private_openssh)
+    (outsider / enrollment.CA_FILE).write_bytes((tmp_path / "pki" / "ca.pem").read_bytes())
+    (outsider / enrollment.INFO_FILE).write_text(json.dumps({
+        "device_id": 999, "name": "outsider", "device_index": 3,
+        "superlink": f"127.0.0.1:{port}"}))
+    procs: list[subprocess.Popen] = []
+    try:
+        superlink = start(["superlink", "start", "--pki-dir", "pki", "--port", str(port)],
+                          tmp_path, tmp_path / "superlink.log")
+        procs.append(superlink)
+        wait_until(lambda: _listening(port) and _answers(flwr_home), STARTUP_S,
+                   "the SuperLink", [superlink])
+        result = fedmsr("fleet", "sync", cwd=tmp_path, timeout=300)
+        assert result.returncode == 0 and "registered 3 key(s)" in result.stdout, result.stderr
+        devices = {d["name"]: d for d in json.loads(
+            fedmsr("fleet", "list", "--json", cwd=tmp_path).stdout)}
+        node_of = {name: d["superlink_node_id"] for name, d in devices.items()}
+        assert set(deployment.online_nodes(flwr_home)) == set(node_of.values())
+        supernodes = {}
+        for name in sorted(node_of):
+            supernodes[name] = start(["device", "start", f"devices/{name}"], tmp_path,
+                                     tmp_path / f"{name}.log")
+            procs.append(supernodes[name])
+        intruder = start(["device", "start", str(outsider)], tmp_path, tmp_path / "outsider.log")
+        procs.append(intruder)
+        wait_until(lambda: sorted(nodes_or_empty(flwr_home).values()) == ["online"] * 3,
+                   STARTUP_S, "3 SuperNodes online", [superlink, *supernodes.values()])
+        # The unenrolled key is refused: its SuperNode gives up and exits non-zero.
+        assert intruder.wait(timeout=STARTUP_S) != 0
+        assert "Failed to activate SuperNode" in (tmp_path / "outsider.log").read_text()
+        assert len(deployment.online_nodes(flwr_home)) == 3
+        # Revocation unregisters the key at once; the running SuperNode is cut off.
+        result = fedmsr("fleet", "revoke", "dev-1", "--reason", "stolen", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "SuperNode is cut off" in result.stdout
+        supernodes["dev-1"].wait(timeout=STARTUP_S)
+        assert all(p.poll() is None for n, p in supernodes.items() if n != "dev-1")
+        status = deployment.online_nodes(flwr_home)
+        assert node_of["dev-1"] not in status or status[node_of["dev-1"]] == "unregistered"
+        # ... for good: the SuperLink refuses the revoked key, and sync does not try again.
+        with pytest.raises(Exception, match="already in use"):
+            deployment.register_key(_public_key(tmp_path, "dev-1"), flwr_home)
+        result = fedmsr("fleet", "sync", cwd=tmp_path, timeout=300)
+        assert result.returncode == 0 and "registered 0 key(s), unregistered 0" in result.stdout
+        audit = [e["action"] for e in json.loads(
+            fedmsr("fleet", "audit", "--json", "--limit", "0", cwd=tmp_path).stdout)]
+        assert audit.count("device.register") == 3 and audit.count("device.unregister") == 1
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def _public_key(root: Path, name: str) -> str:
+    return json.loads((root / "devices" / name / enrollment.INFO_FILE).read_text())["public_key"]
+
+
+def _answers(flwr_home: Path) -> bool:
+    """The SuperLink answers the Flower CLI over TLS (and knows no node yet)."""
+    try:
+        return deployment.online_nodes(flwr_home) == {}
+    except Exception:  # noqa: BLE001 - still starting
+        return False
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_device_start_refuses_a_directory_that_is_not_a_bundle(tmp_path) -> None:
+    result = subprocess.run([*FEDMSR, "device", "start", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: BUNDLE_DIR: ")
+    assert "not a device bundle" in result.stderr and result.stderr.count("\n") == 1
+
+
+def readme_deploy_block() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- deploy:begin -->\s*```bash\n(.*?)```", text, re.DOTALL)
+    assert match, "README lost its deployment block"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_readme_deployment_block_runs_as_written(tmp_path) -> None:
+    """The README's commands, verbatim but for the port (a free one) and the homes."""
+    port = str(deployment.free_port())
+    script = readme_deploy_block().replace("39292", port)
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"),
+           "FEDMSR_DB": f"sqlite:///{tmp_path / 'fedmsr.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # Its own session: whatever the script leaves behind (on failure too) shares the group
+    # id, which is the PID of the shell we start, and is stopped by it.
+    shell = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        stdout, stderr = shell.communicate(timeout=600)
+        assert shell.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        assert "registered 3 key(s), unregistered 0" in stdout
+        assert stdout.count("online") >= 3  # the `flwr supernode list` table
+        assert "its SuperNode is cut off" in stdout
+        assert "Failed to activate SuperNode" not in (tmp_path / "devices" / "cam-0.log"
+                                                      ).read_text()
+        # The script stopped what it started: what is left of its process group (Flower's
+        # SuperExec helpers notice their parent is gone) ends on its own.
+        wait_until(lambda: not _group_members(shell.pid), 60.0, "the script's processes to end")
+    finally:
+        try:
+            os.killpg(shell.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shell.wait()
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members

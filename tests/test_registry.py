@@ -1,0 +1,150 @@
+"""The registry schema: migrations match the models, constraints hold, the audit log is
+append-only, bad URLs fail in one line. Every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
+
+from fl_server.config import RunConfig
+from fl_server.enrollment import BundleOptions, DeviceSpec, enroll, revoke
+from fl_server.registry import db
+from fl_server.registry.models import Base
+from fl_server.registry_observer import RegistryObserver
+from fl_server.run_status import RunStatus
+
+TABLES = {"devices", "runs", "rounds", "round_participation", "audit_log", "alembic_version"}
+
+
+def test_upgrade_creates_the_schema_and_is_idempotent(registry_url) -> None:
+    assert db.current_revision(registry_url) is None
+    assert db.upgrade(registry_url) == (None, db.head_revision())
+    assert db.upgrade(registry_url) == (db.head_revision(), db.head_revision())
+    tables = set(inspect(db.get_engine(registry_url)).get_table_names())
+    assert TABLES <= tables
+
+
+def test_models_match_the_migrations(registry_url) -> None:
+    """Alembic's autogenerate, run against the migrated database, finds nothing to change."""
+    db.upgrade(registry_url)
+    with db.get_engine(registry_url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True,
+                                                               "compare_server_default": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_a_database_without_the_schema_is_refused(registry_url) -> None:
+    with pytest.raises(db.RegistryError, match="db upgrade` first"):
+        db.require_schema(registry_url)
+
+
+def test_missing_sqlite_file_is_not_created_by_a_read(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'nothing.db'}"
+    with pytest.raises(db.RegistryError, match="has no fedmsr registry"):
+        db.require_schema(url)
+    assert not (tmp_path / "nothing.db").exists()
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("not a url", "is not a database URL"),
+    ("mysql://x@127.0.0.1/db", "unsupported database"),
+    ("postgresql+psycopg://postgres@127.0.0.1:1/test", "cannot use the registry database"),
+    ("sqlite:////nonexistent-dir/x/fedmsr.db", "cannot use the registry database"),
+])
+def test_bad_or_unreachable_database_is_one_clear_error(url: str, needle: str) -> None:
+    with pytest.raises(db.RegistryError, match=needle) as info:
+        db.upgrade(url)
+    assert str(info.value).startswith("--db: ") and "\n" not in str(info.value)
+
+
+def test_audit_log_is_append_only_in_the_database(registry_url, tmp_path) -> None:
+    """Not only the ORM: raw UPDATE and DELETE are refused by the database's triggers."""
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec("cam-0")], BundleOptions(bundles_dir=tmp_path / "b"))
+    engine = db.get_engine(registry_url)
+    for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(text(statement))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT actor FROM audit_log")).scalars().all() != [
+            "mallory"]
+        assert connection.execute(text("SELECT count(*) FROM audit_log")).scalar() == 1
+
+
+def test_check_constraints_hold_in_the_database(registry_url, tmp_path) -> None:
+    """A revoked status without a timestamp, or an unknown profile, never reaches a row."""
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec("cam-0")], BundleOptions(bundles_dir=tmp_path / "b"))
+    engine = db.get_engine(registry_url)
+    for statement in ("UPDATE devices SET status = 'revoked'",
+                      "UPDATE devices SET profile = 'drone'",
+                      "UPDATE devices SET epsilon_cap = -1"):
+        with pytest.raises(DBAPIError), engine.begin() as connection:
+            connection.execute(text(statement))
+
+
+def _record(round_number: int, devices: list[int], dp: bool = False) -> dict:
+    return {"round": round_number, "loss": 1.5, "kl_bits": 2.0, "utility_acc": 0.5,
+            "identity_acc": 0.25, "sampled": len(devices), "responded": len(devices),
+            "failed": 0, "wall_s": 1.0, "devices": devices,
+            "dp_events": [{"device": d, "sample_rate": 0.5, "noise_multiplier": 1.1, "steps": 4}
+                          for d in devices] if dp else []}
+
+
+def test_observer_records_runs_rounds_and_participation(registry_url, tmp_path) -> None:
+    """Device indices map to registry devices; the replacement of a revoked device, enrolled
+    for the same data index, gets the participation; first participation -> active."""
+    db.upgrade(registry_url)
+    opts = BundleOptions(bundles_dir=tmp_path / "b")
+    enroll(registry_url, [DeviceSpec(f"cam-{i}") for i in range(3)], opts)
+    revoke(registry_url, "cam-1", "lost")
+    enroll(registry_url, [DeviceSpec("cam-1b", device_index=1)], opts)
+    cfg = RunConfig(devices=3, rounds=2, run_id="r1", runs_dir=str(tmp_path / "runs"),
+                    device_indices=[0, 1, 2])
+    observer = RegistryObserver(registry_url)
+    observer.run_started(cfg, 0)
+    observer.round_finished(cfg, _record(1, [0, 1], dp=True))
+    observer.round_finished(cfg, _record(1, [0, 1], dp=True))  # a repeat is not a new round
+    observer.run_finished(cfg, RunStatus("failed", 2, completed_rounds=1, reason="boom"))
+    with db.get_engine(registry_url).connect() as c:
+        run = c.execute(text("SELECT status, completed_rounds, reason, config_json FROM runs"
+                             )).one()
+        assert run[:3] == ("failed", 1, "boom")
+        assert json.loads(run[3])["device_indices"] == [0, 1, 2]
+        rows = c.execute(text(
+            "SELECT d.name, p.device_index, p.dp_noise_multiplier, p.dp_steps FROM "
+            "round_participation p JOIN devices d ON d.id = p.device_id ORDER BY d.name")).all()
+        assert [tuple(r) for r in rows] == [("cam-0", 0, 1.1, 4), ("cam-1b", 1, 1.1, 4)]
+        status = dict(c.execute(text("SELECT name, status FROM devices")).all())
+        assert status == {"cam-0": "active", "cam-1": "revoked", "cam-1b": "active",
+                          "cam-2": "enrolled"}
+        assert c.execute(text("SELECT count(*) FROM rounds")).scalar() == 1
+        actions = c.execute(text("SELECT action FROM audit_log WHERE run_id = 'r1'")).scalars()
+        assert list(actions) == ["run.start"]
+
+
+def test_observer_backfills_rounds_on_resume(registry_url, tmp_path) -> None:
+    """A round checkpointed but not recorded (the DB was down) is recorded on resume."""
+    from fl_server.history import write_history
+
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec(f"cam-{i}") for i in range(2)],
+           BundleOptions(bundles_dir=tmp_path / "b"))
+    cfg = RunConfig(devices=2, rounds=3, run_id="r2", runs_dir=str(tmp_path / "runs"),
+                    device_indices=[0, 1])
+    cfg.run_dir().mkdir(parents=True)
+    observer = RegistryObserver(registry_url)
+    observer.run_started(cfg, 0)
+    observer.round_finished(cfg, _record(1, [0, 1]))
+    write_history(cfg.run_dir(), [_record(1, [0, 1]), _record(2, [1])])  # round 2 unrecorded
+    observer.run_started(cfg, 2)
+    with db.get_engine(registry_url).connect() as c:
+        rounds = c.execute(text("SELECT number, responded FROM rounds ORDER BY number")).all()
+        assert [tuple(r) for r in rounds] == [(1, 2), (2, 1)]
+        assert c.execute(text("SELECT status, completed_rounds FROM runs")).one() == (
+            "running", 2)

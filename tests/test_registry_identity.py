@@ -1,0 +1,91 @@
+"""Signed check-in: the device half (`fl_client.client_app.sign_challenge`) against the
+server half (`fl_server.registry.identity.CheckinGate`), with real enrollment keys and a
+real registry (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from fl_client.client_app import checkin_statement, sign_challenge
+from fl_server.enrollment import INFO_FILE, BundleOptions, DeviceSpec, enroll, revoke
+from fl_server.registry import db
+from fl_server.registry.identity import CheckinGate
+
+
+@pytest.fixture
+def fleet(registry_url, tmp_path):
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec(f"cam-{i}") for i in range(3)],
+           BundleOptions(bundles_dir=tmp_path / "devices"))
+    return registry_url, tmp_path / "devices"
+
+
+def node(node_id: int, partition: int, **node_config) -> Context:
+    return Context(run_id=7, node_id=node_id, node_config={"partition-id": partition,
+                                                           **node_config},
+                   state=RecordDict(), run_config={})
+
+
+def answer(gate: CheckinGate, context: Context, index: int) -> ConfigRecord:
+    record = ConfigRecord({"device": index, "in-fleet": True})
+    record.update(sign_challenge(gate.challenge(), context, index))
+    return record
+
+
+def test_signed_answers_of_eligible_devices_are_admitted(fleet) -> None:
+    url, bundles = fleet
+    gate = CheckinGate(url, "run-a", frozenset({0, 1, 2}), str(bundles))
+    answers = {100 + i: answer(gate, node(100 + i, i), i) for i in range(3)}
+    assert gate.admit(answers) == {100: 0, 101: 1, 102: 2} and gate.refused == {}
+    # Independent check of what was signed: the registry's public key verifies the
+    # statement over (nonce, run id, node id) that the server built.
+    info = json.loads((bundles / "cam-1" / INFO_FILE).read_text())
+    load_ssh_public_key(info["public_key"].encode()).verify(
+        bytes.fromhex(str(answers[101]["signature"])),
+        checkin_statement(gate.nonce, "run-a", 101), ec.ECDSA(hashes.SHA384()))
+    assert int(answers[101]["device-id"]) == info["device_id"]
+
+
+def test_forged_relayed_stale_revoked_and_unsigned_answers_are_refused(fleet) -> None:
+    url, bundles = fleet
+    gate = CheckinGate(url, "run-a", frozenset({0, 1}), str(bundles))
+    good = answer(gate, node(200, 0), 0)
+    relayed = answer(gate, node(201, 1), 1)  # signed for node 201, arrives from node 299
+    stale_gate = CheckinGate(url, "run-a", frozenset({0, 1}), str(bundles))
+    stale = answer(stale_gate, node(202, 1), 1)  # another round's nonce
+    other_index = answer(gate, node(203, 2), 2)  # not among the run's devices
+    unsigned = ConfigRecord({"device": 1, "in-fleet": True})
+    liar = answer(gate, node(205, 0), 0)
+    liar["device"] = 1  # cam-0's key, claiming cam-1's data index
+    admitted = gate.admit({200: good, 299: relayed, 202: stale, 203: other_index,
+                           204: unsigned, 205: liar})
+    assert admitted == {200: 0}
+    assert sorted(gate.refused) == [202, 203, 204, 205, 299]
+    assert "does not verify for node 299" in gate.refused[299]
+    assert "does not verify" in gate.refused[202]
+    assert "not among the run's devices" in gate.refused[203]
+    assert "no signed answer" in gate.refused[204]
+    assert "enrolled for index 0, not 1" in gate.refused[205]
+    revoke(url, "cam-0", "lost")
+    gate2 = CheckinGate(url, "run-a", frozenset({0, 1}), str(bundles))
+    assert gate2.admit({200: answer(gate2, node(200, 0), 0)}) == {}
+    assert "revoked" in gate2.refused[200]
+
+
+def test_a_real_supernode_signs_with_the_key_from_its_node_config(fleet) -> None:
+    """Deployment: `fedmsr device start` passes device-id and device-key in --node-config."""
+    url, bundles = fleet
+    info = json.loads((bundles / "cam-2" / INFO_FILE).read_text())
+    context = node(300, 0, **{"device-index": 2, "device-id": info["device_id"],
+                              "device-key": str(bundles / "cam-2" / "device.key")})
+    context.node_config.pop("partition-id")
+    gate = CheckinGate(url, "run-b", frozenset({2}))  # no simulated bundles directory
+    assert gate.admit({300: answer(gate, context, 2)}) == {300: 2}
+    no_key = node(301, 2)
+    assert sign_challenge(gate.challenge(), no_key, 2) == ConfigRecord({})
