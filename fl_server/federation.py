@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from rich.console import Console
 
@@ -148,6 +148,7 @@ def _one_round(
     arrays: dict[str, np.ndarray], server_round: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     started = time.perf_counter()
+    model_bytes = record_bytes(record_of(arrays))  # serialized, as on the wire
     devices = checkin(grid, plan, server_round, CheckinGate.for_config(cfg))
     checkin_s = time.perf_counter() - started
     if len(devices) < cfg.min_train_devices:
@@ -164,6 +165,7 @@ def _one_round(
             round_context=f"{cfg.run_id}/round-{server_round}".encode()), cfg.round_timeout_s)
         replies, new_arrays, train_metrics = secure.replies, secure.arrays, secure.metrics
         train_wall, aggregate_s = secure.train_s, secure.aggregate_s
+        secagg_dropouts = len(secure.result.dropped_after_sharing) + len(secure.result.excluded)
     else:
         # Aggregate in device order, not arrival order: floating-point sums then do not
         # depend on which device finished first, so a seed gives the same model every run.
@@ -172,6 +174,7 @@ def _one_round(
         train_wall = time.perf_counter() - train_started
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         aggregate_s = time.perf_counter() - train_started - train_wall
+        secagg_dropouts = 0
     ok = [r for r in replies if not r.has_error()]
     if new_arrays is None or train_metrics is None or len(ok) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(ok)} of {len(messages)} devices "
@@ -180,8 +183,9 @@ def _one_round(
     eval_started = time.perf_counter()
     # Devices' own evaluation metrics are un-noised functions of private clips: skipped
     # under DP-SGD (and a DP device would decline anyway).
-    on_devices = {} if cfg.dp_sgd else federated_evaluate(
-        grid, plan, strategy, server_round, arrays, [r.metadata.src_node_id for r in ok])
+    evaluated = [] if cfg.dp_sgd else [r.metadata.src_node_id for r in ok]
+    on_devices = federated_evaluate(grid, plan, strategy, server_round, arrays, evaluated) \
+        if evaluated else {}
     probes = evaluate_encoder(plan.model, arrays, held_out, seed=cfg.seed, beta=cfg.beta)
     client_seconds = [float(r.content[METRICS_KEY]["train_seconds"]) for r in ok]
     record = {
@@ -202,6 +206,10 @@ def _one_round(
         "failed": len(messages) - len(ok),
         "devices": sorted(devices[r.metadata.src_node_id] for r in ok),
         "dp_events": dp_events(ok, devices),
+        "secagg_dropouts": secagg_dropouts,
+        # Model-array payload bytes (the dominant part of every message), both directions.
+        "bytes_sent": model_bytes * (len(messages) + len(evaluated)),
+        "bytes_received": sum(_array_bytes(r) for r in ok),
         "checkin_s": checkin_s,
         "train_phase_s": train_wall,
         "aggregate_s": aggregate_s,
@@ -273,6 +281,15 @@ def dp_events(replies: list[Message], devices: dict[int, int]) -> list[dict[str,
             event = dp_event_from_record(reply.content[DP_EVENT_KEY])
             events.append({"device": devices[reply.metadata.src_node_id], **event.to_dict()})
     return sorted(events, key=lambda e: e["device"])
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """Serialized size of an ArrayRecord's arrays (the bulk of every model message)."""
+    return sum(len(array.data) for array in record.values())
+
+
+def _array_bytes(reply: Message) -> int:
+    return sum(record_bytes(record) for record in reply.content.array_records.values())
 
 
 def _maybe(metrics: Any, key: str) -> float | None:

@@ -16,6 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from fl_client.client_app import record_of
+from fl_server.federation import record_bytes
 from fl_server.launcher import group_members
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from tests.helpers import FEDMSR, SMALL, fedmsr, history, wait_for
@@ -51,6 +53,9 @@ def test_three_devices_two_rounds(tmp_path) -> None:
     final = _final(run_dir)
     assert final.keys() == initial.keys()
     assert any(not np.allclose(final[k], initial[k]) for k in final)
+    model_bytes = record_bytes(record_of(final))
+    for row in rows:  # 3 train + 3 evaluate messages out, 3 updates back
+        assert row["bytes_sent"] == 6 * model_bytes and row["bytes_received"] == 3 * model_bytes
     assert not (run_dir / "engine.json").exists()  # the launcher cleaned up after itself
     assert "round   2/2" in result.stdout
 
