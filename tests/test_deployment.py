@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fl_server import deployment, enrollment
+from fl_server.launcher import group_members
 from tests.helpers import FEDMSR, fedmsr
 
 STARTUP_S = 90.0
@@ -209,7 +210,7 @@ def test_readme_deployment_block_runs_as_written(tmp_path) -> None:
                                                       ).read_text()
         # The script stopped what it started: what is left of its process group (Flower's
         # SuperExec helpers notice their parent is gone) ends on its own.
-        wait_until(lambda: not _group_members(shell.pid), 60.0, "the script's processes to end")
+        wait_until(lambda: not group_members(shell.pid), 60.0, "the script's processes to end")
     finally:
         try:
             os.killpg(shell.pid, signal.SIGKILL)
@@ -218,13 +219,3 @@ def test_readme_deployment_block_runs_as_written(tmp_path) -> None:
         shell.wait()
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
