@@ -24,15 +24,7 @@ TINY = EncoderConfig(image_size=32, frames=2, latent_dim=4, width=8, num_activit
 MODES = ("ghost", "hooks")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls when the suite shares
-    the 2 cores with other processes (no effect on results, which are thread-independent
-    here; restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_clips(n: int, cfg: EncoderConfig = TINY, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
