@@ -148,14 +148,15 @@ def _one_round(
     arrays: dict[str, np.ndarray], server_round: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     started = time.perf_counter()
-    model_bytes = record_bytes(record_of(arrays))  # serialized, as on the wire
+    global_record = record_of(arrays)  # serialized once: sent to every device, and counted
+    model_bytes = record_bytes(global_record)
     devices = checkin(grid, plan, server_round, CheckinGate.for_config(cfg))
     checkin_s = time.perf_counter() - started
     if len(devices) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(devices)} devices checked in, "
                           f"{cfg.min_train_devices} needed")
     strategy.candidates = sorted(devices)
-    messages = list(strategy.configure_train(server_round, record_of(arrays),
+    messages = list(strategy.configure_train(server_round, global_record,
                                              plan.instructions(server_round), grid))
     train_started = time.perf_counter()
     if cfg.secure_aggregation:  # SecAgg+: the server only ever sees the weighted mean update
