@@ -46,7 +46,8 @@ from fl_server.registry.identity import CheckinGate
 from fl_server.run_status import RunStatus, read_status, write_status
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from strategies.messaging import send_and_collect, wait_for_nodes
-from strategies.secagg_workflow import SecAggParams, secure_train_round
+from privacy.secagg.errors import ProtocolAbort
+from strategies.secagg_workflow import QUICK_STAGE_TIMEOUT_S, SecAggParams, secure_train_round
 from strategies.seeded_fedavg import SeededFedAvg
 
 #: The check-in and evaluation replies are small; they get a shorter deadline than training.
@@ -159,14 +160,25 @@ def _one_round(
     messages = list(strategy.configure_train(server_round, global_record,
                                              plan.instructions(server_round), grid))
     train_started = time.perf_counter()
+    aborted: str | None = None
     if cfg.secure_aggregation:  # SecAgg+: the server only ever sees the weighted mean update
-        secure = secure_train_round(grid, messages, devices, arrays, SecAggParams(
-            cfg.secagg_neighbours, cfg.secagg_threshold, cfg.secagg_clip, cfg.secagg_mod_bits,
-            max_weight=cfg.clips_per_day * cfg.days, enrollment_seed=cfg.seed,
-            round_context=f"{cfg.run_id}/round-{server_round}".encode()), cfg.round_timeout_s)
-        replies, new_arrays, train_metrics = secure.replies, secure.arrays, secure.metrics
-        train_wall, aggregate_s = secure.train_s, secure.aggregate_s
-        secagg_dropouts = len(secure.result.dropped_after_sharing) + len(secure.result.excluded)
+        try:
+            secure = secure_train_round(grid, messages, devices, arrays, SecAggParams(
+                cfg.secagg_neighbours, cfg.secagg_threshold, cfg.secagg_clip,
+                cfg.secagg_mod_bits, max_weight=cfg.clips_per_day * cfg.days,
+                enrollment_seed=cfg.seed,
+                round_context=f"{cfg.run_id}/round-{server_round}".encode()),
+                cfg.round_timeout_s, min(QUICK_STAGE_TIMEOUT_S, cfg.round_timeout_s))
+        except ProtocolAbort as exc:  # below threshold: no sum at all; the run goes on
+            aborted, secure = str(exc), None
+        if secure is None:
+            replies, new_arrays, train_metrics = [], global_record, {}
+            train_wall, aggregate_s, secagg_dropouts = time.perf_counter() - train_started, 0.0, 0
+        else:
+            replies, new_arrays, train_metrics = secure.replies, secure.arrays, secure.metrics
+            train_wall, aggregate_s = secure.train_s, secure.aggregate_s
+            secagg_dropouts = (len(secure.result.dropped_after_sharing)
+                               + len(secure.result.excluded))
     else:
         # Aggregate in device order, not arrival order: floating-point sums then do not
         # depend on which device finished first, so a seed gives the same model every run.
@@ -177,7 +189,8 @@ def _one_round(
         aggregate_s = time.perf_counter() - train_started - train_wall
         secagg_dropouts = 0
     ok = [r for r in replies if not r.has_error()]
-    if new_arrays is None or train_metrics is None or len(ok) < cfg.min_train_devices:
+    if aborted is None and (new_arrays is None or train_metrics is None
+                            or len(ok) < cfg.min_train_devices):
         raise RoundFailed(f"round {server_round}: {len(ok)} of {len(messages)} devices "
                           f"returned an update, {cfg.min_train_devices} needed")
     arrays = arrays_of(new_arrays)
@@ -208,14 +221,17 @@ def _one_round(
         "devices": sorted(devices[r.metadata.src_node_id] for r in ok),
         "dp_events": dp_events(ok, devices),
         "secagg_dropouts": secagg_dropouts,
+        # SecAgg+ aborted below its threshold: the model is unchanged, nothing was released,
+        # and whatever budget the round reserved stays spent.
+        "aborted": aborted,
         # Model-array payload bytes (the dominant part of every message), both directions.
         "bytes_sent": model_bytes * (len(messages) + len(evaluated)),
         "bytes_received": sum(_array_bytes(r) for r in ok),
         "checkin_s": checkin_s,
         "train_phase_s": train_wall,
         "aggregate_s": aggregate_s,
-        "client_train_s_sum": float(np.sum(client_seconds)),
-        "client_train_s_max": float(np.max(client_seconds)),
+        "client_train_s_sum": float(sum(client_seconds)),
+        "client_train_s_max": float(max(client_seconds, default=0.0)),
         "eval_s": time.perf_counter() - eval_started,
         "wall_s": time.perf_counter() - started,
     }
@@ -270,7 +286,9 @@ def _print_round(console: Console, record: dict[str, Any], rounds: int) -> None:
         f"KL {record['kl_bits']:.2f}b utility {record['utility_acc']:.2f}"
         f"/{record['utility_chance']:.2f} identity {record['identity_acc']:.2f}"
         f"/{record['identity_chance']:.2f} dev {record['responded']}/{record['sampled']} "
-        f"{record['wall_s']:.1f}s", soft_wrap=True, highlight=False
+        f"{record['wall_s']:.1f}s"
+        + (f" [yellow]aborted[/]: {record['aborted']}" if record.get("aborted") else ""),
+        soft_wrap=True, highlight=False,
     )
 
 

@@ -162,3 +162,44 @@ def test_setup_parameters(task_identity) -> None:
     assert (setup.neighbours, setup.threshold) == (2, 2)
     with pytest.raises(ProtocolAbort, match="at least 2"):
         round_setup(params(), [0], 10)
+
+
+class FlakyFleetGrid(LoopbackGrid):
+    """The whole fleet, as a Flower grid: node ids, and nodes silent at a stage only the
+    first time that stage runs (round 1 aborts, round 2 is healthy)."""
+
+    def get_node_ids(self):
+        return list(NODES)
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        for kind in {m.metadata.message_type for m in messages}:
+            self.silent.pop(kind, None)
+        return ids
+
+
+def test_an_aborted_round_leaves_the_model_and_the_next_round_proceeds(
+        task_identity, tmp_path) -> None:
+    from fl_server.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
+    from fl_server.federation import run_federation
+    from fl_server.history import read_history
+    from fl_server.run_status import read_status
+
+    # round_timeout_s also caps each SecAgg stage's wait: the silent nodes cost 3 s, not 120.
+    cfg = dataclasses.replace(CFG, rounds=2, runs_dir=str(tmp_path), run_id="abort",
+                              secagg_neighbours=4, secagg_threshold=3, min_train_devices=2,
+                              round_timeout_s=3.0).validate()
+    run_federation(FlakyFleetGrid({SHARE: {100, 101, 102}}), cfg)
+    first, second = read_history(cfg.run_dir())
+    assert "threshold" in first["aborted"] and first["devices"] == [] \
+        and first["responded"] == 0
+    assert second["aborted"] is None and second["devices"] == [0, 1, 2, 3, 4]
+    initial, _ = plain_updates()
+    after_abort = load_checkpoint(checkpoint_dir(cfg.run_dir()) / "round-0001.json")
+    assert all(np.array_equal(after_abort.arrays[k], initial[k]) for k in initial)
+    final = latest_checkpoint(cfg.run_dir())
+    assert final is not None and final.server_round == 2
+    assert any(not np.array_equal(final.arrays[k], initial[k]) for k in initial)
+    status = read_status(cfg.run_dir())
+    assert status is not None and status.status == "completed"
