@@ -26,6 +26,7 @@ the registry-issued identities) in the node config.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,18 +45,42 @@ ADVERTISE_ACTION = "secagg_advertise"
 SHARE_ACTION = "secagg_share"
 MASKED_ACTION = "secagg_masked"
 UNMASK_ACTION = "secagg_unmask"
+#: Setup fields naming where a registry-backed simulation keeps keys and identities.
+CREDENTIAL_KEYS = ("bundles-dir", "identities-file")
 
 
-def _credentials(context: Context, enrollment_seed: int, participants: list[int]):
-    """(own enrollment private key, registry identities) for this node."""
+def _credentials(context: Context, saved: Mapping[str, Any], participants: list[int]):
+    """(own enrollment private key, registry identities) for this node.
+
+    Three sources, most real first: a node's `enrollment-key-file` + `identities-file`; the
+    registry enrollment key a node signs its check-in with (`device-key` on a SuperNode,
+    whose identities must then come from its own `identities-file`, never from the server;
+    or, in a registry-backed simulation, the bundle and the run's identities table the
+    setup names); otherwise the deterministic simulated enrollment of the run seed.
+    """
     node = context.node_config
     device = device_index(context)
     if "enrollment-key-file" in node:
         key = load_private_key(Path(str(node["enrollment-key-file"])).read_bytes())
-        table = json.loads(Path(str(node["identities-file"])).read_text())
-        return key, {int(d): pem for d, pem in table.items()}
-    return (simulated_enrollment.device_key(enrollment_seed, device),
-            simulated_enrollment.identities(enrollment_seed, participants))
+        return key, _identities(str(node["identities-file"]))
+    found = client_app.enrollment_key(context, str(saved.get("bundles-dir", "")), device)
+    if found is not None:
+        if "device-key" in node and "identities-file" not in node:
+            raise PermissionError(
+                "secure aggregation needs the registry's identities on the device: start it "
+                "with --node-config identities-file=PATH (`fedmsr fleet identities --out PATH`)")
+        table = node.get("identities-file") or saved.get("identities-file")
+        if not table:
+            raise ValueError("the secure-aggregation setup names no identities file")
+        return load_private_key(Path(found[1]).read_bytes()), _identities(str(table))
+    seed = int(saved["enrollment-seed"])
+    return (simulated_enrollment.device_key(seed, device),
+            simulated_enrollment.identities(seed, participants))
+
+
+def _identities(path: str) -> dict[int, str]:
+    table = json.loads(Path(path).read_text())
+    return {int(d): str(key) for d, key in table.items()}
 
 
 def _saved(context: Context) -> dict[str, Any]:
@@ -64,8 +89,7 @@ def _saved(context: Context) -> dict[str, Any]:
 
 def _load(context: Context) -> SecAggClient:
     saved = _saved(context)
-    key, identities = _credentials(context, int(saved["enrollment-seed"]),
-                                   [int(p) for p in saved["participants"]])
+    key, identities = _credentials(context, saved, [int(p) for p in saved["participants"]])
     return SecAggClient.from_bytes(bytes(saved["client"]), key, identities)
 
 
@@ -85,13 +109,13 @@ def _reply(msg: Message, flat: dict[str, Any], **extra: Any) -> Message:
 def advertise(msg: Message, context: Context) -> Message:
     flat = _flat(msg)
     setup = codec.setup_from_flat(flat)
-    seed = int(flat["enrollment-seed"])
-    key, identities = _credentials(context, seed, list(setup.participants))
+    saved = {"enrollment-seed": int(flat["enrollment-seed"]),
+             "participants": list(setup.participants),
+             **{k: str(flat[k]) for k in CREDENTIAL_KEYS if k in flat}}
+    key, identities = _credentials(context, saved, list(setup.participants))
     client = SecAggClient(device_index(context), key, identities)
     keys = client.advertise(setup)
-    context.state[STATE_KEY] = ConfigRecord({"enrollment-seed": seed,
-                                             "participants": list(setup.participants),
-                                             "client": client.to_bytes()})
+    context.state[STATE_KEY] = ConfigRecord({**saved, "client": client.to_bytes()})
     return _reply(msg, codec.advertise_to_flat(keys))
 
 

@@ -19,7 +19,9 @@ from fl_client.client_app import local_clips, training_seed
 from fl_client.messages import Instructions
 from fl_client.trainer import train_local
 from fl_server.config import RunConfig
+from fl_server.enrollment import INFO_FILE
 from fl_server.federation import Plan
+from fl_server.secagg_identities import IDENTITIES_FILE
 from privacy.encoder import build_model, state_to_numpy
 from privacy.secagg.encoding import EncodingSpec
 from tests.helpers import SMALL, fedmsr, history
@@ -54,10 +56,23 @@ def _replay(cfg: RunConfig) -> dict[str, np.ndarray]:
 
 
 def test_secure_run_equals_plaintext_fedavg(tmp_path) -> None:
-    result = fedmsr("run", "--devices", "3", "--rounds", "1", "--seed", "3", *SMALL,
-                    "--secure-aggregation", "--runs-dir", str(tmp_path), "--run-id", "sa")
+    """Registry-backed: devices sign their round keys with their enrollment keys, and verify
+    each other against the registry's public keys (not the simulated enrollment's)."""
+    db = ["--db", f"sqlite:///{tmp_path / 'fedmsr.db'}"]
+    for args in (["db", "upgrade"], ["fleet", "enroll", "--count", "3", "--prefix", "sa-"]):
+        result = fedmsr(*db, *args, cwd=tmp_path, timeout=120)
+        assert result.returncode == 0, result.stderr
+    result = fedmsr(*db, "run", "--devices", "3", "--rounds", "1", "--seed", "3", *SMALL,
+                    "--secure-aggregation", "--runs-dir", str(tmp_path), "--run-id", "sa",
+                    cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "sa"
+    enrolled = {}
+    for info in (tmp_path / "devices").glob(f"*/{INFO_FILE}"):
+        bundle = json.loads(info.read_text())
+        enrolled[str(bundle["device_index"])] = bundle["public_key"]
+    assert json.loads((run_dir / IDENTITIES_FILE).read_text()) == enrolled
+    assert sorted(enrolled) == ["0", "1", "2"]
     cfg = RunConfig.load(run_dir / "run.json")
     assert cfg.secure_aggregation
     [row] = history(run_dir)

@@ -96,6 +96,11 @@ class EncodingSpec:
     def dtype(self) -> np.dtype:
         return dtype_for(self.mod_bits)
 
+    @staticmethod
+    def encoded_length(update_length: int) -> int:
+        """Elements a device masks for an update of `update_length`: the values, then w."""
+        return update_length + 1
+
     def check_devices(self, n: int) -> None:
         if n > self.max_devices:
             raise EncodingError(f"{n} devices exceed the encoding's max_devices={self.max_devices};"
@@ -110,7 +115,7 @@ class EncodingSpec:
             raise EncodingError("update has non-finite values")
         levels = np.rint(np.clip(x, -self.clip, self.clip) * self.scale)
         shifted = np.clip(levels + self.levels, 0, 2 * self.levels).astype(np.uint64)
-        out = np.empty(x.size + 1, dtype=self.dtype)
+        out = np.empty(self.encoded_length(x.size), dtype=self.dtype)
         out[:-1] = shifted * np.uint64(weight)
         out[-1] = weight
         return out
