@@ -1,0 +1,440 @@
+"""Representation collection and temporal-accumulation leakage tracking.
+
+Every `collect_every` rounds (off by default), once the round's new global model exists
+and before its checkpoint, the federation loop hands the round to :class:`Collector`:
+
+1. roll call (the signed check-in of an ordinary round);
+2. for each admitted device that consents to evaluation and whose information ledger
+   leaves room for a batch, a `query.upload` request carrying the global arrays, the
+   encoder version, the count M (`collect_clips`), its cap and the server's record of its
+   spend. The request is the same size and comes at the same round whatever the device
+   filmed; the device answers with exactly M fixed-size records (`fl_client.uploads`);
+3. one transaction: the information-ledger rows (append-only), the real records in the
+   representation store, audit entries for devices that cross their alert level or that
+   the server stops asking;
+4. the fleet's leakage curves on the stored representations of this encoder version:
+   PL(k) for identity, location and routine (profile fusion), identity from set
+   statistics, cross-day linkage AUC (privacy.evaluation.leakage). The attacker fits on
+   its own split — every device's held-out days, which no device trains on and none
+   uploads, passed through the public encoder and the same sampling + quantisation
+   channel — never on a network used in training. The curves go to the registry
+   (`leakage_reports`), to `runs/<id>/leakage.json` and to the round's history record
+   (`leakage`, `information_bits`: what the metrics observer exports); crossing the
+   `leakage_alert` level is audit-logged.
+
+A redone round (resume after a crash before the checkpoint) asks no device twice: the
+ledger has one row per (device, run, round), and devices already charged are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from sqlalchemy import select
+
+from fl_client.client_app import record_of
+from fl_client.messages import BATCH_KEY, CONFIG_KEY, UPLOAD_ACTION, UPLOAD_KEY
+from fl_client.synthetic import FleetSpec, device_metas, fleet_batch
+from fl_client.uploads import UploadRequest, batch_size, decode_batch, encoder_version
+from fl_server import information_ledger as ledger
+from fl_server.atomic import write_text_atomic
+from fl_server.config import ConfigError, RunConfig
+from fl_server.enrollment import operator
+from fl_server.privacy_ledger import device_ids_for_indices
+from fl_server.registry.db import resolve_url, session_scope
+from fl_server.registry.identity import BUNDLES_EXTRA, CheckinGate
+from fl_server.registry.models import AuditEntry, Device, LeakageReport
+from fl_server.representations import (
+    NewRepresentation,
+    RepresentationQuery,
+    RepresentationStore,
+    StoredRepresentation,
+    default_store,
+)
+from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
+from privacy.evaluation.leakage import DEFAULT_KS, Observed, evaluate_leakage
+from privacy.payload import decode_payload, encode_payload
+from privacy.vib import kl_bits
+from strategies.messaging import send_and_collect
+
+if TYPE_CHECKING:
+    from fl_server.federation import Plan
+
+log = logging.getLogger("fedmsr.collection")
+PAYLOAD_DTYPE = "int8"
+UPLOAD_TIMEOUT_S = 120.0
+LEAKAGE_FILE = "leakage.json"
+LEAKAGE_REPEATS = 10
+_SYNTHETIC_ID = re.compile(r"^d(\d{5})-day(\d{3,})-c(\d{3,})$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """An admitted device the collection may ask."""
+
+    node_id: int
+    index: int
+    device_id: int
+    name: str
+    cap: float | None
+    state: ledger.InfoState
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """The attacker's own labelled representations, and the rate they show."""
+
+    observed: Observed
+    mean_rate_bits: float
+
+
+class Collector:
+    """Asks devices for their representations every `collect_every` rounds (see module doc)."""
+
+    def __init__(self, cfg: RunConfig, url: str, store: RepresentationStore | None = None):
+        self.cfg, self.url = cfg, url
+        self.store = store or default_store()
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig) -> Collector | None:
+        """A collector when the run collects; collection needs the registry's fleet."""
+        if cfg.collect_every == 0:
+            return None
+        if cfg.device_indices is None:
+            raise ConfigError("collect_every", "collection stores representations in the "
+                              "registry: run `fedmsr db upgrade` and enroll the fleet first")
+        return cls(cfg, resolve_url())
+
+    def due(self, server_round: int) -> bool:
+        return self.cfg.collect_every > 0 and server_round % self.cfg.collect_every == 0
+
+    # -- the round's collection -----------------------------------------------------------
+
+    def collect(self, grid: Grid, plan: Plan, arrays: dict[str, np.ndarray],
+                record: dict[str, Any]) -> None:
+        """Collect, store, charge and track; add what happened to the round's `record`."""
+        from fl_server.federation import checkin, record_bytes  # the loop imports us
+
+        started = time.perf_counter()
+        server_round = int(record["round"])
+        version = encoder_version(plan.model, arrays)
+        attacker = self._attacker(plan, arrays, server_round)
+        expected = ledger.expected_batch_bits(attacker.mean_rate_bits, self.cfg.collect_clips)
+        admitted = checkin(grid, plan, server_round, CheckinGate.for_config(self.cfg))
+        targets, skipped, stopped = self._targets(admitted, server_round, expected)
+        global_record = record_of(arrays)
+        messages = [self._request(plan, global_record, t, server_round, version)
+                    for t in targets]
+        replies = send_and_collect(grid, messages, UPLOAD_TIMEOUT_S) if messages else []
+        received = _Received.of(replies, targets, version, plan.model, self.cfg, server_round)
+        flagged = self._record(targets, received, stopped, server_round)
+        totals = self._totals()
+        record["bytes_sent"] = record.get("bytes_sent", 0) + record_bytes(global_record) * len(
+            messages)
+        record["bytes_received"] = record.get("bytes_received", 0) + received.bytes
+        record["collection"] = {
+            "encoder_version": version, "clips_per_device": self.cfg.collect_clips,
+            "batch_bytes": batch_size(self.cfg.collect_clips, plan.model.latent_dim,
+                                      PAYLOAD_DTYPE),
+            "requested": sorted(t.index for t in targets),
+            "uploaded": {str(i): n for i, n in sorted(received.clips.items())},
+            "bits": {str(i): b for i, b in sorted(received.bits.items())},
+            "skipped": {str(i): r for i, r in sorted(skipped.items())},
+            "rejected": {str(i): r for i, r in sorted(received.rejected.items())},
+            "expected_batch_bits": expected,
+        }
+        record["information_bits"] = {str(i): b for i, b in sorted(totals.items())}
+        record["information_flagged"] = flagged
+        record.update(self._track(plan, version, attacker, server_round))
+        record["collect_s"] = time.perf_counter() - started
+
+    def _attacker(self, plan: Plan, arrays: dict[str, np.ndarray], server_round: int
+                  ) -> Attacker:
+        """Every run device's held-out days through the current encoder and the upload
+        channel (a sample of q(z|x), quantised), with the attacker's own noise."""
+        batch = _held_out(plan.fleet, tuple(self.cfg.device_indices or ()), plan.train_days)
+        model = build_model(plan.model)
+        load_numpy_state(model, arrays)
+        mu, logvar = encode(model, batch.x)
+        rng = np.random.default_rng([self.cfg.seed, server_round, 0xA77])
+        z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
+        released = np.stack([decode_payload(encode_payload(row, PAYLOAD_DTYPE)) for row in z])
+        labels = {k: batch.labels[k] for k in ("device", "wearer", "location", "hour", "day")}
+        return Attacker(Observed(released, labels), float(np.mean(kl_bits(mu, logvar))))
+
+    def _targets(self, admitted: dict[int, int], server_round: int, expected: int
+                 ) -> tuple[list[Target], dict[int, str], dict[int, str]]:
+        """Admitted devices to ask; why the others are not asked (index -> reason); and,
+        among those, the devices stopped by their information cap (device id -> reason)."""
+        ids = device_ids_for_indices(self.url, admitted.values()) if admitted else {}
+        skipped: dict[int, str] = {}
+        stopped: dict[int, str] = {}
+        targets: list[Target] = []
+        with session_scope(self.url) as session:
+            devices = {d.id: d for d in session.scalars(select(Device).where(
+                Device.id.in_(list(ids.values()))))}
+            done = ledger.collected(session, self.cfg.run_id, server_round)
+            spends = ledger.states(session, ids.values())
+        for node_id, index in sorted(admitted.items(), key=lambda item: item[1]):
+            device = devices[ids[index]]
+            cap = ledger.effective_cap(device.info_bits_cap, self.cfg.info_bits_cap)
+            stop = ledger.stop_reason(spends[device.id], cap, expected)
+            reason = ("no consent to evaluation" if not device.consent_evaluation else
+                      "already collected in this round" if device.id in done else stop)
+            if reason:
+                skipped[index] = reason
+                if reason == stop:
+                    stopped[device.id] = reason
+            else:
+                targets.append(Target(node_id, index, device.id, device.name, cap,
+                                      spends[device.id]))
+        return targets, skipped, stopped
+
+    def _request(self, plan: Plan, arrays: Any, target: Target, server_round: int,
+                 version: str) -> Message:
+        request = UploadRequest(
+            run_id=self.cfg.run_id, server_round=server_round,
+            collection=server_round // self.cfg.collect_every,
+            clips=self.cfg.collect_clips, dtype=PAYLOAD_DTYPE, encoder_version=version,
+            info_bits_cap=target.cap or 0.0, server_bits=target.state.bits,
+            bundles_dir=str(self.cfg.extra.get(BUNDLES_EXTRA, "")))
+        content = RecordDict({"arrays": arrays, CONFIG_KEY: plan.instructions(server_round),
+                              UPLOAD_KEY: request.to_record()})
+        return Message(content=content, message_type=f"{MessageType.QUERY}.{UPLOAD_ACTION}",
+                       dst_node_id=target.node_id)
+
+    def _record(self, targets: list[Target], received: _Received, stopped: dict[int, str],
+                server_round: int) -> list[int]:
+        """One transaction: ledger rows, stored representations, audit entries.
+
+        Returns the indices of devices that crossed their alert level in this collection.
+        """
+        flagged: list[int] = []
+        with session_scope(self.url) as session:
+            ledger.append(session, received.charges)
+            self.store.add(session, received.representations)
+            for charge in received.charges:
+                target = next(t for t in targets if t.device_id == charge.device_id)
+                level = ledger.alert_level(target.cap, self.cfg.info_bits_alert)
+                after = target.state.bits + charge.bits
+                if level is not None and target.state.bits < level <= after:
+                    flagged.append(target.index)
+                    self._audit(session, "information.threshold", target.device_id,
+                                {"bits": after, "alert_bits": level, "cap_bits": target.cap,
+                                 "round": server_round})
+            for device_id, reason in stopped.items():
+                self._audit_stop_once(session, device_id, reason, server_round)
+        return sorted(flagged)
+
+    def _audit(self, session: Any, action: str, device_id: int | None,
+               detail: dict[str, Any]) -> None:
+        session.add(AuditEntry(actor=operator(), action=action, device_id=device_id,
+                               run_id=self.cfg.run_id, detail=json.dumps(detail)))
+
+    def _audit_stop_once(self, session: Any, device_id: int, reason: str,
+                         server_round: int) -> None:
+        """The server stops asking a device: logged once per run and device."""
+        seen = session.scalars(select(AuditEntry.id).where(
+            AuditEntry.action == "information.stop", AuditEntry.device_id == device_id,
+            AuditEntry.run_id == self.cfg.run_id)).first()
+        if seen is None:
+            self._audit(session, "information.stop", device_id,
+                        {"reason": reason, "round": server_round})
+
+    def _totals(self) -> dict[int, int]:
+        """Information bits of every run device (for the fleet distribution metric)."""
+        indices = list(self.cfg.device_indices or ())
+        ids = device_ids_for_indices(self.url, indices) if indices else {}
+        with session_scope(self.url) as session:
+            spends = ledger.states(session, ids.values())
+        return {index: spends[ids[index]].bits for index in indices}
+
+    # -- temporal accumulation ------------------------------------------------------------
+
+    def _track(self, plan: Plan, version: str, attacker: Attacker, server_round: int
+               ) -> dict[str, Any]:
+        """The fleet's leakage curves on this version's stored representations; recorded."""
+        with session_scope(self.url) as session:
+            rows = self.store.select(session, RepresentationQuery(version, run_id=self.cfg.run_id))
+            index_of = dict(session.execute(select(Device.id, Device.device_index)).all())
+        target = _observed(rows, index_of, plan.fleet)
+        report, reason = _curves(attacker.observed, target, self.cfg.seed + server_round)
+        if report is None:
+            log.info("round %d: no leakage curve (%s)", server_round, reason)
+            return {"leakage": None, "leakage_skipped": reason}
+        max_gain = max((max(g.values()) for g in report["gain"].values() if g), default=0.0)
+        flagged = max_gain >= self.cfg.leakage_alert
+        self._save_report(server_round, version, target, report, max_gain, flagged)
+        curves = {name: {str(k): v for k, v in curve.items()}
+                  for name, curve in report["curves"].items() if 1 in curve}
+        return {"leakage": curves, "leakage_gain": max_gain, "leakage_flagged": flagged,
+                "leakage_chance": report["device_chance"]}
+
+    def _save_report(self, server_round: int, version: str, target: Observed,
+                     report: dict[str, Any], max_gain: float, flagged: bool) -> None:
+        text = json.dumps(report, sort_keys=True, default=float)
+        devices = len(np.unique(target.labels["device"]))
+        with session_scope(self.url) as session:
+            previous = session.scalars(select(LeakageReport).where(
+                LeakageReport.run_id == self.cfg.run_id,
+                LeakageReport.collection_round < server_round)
+                .order_by(LeakageReport.collection_round.desc())).first()
+            if session.scalars(select(LeakageReport.id).where(
+                    LeakageReport.run_id == self.cfg.run_id,
+                    LeakageReport.collection_round == server_round)).first() is None:
+                session.add(LeakageReport(
+                    run_id=self.cfg.run_id, collection_round=server_round,
+                    encoder_version=version, devices=devices, clips=len(target.z),
+                    max_gain=max_gain, flagged=flagged, report=text))
+            if flagged and (previous is None or not previous.flagged):
+                self._audit(session, "leakage.threshold", None,
+                            {"round": server_round, "max_gain": max_gain,
+                             "alert": self.cfg.leakage_alert, "encoder_version": version})
+        _append_run_file(self.cfg.run_dir() / LEAKAGE_FILE, {
+            "round": server_round, "encoder_version": version, "devices": devices,
+            "clips": len(target.z), "max_gain": max_gain, "flagged": flagged,
+            "report": json.loads(text)})
+
+
+@dataclass
+class _Received:
+    """What the replies brought: ledger charges, representations to store, rejections."""
+
+    charges: list[ledger.Charge]
+    representations: list[NewRepresentation]
+    clips: dict[int, int]
+    bits: dict[int, int]
+    rejected: dict[int, str]
+    bytes: int
+
+    @classmethod
+    def of(cls, replies: list[Message], targets: list[Target], version: str,
+           model: EncoderConfig, cfg: RunConfig, server_round: int) -> _Received:
+        by_node = {t.node_id: t for t in targets}
+        out = cls([], [], {}, {}, {}, 0)
+        expected = batch_size(cfg.collect_clips, model.latent_dim, PAYLOAD_DTYPE)
+        answered = set()
+        for reply in replies:
+            target = by_node.get(reply.metadata.src_node_id)
+            if target is None:
+                continue
+            answered.add(target.index)
+            if reply.has_error():
+                out.rejected[target.index] = f"device error: {reply.error.reason[:200]}"
+                continue
+            try:
+                blob = bytes(reply.content[BATCH_KEY][BATCH_KEY])
+                out.bytes += len(blob)
+                batch = decode_batch(blob)
+                _check(batch, len(blob), expected, cfg.collect_clips, version)
+            except (KeyError, TypeError, ValueError) as exc:
+                out.rejected[target.index] = f"malformed batch: {exc}"
+                continue
+            out._accept(target, batch, version, cfg, server_round)
+        for target in targets:
+            if target.index not in answered:
+                out.rejected[target.index] = "no reply in time"
+        return out
+
+    def _accept(self, target: Target, batch: Any, version: str, cfg: RunConfig,
+                server_round: int) -> None:
+        real = batch.real
+        self.clips[target.index], self.bits[target.index] = len(real), batch.bits
+        self.charges.append(ledger.Charge(
+            device_id=target.device_id, run_id=cfg.run_id, collection_round=server_round,
+            encoder_version=version, requested=cfg.collect_clips, clips=len(real),
+            bits=batch.bits, device_bits_before=batch.device_bits_before,
+            capped=batch.capped, cap_bits=target.cap))
+        self.representations += [NewRepresentation(
+            device_id=target.device_id, run_id=cfg.run_id, collection_round=server_round,
+            clip_id=r.clip_id, captured_day=r.day, captured_hour=r.hour, payload=r.payload,
+            encoder_version=version) for r in real]
+
+
+def _check(batch: Any, size: int, expected_size: int, clips: int, version: str) -> None:
+    """A batch is stored only if it is exactly what was asked for."""
+    if size != expected_size or len(batch.records) != clips:
+        raise ValueError(f"{len(batch.records)} records in {size} bytes, asked for {clips} "
+                         f"({expected_size} bytes)")
+    if batch.encoder_version != version:
+        raise ValueError(f"made with encoder {batch.encoder_version[:12]}, asked for "
+                         f"{version[:12]}")
+    if any(not r.clip_id for r in batch.real) or len({r.clip_id for r in batch.real}) != len(
+            batch.real):
+        raise ValueError("real records need distinct, non-empty clip ids")
+    if any(r.day >= 2 ** 31 for r in batch.real) or batch.device_bits_before >= 2 ** 63:
+        raise ValueError("a capture day or a ledger total out of range")
+
+
+@lru_cache(maxsize=2)
+def _held_out(spec: FleetSpec, indices: tuple[int, ...], train_days: int) -> Any:
+    """The attacker's split: the run devices' held-out days (cached for the run)."""
+    return fleet_batch(spec, list(indices), range(train_days, spec.days))
+
+
+def _observed(rows: list[StoredRepresentation], index_of: dict[int, int | None],
+              spec: FleetSpec) -> Observed:
+    """Stored representations with the evaluator's ground truth (synthetic clips only:
+    the clip id names the slot of the device's stream, from which the generator gives
+    the wearer and place; the hour and day are the uploaded timestamp)."""
+    z, labels = [], {k: [] for k in ("device", "wearer", "location", "hour", "day")}
+    for row in rows:
+        match = _SYNTHETIC_ID.match(row.clip_id)
+        index = index_of.get(row.device_id)
+        if match is None or index is None or int(match.group(1)) != index:
+            continue
+        day, slot = int(match.group(2)), int(match.group(3))
+        meta = _metas(spec, index, day)[slot]
+        z.append(decode_payload(row.payload))
+        for key, value in (("device", index), ("wearer", meta.wearer),
+                           ("location", meta.location_id), ("hour", row.captured_hour),
+                           ("day", row.captured_day)):
+            labels[key].append(value)
+    width = len(z[0]) if z else 0
+    return Observed(np.asarray(z, np.float32).reshape(len(z), width),
+                    {k: np.asarray(v, np.int64) for k, v in labels.items()})
+
+
+@lru_cache(maxsize=4096)
+def _metas(spec: FleetSpec, index: int, day: int) -> tuple[Any, ...]:
+    return tuple(device_metas(dataclasses.replace(spec, days=max(spec.days, day + 1)),
+                              index, [day]))
+
+
+def _curves(fit: Observed, test: Observed, seed: int) -> tuple[dict[str, Any] | None, str]:
+    """evaluate_leakage on the stored representations, or why it cannot run yet."""
+    devices, counts = np.unique(test.labels["device"], return_counts=True)
+    if len(devices) < 2:
+        return None, f"{len(devices)} device(s) with stored representations; need 2"
+    keep = np.isin(fit.labels["device"], devices)
+    fit = Observed(fit.z[keep], {k: np.asarray(v)[keep] for k, v in fit.labels.items()})
+    ks = [k for k in DEFAULT_KS if k <= int(counts.min())]
+    # Linkage compares sets from disjoint days: only once two days are stored.
+    pop = fit if len(np.unique(test.labels["day"])) >= 2 else None
+    try:
+        report = evaluate_leakage(fit, test, pop, ks=ks, repeats=LEAKAGE_REPEATS, seed=seed,
+                                  probes=("linear",))
+    except ValueError as exc:  # e.g. one class only in the attacker's labels
+        return None, f"attack could not be fitted: {exc}"
+    return report, ""
+
+
+def _append_run_file(path: Path, entry: dict[str, Any]) -> None:
+    """runs/<id>/leakage.json: one entry per collection (a redone round replaces its own)."""
+    try:
+        entries = json.loads(path.read_text()) if path.exists() else []
+    except ValueError:
+        entries = []
+    entries = [e for e in entries if e.get("round") != entry["round"]] + [entry]
+    write_text_atomic(path, json.dumps(entries, indent=1, default=float) + "\n")
