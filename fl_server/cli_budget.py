@@ -1,4 +1,11 @@
-"""`fedmsr budget …`: what a DP plan costs before it runs (`budget show` needs the ledger).
+"""`fedmsr budget …`: what a DP plan costs before it runs, and what devices have spent.
+
+`fedmsr budget show [DEVICE] [--delta D] [--json]` reads the privacy ledger
+(`fl_server.privacy_ledger`): per device the reported epsilon (PLD over every reserved or
+committed release, never below the exact value), the delta it is reported at (the device's
+own delta cap when it has one, else `--delta`), its cap, rounds charged and the last event.
+`--json` adds every event (kind, run, round, q, sigma, steps, status, timestamps) so an
+auditor can recompute epsilon with an accountant of their own.
 
 `fedmsr budget plan --rounds R --sample-rate Q --steps-per-round S (--noise X |
 --target-epsilon E) --delta D [--json]` prints the plan's reported epsilon (PLD, never
@@ -16,11 +23,14 @@ from typing import Annotated
 
 import typer
 
+from fl_server import privacy_ledger
+from fl_server.enrollment import find_device
+from fl_server.registry import db
 from privacy.accounting import calibrate_noise, plan_cost
 from privacy.accounting.events import EventKind
 
 budget_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                         help="Per-device DP budgets: what a plan costs.")
+                         help="Per-device DP budgets: what a plan costs, what was spent.")
 EXIT_BAD_INPUT = 2
 
 
@@ -92,3 +102,50 @@ def plan(
           f"sigma={sigma:.4g}, {event_kind.value}")
     print(f"epsilon: {cost.epsilon:.4f} at delta={delta:g} (reported, PLD)")
     print(f"epsilon (RDP bound, used for enforcement): {cost.epsilon_rdp:.4f}")
+
+
+def _state_dict(state: privacy_ledger.BudgetState) -> dict[str, object]:
+    last = state.last_event
+    return {"id": state.device_id, "name": state.name, "epsilon": state.epsilon,
+            "epsilon_rdp": state.epsilon_rdp, "delta": state.delta,
+            "epsilon_cap": state.epsilon_cap, "rounds": state.rounds,
+            "event_count": len(state.events),
+            "last_event": last.to_json_dict() if last else None,
+            "events": [e.to_json_dict() for e in state.events]}
+
+
+def _last(state: privacy_ledger.BudgetState) -> str:
+    e = state.last_event
+    if e is None:
+        return "-"
+    return f"{e.run_id}#{e.round_number} {e.kind} {e.status} {e.reserved_at:%Y-%m-%d %H:%M}"
+
+
+@budget_app.command("show")
+def show(
+    device: Annotated[str | None, typer.Argument(
+        help="Device name or id (default: every device).")] = None,
+    delta: Annotated[float, typer.Option(
+        help="Delta for devices without a delta cap of their own.")] = 1e-5,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="JSON with every event, for an independent recomputation.")] = False,
+) -> None:
+    """Epsilon spent per device (reported, PLD), delta, cap, rounds and the last event."""
+    if not (math.isfinite(delta) and 0.0 < delta < 1.0):
+        _bad("--delta", f"must be in (0, 1), got {delta}")
+    url = db.resolve_url()
+    ids = None
+    if device is not None:
+        with db.session_scope(url) as session:
+            ids = [find_device(session, device).id]
+    states = privacy_ledger.budget_states(url, delta, ids)
+    if as_json:
+        print(json.dumps({"accountant": "pld (reported, pessimistic, within 2% of exact)",
+                          "devices": [_state_dict(s) for s in states]}, indent=2))
+        return
+    print(f"{'device':<20} {'epsilon':>9} {'delta':>8} {'cap':>7} {'rounds':>6} "
+          f"{'events':>6}  last event")
+    for s in states:
+        cap = f"{s.epsilon_cap:g}" if s.epsilon_cap is not None else "-"
+        print(f"{s.name:<20} {s.epsilon:>9.4f} {s.delta:>8.1e} {cap:>7} {s.rounds:>6} "
+              f"{len(s.events):>6}  {_last(s)}")

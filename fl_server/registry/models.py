@@ -4,8 +4,8 @@ The Alembic revisions in `migrations/versions/` create exactly these tables; a t
 compares the two (autogenerate finds no difference) on SQLite and PostgreSQL, so a model
 change without a migration fails CI.
 
-Room for the privacy-event ledger (budget issue): it will be a new table keyed by
-`devices.id` and `rounds.id`, added by its own revision; nothing here has to change.
+The privacy-event ledger (`PrivacyEvent`, `DeviceBudget`) is added by revision
+0002_privacy_ledger; `fl_server.privacy_ledger` is the only code that writes it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import datetime as dt
 import enum
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -50,7 +52,7 @@ class DeviceStatus(str, enum.Enum):
     REVOKED = "revoked"
 
 
-RUN_STATUSES: tuple[str, ...] = ("running", "completed", "failed")
+RUN_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "budget-exhausted")
 
 
 def utcnow() -> dt.datetime:
@@ -186,3 +188,153 @@ class AuditEntry(Base):
     run_id: Mapped[str | None] = mapped_column(String(64))
     #: JSON object with the action's parameters (reason, caps, counts ...).
     detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+#: Kinds of DP release (the values of `privacy.accounting.events.EventKind`).
+PRIVACY_EVENT_KINDS: tuple[str, ...] = ("local-dp-sgd", "central-dp-fedavg")
+PRIVACY_EVENT_STATUSES: tuple[str, ...] = ("reserved", "committed")
+
+
+class PrivacyEvent(Base):
+    """One DP release charged to one device: steps x Poisson(q)-subsampled Gaussian(sigma).
+
+    Append-only (the migration's triggers refuse DELETE and every UPDATE but
+    reserved -> committed): a reserved release counts as spent for ever, because the device
+    may have trained and sent even if the server crashed before aggregating. One row per
+    (device, run, round, kind), so a resumed round never charges twice. `run_id` is not a
+    foreign key: the ledger outlives any run row, and a release is reserved before the
+    round it belongs to is recorded.
+    """
+
+    __tablename__ = "privacy_events"
+    __table_args__ = (
+        UniqueConstraint("device_id", "run_id", "round_number", "kind"),
+        Index(None, "run_id", "round_number"),
+        CheckConstraint(_in("kind", PRIVACY_EVENT_KINDS), name="kind"),
+        CheckConstraint(_in("status", PRIVACY_EVENT_STATUSES), name="status"),
+        CheckConstraint("sample_rate > 0 AND sample_rate <= 1", name="sample_rate"),
+        CheckConstraint("noise_multiplier > 0", name="noise_multiplier"),
+        CheckConstraint("steps >= 1", name="steps"),
+        CheckConstraint("round_number >= 1", name="round_number"),
+        CheckConstraint("(status = 'committed') = (committed_at IS NOT NULL)",
+                        name="committed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    run_id: Mapped[str] = mapped_column(String(64))
+    round_number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    sample_rate: Mapped[float] = mapped_column(Float)
+    noise_multiplier: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="reserved")
+    reserved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    committed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeviceBudget(Base):
+    """A device's whole DP history as one RDP vector (the enforcement hot path).
+
+    `rdp` is float64 little-endian over `privacy.accounting.rdp.ORDERS` (`orders_sha256`
+    names the grid it was computed on); it is the sum of the step RDP of every
+    `privacy_events` row of the device and is updated in the same transaction that inserts
+    one. `events` counts those rows; the migration's triggers refuse DELETE and any UPDATE
+    that lowers it, so a device's spend never decreases.
+    """
+
+    __tablename__ = "device_budgets"
+    __table_args__ = (CheckConstraint("events >= 0", name="events"),)
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    rdp: Mapped[bytes] = mapped_column(LargeBinary)
+    orders_sha256: Mapped[str] = mapped_column(String(64))
+    events: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Representation(Base):
+    """One uploaded clip representation (revision 0003_representations).
+
+    `payload` is the device's payload-v1 (`privacy.payload`: the quantised z); nothing else
+    about the clip is stored but its id and capture time. `encoder_version` names the
+    exact global model that produced it (`fl_client.uploads.encoder_version`): readers go
+    through `fl_server.representations`, which never hands out two versions at once.
+    Deleted only by `fedmsr fleet erase` (consent withdrawn).
+    """
+
+    __tablename__ = "representations"
+    __table_args__ = (
+        UniqueConstraint("device_id", "run_id", "collection_round", "clip_id"),
+        CheckConstraint("collection_round >= 1", name="collection_round"),
+        CheckConstraint("captured_day >= 0", name="captured_day"),
+        CheckConstraint("captured_hour >= 0 AND captured_hour <= 23", name="captured_hour"),
+        CheckConstraint("payload_version >= 1", name="payload_version"),
+        Index(None, "encoder_version", "device_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    run_id: Mapped[str] = mapped_column(String(64))
+    collection_round: Mapped[int] = mapped_column(Integer)
+    clip_id: Mapped[str] = mapped_column(String(64))
+    captured_day: Mapped[int] = mapped_column(Integer)
+    captured_hour: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_version: Mapped[int] = mapped_column(Integer)
+    encoder_version: Mapped[str] = mapped_column(String(64))
+    stored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InformationEntry(Base):
+    """One collection's charge to a device's information ledger (bits = sum of KL rates).
+
+    Append-only (the migration's triggers refuse UPDATE and DELETE), one row per
+    (device, run, collection round) so a redone round never charges twice; an erase
+    leaves it: the ledger is accounting, not data. `capped`: the device's own cap stopped
+    it from sending every clip it had (`cap_bits`: the cap in force then).
+    """
+
+    __tablename__ = "information_ledger"
+    __table_args__ = (
+        UniqueConstraint("device_id", "run_id", "collection_round"),
+        CheckConstraint("collection_round >= 1", name="collection_round"),
+        CheckConstraint("requested >= 1", name="requested"),
+        CheckConstraint("clips >= 0 AND clips <= requested", name="clips"),
+        CheckConstraint("bits >= 0", name="bits"),
+        CheckConstraint("device_bits_before >= 0", name="device_bits_before"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    collection_round: Mapped[int] = mapped_column(Integer)
+    encoder_version: Mapped[str] = mapped_column(String(64))
+    requested: Mapped[int] = mapped_column(Integer)
+    clips: Mapped[int] = mapped_column(Integer)
+    bits: Mapped[int] = mapped_column(BigInteger)
+    #: The device's own total before this batch, as it reported it (audits disagreements).
+    device_bits_before: Mapped[int] = mapped_column(BigInteger)
+    capped: Mapped[bool] = mapped_column(Boolean)
+    cap_bits: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LeakageReport(Base):
+    """The fleet's leakage curves after one collection (PL(k) per attack, gains, chance)."""
+
+    __tablename__ = "leakage_reports"
+    __table_args__ = (UniqueConstraint("run_id", "collection_round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    collection_round: Mapped[int] = mapped_column(Integer)
+    encoder_version: Mapped[str] = mapped_column(String(64))
+    devices: Mapped[int] = mapped_column(Integer)
+    clips: Mapped[int] = mapped_column(Integer)
+    #: max over attacks of PL(k_max) - PL(1); what the threshold is compared with.
+    max_gain: Mapped[float] = mapped_column(Float)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    #: JSON: curves, gains, single-clip results, chance (privacy.evaluation.leakage).
+    report: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
