@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fl_server.atomic import write_bytes_atomic, write_text_atomic
+from fl_server.fault_points import fault_point
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^round-(\d{4,})\.json$")
@@ -51,6 +52,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     stem = f"round-{ckpt.server_round:04d}"
     blob = _npz_bytes(ckpt.arrays)
     write_bytes_atomic(directory / f"{stem}.npz", blob)
+    fault_point("checkpoint", ckpt.server_round)  # test-only: a crash between the two files
     meta = {
         "format_version": FORMAT_VERSION,
         "server_round": ckpt.server_round,
@@ -73,18 +75,22 @@ def load_checkpoint(meta_path: Path) -> Checkpoint:
                                   f"{meta.get('format_version')!r} (expected {FORMAT_VERSION})")
         arrays_path = meta_path.parent / meta["arrays_file"]
         blob = arrays_path.read_bytes()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        expected_sha = str(meta["arrays_sha256"])
+        server_round = int(meta["server_round"])
+        state, history = dict(meta.get("strategy_state", {})), list(meta.get("history", []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # AttributeError: valid JSON that is not an object (e.g. a file of `null`)
         raise CheckpointError(f"{meta_path}: unreadable checkpoint ({exc})") from exc
-    if hashlib.sha256(blob).hexdigest() != meta["arrays_sha256"]:
+    if hashlib.sha256(blob).hexdigest() != expected_sha:
         raise CheckpointError(f"{arrays_path}: checksum mismatch (corrupt or truncated)")
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
-    return Checkpoint(int(meta["server_round"]), arrays,
-                      dict(meta.get("strategy_state", {})), list(meta.get("history", [])))
+    return Checkpoint(server_round, arrays, state, history)
 
 
-def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest checkpoint that verifies; corrupt ones are logged by name and skipped."""
+def latest_checkpoint(run_dir: Path, skipped: list[str] | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies; corrupt ones are logged by name and skipped
+    (and their errors appended to `skipped`, for the caller to show the operator)."""
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
         return None
@@ -96,6 +102,8 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
             return load_checkpoint(meta_path)
         except CheckpointError as exc:
             log.warning("skipping checkpoint: %s; falling back to the previous one", exc)
+            if skipped is not None:
+                skipped.append(str(exc))
     return None
 
 

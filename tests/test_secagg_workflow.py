@@ -56,6 +56,7 @@ class LoopbackGrid:
         ids = []
         for msg in messages:
             mid = str(len(self.replies))
+            msg.metadata.__dict__["_message_id"] = mid  # as Flower's grids do on push
             node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
             self.types.append(kind)
             reply = None
