@@ -3,12 +3,15 @@
 Stateless by design: every instruction arrives in the message (see `messages.py`) and the
 device's clips are regenerated deterministically from the fleet spec (or, on a real
 device, read from its own storage). Raw frames never leave this function: replies carry
-model arrays, scalar metrics and the DP event the training incurred.
+model arrays, scalar metrics and the DP event the training incurred, and, when the server
+asks (`query.upload`), one fixed-size batch of privatized representations.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import secrets
 from functools import lru_cache
@@ -22,19 +25,34 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fl_client.device_budget import (
+    checkin_answer,
+    ledger_dir,
+    plan_of,
+    released_arrays,
+    releases_private_metrics,
+    reserve_for_training,
+    training_secret,
+)
+from fl_client.info_ledger import InfoLedger
 from fl_client.messages import (
     ARRAYS_KEY,
+    BATCH_KEY,
     CHECKIN_ACTION,
     CONFIG_KEY,
     DEVICE_KEY,
     DP_EVENT_KEY,
     METRICS_KEY,
+    UPLOAD_ACTION,
+    UPLOAD_KEY,
     WEIGHT_KEY,
     Instructions,
     dp_event_to_record,
+    round_echo,
 )
 from fl_client.synthetic import ClipBatch, FleetSpec, device_clips, device_profile, stack_clips
 from fl_client.trainer import train_local
+from fl_client.uploads import UploadRefused, UploadRequest, answer_upload, synthetic_capture
 from privacy.encoder import build_model, encode, load_numpy_state
 from privacy.vib import kl_bits
 
@@ -89,6 +107,9 @@ def checkin(msg: Message, context: Context) -> Message:
         clips = local_clips(instructions.fleet, device, instructions.days("train"))
         answer["profile"] = device_profile(instructions.fleet, device)
         answer["num-clips"] = int(clips.x.shape[0])
+    if in_fleet and (budget := plan_of(msg)) is not None:  # DP run: own ledger, or decline
+        answer.update(checkin_answer(budget, context, device, device_state_dir(
+            context, budget.sim_bundles_dir, device), instructions, int(answer["num-clips"])))
     return Message(RecordDict({DEVICE_KEY: answer}), reply_to=msg)
 
 
@@ -149,18 +170,40 @@ def simulated_bundles(bundles_dir: str) -> dict[int, tuple[int, str]]:
 DP_SAFE_METRICS = ("steps", "train_seconds", "sample_rate")
 
 
-def training_seed(instructions: Instructions, device: int) -> int:
+def training_seed(instructions: Instructions, device: int, secret: bytes | None = None,
+                  run_id: str = "", inputs_digest: bytes = b"") -> int:
     """The seed of this device's local round.
 
     Without DP it is derived from the run seed, round and device, so runs are exactly
-    reproducible and a resumed round redoes what it would have done. With DP-SGD it comes
-    from the OS CSPRNG: whoever knows the seed can regenerate the Gaussian noise (and the
-    Poisson batches) and subtract it from the update, so it must be a secret of the device.
-    DP runs are therefore not bit-reproducible, by design.
+    reproducible and a resumed round redoes what it would have done. With DP-SGD it must be
+    a secret of the device: whoever knows the seed can regenerate the Gaussian noise (and
+    the Poisson batches) and subtract it from the update.
+
+    A device with a ledger keeps a training secret next to it and derives the seed as
+    HMAC(secret, run, round, device, digest of the inputs). A round the server redoes after a
+    crash (same run, round and global model) then reproduces the *same* release instead of a
+    second, freshly noised one, so the ledgers' one event per (device, run, round) is exact,
+    never an under-count; any other input gets independent noise (reusing noise on different
+    inputs would let a difference cancel it). Without a ledger: the OS CSPRNG.
     """
-    if instructions.train.dp_sgd:
+    if not instructions.train.dp_sgd:
+        return round_seed(instructions.train.seed, instructions.server_round, device)
+    if secret is None:
         return secrets.randbits(63)
-    return round_seed(instructions.train.seed, instructions.server_round, device)
+    label = f"fedmsr-dp-train/v1\n{run_id}\n{instructions.server_round}\n{device}\n".encode()
+    mac = hmac.new(secret, label + inputs_digest, hashlib.sha256).digest()
+    return int.from_bytes(mac[:8], "big") >> 1
+
+
+def inputs_digest(global_arrays: dict[str, np.ndarray], instructions: Instructions) -> bytes:
+    """SHA-256 of what a round's training starts from: the global arrays and the plan."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(instructions), sort_keys=True,
+                                  default=str).encode())
+    for name in sorted(global_arrays):
+        value = np.ascontiguousarray(global_arrays[name])
+        h.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        h.update(value.tobytes())
+    return h.digest()
 
 
 def reported_metrics(metrics: dict[str, float], dp_sgd: bool) -> dict[str, float]:
@@ -179,16 +222,27 @@ def train(msg: Message, context: Context) -> Message:
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
     device = device_index(context)
     batch = local_clips(instructions.fleet, device, instructions.days("train"))
-    train_cfg = dataclasses.replace(instructions.train, seed=training_seed(instructions, device))
-    result = train_local(instructions.model, arrays_of(msg.content[ARRAYS_KEY]),
+    global_arrays = arrays_of(msg.content[ARRAYS_KEY])
+    secret, run_id = None, ""
+    if (budget := plan_of(msg)) is not None:  # own ledger first: refuses past the device's cap
+        state_dir = device_state_dir(context, budget.sim_bundles_dir, device)
+        reserve_for_training(budget, context, device, state_dir, instructions,
+                             int(batch.x.shape[0]))
+        secret = training_secret(ledger_dir(context, budget, device, state_dir))
+        run_id = budget.run_id
+    seed = training_seed(instructions, device, secret, run_id,
+                         inputs_digest(global_arrays, instructions) if secret else b"")
+    train_cfg = dataclasses.replace(instructions.train, seed=seed)
+    result = train_local(instructions.model, global_arrays,
                          batch.x, batch.labels["activity"], train_cfg)
-    metrics: dict[str, float | int] = dict(reported_metrics(result.metrics,
-                                                            instructions.train.dp_sgd))
-    metrics[WEIGHT_KEY] = int(result.num_examples)
+    metrics: dict[str, float | int] = dict(reported_metrics(
+        result.metrics, releases_private_metrics(instructions)))
+    # Central DP-FedAvg is user-level: every device counts once (its #clips stays private).
+    metrics[WEIGHT_KEY] = 1 if instructions.update_clip > 0 else int(result.num_examples)
     content = RecordDict({
-        ARRAYS_KEY: record_of(result.arrays),
+        ARRAYS_KEY: record_of(released_arrays(instructions, global_arrays, result.arrays)),
         METRICS_KEY: MetricRecord(metrics),
-        DEVICE_KEY: ConfigRecord({"device": device}),
+        DEVICE_KEY: ConfigRecord({"device": device, **round_echo(msg.content[CONFIG_KEY])}),
     })
     if result.dp_event is not None:
         content[DP_EVENT_KEY] = dp_event_to_record(result.dp_event)
@@ -204,8 +258,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     noise (the server does not ask it in DP runs; this is the device's own guard).
     """
     instructions = Instructions.from_record(msg.content[CONFIG_KEY])
-    if instructions.train.dp_sgd:
-        raise PermissionError("a DP-SGD device does not release un-noised evaluation metrics")
+    if releases_private_metrics(instructions):
+        raise PermissionError("a DP device (DP-SGD or central DP) does not release un-noised "
+                              "evaluation metrics")
     device = device_index(context)
     batch = local_clips(instructions.fleet, device, instructions.days("eval"))
     model = build_model(instructions.model)
@@ -219,6 +274,43 @@ def evaluate(msg: Message, context: Context) -> Message:
         WEIGHT_KEY: int(batch.x.shape[0]),
     })
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+@app.query(UPLOAD_ACTION)
+def upload(msg: Message, context: Context) -> Message:
+    """Answer the server's request for privatized representations (`fl_client.uploads`).
+
+    Only the fixed-size batch goes back: quantised samples of z, capture times and clip
+    ids, padded with dummies to the requested count. The device charges its information
+    ledger first and sends nothing that would pass its cap.
+    """
+    instructions = Instructions.from_record(msg.content[CONFIG_KEY])
+    request = UploadRequest.from_record(msg.content[UPLOAD_KEY])
+    device = device_index(context)
+    state = device_state_dir(context, request.bundles_dir, device)
+    if state is None:
+        raise UploadRefused("no state directory for the information ledger (node config "
+                            "'state-dir', or an enrollment bundle): refusing to upload")
+    capture = synthetic_capture(instructions.fleet, device, request.collection, request.clips)
+    blob = answer_upload(request, instructions.model, arrays_of(msg.content[ARRAYS_KEY]),
+                         capture, InfoLedger.at(state), own_info_cap(context),
+                         np.random.default_rng(secrets.randbits(128)))
+    return Message(RecordDict({BATCH_KEY: ConfigRecord({BATCH_KEY: blob})}), reply_to=msg)
+
+
+def device_state_dir(context: Context, bundles_dir: str, device: int) -> Path | None:
+    """Where the device keeps its ledgers: node config `state-dir`, else `state/` in its
+    enrollment bundle, next to its key (in simulation: the simulated enrollment's bundle)."""
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"]))
+    found = enrollment_key(context, bundles_dir, device)
+    return None if found is None else Path(found[1]).parent / "state"
+
+
+def own_info_cap(context: Context) -> float | None:
+    """The device's own information cap in bits (node config `info-bits-cap`), if set."""
+    value = context.node_config.get("info-bits-cap")
+    return None if value is None else float(value)
 
 
 import fl_client.secagg_handlers  # noqa: E402,F401  (registers the secure-aggregation stages)

@@ -20,12 +20,21 @@ from privacy.dp_event import PoissonGaussianEvent
 from privacy.encoder import EncoderConfig
 
 CHECKIN_ACTION = "checkin"
+#: `query.upload`: the server asks for a batch of privatized representations
+#: (`fl_client.uploads`); the request is in UPLOAD_KEY, the reply's batch in BATCH_KEY.
+UPLOAD_ACTION = "upload"
+UPLOAD_KEY = "upload"
+BATCH_KEY = "batch"
 ARRAYS_KEY = "arrays"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 DP_EVENT_KEY = "dp_event"
 DEVICE_KEY = "device"
 WEIGHT_KEY = "num-examples"
+#: Keys of a train message's config that a device echoes in its reply's `device` record:
+#: the round, the run, and a fresh per-round nonce. The server drops a reply whose echo
+#: differs (an earlier round's update replayed), see `strategies.update_validation`.
+ECHO_KEYS = ("server-round", "run-id", "round-nonce")
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,13 @@ class Instructions:
     train: TrainConfig
     #: The device trains on days [0, train_days); later days of `fleet` are evaluation days.
     train_days: int
+    #: Central DP-FedAvg: clip the model update (new - global, all arrays) to this L2 norm
+    #: on the device before it leaves (fl_client/device_budget.py); 0 = no clipping.
+    update_clip: float = 0.0
 
     def to_record(self) -> ConfigRecord:
-        flat: dict[str, Any] = {"server-round": self.server_round, "train-days": self.train_days}
+        flat: dict[str, Any] = {"server-round": self.server_round, "train-days": self.train_days,
+                                "update-clip": float(self.update_clip)}
         for prefix, part in (("fleet", self.fleet), ("model", self.model), ("train", self.train)):
             for key, value in dataclasses.asdict(part).items():
                 flat[f"{prefix}.{key}"] = value
@@ -67,12 +80,16 @@ class Instructions:
                 model=EncoderConfig(**parts["model"]),
                 train=TrainConfig(**parts["train"]),
                 train_days=int(record["train-days"]),
+                update_clip=float(record["update-clip"]),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed instructions from the server: {exc}") from exc
         if not 0 < instructions.train_days < instructions.fleet.days:
             raise ValueError(f"malformed instructions from the server: train-days "
                              f"{instructions.train_days} must be in 1..{instructions.fleet.days - 1}")
+        if not 0 <= instructions.update_clip < float("inf"):
+            raise ValueError(f"malformed instructions from the server: update-clip "
+                             f"{instructions.update_clip} must be a finite number >= 0")
         return instructions
 
     def days(self, split: str) -> range:
@@ -80,6 +97,11 @@ class Instructions:
         if split == "train":
             return range(self.train_days)
         return range(self.train_days, self.fleet.days)
+
+
+def round_echo(config: ConfigRecord) -> dict[str, Any]:
+    """What a train reply echoes of the train message's config (whichever keys it has)."""
+    return {key: config[key] for key in ECHO_KEYS if key in config}
 
 
 def dp_event_to_record(event: PoissonGaussianEvent) -> ConfigRecord:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -79,8 +80,15 @@ def _credentials(context: Context, saved: Mapping[str, Any], participants: list[
 
 
 def _identities(path: str) -> dict[int, str]:
+    stat = Path(path).stat()
+    return dict(_read_identities(path, stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=8)  # re-read when the file changes (the server rewrites it per round)
+def _read_identities(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, str], ...]:
+    del mtime_ns, size  # cache key only
     table = json.loads(Path(path).read_text())
-    return {int(d): str(key) for d, key in table.items()}
+    return tuple((int(d), str(key)) for d, key in table.items())
 
 
 def _saved(context: Context) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The `fedmsr` command line.
 
 Errors are one line on stderr, `error: <field>: <what is wrong>`, with a non-zero exit:
-2 for bad input (nothing was started or written), 1 for a run that failed.
+2 for bad input (nothing was started or written), 1 for a run that failed, 3 for a run
+that stopped cleanly because the devices' privacy budgets were exhausted (`fedmsr run`).
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from rich.table import Table
 from fl_server.cli_budget import budget_app
 from fl_server.cli_eval import eval_command
 from fl_server.cli_fleet import db_app, device_app, fleet_app, pki_app, superlink_app
+from fl_server.cli_leakage import leakage_app
 from fl_server.cli_monitor import monitor as monitor_command
 from fl_server.config import ConfigError, RunConfig
 from fl_server.history import read_history
 from fl_server.registry.db import ENV_VAR as DB_ENV_VAR
-from fl_server.registry.db import RegistryError
+from fl_server.registry.db import RegistryError, registry_configured
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="fedmsr: federated privatization encoders.")
 console = Console()
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
+#: Too few devices could afford another round: stopped cleanly, final model written.
+EXIT_BUDGET_EXHAUSTED = 3
 
 
 @app.callback()
@@ -48,6 +52,7 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(superlink_app, name="superlink")
 app.add_typer(device_app, name="device")
 app.add_typer(budget_app, name="budget")
+app.add_typer(leakage_app, name="leakage")
 
 
 @app.command()
@@ -55,7 +60,8 @@ def run(
     devices: Annotated[int, typer.Option(help="Synthetic fleet size (virtual SuperNodes).")] = 8,
     rounds: Annotated[int, typer.Option(help="Federation rounds.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed for data, model, sampling and training.")] = 0,
-    dp_sgd: Annotated[bool, typer.Option("--dp-sgd", help="Train on devices with DP-SGD.")] = False,
+    dp_sgd: Annotated[bool, typer.Option("--dp-sgd", help="Deprecated alias of --dp local.")
+                      ] = False,
     noise_multiplier: Annotated[float, typer.Option(help="DP-SGD noise multiplier sigma.")] = 1.0,
     clip: Annotated[float, typer.Option(help="DP-SGD per-example clipping norm C.")] = 1.0,
     utility: Annotated[str, typer.Option(help="supervised | ssl | both.")] = "supervised",
@@ -78,11 +84,57 @@ def run(
     neighbours: Annotated[int, typer.Option(help="SecAgg+ neighbours per device "
                                             "(0: 2*ceil(log2 n)).")] = 0,
     threshold: Annotated[int, typer.Option(help="SecAgg+ Shamir threshold (0: floor(k/2)+1).")] = 0,
+    aggregation: Annotated[str, typer.Option(
+        help="fedavg | median | trimmed-mean | krum | multikrum | bulyan "
+             "(docs/robustness.md).")] = "fedavg",
+    byzantine: Annotated[int, typer.Option(
+        help="Hostile devices per round a robust --aggregation must tolerate.")] = 1,
+    trim_fraction: Annotated[float, typer.Option(
+        help="trimmed-mean: fraction cut from each tail.")] = 0.2,
+    max_update_norm: Annotated[float, typer.Option(
+        help="Drop an update farther than this (L2) from the global model.")] = 100.0,
+    superlink: Annotated[Optional[str], typer.Option(
+        help="Run on Flower's deployment engine: HOST:PORT of a running `fedmsr superlink "
+             "start` whose enrolled devices' SuperNodes train (default: simulation).")] = None,
+    collect_every: Annotated[int, typer.Option(
+        help="Every N rounds, collect privatized representations from the devices and track "
+             "leakage (0: off; needs the registry; docs/representations.md).")] = 0,
+    collect_clips: Annotated[int, typer.Option(
+        help="Representations each device uploads per collection (fixed batch size).")] = 16,
+    info_bits_cap: Annotated[float, typer.Option(
+        help="Cap on each device's uploaded information, bits (0: registry caps only).")] = 0.0,
+    leakage_alert: Annotated[float, typer.Option(
+        help="Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")] = 0.2,
+    dp: Annotated[str, typer.Option(
+        help="none | local (DP-SGD on devices) | central (DP-FedAvg, server noise) | both "
+             "(docs/privacy-accounting.md).")] = "none",
+    epsilon_cap: Annotated[float, typer.Option(
+        help="Epsilon cap of devices the registry gives none (0: registry caps only).")] = 0.0,
+    delta: Annotated[float, typer.Option(help="Delta every budget is accounted at.")] = 1e-5,
+    client_sample_rate: Annotated[float, typer.Option(
+        help="Central DP: Poisson probability q that a device takes part in a round.")] = 0.5,
+    central_noise: Annotated[float, typer.Option(
+        help="Central DP: noise multiplier sigma (noise std / update clip).")] = 1.0,
+    central_clip: Annotated[float, typer.Option(
+        help="Central DP: L2 clip C of each device's model update (on the device).")] = 1.0,
+    target_epsilon: Annotated[float, typer.Option(
+        help="Central DP: calibrate sigma so the planned rounds reach this epsilon "
+             "(0: use --central-noise).")] = 0.0,
 ) -> None:
-    """Run a federation on Flower's simulation engine (embedded defaults)."""
-    from fl_server.launcher import launch_simulation, load_run_for_resume, prepare_new_run
+    """Run a federation on Flower's simulation engine (embedded defaults), or a SuperLink."""
+    from fl_server import deployment_run, dp_modes
+    from fl_server.deployment import operator_flwr_home
+    from fl_server.launcher import (
+        launch_on_superlink,
+        launch_simulation,
+        load_run_for_resume,
+        prepare_new_run,
+    )
 
     params = dict(locals())
+    if superlink is not None:  # before anything is written: the SuperLink must answer
+        deployment_run.check_superlink(deployment_run.check_address(superlink),
+                                       operator_flwr_home())
     if resume is not None:
         given = {name for name, default in _RUN_DEFAULTS.items()
                  if params[name] != default and name != "runs_dir"}
@@ -90,20 +142,42 @@ def run(
             _fail(f"--resume: the run continues with its saved configuration; "
                   f"drop {', '.join('--' + n.replace('_', '-') for n in sorted(given))}")
         cfg = load_run_for_resume(runs_dir, resume)
+        deployment_run.check_same_engine(cfg, superlink)
     else:
-        cfg = prepare_new_run(RunConfig(
+        if epsilon_cap and not registry_configured():
+            _fail("--epsilon-cap: per-device budgets live in the fleet registry; run `fedmsr "
+                  "db upgrade` and enroll the fleet first (or pass --db URL)")
+        if collect_every and not registry_configured():
+            _fail("--collect-every: collection stores representations in the registry; run "
+                  "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
+        cfg = prepare_new_run(dp_modes.with_run_options(RunConfig(
             devices=devices, rounds=rounds, seed=seed, dp_sgd=dp_sgd,
             noise_multiplier=noise_multiplier, clip_norm=clip, utility=utility, beta=beta,
             clips_per_day=clips_per_day, days=days, image_size=image_size,
             local_epochs=local_epochs, fraction_train=fraction_train, runs_dir=runs_dir,
             run_id=run_id, metrics_port=metrics_port,
             metrics_linger_s=metrics_linger_s, secure_aggregation=secure_aggregation,
-            secagg_neighbours=neighbours, secagg_threshold=threshold).validate())
+            secagg_neighbours=neighbours, secagg_threshold=threshold,
+            aggregation=aggregation, byzantine_devices=byzantine, trim_fraction=trim_fraction,
+            max_update_norm=max_update_norm, collect_every=collect_every,
+            collect_clips=collect_clips, info_bits_cap=info_bits_cap,
+            leakage_alert=leakage_alert).validate(), dp=dp, dp_sgd_alias=dp_sgd,
+            epsilon_cap=epsilon_cap, delta=delta, client_sample_rate=client_sample_rate,
+            central_noise=central_noise, central_clip=central_clip,
+            target_epsilon=target_epsilon))
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
-                  f"{'DP-SGD sigma=' + str(cfg.noise_multiplier) if cfg.dp_sgd else 'no DP'}"
+                  f"{dp_modes.describe(cfg)}"
                   f" -> {cfg.run_dir()}")
-    status = launch_simulation(cfg, console)
+    if superlink is None:
+        status = launch_simulation(cfg, console)
+    else:
+        status = launch_on_superlink(deployment_run.for_deployment(cfg, superlink), superlink,
+                                     console)
     _print_history(cfg.run_dir())
+    if status.status == "budget-exhausted":  # a clean stop, not a failure: its own exit code
+        print(f"budget-exhausted: run {cfg.run_id} stopped after {status.completed_rounds} of "
+              f"{status.planned_rounds} rounds: {status.reason}", file=sys.stderr)
+        raise typer.Exit(EXIT_BUDGET_EXHAUSTED)
     if status.status != "completed":
         print(f"error: run {cfg.run_id} {status.status} after {status.completed_rounds} of "
               f"{status.planned_rounds} rounds: {status.reason}", file=sys.stderr)
@@ -118,6 +192,10 @@ _RUN_DEFAULTS = {
     "local_epochs": 1, "fraction_train": 1.0, "runs_dir": "runs", "run_id": "",
     "metrics_port": -1, "metrics_linger_s": 0.0,
     "secure_aggregation": False, "neighbours": 0, "threshold": 0,
+    "aggregation": "fedavg", "byzantine": 1, "trim_fraction": 0.2, "max_update_norm": 100.0,
+    "collect_every": 0, "collect_clips": 16, "info_bits_cap": 0.0, "leakage_alert": 0.2,
+    "dp": "none", "epsilon_cap": 0.0, "delta": 1e-5, "client_sample_rate": 0.5,
+    "central_noise": 1.0, "central_clip": 1.0, "target_epsilon": 0.0,
 }
 app.command("monitor")(monitor_command)
 app.command("eval")(eval_command)

@@ -170,6 +170,39 @@ def revoke(
                   "SuperNode is cut off", highlight=False)
 
 
+@fleet_app.command("identities")
+def identities(
+    out: Annotated[Path, typer.Option(help="Where to write the JSON table.")],
+) -> None:
+    """Export {device index: public key} of the devices not revoked: the registry-issued
+    identities SecAgg+ devices verify each other against (`--node-config
+    identities-file=PATH`). Distribute it out of band, not through the server."""
+    from fl_server.secagg_identities import identities_table, write_identities
+
+    table = identities_table(db.resolve_url())
+    write_identities(out, table)
+    console.print(f"wrote {len(table)} identities to {out}", highlight=False)
+
+
+@fleet_app.command("erase")
+def erase(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Consent withdrawn: delete every stored representation of a device (ledgers stay)."""
+    from fl_server.representations import erase_device
+
+    url = db.resolve_url()
+    device = enrollment.show_device(url, ident)  # unknown id: one clear error, nothing asked
+    if not yes:
+        typer.confirm(f"delete every stored representation of device {device['id']} "
+                      f"({device['name']})?", abort=True)
+    erased = erase_device(url, ident)
+    console.print(f"erased {erased['deleted']} representation(s) of device {erased['id']} "
+                  f"({erased['name']}); its ledgers are kept and it is no longer asked for "
+                  "uploads", highlight=False)
+
+
 @fleet_app.command("sync")
 def sync() -> None:
     """Register enrolled devices' keys with the SuperLink; unregister revoked ones."""

@@ -97,8 +97,9 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
     """The registry's fleet (devices by status), or None where there is no registry.
 
     None when the registry package is not installed or no registry is configured here
-    (no `--db`, no FEDMSR_DB, no local registry file). Per-device epsilon and information
-    bits are empty until the budget ledger (issue 4) stores them.
+    (no `--db`, no FEDMSR_DB, no local registry file). Per-device epsilon comes from the
+    privacy ledger (`privacy_ledger.fleet_budgets`: the RDP bound of each device not revoked,
+    at delta 1e-5 or the device's own delta cap).
     """
     try:
         from sqlalchemy import func, select
@@ -109,12 +110,18 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
         return None
     if db is None and not registry_db.registry_configured():
         return None
+    from fl_server.information_ledger import fleet_bits
+    from fl_server.privacy_ledger import fleet_budgets
     from monitoring.persisted import FleetSnapshot
 
-    with registry_db.session_scope(registry_db.resolve_url(db)) as session:
+    url = registry_db.resolve_url(db)
+    with registry_db.session_scope(url) as session:
         rows = session.execute(select(models.Device.status, func.count())
                                .group_by(models.Device.status)).all()
-    return FleetSnapshot({str(status): int(count) for status, count in rows})
+        bits = fleet_bits(session)  # information ledger (docs/representations.md)
+    epsilons, caps = fleet_budgets(url, 1e-5)
+    return FleetSnapshot({str(status): int(count) for status, count in rows},
+                         epsilons=epsilons, epsilon_caps=caps, information_bits=bits)
 
 
 def _refreshing_registry(refresh: Callable[[], None]) -> CollectorRegistry:

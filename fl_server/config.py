@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 UTILITIES = ("supervised", "ssl", "both")
+#: `--dp` values, indexed by dp_sgd + 2 * central_dp.
+DP_MODES = ("none", "local", "central", "both")
 IMAGE_SIZES = (32, 64)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -64,15 +66,50 @@ class RunConfig:
     secagg_threshold: int = 0
     secagg_clip: float = 1.0
     secagg_mod_bits: int = 32
+    # update validation and robust aggregation (docs/robustness.md): an update farther than
+    # max_update_norm (L2) from the global model is dropped; `aggregation` is fedavg or one
+    # of Flower's robust rules, tolerating `byzantine_devices` hostile devices per round
+    max_update_norm: float = 100.0
+    aggregation: str = "fedavg"
+    byzantine_devices: int = 1
+    trim_fraction: float = 0.2
     # monitoring: Prometheus exporter on 127.0.0.1 (-1 = off, 0 = any free port), kept up
     # metrics_linger_s after the run ends so a scraper sees the final state
     metrics_port: int = -1
     metrics_linger_s: float = 0.0
+    # representation collection and leakage tracking (docs/representations.md): every
+    # collect_every rounds (0 = off) each device uploads collect_clips representations;
+    # info_bits_cap caps a device's uploaded information in bits (0: the registry's caps
+    # only); a device is flagged at info_bits_alert bits (0: 90% of its cap), the fleet
+    # when a leakage curve's accumulation gain PL(k) - PL(1) reaches leakage_alert
+    collect_every: int = 0
+    collect_clips: int = 16
+    info_bits_cap: float = 0.0
+    info_bits_alert: float = 0.0
+    leakage_alert: float = 0.2
     runs_dir: str = "runs"
     run_id: str = ""
     #: Synthetic device indices the registry lets take part (None: no registry in use).
     device_indices: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # DP modes and per-device budgets (docs/privacy-accounting.md). Local DP-SGD is `dp_sgd`
+    # above; central user-level DP-FedAvg: Poisson client sampling at client_sample_rate,
+    # device-side update clipping to central_clip_norm, server noise central_noise_multiplier
+    # (calibrated to target_epsilon over `rounds` rounds when that is set). Every release is
+    # charged to the device's budget at `delta`; epsilon_cap is the cap of devices the
+    # registry gives none (None: only the registry's caps).
+    central_dp: bool = False
+    client_sample_rate: float = 0.5
+    central_noise_multiplier: float = 1.0
+    central_clip_norm: float = 1.0
+    target_epsilon: float | None = None
+    epsilon_cap: float | None = None
+    delta: float = 1e-5
+
+    @property
+    def dp_mode(self) -> str:
+        """none | local | central | both (`fedmsr run --dp`)."""
+        return DP_MODES[int(self.dp_sgd) + 2 * int(self.central_dp)]
 
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` for the first bad field; return self when all good."""
@@ -112,6 +149,9 @@ class RunConfig:
                               "(letters, digits, '.', '_', '-'; at most 64 characters)")
         if self.secure_aggregation:
             _validate_secure_aggregation(self)
+        _validate_robustness(self)
+        _validate_dp(self)
+        _validate_collection(self)
         return self
 
     # -- (de)serialisation -------------------------------------------------------------
@@ -210,3 +250,93 @@ def _validate_secure_aggregation(cfg: RunConfig) -> None:
         EncodingSpec(cfg.secagg_clip, cfg.secagg_mod_bits, cfg.clips_per_day * cfg.days, n)
     except EncodingError as exc:
         raise ConfigError("secagg_mod_bits", str(exc)) from None
+
+
+def _validate_robustness(cfg: RunConfig) -> None:
+    """A finite norm bound; a known aggregation rule that the fleet is big enough for and
+    that the other settings allow (secure aggregation reveals only the sum)."""
+    import math
+
+    from strategies.robust_aggregation import AGGREGATIONS, required_updates
+
+    if not (isinstance(cfg.max_update_norm, (int, float)) and 0 < cfg.max_update_norm < math.inf):
+        raise ConfigError("max_update_norm", f"must be a finite number > 0, "
+                          f"got {cfg.max_update_norm!r}")
+    if cfg.aggregation not in AGGREGATIONS:
+        raise ConfigError("aggregation", f"must be one of {', '.join(AGGREGATIONS)}, "
+                          f"got {cfg.aggregation!r}")
+    _at_least(cfg, "byzantine_devices", 0, "hostile devices a robust rule must tolerate")
+    if not 0 <= cfg.trim_fraction < 0.5:
+        raise ConfigError("trim_fraction", f"must be in [0, 0.5), got {cfg.trim_fraction}")
+    if cfg.aggregation == "fedavg":
+        return
+    if cfg.secure_aggregation:
+        raise ConfigError("aggregation", f"{cfg.aggregation} needs each device's update, but "
+                          "secure aggregation reveals only their sum; use --aggregation fedavg "
+                          "with --secure-aggregation (bound updates on the devices instead)")
+    if cfg.aggregation == "trimmed-mean" and cfg.byzantine_devices and not cfg.trim_fraction:
+        raise ConfigError("trim_fraction", "is 0: a trimmed mean that trims nothing tolerates "
+                          "no hostile device; use 0 < trim_fraction < 0.5")
+    needed = required_updates(cfg.aggregation, cfg.byzantine_devices, cfg.trim_fraction)
+    per_round = max(math.ceil(cfg.fraction_train * cfg.devices), cfg.min_train_devices)
+    if min(per_round, cfg.devices) < needed:
+        raise ConfigError("byzantine_devices", f"{cfg.aggregation} tolerating "
+                          f"{cfg.byzantine_devices} hostile device(s) needs at least {needed} "
+                          f"updates per round, but a round samples {min(per_round, cfg.devices)}; "
+                          "sample more devices or lower --byzantine")
+
+
+def _validate_dp(cfg: RunConfig) -> None:
+    """Budget figures in range; central DP settings that the accountant and the fixed-
+    denominator average can use (docs/privacy-accounting.md)."""
+    import math
+
+    def finite_positive(value: object) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0)
+
+    if not (finite_positive(cfg.delta) and cfg.delta < 1):
+        raise ConfigError("delta", f"must be in (0, 1) (typically below 1 / clips per "
+                          f"device), got {cfg.delta!r}")
+    if cfg.epsilon_cap is not None and not finite_positive(cfg.epsilon_cap):
+        raise ConfigError("epsilon_cap", f"must be a finite epsilon > 0 (or unset: only the "
+                          f"registry's per-device caps), got {cfg.epsilon_cap!r}")
+    if cfg.target_epsilon is not None and not cfg.central_dp:
+        raise ConfigError("target_epsilon", "calibrates the central DP noise: use it with "
+                          "--dp central or --dp both")
+    if not cfg.central_dp:
+        return
+    if not (finite_positive(cfg.client_sample_rate)
+            and cfg.client_sample_rate <= 1):
+        raise ConfigError("client_sample_rate", f"must be in (0, 1] (the Poisson probability "
+                          f"that a device takes part in a round), got {cfg.client_sample_rate!r}")
+    for name in ("central_noise_multiplier", "central_clip_norm"):
+        if not finite_positive(getattr(cfg, name)):
+            raise ConfigError(name, f"must be a finite number > 0 with central DP, "
+                              f"got {getattr(cfg, name)!r}")
+    if cfg.target_epsilon is not None and not finite_positive(cfg.target_epsilon):
+        raise ConfigError("target_epsilon", f"must be a finite epsilon > 0, "
+                          f"got {cfg.target_epsilon!r}")
+    if cfg.fraction_train != 1.0:
+        raise ConfigError("fraction_train", "central DP samples devices by Poisson sampling "
+                          "at --client-sample-rate; leave --fraction-train at 1")
+    if getattr(cfg, "aggregation", "fedavg") != "fedavg":
+        raise ConfigError("aggregation", "central DP adds noise to the sum of clipped "
+                          "updates; use --aggregation fedavg")
+
+
+def _validate_collection(cfg: RunConfig) -> None:
+    """Collection cadence within the run, a batch size the upload format holds, caps >= 0."""
+    every = cfg.collect_every
+    if isinstance(every, bool) or not isinstance(every, int) or not 0 <= every <= cfg.rounds:
+        raise ConfigError("collect_every", f"must be 0 (off) or a round count in "
+                          f"1..{cfg.rounds} (--rounds), got {every!r}")
+    clips = cfg.collect_clips
+    if isinstance(clips, bool) or not isinstance(clips, int) or not 1 <= clips <= 1024:
+        raise ConfigError("collect_clips", f"must be an integer in 1..1024, got {clips!r}")
+    for name in ("info_bits_cap", "info_bits_alert"):
+        if not 0 <= getattr(cfg, name) < float("inf"):
+            raise ConfigError(name, f"must be a finite number >= 0 (0: none), "
+                              f"got {getattr(cfg, name)}")
+    if not 0 < cfg.leakage_alert <= 1:
+        raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")

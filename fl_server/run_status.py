@@ -14,7 +14,9 @@ from pathlib import Path
 
 from fl_server.atomic import write_text_atomic
 
-STATUSES = ("running", "completed", "failed")
+#: budget-exhausted: the run stopped cleanly because too few devices could afford another
+#: round's DP release (`strategies.budget_selection`); its last model is the final model.
+STATUSES = ("running", "completed", "failed", "budget-exhausted")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 # `_created` series double every counter and histogram and nothing here reads them.
 disable_created_metrics()
 
-RUN_STATUSES = ("running", "completed", "failed")
+RUN_STATUSES = ("running", "completed", "failed", "budget-exhausted")
 ROUND_STATUSES = ("completed", "failed", "aborted")
 #: Phases of a round; the `secagg_*` stages are timed once secure aggregation lands.
 PHASES = ("checkin", "train", "secagg_setup", "secagg_share_keys", "secagg_collect_masked",
@@ -45,7 +45,10 @@ PHASES = ("checkin", "train", "secagg_setup", "secagg_share_keys", "secagg_colle
 DEVICE_STATUSES = ("enrolled", "active", "revoked")
 #: What `fedmsr monitor` reads between runs.
 MONITOR_SOURCES = ("runs", "registry")
-REJECT_REASONS = ("malformed", "norm_bound", "stale_round", "budget_exceeded", "error_reply")
+#: Why an update was dropped: the update validator's reasons (strategies/update_validation.py
+#: REASONS, in check order; monitoring does not import strategies), then the budget's.
+REJECT_REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", "dtype",
+                  "non_finite", "norm_bound", "metrics", "budget_exceeded", "error_reply")
 PROBES = ("utility", "identity")
 LEAKAGE_KS = (1, 2, 4, 8, 16, 32, 64)
 LEAKAGE_ATTACKS = ("identity",)
@@ -60,21 +63,10 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 
 #: Metrics defined now and fed by a later part of the platform (metric -> who feeds it).
 FED_LATER = {
-    "fedmsr_device_epsilon": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
-    "fedmsr_fleet_epsilon_max": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
-    "fedmsr_fleet_epsilon_p95": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
-    "fedmsr_devices_near_budget_cap": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
-    "fedmsr_devices_budget_exhausted": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
-    "fedmsr_budget_tracked_devices": "budget ledger (issue 4) via FedmsrMetrics.set_budgets",
-    "fedmsr_device_information_bytes": "budget ledger (issue 4) via set_information_bits",
-    "fedmsr_ledger_disagreements_total": "check-in ledger comparison (issue 4), record key "
-                                         "'ledger_disagreements'",
-    "fedmsr_updates_rejected_total": "update validation (strategies), record key 'rejected'",
     "fedmsr_network_sent_bytes_total": "messaging, record key 'bytes_sent'",
     "fedmsr_network_received_bytes_total": "messaging, record key 'bytes_received'",
     "fedmsr_secagg_dropouts_total": "secure aggregation (issue 5), record key "
                                     "'secagg_dropouts'",
-    "fedmsr_leakage_accumulation_gain_ratio": "leakage tracking (k > 1) via set_leakage",
 }
 
 
@@ -211,7 +203,8 @@ class FedmsrMetrics:
         self.budget_tracked = Gauge("fedmsr_budget_tracked_devices", "Devices the budget "
                                     "figures cover (0 until the ledger feeds them)", registry=r)
         self.ledger_disagreements = Counter("fedmsr_ledger_disagreements", "Check-ins whose "
-                                            "device ledger disagreed with the server's",
+                                            "device ledger counted more than the server's "
+                                            "(a release the server did not charge)",
                                             registry=r)
         self._initialise_children()
 

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
 
 ENDPOINT_FILE = "metrics.json"
+#: () -> (epsilon per tracked device, cap per tracked device), for FedmsrMetrics.set_budgets.
+BudgetSource = Callable[[], tuple[Sequence[float], Sequence[float]]]
 #: Record keys of each timed phase (`_one_round` in fl_server/federation.py).
 PHASE_KEYS = {"checkin": "checkin_s", "train": "train_phase_s", "aggregate": "aggregate_s",
               "evaluate": "eval_s"}
@@ -37,8 +40,11 @@ class MetricsObserver:
     """Updates a :class:`FedmsrMetrics` from a run's hooks and serves it while the run lives."""
 
     def __init__(self, metrics: FedmsrMetrics | None = None, port: int = -1,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0, budgets: BudgetSource | None = None) -> None:
         self.metrics = metrics or FedmsrMetrics()
+        #: Reads every tracked device's (epsilon, cap) from the privacy ledger; fl_server
+        #: supplies it for registry-backed runs (monitoring must not import fl_server).
+        self.budgets = budgets
         self.exporter = MetricsExporter(self.metrics.registry, port) if port >= 0 else None
         self.linger_s = max(0.0, float(linger_s))
         self._endpoint_file: Path | None = None
@@ -47,9 +53,9 @@ class MetricsObserver:
         self._fleet_size = 0
 
     @classmethod
-    def for_config(cls, cfg: Any) -> MetricsObserver:
+    def for_config(cls, cfg: Any, budgets: BudgetSource | None = None) -> MetricsObserver:
         return cls(port=int(getattr(cfg, "metrics_port", -1)),
-                   linger_s=float(getattr(cfg, "metrics_linger_s", 0.0)))
+                   linger_s=float(getattr(cfg, "metrics_linger_s", 0.0)), budgets=budgets)
 
     # -- RoundObserver hooks ----------------------------------------------------------
 
@@ -62,6 +68,7 @@ class MetricsObserver:
         m.run_start_time.set(time.time())
         self._fleet_size = int(cfg.devices)
         self._set_devices()
+        self._set_budgets()
         if self.exporter is not None:
             self._serve(cfg)
 
@@ -77,7 +84,10 @@ class MetricsObserver:
             m.phase_duration.labels(phase=f"secagg_{stage}").observe(seconds)
         self._devices(record)
         self._quality(record)
+        if record.get("information_bits"):  # a collection round: every run device's bits
+            m.set_information_bits(list(record["information_bits"].values()))
         self._dp_events(record.get("dp_events", []))
+        self._set_budgets()
         m.client_train_seconds.inc(record["client_train_s_sum"])
         m.client_train_max.set(record["client_train_s_max"])
         m.sent_bytes.inc(record.get("bytes_sent", 0))
@@ -157,6 +167,11 @@ class MetricsObserver:
         curves = record.get("leakage") or {"identity": {1: record["identity_acc"]}}
         for attack, curve in curves.items():
             m.set_leakage(attack, {int(k): float(v) for k, v in curve.items()})
+
+    def _set_budgets(self) -> None:
+        """The ledger after this round's reservations (the whole fleet, one snapshot)."""
+        if self.budgets is not None:
+            self.metrics.set_budgets(*self.budgets())
 
     def _dp_events(self, events: list[dict[str, Any]]) -> None:
         m = self.metrics

@@ -42,6 +42,10 @@ UNMASK = f"{MessageType.QUERY}.secagg_unmask"
 QUICK_STAGE_TIMEOUT_S = 120.0
 
 
+#: (sent masked-stage messages, their replies, the round's setup) -> the replies to keep.
+MaskedScreen = Callable[[Sequence[Message], list[Message], RoundSetup], list[Message]]
+
+
 @dataclass(frozen=True)
 class SecAggParams:
     """neighbours/threshold 0 = the defaults (2*ceil(log2 n), floor(k/2)+1)."""
@@ -53,6 +57,10 @@ class SecAggParams:
     max_weight: int = 1
     enrollment_seed: int = 0
     round_context: bytes = b""
+    #: Where devices find their enrollment keys and the registry identities in a
+    #: registry-backed simulation ("bundles-dir", "identities-file"); empty: the
+    #: deterministic simulated enrollment (or the node's own --node-config files).
+    credentials: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,17 +93,24 @@ def round_setup(params: SecAggParams, participants: Sequence[int],
 def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: dict[int, int],
                        global_arrays: dict[str, np.ndarray], params: SecAggParams,
                        train_timeout_s: float,
-                       stage_timeout_s: float = QUICK_STAGE_TIMEOUT_S) -> SecureRound:
-    """Run one securely aggregated training round; raises ProtocolAbort with no sum."""
+                       stage_timeout_s: float = QUICK_STAGE_TIMEOUT_S,
+                       screen_masked: MaskedScreen | None = None) -> SecureRound:
+    """Run one securely aggregated training round; raises ProtocolAbort with no sum.
+
+    `screen_masked(sent, replies, setup)` (update validation) returns the masked-input
+    replies to keep; a dropped one counts as a dropout, its masks recovered as usual.
+    """
     node_of = {devices[m.metadata.dst_node_id]: m.metadata.dst_node_id for m in train_messages}
     train_of = {m.metadata.dst_node_id: m for m in train_messages}
     setup = round_setup(params, sorted(node_of), int(codec.flatten(global_arrays).size))
     server = SecAggServer(setup)
     started = time.perf_counter()
-    setup_flat = {**codec.setup_to_flat(setup), "enrollment-seed": params.enrollment_seed}
+    setup_flat = {**codec.setup_to_flat(setup), "enrollment-seed": params.enrollment_seed,
+                  **dict(params.credentials)}
 
     def exchange(message_type: str, payloads: dict[int, dict[str, Any]], timeout: float,
-                 base: Callable[[int], RecordDict] | None = None) -> dict[int, Message]:
+                 base: Callable[[int], RecordDict] | None = None,
+                 screen: MaskedScreen | None = None) -> dict[int, Message]:
         out = []
         for device, payload in payloads.items():
             content = base(device) if base else RecordDict()
@@ -104,7 +119,8 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
                                dst_node_id=node_of[device]))
         by_device: dict[int, Message] = {}
         node_to_device = {node: d for d, node in node_of.items()}
-        for reply in send_and_collect(grid, out, timeout):
+        replies = send_and_collect(grid, out, timeout)
+        for reply in replies if screen is None else screen(out, replies, setup):
             sender = node_to_device.get(reply.metadata.src_node_id)
             if sender is not None and not reply.has_error() and SECAGG_KEY in reply.content:
                 by_device[sender] = reply
@@ -122,7 +138,7 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
 
     train_started = time.perf_counter()
     masked = exchange(MASKED, {d: codec.delivery_to_flat(m) for d, m in delivered.items()},
-                      train_timeout_s, base=train_content)
+                      train_timeout_s, base=train_content, screen=screen_masked)
     train_s = time.perf_counter() - train_started
     requests = server.collect_masked(
         _parsed(masked, lambda f: codec.masked_from_flat(f, setup.encoding)))

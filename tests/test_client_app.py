@@ -55,3 +55,25 @@ def test_dp_device_reports_only_plan_determined_metrics() -> None:
     assert reported_metrics(metrics, dp_sgd=False) == metrics
     assert reported_metrics(metrics, dp_sgd=True) == {"steps": 4.0, "train_seconds": 0.3,
                                                      "sample_rate": 0.5}
+
+
+def test_a_redone_dp_round_reproduces_its_release_and_new_inputs_get_new_noise(tmp_path) -> None:
+    """With a device secret, the DP seed is HMAC(secret, run, round, device, inputs): the
+    same round redone after a server crash is the same release (the ledgers' single event is
+    exact), other inputs or another device's secret give independent seeds."""
+    from fl_client.device_budget import training_secret
+
+    dp = _instructions(dp=True)
+    secret = training_secret(tmp_path / "dev")
+    assert training_secret(tmp_path / "dev") == secret and len(secret) == 32
+    assert oct((tmp_path / "dev" / "dp-training.secret").stat().st_mode & 0o777) == "0o600"
+    seed = training_seed(dp, 2, secret, "run-a", b"inputs")
+    assert seed == training_seed(dp, 2, secret, "run-a", b"inputs")
+    others = {training_seed(dp, 2, secret, "run-a", b"other inputs"),
+              training_seed(dp, 2, secret, "run-b", b"inputs"),
+              training_seed(dp, 3, secret, "run-a", b"inputs"),
+              training_seed(dp, 2, training_secret(tmp_path / "dev2"), "run-a", b"inputs")}
+    assert seed not in others and len(others) == 4
+    (tmp_path / "dev" / "dp-training.secret").write_bytes(b"short")
+    with pytest.raises(Exception, match="corrupt"):
+        training_secret(tmp_path / "dev")

@@ -11,6 +11,7 @@ enrollment bundle (`fedmsr fleet enroll`) and the identities from the registry.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +22,7 @@ _P384_ORDER = int("ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372
                   "581a0db248b0a77aecec196accc52973", 16)
 
 
+@lru_cache(maxsize=4096)  # pure, and a device's every stage needs all its peers' keys
 def device_key(seed: int, device: int) -> ec.EllipticCurvePrivateKey:
     material = HKDF(algorithm=hashes.SHA256(), length=64, salt=None,
                     info=b"fedmsr-simulated-enrollment/" + str(seed).encode() + b"/"

@@ -1,0 +1,253 @@
+"""Budget-aware selection: a wrapper that lets a Flower strategy sample only devices whose
+planned release keeps them within their privacy cap, and charges them before anything is
+sent.
+
+It composes around any `flwr.serverapp.strategy.Strategy` (`SeededFedAvg`,
+`CentralDpFedAvg`, Flower's own FedAvg ...): the inner strategy samples as it always does,
+but from a view of the grid that holds only the eligible nodes; everything but
+`configure_train` is the inner strategy's. One round:
+
+1. the caller says who checked in and what each would be charged (:class:`RoundPlan`):
+   ``if_sent`` — events charged to a device that is *sent* a train message (local DP-SGD:
+   the device's own q, sigma, steps); ``every_eligible`` — events charged to *every*
+   eligible device whether it is drawn or not (central DP-FedAvg under Poisson sampling);
+2. a read-only pre-check against the ledger keeps the devices for which
+   ``every_eligible + if_sent`` fits their cap; with fewer than ``min_train_nodes`` left the
+   round does not happen: :class:`BudgetExhausted` (the run then stops with status
+   ``budget-exhausted`` and this message), never a round with nobody in it;
+3. the inner strategy samples among them;
+4. the ledger **reserves** the releases (one transaction that re-checks the caps) and only
+   the devices it reserved for get their message: reservation happens before the caller
+   pushes a single message, so a reserved release counts as spent even if the server dies
+   right after sending. A device the reservation refuses (another server spent its budget
+   in between) gets nothing.
+5. after the round is aggregated and checkpointed, :meth:`commit` marks the releases done.
+
+The ledger is behind the small :class:`BudgetLedger` protocol (device ids are whatever the
+ledger keys on; fedmsr's is the registry's `devices.id`), so this module needs no database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from privacy.accounting import DpEvent
+
+log = logging.getLogger("fedmsr.budget")
+#: How many refused devices a BudgetExhausted message names before "and N more".
+NAMED_IN_MESSAGE = 10
+
+
+class RefusalLike(Protocol):
+    """A device whose planned release would pass its cap (`fl_server.privacy_ledger.Refusal`)."""
+
+    @property
+    def device_id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def epsilon_spent(self) -> float: ...
+    @property
+    def epsilon_cap(self) -> float: ...
+    @property
+    def delta(self) -> float: ...
+
+
+class BudgetLedger(Protocol):
+    """The three questions selection asks a per-device budget ledger."""
+
+    def eligible(self, server_round: int, planned: Mapping[int, Sequence[DpEvent]]
+                 ) -> tuple[list[int], list[RefusalLike]]:
+        """Read-only: the devices whose planned events fit, and the refusals of the rest.
+        Events already reserved for this round (a resumed round) must not count twice."""
+        ...
+
+    def reserve(self, server_round: int, releases: Mapping[int, Sequence[DpEvent]]
+                ) -> tuple[list[int], list[RefusalLike]]:
+        """Charge the releases (idempotent per device, round and kind); refused: nothing."""
+        ...
+
+    def commit(self, server_round: int, device_ids: Sequence[int]) -> None:
+        """The round is aggregated and checkpointed: reserved -> committed."""
+        ...
+
+
+class BudgetExhausted(RuntimeError):
+    """Too few devices have budget left for a round: the run stops cleanly."""
+
+    def __init__(self, server_round: int, eligible: int, needed: int,
+                 refusals: Sequence[RefusalLike],
+                 declined: Mapping[str, str] | None = None) -> None:
+        self.server_round, self.eligible, self.needed = server_round, eligible, needed
+        self.refusals, self.declined = tuple(refusals), dict(declined or {})
+        super().__init__(exhausted_message(server_round, eligible, needed, self.refusals,
+                                           self.declined))
+
+
+def exhausted_message(server_round: int, eligible: int, needed: int,
+                      refusals: Sequence[RefusalLike],
+                      declined: Mapping[str, str] | None = None) -> str:
+    """One line: how many are left, how many are needed, which devices are out and at what
+    cap (the server ledger's refusals, then the devices whose own ledger declined)."""
+    named = [f"{r.name} (id {r.device_id}: epsilon {r.epsilon_spent:.3g} of cap "
+             f"{r.epsilon_cap:g} at delta {r.delta:g})" for r in refusals]
+    named += [f"{who} declined: {why}" for who, why in sorted((declined or {}).items())]
+    more = f" and {len(named) - NAMED_IN_MESSAGE} more" if len(named) > NAMED_IN_MESSAGE else ""
+    out = "; ".join(named[:NAMED_IN_MESSAGE]) + more if named else "none"
+    return (f"privacy budget exhausted before round {server_round}: {eligible} device(s) can "
+            f"afford the round's release, {needed} needed; over their cap: {out}")
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The checked-in nodes of a round: who they are in the ledger, what each would cost."""
+
+    ledger_ids: Mapping[int, int]                          # node id -> ledger device id
+    if_sent: Mapping[int, tuple[DpEvent, ...]] = field(default_factory=dict)
+    every_eligible: tuple[DpEvent, ...] = ()
+    #: Devices left out because their *own* ledger said no (label -> the device's reason).
+    declined: Mapping[str, str] = field(default_factory=dict)
+
+    def planned(self, node: int) -> tuple[DpEvent, ...]:
+        """Everything the node could be charged this round (if it is sampled)."""
+        return self.every_eligible + self.if_sent.get(node, ())
+
+    def charged(self, node: int, sent: bool) -> tuple[DpEvent, ...]:
+        return self.every_eligible + (self.if_sent.get(node, ()) if sent else ())
+
+
+class _EligibleGrid:
+    """A grid whose `get_node_ids` lists only the eligible nodes (for inner strategies that
+    sample from the grid, like Flower's FedAvg); everything else is the real grid."""
+
+    def __init__(self, grid: Grid, nodes: Sequence[int]) -> None:
+        self._grid, self._nodes = grid, list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class BudgetAwareStrategy(Strategy):
+    """`inner` restricted to devices with budget left; releases reserved before sending.
+
+    A wrapper, not a subclass: attributes it does not define (`state`, `aggregate_sum`,
+    `params` ...) are the inner strategy's.
+    """
+
+    def __init__(self, inner: Strategy, ledger: BudgetLedger, min_train_nodes: int) -> None:
+        self.inner, self.ledger = inner, ledger
+        self.min_train_nodes = int(min_train_nodes)
+        self.plan: RoundPlan | None = None
+        self.reserved: dict[int, list[int]] = {}
+        self.refused: dict[int, list[RefusalLike]] = {}
+        self._candidates: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not yet set (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def candidates(self) -> list[int]:
+        return self._candidates
+
+    @candidates.setter
+    def candidates(self, nodes: Sequence[int]) -> None:
+        self._candidates = sorted(nodes)
+
+    def begin_round(self, plan: RoundPlan) -> None:
+        """Set after check-in, before `configure_train`."""
+        self.plan = plan
+
+    # -- the one step that differs from the inner strategy ------------------------------
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        plan = self._require_plan()
+        nodes = [n for n in (self._candidates or sorted(grid.get_node_ids()))
+                 if n in plan.ledger_ids]
+        eligible = self._eligible(server_round, plan, nodes)
+        if hasattr(self.inner, "candidates"):
+            self.inner.candidates = eligible
+        messages = list(self.inner.configure_train(server_round, arrays, config,
+                                                   _EligibleGrid(grid, eligible)))  # type: ignore[arg-type]
+        return self._reserve(server_round, plan, eligible, messages)
+
+    def _eligible(self, server_round: int, plan: RoundPlan, nodes: list[int]) -> list[int]:
+        planned = {plan.ledger_ids[n]: plan.planned(n) for n in nodes if plan.planned(n)}
+        ok, refusals = self.ledger.eligible(server_round, planned) if planned else ([], [])
+        fits = set(ok)
+        eligible = [n for n in nodes if not plan.planned(n) or plan.ledger_ids[n] in fits]
+        self.refused[server_round] = list(refusals)
+        if refusals:
+            log.warning("round %d: %d device(s) left out, over their privacy cap: %s",
+                        server_round, len(refusals),
+                        ", ".join(f"{r.name} ({r.epsilon_spent:.3g}/{r.epsilon_cap:g})"
+                                  for r in refusals[:NAMED_IN_MESSAGE]))
+        if len(eligible) < self.min_train_nodes:
+            raise BudgetExhausted(server_round, len(eligible), self.min_train_nodes, refusals,
+                                  plan.declined)
+        return eligible
+
+    def _reserve(self, server_round: int, plan: RoundPlan, eligible: list[int],
+                 messages: list[Message]) -> list[Message]:
+        sent = {m.metadata.dst_node_id for m in messages}
+        releases = {plan.ledger_ids[n]: plan.charged(n, n in sent) for n in eligible}
+        releases = {device: events for device, events in releases.items() if events}
+        if not releases:
+            self.reserved[server_round] = []
+            return messages
+        reserved, refusals = self.ledger.reserve(server_round, releases)
+        self.reserved[server_round] = sorted(reserved)
+        self.refused.setdefault(server_round, []).extend(refusals)
+        keep = set(reserved)
+        out = [m for m in messages if not plan.charged(m.metadata.dst_node_id, True)
+               or plan.ledger_ids[m.metadata.dst_node_id] in keep]
+        population = len([n for n in eligible
+                          if not plan.every_eligible or plan.ledger_ids[n] in keep])
+        taking_part = population if plan.every_eligible else len(out)
+        if taking_part < self.min_train_nodes:
+            # Only when another process spent the budget between pre-check and reservation;
+            # what was reserved stays spent (conservative), nothing is sent.
+            raise BudgetExhausted(server_round, taking_part, self.min_train_nodes,
+                                  self.refused[server_round], plan.declined)
+        return out
+
+    def commit(self, server_round: int) -> None:
+        """Mark the round's reservations committed (after aggregation and checkpoint)."""
+        reserved = self.reserved.get(server_round, [])
+        if reserved:
+            self.ledger.commit(server_round, reserved)
+
+    def _require_plan(self) -> RoundPlan:
+        if self.plan is None:
+            raise RuntimeError("BudgetAwareStrategy: begin_round(plan) must come before "
+                               "configure_train")
+        return self.plan
+
+    # -- the rest is the inner strategy's ------------------------------------------------
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()

@@ -1,0 +1,184 @@
+"""Central, user-level DP-FedAvg: Poisson client sampling, server noise, a fixed denominator.
+
+One round, as the accountant assumes it (McMahan et al. 2018, "Learning Differentially
+Private Recurrent Language Models", and dp-accounting's ``PoissonSampledDpEvent``):
+
+1. every *eligible* device (checked in, within its budget) is drawn independently with
+   probability ``q`` (Poisson sampling) — not a fixed-size sample;
+2. a drawn device trains, then clips its model update (new - global, all arrays) to L2
+   norm ``C`` on the device (`privacy.update_clip`), so the sum has sensitivity ``C`` and
+   the scheme composes with secure aggregation;
+3. the server adds ``N(0, (sigma * C)^2)`` to the **sum** of the updates and divides by the
+   **fixed** denominator ``q * N`` (``N`` eligible devices: the *expected* number drawn),
+   never by the number actually drawn or answering — that count depends on who took part,
+   and dividing by it would leak it and void the sensitivity bound.
+
+Each round is then one ``(q, sigma, 1 step)`` Poisson-subsampled Gaussian release for
+*every* eligible device, drawn or not (amplification by sampling is exactly the statement
+that non-drawn devices pay the same as drawn ones); the budget wrapper
+(`strategies.budget_selection`) reserves that event for the whole population before any
+train message leaves.
+
+Randomness: the draw and the noise come from the OS CSPRNG (:class:`ServerRandomness`),
+never from the run seed. The seed is written into run.json and a checkpoint, and devices
+are told it (it seeds their data and the initial model): whoever can regenerate the noise
+can subtract it from the published model, and whoever can predict the draw knows who took
+part, which is exactly what amplification by sampling assumes nobody outside the server
+knows. Central DP runs are therefore not bit-reproducible, by design (as DP-SGD runs).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from privacy.accounting import DpEvent, EventKind
+from privacy.secagg.codec import flatten, unflatten
+from privacy.update_clip import check_clip_norm, clip_l2
+from strategies.seeded_fedavg import SeededFedAvg
+
+NoiseSource = Callable[[int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CentralDpParams:
+    """Client sampling rate q, noise multiplier sigma (noise std / C), clipping norm C."""
+
+    sample_rate: float
+    noise_multiplier: float
+    clip_norm: float
+
+    def __post_init__(self) -> None:
+        self.event()  # q in (0, 1], sigma > 0, with the accountant's own messages
+        check_clip_norm(self.clip_norm)
+
+    def event(self) -> DpEvent:
+        """What one round costs every eligible device."""
+        return DpEvent(self.sample_rate, self.noise_multiplier, 1, EventKind.CENTRAL_DP_FEDAVG)
+
+    def denominator(self, population: int) -> float:
+        """The fixed denominator q * N (the expected number of drawn devices)."""
+        if population < 1:
+            raise ValueError(f"the eligible population must be >= 1, got {population}")
+        return self.sample_rate * population
+
+    @property
+    def noise_std(self) -> float:
+        """Std of the Gaussian noise on each coordinate of the sum: sigma * C."""
+        return self.noise_multiplier * self.clip_norm
+
+
+class ServerRandomness:
+    """The server's secret randomness: Poisson draws and Gaussian noise.
+
+    Draws use `secrets.SystemRandom` (the OS CSPRNG, 53-bit uniforms). Noise vectors use
+    NumPy's PCG64DXSM seeded with 128 fresh bits from the OS CSPRNG per vector; the seed is
+    never stored or logged and the generator's raw output is never published (only
+    sum + noise / (q N)), so nobody outside this process can regenerate it.
+    """
+
+    def __init__(self) -> None:
+        self._system = secrets.SystemRandom()
+
+    def uniform(self) -> float:
+        return self._system.random()
+
+    def gaussian(self, size: int) -> np.ndarray:
+        generator = np.random.Generator(np.random.PCG64DXSM(secrets.randbits(128)))
+        return generator.standard_normal(size)
+
+
+def poisson_sample(population: Sequence[int], sample_rate: float,
+                   uniform: Callable[[], float]) -> list[int]:
+    """Each member independently with probability ``sample_rate`` (sorted; may be empty)."""
+    return sorted(member for member in sorted(population) if uniform() < sample_rate)
+
+
+def noisy_average(update_sum: np.ndarray, params: CentralDpParams, population: int,
+                  noise: NoiseSource) -> np.ndarray:
+    """``(sum + N(0, (sigma C)^2 I)) / (q N)``: the released average update."""
+    noisy = update_sum + params.noise_std * noise(update_sum.size)
+    return noisy / params.denominator(population)
+
+
+class CentralDpFedAvg(SeededFedAvg):
+    """DP-FedAvg over the candidates the server admitted (and the budget wrapper kept).
+
+    `configure_train` draws by Poisson sampling with the server's CSPRNG and remembers the
+    population size and the global arrays of the round; `aggregate_train` (plain path) and
+    :meth:`aggregate_sum` (secure aggregation: the unmasked sum) release the noisy average.
+    The seeded RNG of `SeededFedAvg` is not used for the draw (it would be predictable).
+    """
+
+    def __init__(self, *, params: CentralDpParams, randomness: ServerRandomness | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.params = params
+        self.randomness = randomness or ServerRandomness()
+        self.population: list[int] = []
+        self.drawn: list[int] = []
+        self._global: dict[str, np.ndarray] | None = None
+
+    def sample(self, candidates: Sequence[int]) -> list[int]:
+        """Poisson draw over all candidates; the population fixes the denominator."""
+        self.population = sorted(candidates)
+        self.drawn = poisson_sample(self.population, self.params.sample_rate,
+                                    self.randomness.uniform)
+        return self.drawn
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Poisson-sample the candidates; every drawn device gets the round's arrays."""
+        self._global = {name: array.numpy() for name, array in arrays.items()}
+        node_ids = self.sample(self.candidates or list(grid.get_node_ids()))
+        log(INFO, "configure_train (central DP): drew %s of %s eligible devices (q=%s)",
+            len(node_ids), len(self.population), self.params.sample_rate)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Sum of the (re-)clipped updates of the replies, noised, over q N.
+
+        The server clips again: a no-op for an honest device (it clipped already), a bound
+        on what a faulty or malicious one can contribute. Replies' weights are ignored
+        (user-level DP: every device counts once).
+        """
+        base = self._round_global()
+        total = np.zeros(flatten(base).size)
+        answered = 0
+        for reply in replies:
+            if reply.has_error():
+                continue
+            new = {name: array.numpy()
+                   for name, array in reply.content[self.arrayrecord_key].items()}
+            total += clip_l2(flatten(new) - flatten(base), self.params.clip_norm)
+            answered += 1
+        return self._release(base, total), MetricRecord({"contributors": answered})
+
+    def aggregate_sum(self, update_sum: np.ndarray) -> ArrayRecord:
+        """The release from an already summed update (secure aggregation: the unmasked sum
+        of the device-clipped updates, each device with weight 1)."""
+        return self._release(self._round_global(), np.asarray(update_sum, dtype=np.float64))
+
+    def _round_global(self) -> dict[str, np.ndarray]:
+        if self._global is None or not self.population:
+            raise RuntimeError("central DP: configure_train must run before aggregation")
+        return self._global
+
+    def _release(self, base: dict[str, np.ndarray], total: np.ndarray) -> ArrayRecord:
+        average = noisy_average(total, self.params, len(self.population),
+                                self.randomness.gaussian)
+        like = {k: np.asarray(v) for k, v in base.items()}
+        new = unflatten(flatten(base) + average, like)
+        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
+

@@ -1,0 +1,298 @@
+"""Central user-level DP-FedAvg: device-side clipping, Poisson sampling, noise on the sum, a
+fixed denominator; measured against the formulas, and its accounting against dp-accounting
+called directly (not our code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import dp_accounting
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from fl_client.client_app import arrays_of, record_of
+from fl_client.client_app import train as train_handler
+from fl_client.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
+from fl_server.config import ConfigError, RunConfig
+from fl_server.dp_modes import secure_release, with_calibrated_noise, with_run_options
+from fl_server.federation import Plan
+from privacy.accounting import EventKind, pld_epsilon
+from privacy.encoder import build_model, state_to_numpy
+from privacy.secagg.codec import flatten
+from privacy.update_clip import clipped_arrays, update_vector
+from strategies.central_dp import (
+    CentralDpFedAvg,
+    CentralDpParams,
+    ServerRandomness,
+    noisy_average,
+    poisson_sample,
+)
+
+DELTA = 1e-5
+pytestmark = pytest.mark.usefixtures("task_identity")  # Flower stamps every Message
+
+
+class SeededRandomness(ServerRandomness):
+    """Test-only: reproducible draws and noise (the real class uses the OS CSPRNG)."""
+
+    def __init__(self, seed: int, zero_noise: bool = False) -> None:
+        super().__init__()
+        self._uniform = random.Random(seed)
+        self._normal = np.random.default_rng(seed)
+        self.zero_noise = zero_noise
+
+    def uniform(self) -> float:
+        return self._uniform.random()
+
+    def gaussian(self, size: int) -> np.ndarray:
+        return np.zeros(size) if self.zero_noise else self._normal.standard_normal(size)
+
+
+def strategy(params: CentralDpParams, randomness: ServerRandomness) -> CentralDpFedAvg:
+    return CentralDpFedAvg(params=params, randomness=randomness, seed=0, min_train_nodes=1,
+                           min_available_nodes=1, arrayrecord_key="arrays",
+                           configrecord_key="config")
+
+
+def model(size: int = 20_000) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {"a": rng.normal(size=(size // 2,)).astype(np.float32),
+            "b": rng.normal(size=(size // 4, 2)).astype(np.float32)}
+
+
+def reply(arrays: dict[str, np.ndarray], node: int) -> Message:
+    msg = Message(RecordDict({"arrays": record_of(arrays),
+                              "metrics": MetricRecord({WEIGHT_KEY: 1})}), dst_node_id=node,
+                  message_type="train")
+    return Message(msg.content, reply_to=msg)
+
+
+class OneGrid:
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def configure(s: CentralDpFedAvg, arrays: dict[str, np.ndarray], population: list[int]) -> list:
+    s.candidates = population
+    return list(s.configure_train(1, record_of(arrays), ConfigRecord({}), OneGrid(population)))
+
+
+# -- device-side clipping -------------------------------------------------------------------
+
+def test_clipping_bounds_the_float32_update_and_keeps_its_direction() -> None:
+    base = model()
+    rng = np.random.default_rng(2)
+    new = {k: (v + rng.normal(scale=0.3, size=v.shape)).astype(np.float32)
+           for k, v in base.items()}
+    for clip in (1e-3, 0.5, 3.0):
+        out = clipped_arrays(base, new, clip)
+        assert all(out[k].dtype == np.float32 for k in out)
+        got, raw = update_vector(base, out), update_vector(base, new)
+        assert np.linalg.norm(got) <= clip  # as the receiver measures it, after rounding
+        assert np.linalg.norm(got) == pytest.approx(clip, rel=1e-3)
+        cosine = got @ raw / (np.linalg.norm(got) * np.linalg.norm(raw))
+        assert cosine > 0.999
+    small = {k: v + np.float32(1e-4) for k, v in base.items()}  # already within the bound
+    assert all(np.array_equal(clipped_arrays(base, small, 10.0)[k], small[k]) for k in base)
+
+
+# -- Poisson sampling -----------------------------------------------------------------------
+
+def test_poisson_draw_includes_each_device_independently_with_probability_q() -> None:
+    population, q, trials = list(range(40)), 0.3, 3000
+    uniform = random.Random(7).random
+    counts = np.zeros(len(population))
+    sizes = []
+    for _ in range(trials):
+        drawn = poisson_sample(population, q, uniform)
+        sizes.append(len(drawn))
+        counts[drawn] += 1
+    # Per device: Binomial(trials, q); the draw size: Binomial(40, q), not a fixed size.
+    per_device_sd = math.sqrt(trials * q * (1 - q))
+    assert np.all(np.abs(counts - trials * q) < 5 * per_device_sd)
+    assert np.mean(sizes) == pytest.approx(40 * q, abs=5 * math.sqrt(40 * q * (1 - q) / trials))
+    assert np.var(sizes) == pytest.approx(40 * q * (1 - q), rel=0.15)
+    assert min(sizes) < 12 - 4 and max(sizes) > 12 + 4  # the size varies
+
+
+def test_the_server_draw_is_not_reproducible_from_anything_stored() -> None:
+    population = list(range(64))
+    draws = {tuple(poisson_sample(population, 0.5, ServerRandomness().uniform))
+             for _ in range(4)}
+    assert len(draws) == 4  # fresh OS randomness each time (2^-64 odds of a clash)
+    assert not np.array_equal(ServerRandomness().gaussian(8), ServerRandomness().gaussian(8))
+
+
+# -- noise on the sum, fixed denominator ----------------------------------------------------
+
+def test_noise_std_is_sigma_c_over_q_n_and_the_denominator_is_fixed() -> None:
+    """Zero updates: the release is pure noise, std sigma*C/(qN) per coordinate. Equal
+    updates u from k devices: its mean is k*u/(qN), whatever k is (never k*u/k)."""
+    params = CentralDpParams(sample_rate=0.25, noise_multiplier=1.3, clip_norm=0.8)
+    population = list(range(100, 120))  # N = 20, qN = 5
+    base = model()
+    s = strategy(params, SeededRandomness(3))
+    configure(s, base, population)
+    released, _ = s.aggregate_train(1, [])
+    noise = update_vector(base, arrays_of(released))
+    expected_std = params.noise_multiplier * params.clip_norm / (params.sample_rate * 20)
+    n = noise.size  # the std estimate's relative error is ~1/sqrt(2n) = 0.5%
+    assert np.std(noise) == pytest.approx(expected_std, rel=5 / math.sqrt(2 * n))
+    assert abs(np.mean(noise)) < 5 * expected_std / math.sqrt(n)
+
+    # Low noise for the mean: the estimate of k has std sigma*C/(qN)/sqrt(n)*qN/|u_i| ~ 0.13.
+    quiet = dataclasses.replace(params, noise_multiplier=0.1)
+    step = 0.6 / math.sqrt(flatten(base).size)  # ||u|| = 0.6 <= C: not clipped
+    u = {k: (v.astype(np.float64) + step).astype(np.float32) for k, v in base.items()}
+    per_device = float(np.mean(update_vector(base, u)))
+    tolerance = 5 * quiet.noise_std / (0.25 * 20) / math.sqrt(n) * (0.25 * 20) / per_device
+    assert tolerance < 1.0  # far apart from the wrong denominators (k, or the drawn count)
+    for k_devices in (1, 3, 9):
+        s = strategy(quiet, SeededRandomness(10 + k_devices))
+        configure(s, base, population)
+        released, metrics = s.aggregate_train(1, [reply(u, 100 + i) for i in range(k_devices)])
+        got = update_vector(base, arrays_of(released))
+        estimate = float(np.mean(got)) / per_device * (quiet.sample_rate * 20)
+        assert estimate == pytest.approx(k_devices, abs=tolerance)
+        assert metrics["contributors"] == k_devices
+
+
+def test_the_server_clips_again_what_a_device_did_not() -> None:
+    params = CentralDpParams(sample_rate=0.5, noise_multiplier=1.0, clip_norm=1.0)
+    base = model(2_000)
+    s = strategy(params, SeededRandomness(4, zero_noise=True))
+    configure(s, base, [1, 2])
+    huge = {k: v + np.float32(50.0) for k, v in base.items()}
+    released, _ = s.aggregate_train(1, [reply(huge, 1)])
+    got = update_vector(base, arrays_of(released))
+    assert np.linalg.norm(got) == pytest.approx(1.0 / (0.5 * 2), rel=1e-5)
+
+
+def test_noisy_average_formula() -> None:
+    params = CentralDpParams(0.1, 2.0, 0.5)
+    out = noisy_average(np.ones(3), params, 40, lambda n: np.full(n, 2.0))
+    np.testing.assert_allclose(out, (1 + 2.0 * 0.5 * 2.0) / (0.1 * 40))
+
+
+# -- accounting -----------------------------------------------------------------------------
+
+def dp_accounting_epsilon(q: float, sigma: float, rounds: int, delta: float) -> float:
+    """dp-accounting's own PLD accountant, fine grid: R x PoissonSampled(q, Gaussian(sigma))."""
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
+                rounds)
+    return acc.get_epsilon(delta)
+
+
+def test_each_round_is_one_poisson_subsampled_gaussian_release() -> None:
+    params = CentralDpParams(0.2, 1.1, 1.0)
+    event = params.event()
+    assert (event.sample_rate, event.noise_multiplier, event.steps, event.kind) == \
+        (0.2, 1.1, 1, EventKind.CENTRAL_DP_FEDAVG)
+    exact = dp_accounting_epsilon(0.2, 1.1, 30, DELTA)
+    ours = pld_epsilon([event] * 30, DELTA)
+    assert exact <= ours <= 1.02 * exact
+
+
+def test_target_epsilon_calibrates_the_central_noise_for_the_planned_rounds(tmp_path) -> None:
+    cfg = RunConfig(devices=4, rounds=20, runs_dir=str(tmp_path), run_id="cal")
+    cfg = with_run_options(cfg, dp="central", dp_sgd_alias=False, epsilon_cap=0.0,
+                           delta=DELTA, client_sample_rate=0.1, central_noise=1.0,
+                           central_clip=1.0, target_epsilon=2.0)
+    sigma = cfg.central_noise_multiplier
+    reached = dp_accounting_epsilon(0.1, sigma, 20, DELTA)
+    assert reached <= 2.0 * 1.001 and reached >= 2.0 * 0.97  # calibrated, not just "safe"
+    assert dp_accounting_epsilon(0.1, sigma * 0.97, 20, DELTA) > 2.0 * 0.999
+    assert with_calibrated_noise(cfg) == cfg  # deterministic: a resume recalibrates the same
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(client_sample_rate=0.0), "client_sample_rate"),
+    (dict(client_sample_rate=1.5), "client_sample_rate"),
+    (dict(central_noise_multiplier=0.0), "central_noise_multiplier"),
+    (dict(central_clip_norm=-1.0), "central_clip_norm"),
+    (dict(fraction_train=0.5), "fraction_train"),
+    (dict(target_epsilon=-1.0), "target_epsilon"),
+    (dict(delta=1.0), "delta"),
+    (dict(epsilon_cap=0.0), "epsilon_cap"),
+])
+def test_bad_central_settings_are_one_clear_error(change, field) -> None:
+    with pytest.raises(ConfigError) as err:
+        dataclasses.replace(RunConfig(central_dp=True), **change).validate()
+    assert err.value.field_name == field
+
+
+def test_target_epsilon_without_central_dp_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--dp central"):
+        RunConfig(target_epsilon=1.0).validate()
+
+
+# -- on the device, and through secure aggregation ------------------------------------------
+
+def central_plan(tmp_path, devices: int = 4) -> tuple[RunConfig, Plan]:
+    cfg = RunConfig(devices=devices, clips_per_day=4, days=2, seed=5, runs_dir=str(tmp_path),
+                    run_id="central", central_dp=True, client_sample_rate=0.5,
+                    central_clip_norm=0.05, secure_aggregation=True).validate()
+    return cfg, Plan.from_config(cfg)
+
+
+def test_a_central_dp_device_clips_counts_once_and_keeps_its_metrics(tmp_path) -> None:
+    from tests.test_secagg_workflow import LoopbackGrid
+
+    cfg, plan = central_plan(tmp_path)
+    initial = state_to_numpy(build_model(plan.model, seed=cfg.seed))
+    msg = Message(RecordDict({ARRAYS_KEY: record_of(initial),
+                              CONFIG_KEY: plan.instructions(1)}), dst_node_id=101,
+                  message_type="train")
+    out = train_handler(msg, LoopbackGrid().contexts[101])
+    update = update_vector(initial, arrays_of(out.content[ARRAYS_KEY]))
+    assert 0 < np.linalg.norm(update) <= cfg.central_clip_norm
+    assert np.linalg.norm(update) == pytest.approx(cfg.central_clip_norm, rel=1e-3)  # clipped
+    metrics = out.content[METRICS_KEY]
+    assert metrics[WEIGHT_KEY] == 1 and "loss" not in metrics and "kl_bits" not in metrics
+
+
+def test_secure_aggregation_sum_gets_the_same_release_as_the_plain_sum(tmp_path) -> None:
+    """Weights 1, so the unmasked SecAgg mean times the count is the sum of the clipped
+    updates: the central release from it equals the plain one (noise off, to compare)."""
+    from strategies.secagg_workflow import SecAggParams, round_setup, secure_train_round
+    from tests.test_secagg_workflow import NODES, LoopbackGrid
+
+    cfg, plan = central_plan(tmp_path, devices=len(NODES))
+    initial = state_to_numpy(build_model(plan.model, seed=cfg.seed))
+    content = RecordDict({ARRAYS_KEY: record_of(initial), CONFIG_KEY: plan.instructions(1)})
+    messages = [Message(content=content, message_type="train", dst_node_id=n) for n in NODES]
+    params = CentralDpParams(cfg.client_sample_rate, 1.0, cfg.central_clip_norm)
+    secagg = SecAggParams(clip=cfg.secagg_clip, max_weight=cfg.clips_per_day * cfg.days,
+                          enrollment_seed=cfg.seed, round_context=b"central/round-1")
+    secure = secure_train_round(LoopbackGrid(), messages, NODES, initial, secagg, 5.0, 5.0)
+    assert secure.result.total_weight == len(NODES)  # every device weight 1
+
+    s = strategy(params, SeededRandomness(0, zero_noise=True))
+    configure(s, initial, sorted(NODES))
+    via_secagg = arrays_of(secure_release(s, secure.result.mean, secure.result.total_weight,
+                                          secure.arrays))
+    plain_grid = LoopbackGrid()
+    replies = [train_handler(m, plain_grid.contexts[m.metadata.dst_node_id]) for m in messages]
+    for r, m in zip(replies, messages, strict=True):
+        r.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
+    plain, _ = s.aggregate_train(1, replies)
+    bound = round_setup(secagg, sorted(NODES.values()), 1).encoding.quantisation_bound
+    total_bound = bound * len(NODES) / (params.sample_rate * len(NODES)) + 1e-6
+    for k, value in arrays_of(plain).items():
+        assert np.all(np.abs(via_secagg[k].astype(np.float64) - value) <= total_bound), k
+    assert not all(np.array_equal(via_secagg[k], initial[k]) for k in initial)
+
+
+def test_secure_release_leaves_a_non_central_model_alone() -> None:
+    base = model(100)
+    record = record_of(base)
+    from strategies.seeded_fedavg import SeededFedAvg
+
+    assert secure_release(SeededFedAvg(seed=0), np.zeros(100), 3, record) is record
