@@ -6,10 +6,12 @@ start a device's SuperNode from its bundle.
   disabled, bound to 127.0.0.1 unless told otherwise. It also writes the operator's Flower
   CLI configuration (a `[superlink.fedmsr]` section in `$FLWR_HOME/config.toml`) so that
   `flwr` and `fedmsr fleet sync` reach it over TLS.
-* `fedmsr fleet sync` registers the public key of every enrolled device with it
-  (`flwr supernode register`) and unregisters revoked ones: Flower refuses a SuperNode
-  whose key is not registered, cuts off a running one whose key is unregistered, and never
-  accepts an unregistered key again, which is what makes revocation permanent.
+* `fedmsr fleet sync` registers the public key of every enrolled device with it and
+  unregisters revoked ones, over the Control API in process (`fl_server.control_api`: the
+  `flwr` CLI's client and TLS settings, one connection, a few requests in flight), not one
+  `flwr supernode register` process per key. Flower refuses a SuperNode whose key is not
+  registered, cuts off a running one whose key is unregistered, and never accepts an
+  unregistered key again, which is what makes revocation permanent.
 * `fedmsr device start BUNDLE_DIR` runs `flower-supernode` with the bundle's key and CA
   certificate, its own `FLWR_HOME` (inside the bundle, never inside the app directory) and
   port, and `--node-config` carrying its device id and data index.
@@ -25,23 +27,28 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
+from flwr.supercore.control import ControlHttpClient
+from sqlalchemy import select, update
 
+from fl_server import control_api
 from fl_server.enrollment import CA_FILE, INFO_FILE, KEY_FILE, operator
 from fl_server.pki import Pki
 from fl_server.registry.db import RegistryError, session_scope
 from fl_server.registry.models import AuditEntry, Device, DeviceStatus, utcnow
 
-FEDERATION = "fedmsr"
+FEDERATION = control_api.CONNECTION
 DEFAULT_PORT = 9092
-FLWR_TIMEOUT_S = 120.0
+#: Registrations committed per registry transaction, and sent to the SuperLink at once.
+SYNC_CHUNK = 500
+SYNC_WORKERS = 4
+UNREGISTERED = "unregistered"
 
 
 def bin_dir() -> Path:
@@ -118,84 +125,107 @@ def exec_superlink(plan: SuperLinkPlan, flwr_home: Path) -> None:
 # -- registering keys ----------------------------------------------------------------------
 
 
-def flwr_json(args: list[str], flwr_home: Path) -> dict[str, Any]:
-    """Run `flwr ARGS --format json`; return its JSON object or raise a one-line error."""
-    try:
-        done = subprocess.run([tool("flwr"), *args, "--format", "json"], capture_output=True,
-                              text=True, timeout=FLWR_TIMEOUT_S, env=tool_env(flwr_home),
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise RegistryError("superlink", f"`flwr {args[0]} {args[1]}` timed out") from None
-    try:
-        answer = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        tail = (done.stderr or done.stdout).strip().splitlines()
-        raise RegistryError("superlink", f"`flwr {' '.join(args[:2])}` failed: "
-                            f"{tail[-1] if tail else 'no output'}") from None
-    return answer
-
-
-def _flwr_error(answer: dict[str, Any]) -> str:
-    return " ".join(str(answer.get("error-message", "unknown error")).split())
-
-
 def register_key(public_key: str, flwr_home: Path) -> str:
     """Register one OpenSSH public key with the SuperLink; return Flower's node id."""
-    with tempfile.NamedTemporaryFile("w", suffix=".pub", delete=False) as handle:
-        handle.write(public_key + "\n")
-    try:
-        answer = flwr_json(["supernode", "register", handle.name, FEDERATION], flwr_home)
-    finally:
-        os.unlink(handle.name)
-    if not answer.get("success"):
-        raise RegistryError("superlink", f"registering the key was refused: "
-                            f"{_flwr_error(answer)}")
-    return str(answer["node-id"])
+    with control_api.control_client(flwr_home) as client:
+        return str(control_api.register(client, public_key))
 
 
 def unregister_node(node_id: str, flwr_home: Path) -> None:
-    answer = flwr_json(["supernode", "unregister", node_id, FEDERATION], flwr_home)
-    if not answer.get("success"):
-        raise RegistryError("superlink", f"unregistering node {node_id} was refused: "
-                            f"{_flwr_error(answer)}")
+    with control_api.control_client(flwr_home) as client:
+        control_api.unregister(client, int(node_id))
 
 
 def online_nodes(flwr_home: Path) -> dict[str, str]:
     """Node id -> status (`registered`, `online`, `offline`, `unregistered`) at the SuperLink."""
-    answer = flwr_json(["supernode", "list", FEDERATION], flwr_home)
-    if not answer.get("success"):
-        raise RegistryError("superlink", f"listing SuperNodes failed: {_flwr_error(answer)}")
-    return {str(n["node-id"]): str(n["status"]) for n in answer.get("nodes", [])}
+    with control_api.control_client(flwr_home) as client:
+        return {str(n.node_id): str(n.status) for n in control_api.list_nodes(client)}
 
 
 @dataclass
 class SyncResult:
-    registered: list[str]
-    unregistered: list[str]
+    registered: list[str] = field(default_factory=list)
+    unregistered: list[str] = field(default_factory=list)
+    #: Enrolled devices whose key the SuperLink had already unregistered: re-enroll them.
+    burnt: list[str] = field(default_factory=list)
 
 
-def sync(url: str, flwr_home: Path) -> SyncResult:
-    """Register enrolled devices' keys, unregister revoked ones; each step committed alone.
+@dataclass(frozen=True)
+class _Pending:
+    device_id: int
+    name: str
+    revoked: bool
+    public_key: str
+    node_id: str | None
 
-    A device is committed right after the SuperLink confirms it, so an interruption leaves
-    the registry telling the truth and the next sync carries on where this one stopped.
+
+def sync(url: str, flwr_home: Path, chunk: int = SYNC_CHUNK,
+         workers: int = SYNC_WORKERS) -> SyncResult:
+    """Register enrolled devices' keys, unregister revoked ones, over one Control API client.
+
+    The SuperLink's node list is read once, so a key it already holds (a sync interrupted
+    between registering and committing) is adopted, not registered twice (Flower would
+    refuse it). Revocations go first, each committed alone; registrations run `workers`
+    at a time and are committed `chunk` devices per transaction, so an interruption costs
+    at most one chunk of commits, which the next sync adopts from the node list.
     """
     with session_scope(url) as session:
-        todo = [(d.id, d.name, d.status, d.public_key, d.superlink_node_id)
+        todo = [_Pending(d.id, d.name, d.status == DeviceStatus.REVOKED.value, d.public_key,
+                         d.superlink_node_id)
                 for d in session.scalars(select(Device).where(
                     Device.superlink_unregistered_at.is_(None)).order_by(Device.id))]
-    result = SyncResult([], [])
-    for device_id, name, status, public_key, node_id in todo:
-        revoked = status == DeviceStatus.REVOKED.value
-        if revoked and node_id is not None:
-            unregister_device(url, device_id, flwr_home)
-            result.unregistered.append(name)
-        elif not revoked and node_id is None:
-            node = register_key(public_key, flwr_home)
-            _record(url, device_id, "device.register", {"node_id": node},
-                    superlink_node_id=node, superlink_registered_at=utcnow())
-            result.registered.append(name)
+    result = SyncResult()
+    with control_api.control_client(flwr_home) as client:
+        known = {bytes(n.public_key): n for n in control_api.list_nodes(client)}
+        for device in (d for d in todo if d.revoked):
+            if _cut_off(url, client, device, known):
+                result.unregistered.append(device.name)
+        enrolled = [d for d in todo if not d.revoked and d.node_id is None]
+        for start in range(0, len(enrolled), chunk):
+            _register_chunk(url, client, enrolled[start:start + chunk], known, workers, result)
     return result
+
+
+def _cut_off(url: str, client: ControlHttpClient, device: _Pending,
+             known: dict[bytes, NodeInfo]) -> bool:
+    """Unregister a revoked device's key if the SuperLink holds it (found by key too)."""
+    node = known.get(control_api.pem_public_key(device.public_key))
+    node_id = device.node_id or (str(node.node_id) if node is not None else None)
+    if node_id is None:
+        return False
+    if node is None or node.status != UNREGISTERED:
+        control_api.unregister(client, int(node_id))
+    _record(url, device.device_id, "device.unregister", {"node_id": node_id},
+            superlink_node_id=node_id, superlink_unregistered_at=utcnow())
+    return True
+
+
+def _register_chunk(url: str, client: ControlHttpClient, devices: list[_Pending],
+                    known: dict[bytes, NodeInfo], workers: int, result: SyncResult) -> None:
+    """Register (or adopt) one chunk of keys, then record them in one transaction."""
+    def node_for(device: _Pending) -> tuple[str | None, bool]:
+        node = known.get(control_api.pem_public_key(device.public_key))
+        if node is None:
+            return str(control_api.register(client, device.public_key, device.name)), False
+        return (None, True) if node.status == UNREGISTERED else (str(node.node_id), True)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        outcomes = list(pool.map(node_for, devices))
+    now, actor = utcnow(), operator()
+    done = [(device, node_id, adopted) for device, (node_id, adopted)
+            in zip(devices, outcomes, strict=True) if node_id is not None]
+    result.burnt.extend(d.name for d, (node_id, _) in zip(devices, outcomes, strict=True)
+                        if node_id is None)
+    if not done:
+        return
+    with session_scope(url) as session:  # one executemany UPDATE, one batch of audit rows
+        session.execute(update(Device), [
+            {"id": d.device_id, "superlink_node_id": node_id, "superlink_registered_at": now}
+            for d, node_id, _ in done])
+        session.add_all(AuditEntry(actor=actor, action="device.register", device_id=d.device_id,
+                                   detail=json.dumps({"node_id": node_id, "adopted": adopted}))
+                        for d, node_id, adopted in done)
+    result.registered.extend(d.name for d, _, _ in done)
 
 
 def unregister_device(url: str, device_id: int, flwr_home: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Start a run on Flower's simulation engine and report how it really ended.
+"""Start a run on Flower's simulation engine (or a SuperLink) and report how it really ended.
 
 Ray binds non-loopback addresses unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` is in the
 environment of the process that starts it (DESIGN.md), so the engine process gets it in
@@ -93,6 +93,14 @@ def launch_simulation(cfg: RunConfig, console: Console | None = None) -> RunStat
         _stop_group(child.pid, grace_s=0.0)
         (run_dir / ENGINE_FILE).unlink(missing_ok=True)
     return settle_status(cfg, f"engine process exited with code {child.returncode}")
+
+
+def launch_on_superlink(cfg: RunConfig, address: str, console: Console) -> RunStatus:
+    """Run `cfg` on the deployment engine (`fedmsr run --superlink`); return its status."""
+    from fl_server.deployment import operator_flwr_home
+    from fl_server.deployment_run import launch_deployment
+
+    return settle_status(cfg, launch_deployment(cfg, address, operator_flwr_home(), console))
 
 
 def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:

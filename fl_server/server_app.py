@@ -1,8 +1,15 @@
 """The operator's Flower ServerApp.
 
-Two ways in: `flwr run .` loads the module-level `app` and reads the run configuration
-from `[tool.flwr.app.config]`; `fedmsr run` builds its own app around an already
-validated `RunConfig` with :func:`make_server_app`. Both run the same federation loop.
+Three ways in, one federation loop:
+
+* `flwr run .` loads the module-level `app`, which reads the run configuration from
+  `[tool.flwr.app.config]` (Flower's `context.run_config`);
+* `fedmsr run --superlink` submits the same `app` to a SuperLink with one override,
+  `fedmsr-run` = the absolute path of the run's frozen `run.json` (Flower's run config
+  holds scalars only; the registry's device list does not fit in it). The app then runs
+  exactly that configuration, in that run directory, against the run's registry;
+* `fedmsr run` (simulation) builds its own app around an already validated `RunConfig`
+  with :func:`make_server_app`.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from fl_server.config import RunConfig
+from fl_server.deployment_run import RUN_CONFIG_KEY, load_submitted_run
 from fl_server.federation import run_federation
 from fl_server.sinks import observers_for
 
@@ -20,12 +28,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point for `flwr run .`: the run id comes from Flower's own run id."""
-    cfg = RunConfig.from_user_config(context.run_config)
-    if not cfg.run_id:
-        cfg = cfg.with_run_id(f"flwr-{context.run_id}")
-    cfg.run_dir().mkdir(parents=True, exist_ok=True)
-    cfg.save(cfg.run_dir() / "run.json")
+    """Entry point of a Flower-launched run (`flwr run .`, `fedmsr run --superlink`)."""
+    user_config = dict(context.run_config)
+    submitted = str(user_config.pop(RUN_CONFIG_KEY, "") or "")
+    if submitted:  # `fedmsr run --superlink`: its frozen run.json, launcher-prepared
+        cfg = load_submitted_run(submitted)
+    else:  # `flwr run .`: the table; the run id comes from Flower's own run id
+        cfg = RunConfig.from_user_config(user_config)
+        if not cfg.run_id:
+            cfg = cfg.with_run_id(f"flwr-{context.run_id}")
+        cfg.run_dir().mkdir(parents=True, exist_ok=True)
+        cfg.save(cfg.run_dir() / "run.json")
     run_federation(grid, cfg, observers=observers_for(cfg))
 
 

@@ -18,9 +18,12 @@ import pytest
 
 from fl_server import deployment, enrollment
 from fl_server.launcher import group_members
-from tests.helpers import FEDMSR, fedmsr
+from tests.helpers import FEDMSR, SMALL, fedmsr, history
 
 STARTUP_S = 90.0
+#: A deployed round spawns a ClientApp process per message on each SuperNode: minutes
+#: on a loaded 2-core machine.
+RUN_S = 480.0
 
 
 def children(pid: int) -> list[int]:
@@ -88,8 +91,11 @@ def nodes_or_empty(flwr_home: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_supernodes_authenticate_with_enrollment_keys_and_revocation_cuts_them_off(
+def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         registry_url, tmp_path, monkeypatch) -> None:
+    """PKI, SuperLink, 3 enrolled SuperNodes, an unenrolled 4th refused, a 2-round
+    `fedmsr run --superlink` during which a device is revoked: it is out of round 2, its
+    SuperNode exits, and its key can never be registered again."""
     flwr_home = tmp_path / "flwr-operator"
     monkeypatch.setenv("FLWR_HOME", str(flwr_home))
     monkeypatch.setenv("FEDMSR_DB", registry_url)
@@ -99,15 +105,7 @@ def test_supernodes_authenticate_with_enrollment_keys_and_revocation_cuts_them_o
                   "--superlink", f"127.0.0.1:{port}"]):
         result = fedmsr(*args, cwd=tmp_path, timeout=120)
         assert result.returncode == 0, result.stderr
-    # A 4th device bundle whose key was never enrolled (same CA, same SuperLink).
-    outsider = tmp_path / "outsider"
-    outsider.mkdir()
-    key = enrollment.generate_keypair()
-    (outsider / enrollment.KEY_FILE).write_bytes(key.private_openssh)
-    (outsider / enrollment.CA_FILE).write_bytes((tmp_path / "pki" / "ca.pem").read_bytes())
-    (outsider / enrollment.INFO_FILE).write_text(json.dumps({
-        "device_id": 999, "name": "outsider", "device_index": 3,
-        "superlink": f"127.0.0.1:{port}"}))
+    outsider = _outsider_bundle(tmp_path, port)
     procs: list[subprocess.Popen] = []
     try:
         superlink = start(["superlink", "start", "--pki-dir", "pki", "--port", str(port)],
@@ -115,11 +113,15 @@ def test_supernodes_authenticate_with_enrollment_keys_and_revocation_cuts_them_o
         procs.append(superlink)
         wait_until(lambda: _listening(port) and _answers(flwr_home), STARTUP_S,
                    "the SuperLink", [superlink])
+        # A sync interrupted after the SuperLink took dev-2's key but before the registry
+        # recorded it: the next sync adopts that node (Flower refuses a key twice).
+        interrupted = deployment.register_key(_public_key(tmp_path, "dev-2"), flwr_home)
         result = fedmsr("fleet", "sync", cwd=tmp_path, timeout=300)
         assert result.returncode == 0 and "registered 3 key(s)" in result.stdout, result.stderr
         devices = {d["name"]: d for d in json.loads(
             fedmsr("fleet", "list", "--json", cwd=tmp_path).stdout)}
         node_of = {name: d["superlink_node_id"] for name, d in devices.items()}
+        assert node_of["dev-2"] == interrupted
         assert set(deployment.online_nodes(flwr_home)) == set(node_of.values())
         supernodes = {}
         for name in sorted(node_of):
@@ -134,12 +136,26 @@ def test_supernodes_authenticate_with_enrollment_keys_and_revocation_cuts_them_o
         assert intruder.wait(timeout=STARTUP_S) != 0
         assert "Failed to activate SuperNode" in (tmp_path / "outsider.log").read_text()
         assert len(deployment.online_nodes(flwr_home)) == 3
-        # Revocation unregisters the key at once; the running SuperNode is cut off.
-        result = fedmsr("fleet", "revoke", "dev-1", "--reason", "stolen", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert "SuperNode is cut off" in result.stdout
+
+        run = start(["run", "--superlink", f"127.0.0.1:{port}", "--devices", "3",
+                     "--rounds", "2", *SMALL, "--run-id", "dep"], tmp_path, tmp_path / "run.log")
+        procs.append(run)
+        run_dir = tmp_path / "runs" / "dep"
+        wait_until(lambda: (run_dir / "history.json").exists(), RUN_S, "round 1",
+                   [run, superlink, *supernodes.values()])
+        assert history(run_dir)[0]["devices"] == [0, 1, 2]
+        # Revoked right after round 1 (in process: a CLI start-up would race round 2's
+        # roll call): unregistered at once, so its SuperNode is cut off and exits.
+        revoked = enrollment.revoke(registry_url, "dev-1", "stolen")
+        assert deployment.unregister_device(registry_url, revoked["id"], flwr_home)
         supernodes["dev-1"].wait(timeout=STARTUP_S)
+        assert run.wait(timeout=RUN_S) == 0, ((tmp_path / "run.log").read_text()[-3000:]
+                                              + (tmp_path / "superlink.log").read_text()[-3000:])
+        assert [r["devices"] for r in history(run_dir)] == [[0, 1, 2], [0, 2]]
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
         assert all(p.poll() is None for n, p in supernodes.items() if n != "dev-1")
+        shown = {name: enrollment.show_device(registry_url, name) for name in ("dev-0", "dev-1")}
+        assert (shown["dev-0"]["rounds"], shown["dev-1"]["rounds"]) == (2, 1)
         status = deployment.online_nodes(flwr_home)
         assert node_of["dev-1"] not in status or status[node_of["dev-1"]] == "unregistered"
         # ... for good: the SuperLink refuses the revoked key, and sync does not try again.
@@ -147,12 +163,27 @@ def test_supernodes_authenticate_with_enrollment_keys_and_revocation_cuts_them_o
             deployment.register_key(_public_key(tmp_path, "dev-1"), flwr_home)
         result = fedmsr("fleet", "sync", cwd=tmp_path, timeout=300)
         assert result.returncode == 0 and "registered 0 key(s), unregistered 0" in result.stdout
-        audit = [e["action"] for e in json.loads(
-            fedmsr("fleet", "audit", "--json", "--limit", "0", cwd=tmp_path).stdout)]
-        assert audit.count("device.register") == 3 and audit.count("device.unregister") == 1
+        audit = json.loads(fedmsr("fleet", "audit", "--json", "--limit", "0",
+                                  cwd=tmp_path).stdout)
+        registered = [e for e in audit if e["action"] == "device.register"]
+        assert sorted(e["detail"]["adopted"] for e in registered) == [False, False, True]
+        assert [e["action"] for e in audit].count("device.unregister") == 1
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def _outsider_bundle(root: Path, port: int) -> Path:
+    """A 4th device bundle whose key was never enrolled (same CA, same SuperLink)."""
+    outsider = root / "outsider"
+    outsider.mkdir()
+    key = enrollment.generate_keypair()
+    (outsider / enrollment.KEY_FILE).write_bytes(key.private_openssh)
+    (outsider / enrollment.CA_FILE).write_bytes((root / "pki" / "ca.pem").read_bytes())
+    (outsider / enrollment.INFO_FILE).write_text(json.dumps({
+        "device_id": 999, "name": "outsider", "device_index": 3,
+        "superlink": f"127.0.0.1:{port}"}))
+    return outsider
 
 
 def _public_key(root: Path, name: str) -> str:
@@ -205,6 +236,9 @@ def test_readme_deployment_block_runs_as_written(tmp_path) -> None:
         assert shell.returncode == 0, stdout[-3000:] + stderr[-3000:]
         assert "registered 3 key(s), unregistered 0" in stdout
         assert stdout.count("online") >= 3  # the `flwr supernode list` table
+        runs = list((tmp_path / "runs").iterdir())
+        assert len(runs) == 1 and f"completed {runs[0].name}" in stdout
+        assert [r["devices"] for r in history(runs[0])] == [[0, 1, 2]]
         assert "its SuperNode is cut off" in stdout
         assert "Failed to activate SuperNode" not in (tmp_path / "devices" / "cam-0.log"
                                                       ).read_text()

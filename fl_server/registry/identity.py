@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,23 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
 from sqlalchemy import select
 
 from fl_client.client_app import checkin_statement
 from fl_server.config import RunConfig
+from fl_server.enrollment import eligible_indices
 from fl_server.registry.db import resolve_url, session_scope
 from fl_server.registry.models import Device, DeviceStatus
+from strategies.messaging import wait_for_nodes
 
 log = logging.getLogger("fedmsr.checkin")
 #: Where `fedmsr run` records the simulated enrollment's bundles (RunConfig.extra).
 BUNDLES_EXTRA = "bundles_dir"
+#: Where `fedmsr run --superlink` records the SuperLink a run is deployed on (RunConfig.extra).
+SUPERLINK_EXTRA = "superlink"
+#: How often a round waiting for its devices counts them again.
+RECOUNT_S = 1.0
 
 
 @dataclass
@@ -46,6 +54,9 @@ class CheckinGate:
     bundles_dir: str = ""
     nonce: str = field(default_factory=lambda: secrets.token_hex(32))
     refused: dict[int, str] = field(default_factory=dict)
+    #: Synthetic fleet size, and whether the nodes are a SuperLink's (not virtual ones).
+    fleet_size: int = 0
+    on_superlink: bool = False
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> CheckinGate | None:
@@ -53,7 +64,29 @@ class CheckinGate:
         if cfg.device_indices is None:
             return None
         return cls(resolve_url(), cfg.run_id, frozenset(cfg.device_indices),
-                   str(cfg.extra.get(BUNDLES_EXTRA, "")))
+                   str(cfg.extra.get(BUNDLES_EXTRA, "")), fleet_size=cfg.devices,
+                   on_superlink=bool(cfg.extra.get(SUPERLINK_EXTRA)))
+
+    def expected_nodes(self) -> int:
+        """In simulation every synthetic index is a virtual SuperNode; on a SuperLink only
+        the run's devices that are still eligible run one (a revoked one is cut off)."""
+        if not self.on_superlink:
+            return self.fleet_size
+        return len(self.allowed & set(eligible_indices(self.url, self.fleet_size)))
+
+    def wait_for_devices(self, grid: Grid, timeout_s: float) -> list[int]:
+        """Node ids once the expected nodes are connected, or whoever is there at the deadline.
+
+        The count is taken again every `RECOUNT_S`, so a device revoked while the round
+        waits is not waited for.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wanted = self.expected_nodes()
+            remaining = deadline - time.monotonic()
+            nodes = wait_for_nodes(grid, wanted, min(RECOUNT_S, max(remaining, 0.0)))
+            if len(nodes) >= wanted or remaining <= RECOUNT_S:
+                return nodes
 
     def challenge(self) -> ConfigRecord:
         record = ConfigRecord({"nonce": self.nonce, "run-id": self.run_id})
