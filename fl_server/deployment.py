@@ -279,10 +279,20 @@ class Bundle:
         return cls(root, info)
 
     def node_config(self) -> str:
-        """Data index, device id and enrollment key path (the ClientApp signs check-ins)."""
-        return (f"device-index={int(self.info['device_index'])} "
-                f"device-id={int(self.info['device_id'])} "
-                f'device-key="{(self.root / KEY_FILE).resolve()}"')
+        """Data index, device id and enrollment key path (the ClientApp signs check-ins),
+        and the registry identities SecAgg+ verifies neighbours against, when the bundle
+        holds them (`fedmsr fleet identities --out BUNDLE/identities.json`)."""
+        config = (f"device-index={int(self.info['device_index'])} "
+                  f"device-id={int(self.info['device_id'])} "
+                  f'device-key="{(self.root / KEY_FILE).resolve()}"')
+        identities = self.root / IDENTITIES_FILE
+        if identities.is_file():
+            config += f' identities-file="{identities.resolve()}"'
+        return config
+
+
+#: Where a bundle keeps the registry identities for secure aggregation (optional).
+IDENTITIES_FILE = "identities.json"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -238,7 +238,13 @@ def test_readme_deployment_block_runs_as_written(tmp_path) -> None:
         assert stdout.count("online") >= 3  # the `flwr supernode list` table
         runs = list((tmp_path / "runs").iterdir())
         assert len(runs) == 1 and f"completed {runs[0].name}" in stdout
-        assert [r["devices"] for r in history(runs[0])] == [[0, 1, 2]]
+        [row] = history(runs[0])
+        assert row["devices"] == [0, 1, 2] and row["aborted"] is None
+        # SecAgg+ on real SuperNodes: every device signed its round keys with its bundle key
+        # and verified its neighbours against the distributed registry identities (a
+        # failure there is a dropout, and the round would abort below the threshold).
+        assert json.loads((runs[0] / "run.json").read_text())["secure_aggregation"] is True
+        assert row["train_loss"] is None and row["secagg_dropouts"] == 0
         assert "its SuperNode is cut off" in stdout
         assert "Failed to activate SuperNode" not in (tmp_path / "devices" / "cam-0.log"
                                                       ).read_text()
