@@ -209,6 +209,11 @@ def sync() -> None:
     result = deployment.sync(db.resolve_url(), deployment.operator_flwr_home())
     console.print(f"registered {len(result.registered)} key(s), unregistered "
                   f"{len(result.unregistered)}", highlight=False)
+    if result.burnt:  # enrolled here, but the SuperLink unregistered the key for good
+        print(f"warning: the SuperLink had already unregistered the key of "
+              f"{', '.join(result.burnt[:5])}{' ...' if len(result.burnt) > 5 else ''}: "
+              "such a key is never accepted again; revoke and re-enroll those devices",
+              file=sys.stderr)
 
 
 @pki_app.command("init")

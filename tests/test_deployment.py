@@ -90,7 +90,11 @@ def nodes_or_empty(flwr_home: Path) -> dict[str, str]:
         return {}
 
 
+# On PostgreSQL only: a deployed run costs minutes on 2 cores (a fresh ClientApp process per
+# message), and every registry code path it uses is tested on both backends elsewhere
+# (test_registry*, test_enrollment); the README deployment test runs on SQLite.
 @pytest.mark.slow
+@pytest.mark.parametrize("registry_url", ["postgresql"], indirect=True)
 def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         registry_url, tmp_path, monkeypatch) -> None:
     """PKI, SuperLink, 3 enrolled SuperNodes, an unenrolled 4th refused, a 2-round
