@@ -163,7 +163,7 @@ class DeviceLedger:
         """Provisioning only: a new, empty ledger. Refuses to replace an existing one."""
         path = Path(state_dir) / FILE_NAME
         ledger = cls(path, _check_cap(cap_epsilon), check_delta(delta), ())
-        with _locked(path):
+        with locked(path):
             if path.exists():
                 raise DeviceLedgerError(f"device ledger {path} already exists; a ledger is "
                                         "never re-created (that would reset its spend)")
@@ -174,7 +174,7 @@ class DeviceLedger:
     def open(cls, state_dir: Path) -> DeviceLedger:
         """The device's ledger; missing or corrupt -> DeviceLedgerError (never a reset)."""
         path = Path(state_dir) / FILE_NAME
-        with _locked(path):
+        with locked(path):
             return cls._read(path)
 
     @classmethod
@@ -244,7 +244,7 @@ class DeviceLedger:
         """
         _check_run(run_id, round_number)
         events = tuple(events)
-        with _locked(self.path):
+        with locked(self.path):
             current = self._read(self.path)
             new = current._new(run_id, round_number, events)
             current.check(r.event for r in new)
@@ -274,7 +274,7 @@ class DeviceLedger:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Exclusive lock on `<ledger>.lock`: one read-modify-write at a time per device."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as handle:

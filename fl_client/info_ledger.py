@@ -19,7 +19,6 @@ sent with every request and used as a floor (`spend(..., floor=...)`).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fl_client.atomic import write_bytes_atomic
-from fl_client.device_ledger import _digest, _locked
+from fl_client.device_ledger import locked, sealed, verified
 
 FILE_NAME = "information_ledger.json"
 FORMAT = "fedmsr-information-ledger"
@@ -67,7 +66,7 @@ class InfoLedger:
     def at(cls, state_dir: Path) -> InfoLedger:
         """The ledger in `state_dir` (read now if it exists; an empty one otherwise)."""
         path = Path(state_dir) / FILE_NAME
-        with _locked(path):
+        with locked(path):
             return cls._read(path)
 
     @property
@@ -85,7 +84,7 @@ class InfoLedger:
         The device counts from max(its own total, `floor`); a charge of zero (nothing
         affordable, or nothing to send) writes nothing.
         """
-        with _locked(self.path):
+        with locked(self.path):
             current = self._read(self.path)
             before = max(current.total_bits, int(floor))
             clips, charge = affordable(bits, before, cap)
@@ -107,15 +106,8 @@ class InfoLedger:
             raise InfoLedgerError(f"information ledger {path} is unreadable ({exc.strerror}): "
                                   "refusing to upload") from None
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"not a {FORMAT} file")
-            if data.get("version") != VERSION:
-                raise ValueError(f"version {data.get('version')!r}, this fedmsr reads {VERSION}")
-            body = {k: v for k, v in data.items() if k != "sha256"}
-            if data.get("sha256") != _digest(body):
-                raise ValueError("checksum mismatch")
-            uploads = tuple(dict(u) for u in data["uploads"])
+            body = verified(text.encode("utf-8"), FORMAT, VERSION)
+            uploads = tuple(dict(u) for u in body["uploads"])
             if any(int(u["bits"]) < 0 or int(u["clips"]) < 1 for u in uploads):
                 raise ValueError("an upload with negative bits or no clips")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -126,5 +118,4 @@ class InfoLedger:
     def _write(self) -> None:
         body = {"format": FORMAT, "version": VERSION, "uploads": list(self.uploads),
                 "total_bits": self.total_bits}
-        text = json.dumps({**body, "sha256": _digest(body)}, indent=1, sort_keys=True)
-        write_bytes_atomic(self.path, text.encode("utf-8"))
+        write_bytes_atomic(self.path, sealed(body))
