@@ -201,7 +201,10 @@ def checkin_answer(plan: BudgetPlan, context: Context, device: int, own_dir: Pat
         ledger = device_ledger(context, plan, device, own_dir)
         # The total before this round: what the server's ledger holds so far.
         report = dict(ledger.report().to_config())
-        ledger.check(_events(central, local))
+        # Only what this round would add: a round redone after a server crash was
+        # recorded before the crash and is not charged twice.
+        ledger.check(ledger.unrecorded(plan.run_id, instructions.server_round,
+                                       _events(central, local)))
         if central is not None:
             ledger.reserve(plan.run_id, instructions.server_round, [central])
     except DeviceLedgerError as exc:

@@ -230,6 +230,14 @@ class DeviceLedger:
                 f"cap epsilon={self.cap_epsilon:g} at delta={self.delta:g} (spent "
                 f"{self.epsilon():.4g} over {len(self.releases)} releases): refusing to train")
 
+    def unrecorded(self, run_id: str, round_number: int,
+                   events: Iterable[DpEvent]) -> tuple[DpEvent, ...]:
+        """The events of (run, round) this ledger does not hold yet: what the round would
+        still cost. A round redone after a server crash was recorded the first time and
+        costs nothing new; the same key with other parameters raises (not re-planned)."""
+        _check_run(run_id, round_number)
+        return tuple(r.event for r in self._new(run_id, round_number, tuple(events)))
+
     def report(self) -> LedgerReport:
         return LedgerReport(epsilon=self.epsilon(), delta=self.delta, events=len(self.releases))
 

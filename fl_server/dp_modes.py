@@ -291,6 +291,16 @@ def commit_round(strategy: Strategy, server_round: int) -> None:
         strategy.commit(server_round)
 
 
+def commit_checkpointed(strategy: Strategy, checkpoint_round: int) -> int:
+    """On resume: commit the reservations of every round the checkpoint already holds (a
+    kill between checkpoint and commit left them reserved); the number of rows."""
+    if not isinstance(strategy, BudgetAwareStrategy) or checkpoint_round < 1:
+        return 0
+    ledger = strategy.ledger
+    assert isinstance(ledger, RegistryLedger)
+    return privacy_ledger.commit_through(ledger.url, ledger.run_id, checkpoint_round)
+
+
 def round_record(strategy: Strategy, server_round: int, budget: RoundBudget) -> dict[str, Any]:
     """The round's budget figures for history.json (and the metrics observer)."""
     record: dict[str, Any] = {"ledger_disagreements": budget.disagreements,

@@ -148,6 +148,7 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
         # A crash between a checkpoint and the history write (fault point "commit") left
         # history.json a round behind: the checkpoint's history is the true one.
         write_history(run_dir, list(ckpt.history))
+        dp_modes.commit_checkpointed(strategy, ckpt.server_round)  # (fault point "commit")
         console.print(f"[bold]resuming[/] {cfg.run_id} after round {ckpt.server_round} "
                       f"of {cfg.rounds}")
     held_out = HeldOut.for_fleet(plan.fleet, plan.train_days)

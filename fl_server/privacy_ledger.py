@@ -433,6 +433,22 @@ def commit(url: str, run_id: str, round_number: int, device_ids: Iterable[int]) 
                                 "reserved release can be committed")
 
 
+def commit_through(url: str, run_id: str, last_round: int) -> int:
+    """reserved -> committed for every release of `run_id` up to `last_round`; the count.
+
+    On resume: a server killed between a round's checkpoint and its commit left that
+    round's rows reserved, yet the checkpoint holds its aggregate, so the release happened.
+    Rounds after the checkpoint stay reserved (still spent) until their redo commits them.
+    """
+    _check_run(run_id, last_round)
+    with session_scope(url) as session:
+        result = session.execute(update(PrivacyEvent).where(
+            PrivacyEvent.run_id == run_id, PrivacyEvent.round_number <= last_round,
+            PrivacyEvent.status == "reserved").values(status="committed",
+                                                      committed_at=utcnow()))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
 def eligible(url: str, device_ids: Iterable[int], planned: DpEvent | Sequence[DpEvent],
              delta: float, default_cap: float | None, *, run_id: str | None = None,
              round_number: int | None = None) -> tuple[list[int], list[Refusal]]:

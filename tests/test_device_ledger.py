@@ -69,6 +69,22 @@ def test_refuses_to_train_past_its_own_cap(tmp_path: Path) -> None:
     assert DeviceLedger.open(tmp_path).report().epsilon <= cap
 
 
+def test_a_redone_round_costs_nothing_new_at_the_cap(tmp_path: Path) -> None:
+    """A round recorded before a server crash, asked again: nothing new to check, so a
+    device at its cap still takes part in the redo (and a re-planned round is refused)."""
+    cap = (exact_upper([ROUND]) + exact_upper([ROUND] * 2)) / 2
+    ledger = DeviceLedger.create(tmp_path, cap_epsilon=cap, delta=DELTA)
+    ledger.reserve("r1", 1, [ROUND])
+    assert ledger.unrecorded("r1", 1, [ROUND]) == ()
+    assert ledger.unrecorded("r1", 2, [ROUND]) == (ROUND,)
+    assert ledger.unrecorded("r2", 1, [ROUND, CENTRAL]) == (ROUND, CENTRAL)
+    ledger.check(ledger.unrecorded("r1", 1, [ROUND]))  # the redo fits
+    with pytest.raises(DeviceBudgetExceeded):
+        ledger.check(ledger.unrecorded("r1", 2, [ROUND]))
+    with pytest.raises(DeviceLedgerError, match="not re-planned"):
+        ledger.unrecorded("r1", 1, [DpEvent(0.05, 3.0, 20)])
+
+
 @pytest.mark.parametrize("damage", ["truncate", "edit-spend", "garbage", "empty", "delete"])
 def test_a_damaged_ledger_is_refused_never_reset(tmp_path: Path, damage: str) -> None:
     ledger = DeviceLedger.create(tmp_path, cap_epsilon=10.0, delta=DELTA)

@@ -90,6 +90,26 @@ def test_reserve_charges_once_per_round_and_commit_is_the_only_change(
         ledger.commit(registry_url, "r1", 2, [a])
 
 
+def test_resume_commits_the_checkpointed_rounds_only(registry_url, tmp_path) -> None:
+    """Killed between round 2's checkpoint and its commit, round 3 reserved but never
+    aggregated: resume after checkpoint 2 commits rounds 1-2 of this run, nothing else."""
+    a, b = fleet(registry_url, tmp_path, [None, None])
+    for n in (1, 2, 3):
+        ledger.reserve(registry_url, "r1", n, [ledger.Release(a, LOCAL),
+                                               ledger.Release(b, LOCAL)], DELTA, None)
+    ledger.reserve(registry_url, "other", 1, [ledger.Release(a, LOCAL)], DELTA, None)
+    ledger.commit(registry_url, "r1", 1, [a, b])
+    assert ledger.commit_through(registry_url, "r1", 2) == 2  # round 2's two rows
+    assert ledger.commit_through(registry_url, "r1", 2) == 0  # idempotent
+    status = {(e.run_id, e.round_number, e.status)
+              for d in (a, b) for e in ledger.budget_state(registry_url, d, DELTA).events}
+    assert status == {("r1", 1, "committed"), ("r1", 2, "committed"), ("r1", 3, "reserved"),
+                      ("other", 1, "reserved")}
+    assert ledger.ledger_event_count(registry_url) == 7  # no row added or lost
+    with pytest.raises(ValueError, match="round_number"):
+        ledger.commit_through(registry_url, "r1", 0)
+
+
 def test_reserved_counts_after_a_sigkill_and_resume_does_not_double_charge(
         registry_url, tmp_path) -> None:
     """A server killed between reservation and aggregation: the release stays charged."""
