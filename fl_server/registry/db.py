@@ -89,7 +89,11 @@ def _new_engine(url: str) -> Engine:
                             "sqlite:///fedmsr.db or postgresql+psycopg://user@host/db") from None
     kwargs: dict[str, object] = {}
     if parsed.get_backend_name() == "postgresql":
+        # pool_pre_ping: a pooled connection is tested (SELECT 1) before each checkout, so
+        # after a database restart the pool reconnects instead of failing the next commit
+        # (tests/test_db_outage.py); a database that is still down fails with a clear error.
         kwargs["connect_args"] = {"connect_timeout": 5}
+        kwargs["pool_pre_ping"] = True
     elif parsed.get_backend_name() != "sqlite":
         raise RegistryError("--db", f"unsupported database {parsed.get_backend_name()!r}; "
                             "use sqlite:///PATH or postgresql+psycopg://...")
