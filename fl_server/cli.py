@@ -7,10 +7,12 @@ that stopped cleanly because the devices' privacy budgets were exhausted (`fedms
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import click
 import typer
@@ -26,6 +28,7 @@ from fl_server.config import ConfigError, RunConfig
 from fl_server.history import read_history
 from fl_server.registry.db import ENV_VAR as DB_ENV_VAR
 from fl_server.registry.db import RegistryError, registry_configured
+from fl_server.run_status import RunStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="fedmsr: federated privatization encoders.")
@@ -71,6 +74,10 @@ def run(
     image_size: Annotated[int, typer.Option(help="Frame size: 32 or 64.")] = 32,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
     fraction_train: Annotated[float, typer.Option(help="Fraction of devices per round.")] = 1.0,
+    min_devices: Annotated[int, typer.Option(
+        help="Fewest devices whose updates make a round (fewer: the round fails).")] = 1,
+    round_timeout: Annotated[float, typer.Option(
+        help="Seconds a round waits for training replies; later ones are dropped.")] = 600.0,
     runs_dir: Annotated[str, typer.Option(help="Where runs/<run-id>/ are written.")] = "runs",
     run_id: Annotated[str, typer.Option(help="Run id (default: time + random suffix).")] = "",
     resume: Annotated[Optional[str], typer.Option(help="Continue the run with this id.")] = None,
@@ -128,7 +135,6 @@ def run(
         launch_on_superlink,
         launch_simulation,
         load_run_for_resume,
-        prepare_new_run,
     )
 
     params = dict(locals())
@@ -150,21 +156,8 @@ def run(
         if collect_every and not registry_configured():
             _fail("--collect-every: collection stores representations in the registry; run "
                   "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
-        cfg = prepare_new_run(dp_modes.with_run_options(RunConfig(
-            devices=devices, rounds=rounds, seed=seed, dp_sgd=dp_sgd,
-            noise_multiplier=noise_multiplier, clip_norm=clip, utility=utility, beta=beta,
-            clips_per_day=clips_per_day, days=days, image_size=image_size,
-            local_epochs=local_epochs, fraction_train=fraction_train, runs_dir=runs_dir,
-            run_id=run_id, metrics_port=metrics_port,
-            metrics_linger_s=metrics_linger_s, secure_aggregation=secure_aggregation,
-            secagg_neighbours=neighbours, secagg_threshold=threshold,
-            aggregation=aggregation, byzantine_devices=byzantine, trim_fraction=trim_fraction,
-            max_update_norm=max_update_norm, collect_every=collect_every,
-            collect_clips=collect_clips, info_bits_cap=info_bits_cap,
-            leakage_alert=leakage_alert).validate(), dp=dp, dp_sgd_alias=dp_sgd,
-            epsilon_cap=epsilon_cap, delta=delta, client_sample_rate=client_sample_rate,
-            central_noise=central_noise, central_clip=central_clip,
-            target_epsilon=target_epsilon))
+        with _flag_names():
+            cfg = _new_run_config(params)
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
                   f"{dp_modes.describe(cfg)}"
                   f" -> {cfg.run_dir()}")
@@ -173,6 +166,58 @@ def run(
     else:
         status = launch_on_superlink(deployment_run.for_deployment(cfg, superlink), superlink,
                                      console)
+    _finish_run(cfg, status)
+
+
+def _new_run_config(p: dict[str, Any]) -> RunConfig:
+    """`fedmsr run`'s options -> a validated, prepared (run dir written) RunConfig."""
+    from fl_server import dp_modes
+    from fl_server.launcher import prepare_new_run
+
+    cfg = RunConfig(
+        devices=p["devices"], rounds=p["rounds"], seed=p["seed"], dp_sgd=p["dp_sgd"],
+        noise_multiplier=p["noise_multiplier"], clip_norm=p["clip"], utility=p["utility"],
+        beta=p["beta"], clips_per_day=p["clips_per_day"], days=p["days"],
+        image_size=p["image_size"], local_epochs=p["local_epochs"],
+        fraction_train=p["fraction_train"], min_train_devices=p["min_devices"],
+        round_timeout_s=p["round_timeout"], runs_dir=p["runs_dir"], run_id=p["run_id"],
+        metrics_port=p["metrics_port"], metrics_linger_s=p["metrics_linger_s"],
+        secure_aggregation=p["secure_aggregation"], secagg_neighbours=p["neighbours"],
+        secagg_threshold=p["threshold"], aggregation=p["aggregation"],
+        byzantine_devices=p["byzantine"], trim_fraction=p["trim_fraction"],
+        max_update_norm=p["max_update_norm"], collect_every=p["collect_every"],
+        collect_clips=p["collect_clips"], info_bits_cap=p["info_bits_cap"],
+        leakage_alert=p["leakage_alert"]).validate()
+    return prepare_new_run(dp_modes.with_run_options(
+        cfg, dp=p["dp"], dp_sgd_alias=p["dp_sgd"], epsilon_cap=p["epsilon_cap"],
+        delta=p["delta"], client_sample_rate=p["client_sample_rate"],
+        central_noise=p["central_noise"], central_clip=p["central_clip"],
+        target_epsilon=p["target_epsilon"]))
+
+
+#: RunConfig fields whose `fedmsr run` option has another name (errors name the option).
+_OPTION_OF_FIELD = {"clip_norm": "clip", "min_train_devices": "min-devices",
+                    "round_timeout_s": "round-timeout", "byzantine_devices": "byzantine",
+                    "secagg_neighbours": "neighbours", "secagg_threshold": "threshold",
+                    "dp_sgd": "dp-sgd"}
+
+
+@contextlib.contextmanager
+def _flag_names() -> Iterator[None]:
+    """A ConfigError about a field `fedmsr run` has an option for names that option."""
+    try:
+        yield
+    except ConfigError as exc:
+        field = exc.field_name
+        option = _OPTION_OF_FIELD.get(field, field.replace("_", "-"))
+        if option.replace("-", "_") not in _RUN_DEFAULTS and field not in _OPTION_OF_FIELD:
+            raise
+        problem = str(exc).split(": ", 1)[1]
+        raise ConfigError(f"--{option}", problem) from None
+
+
+def _finish_run(cfg: RunConfig, status: RunStatus) -> None:
+    """History table, then the exit code the run's status calls for."""
     _print_history(cfg.run_dir())
     if status.status == "budget-exhausted":  # a clean stop, not a failure: its own exit code
         print(f"budget-exhausted: run {cfg.run_id} stopped after {status.completed_rounds} of "
@@ -189,7 +234,8 @@ def run(
 _RUN_DEFAULTS = {
     "devices": 8, "rounds": 3, "seed": 0, "dp_sgd": False, "noise_multiplier": 1.0, "clip": 1.0,
     "utility": "supervised", "beta": 0.01, "clips_per_day": 8, "days": 4, "image_size": 32,
-    "local_epochs": 1, "fraction_train": 1.0, "runs_dir": "runs", "run_id": "",
+    "local_epochs": 1, "fraction_train": 1.0, "min_devices": 1, "round_timeout": 600.0,
+    "runs_dir": "runs", "run_id": "",
     "metrics_port": -1, "metrics_linger_s": 0.0,
     "secure_aggregation": False, "neighbours": 0, "threshold": 0,
     "aggregation": "fedavg", "byzantine": 1, "trim_fraction": 0.2, "max_update_norm": 100.0,

@@ -10,12 +10,16 @@ from tests.helpers import fedmsr
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--devices", "0"], "devices"),
+        (["--devices", "0"], "--devices: must be a positive integer"),
         (["--devices", "abc"], "--devices"),
-        (["--image-size", "48"], "image_size"),
-        (["--utility", "simclr"], "utility"),
-        (["--dp-sgd", "--noise-multiplier", "0"], "noise_multiplier"),
-        (["--fraction-train", "2"], "fraction_train"),
+        (["--image-size", "48"], "--image-size: "),
+        (["--utility", "simclr"], "--utility: "),
+        (["--dp-sgd", "--noise-multiplier", "0"], "--noise-multiplier: "),
+        (["--fraction-train", "2"], "--fraction-train: "),
+        (["--dp", "local", "--clip", "0"], "--clip: must be > 0 with DP-SGD"),
+        (["--round-timeout", "0"], "--round-timeout: must be > 0"),
+        (["--round-timeout", "nan"], "--round-timeout: must be > 0"),
+        (["--min-devices", "9"], "--min-devices: 9 is more than the fleet's 8 devices"),
         (["--frobnicate"], "--frobnicate"),
         (["--resume", "no-such-run"], "no run configuration"),
         (["--resume", "x", "--devices", "3"], "--devices"),
@@ -44,5 +48,5 @@ def test_help_lists_the_run_options() -> None:
     result = fedmsr("run", "--help", timeout=60)
     assert result.returncode == 0
     for option in ("--devices", "--rounds", "--seed", "--dp-sgd", "--noise-multiplier", "--clip",
-                   "--runs-dir", "--resume"):
+                   "--runs-dir", "--resume", "--min-devices", "--round-timeout"):
         assert option in result.stdout

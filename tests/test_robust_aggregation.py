@@ -189,5 +189,5 @@ def test_cli_refuses_robust_aggregation_with_secure_aggregation(tmp_path, capsys
                  "--runs-dir", str(tmp_path), "--run-id", "x"])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "error: aggregation: krum needs each device's update")
+        "error: --aggregation: krum needs each device's update")
     assert not (tmp_path / "x").exists()  # nothing written

@@ -97,5 +97,5 @@ def test_secure_aggregation_bad_threshold_is_refused(tmp_path) -> None:
     result = fedmsr("run", "--devices", "5", "--secure-aggregation", "--neighbours", "4",
                     "--threshold", "2", "--runs-dir", str(tmp_path), "--run-id", "bad")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: threshold")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --threshold: ")
     assert not (tmp_path / "bad").exists()
