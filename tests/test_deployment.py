@@ -24,6 +24,10 @@ STARTUP_S = 90.0
 #: A deployed round spawns a ClientApp process per message on each SuperNode: minutes
 #: on a loaded 2-core machine.
 RUN_S = 480.0
+#: The deployed run's round deadline: well above a 2-device round on a loaded machine
+#: (about 30 s) plus the 15 s freeze; a killed SuperNode ends its round sooner (offline).
+ROUND_TIMEOUT_S = 150
+FREEZE_S = 15.0
 
 
 def children(pid: int) -> list[int]:
@@ -97,9 +101,17 @@ def nodes_or_empty(flwr_home: Path) -> dict[str, str]:
 @pytest.mark.parametrize("registry_url", ["postgresql"], indirect=True)
 def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         registry_url, tmp_path, monkeypatch) -> None:
-    """PKI, SuperLink, 3 enrolled SuperNodes, an unenrolled 4th refused, a 2-round
-    `fedmsr run --superlink` during which a device is revoked: it is out of round 2, its
-    SuperNode exits, and its key can never be registered again."""
+    """PKI, SuperLink, 3 enrolled SuperNodes, an unenrolled 4th refused, a 4-round
+    `fedmsr run --superlink` (issues 3 and 8):
+
+    * after round 1 dev-1 is revoked: it is out of round 2 on, its SuperNode exits, and its
+      key can never be registered again;
+    * round 2: dev-2's SuperNode freezes (SIGSTOP: no heartbeat, no reply) right after it
+      pulled its train message, and comes back 15 s later: its update still counts;
+    * round 3: dev-2's SuperNode is SIGKILLed right after it pulled its train message: the
+      SuperLink marks the node offline, the round closes with dev-0's update alone; the
+      SuperNode started again once the node is offline reconnects under the same node id;
+    * round 4: dev-2 is back."""
     flwr_home = tmp_path / "flwr-operator"
     monkeypatch.setenv("FLWR_HOME", str(flwr_home))
     monkeypatch.setenv("FEDMSR_DB", registry_url)
@@ -142,7 +154,8 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         assert len(deployment.online_nodes(flwr_home)) == 3
 
         run = start(["run", "--superlink", f"127.0.0.1:{port}", "--devices", "3",
-                     "--rounds", "2", *SMALL, "--run-id", "dep"], tmp_path, tmp_path / "run.log")
+                     "--rounds", "4", "--round-timeout", str(ROUND_TIMEOUT_S), *SMALL,
+                     "--run-id", "dep"], tmp_path, tmp_path / "run.log")
         procs.append(run)
         run_dir = tmp_path / "runs" / "dep"
         wait_until(lambda: (run_dir / "history.json").exists(), RUN_S, "round 1",
@@ -153,13 +166,38 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         revoked = enrollment.revoke(registry_url, "dev-1", "stolen")
         assert deployment.unregister_device(registry_url, revoked["id"], flwr_home)
         supernodes["dev-1"].wait(timeout=STARTUP_S)
+        live = [run, superlink, supernodes["dev-0"], supernodes["dev-2"]]
+        # Round 2: dev-2 pulled its train message, then goes silent for 15 s.
+        wait_until(lambda: _received(tmp_path / "dev-2.log", "train") == 2, RUN_S,
+                   "dev-2 to pull round 2's train message", live)
+        signal_tree(supernodes["dev-2"], signal.SIGSTOP)
+        time.sleep(FREEZE_S)
+        signal_tree(supernodes["dev-2"], signal.SIGCONT)
+        # Round 3: dev-2 pulled its train message; its SuperNode and ClientApp die at once.
+        wait_until(lambda: _received(tmp_path / "dev-2.log", "train") == 3, RUN_S,
+                   "dev-2 to pull round 3's train message", live)
+        signal_tree(supernodes["dev-2"], signal.SIGKILL)
+        supernodes["dev-2"].wait(timeout=10)
+        # Flower refuses to activate a node whose last session it still counts as online
+        # (2 heartbeats, 60 s): a supervisor restarts the SuperNode after that.
+        wait_until(lambda: nodes_or_empty(flwr_home).get(node_of["dev-2"]) == "offline",
+                   RUN_S, "the SuperLink to mark dev-2 offline", [run, superlink])
+        supernodes["dev-2"] = start(["device", "start", "devices/dev-2"], tmp_path,
+                                    tmp_path / "dev-2-again.log")
+        procs.append(supernodes["dev-2"])
+        back = wait_until(lambda: _node_id(tmp_path / "dev-2-again.log"), STARTUP_S,
+                          "dev-2 to reconnect", [run, supernodes["dev-2"]])
+        assert back == str(node_of["dev-2"])  # the same node: its key, its registration
         assert run.wait(timeout=RUN_S) == 0, ((tmp_path / "run.log").read_text()[-3000:]
                                               + (tmp_path / "superlink.log").read_text()[-3000:])
-        assert [r["devices"] for r in history(run_dir)] == [[0, 1, 2], [0, 2]]
+        rows = history(run_dir)
+        assert [r["devices"] for r in rows] == [[0, 1, 2], [0, 2], [0], [0, 2]]
+        assert [(r["sampled"], r["failed"]) for r in rows] == [(3, 0), (2, 0), (2, 1), (2, 0)]
+        assert _received(tmp_path / "dev-2-again.log", "train") == 1  # round 4 only
         assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
         assert all(p.poll() is None for n, p in supernodes.items() if n != "dev-1")
         shown = {name: enrollment.show_device(registry_url, name) for name in ("dev-0", "dev-1")}
-        assert (shown["dev-0"]["rounds"], shown["dev-1"]["rounds"]) == (2, 1)
+        assert (shown["dev-0"]["rounds"], shown["dev-1"]["rounds"]) == (4, 1)
         status = deployment.online_nodes(flwr_home)
         assert node_of["dev-1"] not in status or status[node_of["dev-1"]] == "unregistered"
         # ... for good: the SuperLink refuses the revoked key, and sync does not try again.
@@ -175,6 +213,26 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def signal_tree(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    """Send `sig` to a process and all its descendants at once, by PID."""
+    for pid in [proc.pid, *children(proc.pid)]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _received(log: Path, message_type: str) -> int:
+    """How many `message_type` messages a SuperNode's log says it pulled."""
+    return log.read_text().count(f"Receiving: {message_type} message")
+
+
+def _node_id(log: Path) -> str | None:
+    """The node id a SuperNode logs once the SuperLink accepted its key."""
+    found = re.search(r"SuperNode ID: (\d+)", log.read_text())
+    return found.group(1) if found else None
 
 
 def _outsider_bundle(root: Path, port: int) -> Path:
