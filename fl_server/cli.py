@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import click
 import typer
@@ -41,7 +41,7 @@ EXIT_BUDGET_EXHAUSTED = 3
 
 @app.callback()
 def _root(
-    db: Annotated[Optional[str], typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", help="Registry database URL (else $FEDMSR_DB, else sqlite:///fedmsr.db).")] = None,
 ) -> None:
     """fedmsr: federated training of Minimal Sufficient Representations for life-log video."""
@@ -80,7 +80,7 @@ def run(
         help="Seconds a round waits for training replies; later ones are dropped.")] = 600.0,
     runs_dir: Annotated[str, typer.Option(help="Where runs/<run-id>/ are written.")] = "runs",
     run_id: Annotated[str, typer.Option(help="Run id (default: time + random suffix).")] = "",
-    resume: Annotated[Optional[str], typer.Option(help="Continue the run with this id.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the run with this id.")] = None,
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT "
                                               "while the run lives (0: any free port, written to "
                                               "metrics.json; -1: off).")] = -1,
@@ -100,7 +100,7 @@ def run(
         help="trimmed-mean: fraction cut from each tail.")] = 0.2,
     max_update_norm: Annotated[float, typer.Option(
         help="Drop an update farther than this (L2) from the global model.")] = 100.0,
-    superlink: Annotated[Optional[str], typer.Option(
+    superlink: Annotated[str | None, typer.Option(
         help="Run on Flower's deployment engine: HOST:PORT of a running `fedmsr superlink "
              "start` whose enrolled devices' SuperNodes train (default: simulation).")] = None,
     collect_every: Annotated[int, typer.Option(
@@ -147,7 +147,10 @@ def run(
         if given:
             _fail(f"--resume: the run continues with its saved configuration; "
                   f"drop {', '.join('--' + n.replace('_', '-') for n in sorted(given))}")
-        cfg = load_run_for_resume(runs_dir, resume)
+        try:
+            cfg = load_run_for_resume(runs_dir, resume)
+        except ConfigError as exc:
+            raise ConfigError("--resume", str(exc).split(": ", 1)[1]) from None
         deployment_run.check_same_engine(cfg, superlink)
     else:
         if epsilon_cap and not registry_configured():

@@ -41,19 +41,19 @@ from fl_server.atomic import write_bytes_atomic, write_text_atomic
 from fl_server.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from fl_server.collection import Collector
 from fl_server.config import RunConfig
-from fl_server.fault_points import fault_point, killing_after_push
 from fl_server.evaluation import HeldOut, evaluate_encoder
+from fl_server.fault_points import fault_point, killing_after_push
 from fl_server.history import write_history
 from fl_server.observers import RoundObserver
 from fl_server.registry.identity import CheckinGate
 from fl_server.run_status import RunStatus, read_status, write_status
 from fl_server.secagg_identities import secagg_credentials
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
-from strategies.messaging import send_and_collect, wait_for_nodes
 from privacy.secagg.errors import ProtocolAbort
-from strategies.secagg_workflow import QUICK_STAGE_TIMEOUT_S, SecAggParams, secure_train_round
-from strategies.robust_aggregation import robust_strategy
 from strategies.budget_selection import BudgetExhausted
+from strategies.messaging import send_and_collect, wait_for_nodes
+from strategies.robust_aggregation import robust_strategy
+from strategies.secagg_workflow import QUICK_STAGE_TIMEOUT_S, SecAggParams, secure_train_round
 from strategies.seeded_fedavg import SeededFedAvg
 from strategies.update_validation import RoundTicket, Screening, ValidationPolicy, screen_round
 

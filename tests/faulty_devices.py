@@ -94,7 +94,7 @@ def _record(reply: Message, server_round: int, device: int) -> None:
     arrays = honest.arrays_of(reply.content[ARRAYS_KEY])
     weight = int(reply.content[METRICS_KEY][WEIGHT_KEY])
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, **{"__weight__": np.array(weight)})
+    np.savez(buffer, **arrays, __weight__=np.array(weight))
     path = update_file(server_round, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_bytes(buffer.getvalue())

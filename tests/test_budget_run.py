@@ -21,8 +21,8 @@ from fl_client.device_ledger import DeviceBudgetExceeded, DeviceLedger
 from fl_client.messages import ARRAYS_KEY, CONFIG_KEY
 from fl_server import privacy_ledger
 from fl_server.config import RunConfig
-from fl_server.fault_points import ENV as FAULT_POINT_ENV
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
+from fl_server.fault_points import ENV as FAULT_POINT_ENV
 from fl_server.federation import Plan, run_federation
 from fl_server.history import read_history
 from fl_server.registry import db

@@ -21,7 +21,7 @@ from tests.helpers import fedmsr
         (["--round-timeout", "nan"], "--round-timeout: must be > 0"),
         (["--min-devices", "9"], "--min-devices: 9 is more than the fleet's 8 devices"),
         (["--frobnicate"], "--frobnicate"),
-        (["--resume", "no-such-run"], "no run configuration"),
+        (["--resume", "no-such-run"], "--resume: no run configuration"),
         (["--resume", "x", "--devices", "3"], "--devices"),
     ],
 )

@@ -16,7 +16,6 @@ out (tests/test_registry_identity.py); here the train replies themselves are hos
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys

@@ -19,7 +19,7 @@ PACKAGES = ("fl_client", "fl_server", "strategies", "privacy", "monitoring")
 
 def readme_block() -> str:
     text = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- flwr-run:begin -->\s*```bash\n(.*?)```", text, re.S)
+    match = re.search(r"<!-- flwr-run:begin -->\s*```bash\n(.*?)```", text, re.DOTALL)
     assert match, "README lost its flwr-run block"
     return match.group(1)
 
@@ -36,7 +36,7 @@ def copy_app(dest: Path) -> None:
     text = pyproject.read_text()
     for key, value in (("num-server-rounds", "2"), ("num-devices", "3"),
                        ("clips-per-day", "4"), ("days", "2")):
-        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        text, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)
         assert count == 1, key
     pyproject.write_text(text)
 

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.stats
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedMedian
 

@@ -22,8 +22,8 @@ from privacy.encoder import build_model, state_to_numpy
 from strategies.update_validation import (
     REASONS,
     RoundTicket,
-    SecureVector,
     Screening,
+    SecureVector,
     ValidationPolicy,
     screen_round,
     update_norm,
