@@ -282,13 +282,13 @@ def test_concurrent_reservations_never_pass_the_cap(registry_url, tmp_path) -> N
         epsilon_from_rdp(rdp_vector([LOCAL] * 3), DELTA), rel=1e-12)
 
 
+# Row locks are PostgreSQL's; SQLite serialises writers (the test above runs on both).
+@pytest.mark.parametrize("registry_url", ["postgresql"], indirect=True)
 def test_a_second_server_waits_for_the_first_and_sees_its_charge(
         registry_url, tmp_path, monkeypatch) -> None:
     """PostgreSQL, deterministic interleaving: server A has locked the device and decided
     (its release fits) but not committed; server B's reservation must wait on A's row lock
     (observed in pg_locks), then see A's charge and refuse."""
-    if not registry_url.startswith("postgresql"):
-        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers (test above)")
     cap = cap_between([LOCAL, LOCAL], LOCAL)  # one release already there, room for one more
     (a,) = fleet(registry_url, tmp_path, [cap])
     ledger.reserve(registry_url, "r0", 1, [ledger.Release(a, LOCAL)], DELTA, None)
