@@ -101,17 +101,16 @@ def nodes_or_empty(flwr_home: Path) -> dict[str, str]:
 @pytest.mark.parametrize("registry_url", ["postgresql"], indirect=True)
 def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         registry_url, tmp_path, monkeypatch) -> None:
-    """PKI, SuperLink, 3 enrolled SuperNodes, an unenrolled 4th refused, a 4-round
+    """PKI, SuperLink, 3 enrolled SuperNodes, an unenrolled 4th refused, a 3-round
     `fedmsr run --superlink` (issues 3 and 8):
 
     * after round 1 dev-1 is revoked: it is out of round 2 on, its SuperNode exits, and its
       key can never be registered again;
-    * round 2: dev-2's SuperNode freezes (SIGSTOP: no heartbeat, no reply) right after it
-      pulled its train message, and comes back 15 s later: its update still counts;
-    * round 3: dev-2's SuperNode is SIGKILLed right after it pulled its train message: the
+    * round 2: dev-2's SuperNode is SIGKILLed right after it pulled its train message: the
       SuperLink marks the node offline, the round closes with dev-0's update alone; the
       SuperNode started again once the node is offline reconnects under the same node id;
-    * round 4: dev-2 is back."""
+    * round 3: dev-2 is back, and its SuperNode freezes (SIGSTOP: no heartbeat, no reply)
+      right after it pulled its train message, for 15 s: its update still counts."""
     flwr_home = tmp_path / "flwr-operator"
     monkeypatch.setenv("FLWR_HOME", str(flwr_home))
     monkeypatch.setenv("FEDMSR_DB", registry_url)
@@ -154,7 +153,7 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         assert len(deployment.online_nodes(flwr_home)) == 3
 
         run = start(["run", "--superlink", f"127.0.0.1:{port}", "--devices", "3",
-                     "--rounds", "4", "--round-timeout", str(ROUND_TIMEOUT_S), *SMALL,
+                     "--rounds", "3", "--round-timeout", str(ROUND_TIMEOUT_S), *SMALL,
                      "--run-id", "dep"], tmp_path, tmp_path / "run.log")
         procs.append(run)
         run_dir = tmp_path / "runs" / "dep"
@@ -166,16 +165,10 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         revoked = enrollment.revoke(registry_url, "dev-1", "stolen")
         assert deployment.unregister_device(registry_url, revoked["id"], flwr_home)
         supernodes["dev-1"].wait(timeout=STARTUP_S)
-        live = [run, superlink, supernodes["dev-0"], supernodes["dev-2"]]
-        # Round 2: dev-2 pulled its train message, then goes silent for 15 s.
+        # Round 2: dev-2 pulled its train message; its SuperNode and ClientApp die at once.
         wait_until(lambda: _received(tmp_path / "dev-2.log", "train") == 2, RUN_S,
-                   "dev-2 to pull round 2's train message", live)
-        signal_tree(supernodes["dev-2"], signal.SIGSTOP)
-        time.sleep(FREEZE_S)
-        signal_tree(supernodes["dev-2"], signal.SIGCONT)
-        # Round 3: dev-2 pulled its train message; its SuperNode and ClientApp die at once.
-        wait_until(lambda: _received(tmp_path / "dev-2.log", "train") == 3, RUN_S,
-                   "dev-2 to pull round 3's train message", live)
+                   "dev-2 to pull round 2's train message",
+                   [run, superlink, supernodes["dev-0"], supernodes["dev-2"]])
         signal_tree(supernodes["dev-2"], signal.SIGKILL)
         supernodes["dev-2"].wait(timeout=10)
         # Flower refuses to activate a node whose last session it still counts as online
@@ -188,16 +181,22 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         back = wait_until(lambda: _node_id(tmp_path / "dev-2-again.log"), STARTUP_S,
                           "dev-2 to reconnect", [run, supernodes["dev-2"]])
         assert back == str(node_of["dev-2"])  # the same node: its key, its registration
+        # Round 3 (its check-in waits for the eligible dev-2): dev-2 pulled its train
+        # message, then goes silent for 15 s (no heartbeat, no reply) and comes back.
+        wait_until(lambda: _received(tmp_path / "dev-2-again.log", "train") == 1, RUN_S,
+                   "dev-2 to pull round 3's train message", [run, supernodes["dev-2"]])
+        signal_tree(supernodes["dev-2"], signal.SIGSTOP)
+        time.sleep(FREEZE_S)
+        signal_tree(supernodes["dev-2"], signal.SIGCONT)
         assert run.wait(timeout=RUN_S) == 0, ((tmp_path / "run.log").read_text()[-3000:]
                                               + (tmp_path / "superlink.log").read_text()[-3000:])
         rows = history(run_dir)
-        assert [r["devices"] for r in rows] == [[0, 1, 2], [0, 2], [0], [0, 2]]
-        assert [(r["sampled"], r["failed"]) for r in rows] == [(3, 0), (2, 0), (2, 1), (2, 0)]
-        assert _received(tmp_path / "dev-2-again.log", "train") == 1  # round 4 only
+        assert [r["devices"] for r in rows] == [[0, 1, 2], [0], [0, 2]]
+        assert [(r["sampled"], r["failed"]) for r in rows] == [(3, 0), (2, 1), (2, 0)]
         assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
         assert all(p.poll() is None for n, p in supernodes.items() if n != "dev-1")
         shown = {name: enrollment.show_device(registry_url, name) for name in ("dev-0", "dev-1")}
-        assert (shown["dev-0"]["rounds"], shown["dev-1"]["rounds"]) == (4, 1)
+        assert (shown["dev-0"]["rounds"], shown["dev-1"]["rounds"]) == (3, 1)
         status = deployment.online_nodes(flwr_home)
         assert node_of["dev-1"] not in status or status[node_of["dev-1"]] == "unregistered"
         # ... for good: the SuperLink refuses the revoked key, and sync does not try again.

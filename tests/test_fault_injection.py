@@ -12,9 +12,9 @@ that crash or hang past the round timeout, through Flower's simulation engine.
   weighted mean of exactly the updates the survivors sent, and the failed devices are
   still charged for the message they got.
 
-Kills in CI: `checkpoint` (here), `mid-round` (with the flaky devices), `aggregate` (a
-redone round near the devices' caps), `reserved` (tests/test_budget_run.py), a failure at
-the ledger commit (tests/test_db_outage.py). Every step at random, 20 times:
+Kills in CI: `checkpoint` (here), `mid-round` (with the flaky devices), `aggregate` then
+`commit` (a redone round near the devices' caps), `reserved` (tests/test_budget_run.py),
+a database restart mid-round (tests/test_db_outage.py). Every step at random, 20 times:
 scripts/fault_campaign.py (docs/fault-injection.md).
 """
 
@@ -214,7 +214,9 @@ def test_devices_that_crash_or_hang_in_a_run_killed_mid_round(tmp_path, monkeypa
 def test_a_round_killed_in_aggregation_is_redone_without_a_second_charge(tmp_path) -> None:
     """`--dp local`, 1 round, device caps between the cost of one release and of two: the
     devices trained and recorded round 1, the server was killed before aggregating. The
-    redo must cost nothing new -- on the server's ledger and on the devices' own."""
+    redo must cost nothing new -- on the server's ledger and on the devices' own. The redo
+    is killed in turn between its checkpoint and its ledger commit: the next resume redoes
+    nothing and commits exactly the round's reserved rows."""
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     probe = RunConfig(clips_per_day=4, days=2, dp_sgd=True, runs_dir=str(tmp_path),
                       run_id="probe")
@@ -232,41 +234,23 @@ def test_a_round_killed_in_aggregation_is_redone_without_a_second_charge(tmp_pat
         own = DeviceLedger.open(tmp_path / "devices" / name / "state").releases
         assert [(r.run_id, r.round_number) for r in own] == [("agg", 1)]
 
-    done = launch(["--db", url, "run", "--resume", "agg", "--runs-dir",
-                   str(tmp_path / "runs")], tmp_path)
+    resume = ["--db", url, "run", "--resume", "agg", "--runs-dir", str(tmp_path / "runs")]
+    # The redo is killed again, after its checkpoint and before its ledger commit.
+    assert_killed(launch(resume, tmp_path, "commit:1"), run_dir)
     rows = ledger_rows(url, "agg")
-    assert mismatches(rows, [(d, 1) for d in devices], event) == []  # whatever happened
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [r["devices"] for r in history(run_dir)] == [[0, 1]]
-    assert {r.status for r in rows} == {"committed"}
-    assert epsilon_mismatches(url, DELTA, dict.fromkeys(devices, 1), event) == []
-
-
-def test_a_round_killed_between_checkpoint_and_commit_is_committed_on_resume(
-        tmp_path) -> None:
-    """`--dp local`, killed after round 1's checkpoint, before its ledger commit: the rows
-    are still `reserved` (spent). Resume finds the round in the checkpoint, does not redo
-    it, and commits exactly those rows -- none added, none lost."""
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    _enroll(tmp_path, url, 2)
-    args = ["--db", url, "run", "--devices", "2", "--rounds", "1", "--seed", "6", *SMALL,
-            "--dp", "local", "--delta", str(DELTA), "--runs-dir", str(tmp_path / "runs")]
-    run_dir = tmp_path / "runs" / "cmt"
-    devices = ["cam-0", "cam-1"]
-    event = local_event(RunConfig(clips_per_day=4, days=2, dp_sgd=True,
-                                  runs_dir=str(tmp_path), run_id="probe"))
-
-    assert_killed(launch([*args, "--run-id", "cmt"], tmp_path, "commit:1"), run_dir)
-    rows = ledger_rows(url, "cmt")
-    assert mismatches(rows, [(d, 1) for d in devices], event) == []
+    assert mismatches(rows, [(d, 1) for d in devices], event) == []  # no second charge
     assert {r.status for r in rows} == {"reserved"}
+    for name in devices:  # the redo cost the devices nothing new either
+        own = DeviceLedger.open(tmp_path / "devices" / name / "state").releases
+        assert [(r.run_id, r.round_number) for r in own] == [("agg", 1)]
 
-    done = launch(["--db", url, "run", "--resume", "cmt", "--runs-dir",
-                   str(tmp_path / "runs")], tmp_path)
+    # The checkpoint holds round 1: nothing is redone, its reserved rows are committed.
+    done = launch(resume, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "resuming cmt after round 1 of 1" in done.stdout
-    rows = ledger_rows(url, "cmt")
+    assert "resuming agg after round 1 of 1" in done.stdout
+    rows = ledger_rows(url, "agg")
     assert mismatches(rows, [(d, 1) for d in devices], event) == []
     assert {r.status for r in rows} == {"committed"}
     assert [r["devices"] for r in history(run_dir)] == [[0, 1]]
     assert epsilon_mismatches(url, DELTA, dict.fromkeys(devices, 1), event) == []
+

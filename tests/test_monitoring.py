@@ -313,8 +313,8 @@ def test_config_accepts_metrics_settings_from_flwr_run_config() -> None:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--metrics-port", "70000"], "metrics_port"),
-    (["--metrics-linger-s", "-1"], "metrics_linger_s"),
+    (["--metrics-port", "70000"], "--metrics-port: must be -1 (off)"),
+    (["--metrics-linger-s", "-1"], "--metrics-linger-s: must be between 0 and 86400"),
     (["--resume", "x", "--metrics-port", "9464"], "--metrics-port"),
 ])
 def test_run_refuses_bad_metrics_options(tmp_path, args: list[str], needle: str) -> None:
