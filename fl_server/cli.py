@@ -150,7 +150,7 @@ def run(
         try:
             cfg = load_run_for_resume(runs_dir, resume)
         except ConfigError as exc:
-            raise ConfigError("--resume", str(exc).split(": ", 1)[1]) from None
+            raise ConfigError("--resume", exc.problem) from None
         deployment_run.check_same_engine(cfg, superlink)
     else:
         if epsilon_cap and not registry_configured():
@@ -211,12 +211,10 @@ def _flag_names() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        field = exc.field_name
-        option = _OPTION_OF_FIELD.get(field, field.replace("_", "-"))
-        if option.replace("-", "_") not in _RUN_DEFAULTS and field not in _OPTION_OF_FIELD:
+        option = _OPTION_OF_FIELD.get(exc.field_name, exc.field_name.replace("_", "-"))
+        if option.replace("-", "_") not in _RUN_DEFAULTS:
             raise
-        problem = str(exc).split(": ", 1)[1]
-        raise ConfigError(f"--{option}", problem) from None
+        raise ConfigError(f"--{option}", exc.problem) from None
 
 
 def _finish_run(cfg: RunConfig, status: RunStatus) -> None:

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
         self.field_name = name
+        self.problem = problem
 
 
 @dataclass(frozen=True)
