@@ -438,6 +438,9 @@ def revoke(url: str, ident: str, reason: str) -> dict[str, Any]:
         raise RegistryError("--reason", "is required: say why the device is revoked")
     with session_scope(url) as session:
         device = find_device(session, ident)
+        # Lock the row (PostgreSQL) and re-read it: two concurrent revocations then record
+        # one revocation and one "already revoked", never two audit entries.
+        session.refresh(device, with_for_update=True)
         if device.status == DeviceStatus.REVOKED.value:
             raise RegistryError("ID", f"device {device.id} ({device.name}) was already revoked "
                                 f"at {device.revoked_at:%Y-%m-%d %H:%M:%S}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from fl_server.config import RunConfig
@@ -101,9 +101,24 @@ def _record_round(session: Session, run: Run, record: dict[str, Any]) -> None:
                                   dp_sample_rate=event.get("sample_rate"),
                                   dp_noise_multiplier=event.get("noise_multiplier"),
                                   dp_steps=event.get("steps")))
-        if device.status == DeviceStatus.ENROLLED.value:
-            device.status = DeviceStatus.ACTIVE.value
+        _activate(session, device.id)
     run.completed_rounds = max(run.completed_rounds or 0, number)
+
+
+def _activate(session: Session, device_id: int) -> None:
+    """enrolled -> active, decided by the database at write time.
+
+    Not a read-then-write of the loaded row: an operator may revoke the device between
+    the observer's read and its commit, and writing back `active` would then un-revoke it
+    (or, with revoked_at set, trip the CHECK constraint and fail the run). PostgreSQL
+    re-checks the WHERE clause after waiting on the revocation's row lock, so a revoked
+    device is simply not matched.
+    """
+    session.execute(update(Device)
+                    .where(Device.id == device_id,
+                           Device.status == DeviceStatus.ENROLLED.value)
+                    .values(status=DeviceStatus.ACTIVE.value)
+                    .execution_options(synchronize_session=False))
 
 
 def device_for_index(session: Session, index: int) -> Device:

@@ -70,8 +70,15 @@ def stop(proc: subprocess.Popen) -> None:
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     handle = log.open("w")
-    return subprocess.Popen([*FEDMSR, *args], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*FEDMSR, *args], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
                             env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    proc.log_path = log  # type: ignore[attr-defined]  # for the failure message
+    return proc
+
+
+def _tail(proc: subprocess.Popen, chars: int = 3000) -> str:
+    log = getattr(proc, "log_path", None)
+    return "" if log is None or not log.exists() else log.read_text()[-chars:]
 
 
 def wait_until(condition, timeout_s: float, what: str, alive: list[subprocess.Popen] = ()):
@@ -82,7 +89,7 @@ def wait_until(condition, timeout_s: float, what: str, alive: list[subprocess.Po
             return value
         for proc in alive:
             assert proc.poll() is None, f"{proc.args} exited with {proc.returncode} while " \
-                                        f"waiting for {what}"
+                                        f"waiting for {what}; its log ends:\n{_tail(proc)}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
 

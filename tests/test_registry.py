@@ -148,3 +148,64 @@ def test_observer_backfills_rounds_on_resume(registry_url, tmp_path) -> None:
         assert [tuple(r) for r in rounds] == [(1, 2), (2, 1)]
         assert c.execute(text("SELECT status, completed_rounds FROM runs")).one() == (
             "running", 2)
+
+
+# SQLite serialises writers (the observer's transaction holds the database lock), so the
+# interleaving below can only happen on PostgreSQL.
+@pytest.mark.parametrize("registry_url", ["postgresql"], indirect=True)
+def test_a_revocation_while_a_round_is_recorded_stays_revoked(
+        registry_url, tmp_path, monkeypatch) -> None:
+    """The operator revokes a device after the observer loaded it (enrolled) and before the
+    observer's transaction commits: the device stays revoked, and recording the round does
+    not fail (a read-then-write of `status` would either un-revoke the device or trip the
+    status/revoked_at CHECK and fail the run). Found by the deployment test in CI."""
+    from fl_server import registry_observer
+
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec(f"cam-{i}") for i in range(2)],
+           BundleOptions(bundles_dir=tmp_path / "b"))
+    cfg = RunConfig(devices=2, rounds=1, run_id="r3", runs_dir=str(tmp_path / "runs"),
+                    device_indices=[0, 1])
+    observer = RegistryObserver(registry_url)
+    observer.run_started(cfg, 0)
+    loaded = registry_observer.device_for_index
+    revoked: list[dict] = []
+
+    def load_then_revoke(session, index):  # the operator's transaction commits in between
+        device = loaded(session, index)
+        if device.name == "cam-1":
+            revoked.append(revoke(registry_url, "cam-1", "stolen"))
+        return device
+    monkeypatch.setattr(registry_observer, "device_for_index", load_then_revoke)
+    observer.round_finished(cfg, _record(1, [0, 1]))
+    assert [d["status"] for d in revoked] == ["revoked"]
+    with db.get_engine(registry_url).connect() as c:
+        status = dict(c.execute(text("SELECT name, status FROM devices")).all())
+        assert status == {"cam-0": "active", "cam-1": "revoked"}
+        assert c.execute(text("SELECT count(*) FROM round_participation")).scalar() == 2
+
+
+def test_two_revocations_at_once_record_one(registry_url, tmp_path, monkeypatch) -> None:
+    """A second operator revokes the same device between the first one's lookup and its
+    write: the first sees it revoked (the row is re-read under lock) and says so; the
+    audit log holds one revocation, with the reason that won."""
+    from fl_server import enrollment
+
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec("cam-0")], BundleOptions(bundles_dir=tmp_path / "b"))
+    looked_up = enrollment.find_device
+    calls: list[str] = []
+
+    def lookup_then_revoke_elsewhere(session, ident):
+        device = looked_up(session, ident)
+        if not calls:
+            calls.append("other operator")
+            revoke(registry_url, ident, "lost")
+        return device
+    monkeypatch.setattr(enrollment, "find_device", lookup_then_revoke_elsewhere)
+    with pytest.raises(db.RegistryError, match="already revoked"):
+        revoke(registry_url, "cam-0", "stolen")
+    with db.get_engine(registry_url).connect() as c:
+        assert c.execute(text("SELECT revoke_reason FROM devices")).scalar() == "lost"
+        assert c.execute(text("SELECT count(*) FROM audit_log WHERE action = 'device.revoke'"
+                              )).scalar() == 1
