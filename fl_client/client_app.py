@@ -313,4 +313,4 @@ def own_info_cap(context: Context) -> float | None:
     return None if value is None else float(value)
 
 
-import fl_client.secagg_handlers  # noqa: E402,F401  (registers the secure-aggregation stages)
+import fl_client.secagg_handlers  # noqa: F401  (registers the secure-aggregation stages)

@@ -52,10 +52,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping  # type: ignore[import-untyped]
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping  # type: ignore[import-untyped]
-from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping  # type: ignore[import-untyped]
-from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
 from torch import nn
 
 from privacy.dp_event import PoissonGaussianEvent
@@ -66,6 +62,7 @@ from privacy.encoder import (
     check_clips,
     frames_to_tensor,
     load_numpy_state,
+    register_grad_samplers,
     state_to_numpy,
 )
 from privacy.vib import (
@@ -222,6 +219,21 @@ class DPStepper:
             raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}")
         if criterion.reduction != "mean":
             raise ValueError("the DP criterion must start with reduction='mean'")
+        # Opacus is imported here, on the first DP step: plain training never pays for it.
+        from opacus.grad_sample import (  # type: ignore[import-untyped]
+            GradSampleModule,
+            GradSampleModuleFastGradientClipping,
+        )
+        from opacus.optimizers import (  # type: ignore[import-untyped]
+            DPOptimizer,
+            DPOptimizerFastGradientClipping,
+        )
+        from opacus.utils.fast_gradient_clipping_utils import (  # type: ignore[import-untyped]
+            DPLossFastGradientClipping,
+        )
+        from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
+
+        register_grad_samplers()
         ModuleValidator.validate(model, strict=True)  # training mode, no BatchNorm etc.
         self.mode = grad_sample_mode
         self.criterion = criterion

@@ -129,6 +129,10 @@ def run(
              "(0: use --central-noise).")] = 0.0,
 ) -> None:
     """Run a federation on Flower's simulation engine (embedded defaults), or a SuperLink."""
+    params = dict(locals())
+    if resume is None:  # options checked before the engine's imports: a typo costs a second
+        with _flag_names():
+            checked = _checked_run_config(params)
     from fl_server import deployment_run, dp_modes
     from fl_server.deployment import operator_flwr_home
     from fl_server.launcher import (
@@ -137,7 +141,6 @@ def run(
         load_run_for_resume,
     )
 
-    params = dict(locals())
     if superlink is not None:  # before anything is written: the SuperLink must answer
         deployment_run.check_superlink(deployment_run.check_address(superlink),
                                        operator_flwr_home())
@@ -160,7 +163,7 @@ def run(
             _fail("--collect-every: collection stores representations in the registry; run "
                   "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
         with _flag_names():
-            cfg = _new_run_config(params)
+            cfg = _new_run_config(checked, params)
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
                   f"{dp_modes.describe(cfg)}"
                   f" -> {cfg.run_dir()}")
@@ -172,12 +175,9 @@ def run(
     _finish_run(cfg, status)
 
 
-def _new_run_config(p: dict[str, Any]) -> RunConfig:
-    """`fedmsr run`'s options -> a validated, prepared (run dir written) RunConfig."""
-    from fl_server import dp_modes
-    from fl_server.launcher import prepare_new_run
-
-    cfg = RunConfig(
+def _checked_run_config(p: dict[str, Any]) -> RunConfig:
+    """`fedmsr run`'s options -> a validated RunConfig (DP options not applied yet)."""
+    return RunConfig(
         devices=p["devices"], rounds=p["rounds"], seed=p["seed"], dp_sgd=p["dp_sgd"],
         noise_multiplier=p["noise_multiplier"], clip_norm=p["clip"], utility=p["utility"],
         beta=p["beta"], clips_per_day=p["clips_per_day"], days=p["days"],
@@ -191,6 +191,13 @@ def _new_run_config(p: dict[str, Any]) -> RunConfig:
         max_update_norm=p["max_update_norm"], collect_every=p["collect_every"],
         collect_clips=p["collect_clips"], info_bits_cap=p["info_bits_cap"],
         leakage_alert=p["leakage_alert"]).validate()
+
+
+def _new_run_config(cfg: RunConfig, p: dict[str, Any]) -> RunConfig:
+    """A checked RunConfig + the DP options -> prepared (run dir written)."""
+    from fl_server import dp_modes
+    from fl_server.launcher import prepare_new_run
+
     return prepare_new_run(dp_modes.with_run_options(
         cfg, dp=p["dp"], dp_sgd_alias=p["dp_sgd"], epsilon_cap=p["epsilon_cap"],
         delta=p["delta"], client_sample_rate=p["client_sample_rate"],

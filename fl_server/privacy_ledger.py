@@ -583,7 +583,7 @@ def fleet_rdp_epsilons(url: str, delta: float) -> tuple[np.ndarray, np.ndarray, 
 _SCHEMA_CHECKED: set[str] = set()
 
 
-def _fleet_rows(url: str) -> list[Any]:
+def _fleet_rows(url: str) -> list[Any]:  # Rows unpack as tuples
     if url not in _SCHEMA_CHECKED:
         require_schema(url)
         _SCHEMA_CHECKED.add(url)
@@ -592,7 +592,7 @@ def _fleet_rows(url: str) -> list[Any]:
             return list(connection.execute(text(
                 "SELECT b.device_id, b.rdp, b.orders_sha256 = :grid, d.epsilon_cap, d.delta_cap "
                 "FROM device_budgets b JOIN devices d ON d.id = b.device_id "
-                "ORDER BY b.device_id"), {"grid": ORDERS_SHA256}).tuples())
+                "ORDER BY b.device_id"), {"grid": ORDERS_SHA256}))
     except DBAPIError as exc:
         raise unreachable(url, exc) from None
 

@@ -15,7 +15,7 @@ Architecture (per clip ``x``: T frames of H x W RGB):
 DP-SGD: Opacus computes per-example gradients per layer from the layer's input and
 output gradient, with the batch on dim 0. ``FrameConv2d`` / ``FrameGroupNorm`` keep the
 *clip* on dim 0 (their inputs are ``[N, T, ...]``) and come with their own per-example
-gradient functions (registered below) that sum the T frames of each clip, so the unit
+gradient functions (registered with Opacus by ``register_grad_samplers``) that sum the T frames of each clip, so the unit
 Opacus clips is the clip, never a frame. The per-clip conv weight gradient is computed
 with the same kernel as an ordinary weight gradient (``convolution_backward`` on that
 clip's T frames), which is what keeps a DP step cheap on CPU. There is no bare
@@ -30,7 +30,6 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from privacy.vib import VIBOutput
@@ -88,7 +87,6 @@ class FrameGroupNorm(nn.GroupNorm):
         return y.view(x.shape)
 
 
-@register_grad_sampler(FrameConv2d)
 def _frame_conv_grad_sample(layer: FrameConv2d, activations: list[Tensor], backprops: Tensor):
     """Per-clip gradients of a FrameConv2d: the frames of clip i summed, one clip at a time."""
     x = activations[0].to(backprops.dtype)
@@ -107,7 +105,6 @@ def _frame_conv_grad_sample(layer: FrameConv2d, activations: list[Tensor], backp
     return ret
 
 
-@register_grad_sampler(FrameGroupNorm)
 def _frame_group_norm_grad_sample(layer: FrameGroupNorm, activations: list[Tensor],
                                   backprops: Tensor):
     """Per-clip gradients of FrameGroupNorm's affine parameters (frames summed)."""
@@ -121,6 +118,19 @@ def _frame_group_norm_grad_sample(layer: FrameGroupNorm, activations: list[Tenso
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = backprops.sum(dim=(1, 3, 4))
     return ret
+
+
+def register_grad_samplers() -> None:
+    """Give Opacus the per-clip gradient functions of the frame layers (idempotent).
+
+    Called by whoever wraps the model for DP-SGD rather than at import: importing Opacus
+    costs about two seconds, and every process that only runs the encoder (the server,
+    the CLI, a SuperNode's ClientApp answering a check-in) would pay it.
+    """
+    from opacus.grad_sample import register_grad_sampler  # type: ignore[import-untyped]
+
+    register_grad_sampler(FrameConv2d)(_frame_conv_grad_sample)
+    register_grad_sampler(FrameGroupNorm)(_frame_group_norm_grad_sample)
 
 
 # --------------------------------------------------------------------------------------

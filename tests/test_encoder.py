@@ -18,6 +18,7 @@ from privacy.encoder import (
     encode,
     frames_to_tensor,
     load_numpy_state,
+    register_grad_samplers,
     state_to_numpy,
 )
 from privacy.vib import (
@@ -85,6 +86,9 @@ def test_frame_layers_per_clip_gradients_match_autograd():
     """The per-clip grad samplers registered with Opacus equal autograd on each clip alone."""
     from opacus.grad_sample import GradSampleModule
 
+    register_grad_samplers()  # ours, not Opacus' functorch fallback, compute them below
+    for layer in (FrameConv2d, FrameGroupNorm):
+        assert GradSampleModule.GRAD_SAMPLERS[layer].__module__ == "privacy.encoder"
     torch.manual_seed(0)
     net = nn.Sequential(FrameConv2d(3, 8, 3, stride=2, padding=1), FrameGroupNorm(4, 8),
                         FrameConv2d(8, 4, 3, stride=1, padding=1))

@@ -294,3 +294,35 @@ def test_dp_event_validation_and_dict_round_trip():
         PoissonGaussianEvent.from_dict({"sample_rate": 0.5, "steps": 1})
     with pytest.raises(ValueError, match="unknown"):
         PoissonGaussianEvent.from_dict({**ev.to_dict(), "delta": 1e-5})
+
+
+def test_opacus_and_dp_accounting_load_only_when_dp_is_used():
+    """A fresh process: the ClientApp and the CLI import neither Opacus nor dp_accounting
+    (each costs 1-2 s in every ClientApp process a SuperNode spawns); the first DP-SGD
+    stepper loads Opacus with fedmsr's per-clip samplers registered, and the first epsilon
+    loads dp_accounting."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+import fl_client.client_app, fl_server.cli
+assert not {"opacus", "dp_accounting"} & set(sys.modules), sorted(sys.modules)
+from fl_client.trainer import DPStepper
+from privacy.encoder import EncoderConfig, FrameConv2d, FrameGroupNorm, build_model
+from privacy.vib import VIBCriterion
+model = build_model(EncoderConfig(image_size=32, frames=2, latent_dim=4), seed=0).train()
+DPStepper(model, torch.optim.SGD(model.parameters(), lr=0.1), VIBCriterion(0.01, "supervised"),
+          noise_multiplier=1.0, clip_norm=1.0, expected_batch_size=4.0,
+          noise_generator=torch.Generator().manual_seed(0), grad_sample_mode="hooks")
+from opacus.grad_sample import GradSampleModule
+assert all(GradSampleModule.GRAD_SAMPLERS[t].__module__ == "privacy.encoder"
+           for t in (FrameConv2d, FrameGroupNorm))
+assert "dp_accounting" not in sys.modules
+from privacy.accounting import pld_epsilon
+assert 0 < pld_epsilon([{"sample_rate": 0.1, "noise_multiplier": 1.0, "steps": 10}], 1e-5)
+assert "dp_accounting" in sys.modules
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]

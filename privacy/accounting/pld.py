@@ -29,14 +29,19 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
-from dp_accounting.pld import privacy_loss_distribution as pld_lib
-from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
 from privacy.accounting.events import EventLike, History, as_history, check_delta, grouped_steps
 from privacy.accounting.rdp import epsilon_from_rdp, rdp_vector
+
+if TYPE_CHECKING:
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+# dp_accounting is imported where it is used: its import (scipy.signal) costs about a
+# second, paid by every ClientApp process a SuperNode spawns and every `fedmsr` command,
+# most of which never compute an epsilon.
 
 #: Two consecutive discretisation levels must agree to this relative tolerance.
 CONVERGENCE_RTOL = 2e-3
@@ -62,6 +67,8 @@ class PldReport:
 
 def epsilon_at(history: History, delta: float, interval: float) -> float:
     """Pessimistic PLD epsilon of ``history`` at one discretisation interval."""
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
     groups = grouped_steps(history)
     gaussian_precision = 0.0  # sum steps / sigma^2 over the q = 1 events
     parts: list[pld_lib.PrivacyLossDistribution] = []
@@ -88,6 +95,9 @@ def epsilon_at(history: History, delta: float, interval: float) -> float:
 
 @lru_cache(maxsize=4096)
 def _scale_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
     acc = RdpAccountant(orders=list(_SCALE_ORDERS))
     acc.compose(dp_accounting.PoissonSampledDpEvent(
         sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)))
@@ -97,6 +107,8 @@ def _scale_step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
 def _scale(events: History, delta: float) -> float:
     """A quick upper bound of epsilon (integer-order RDP, ~4x cheaper than the full grid
     for a new (q, sigma)) that only sets the first discretisation interval."""
+    from dp_accounting.rdp import compute_epsilon
+
     vec = sum(steps * _scale_step_rdp(q, s)
               for (q, s), steps in sorted(grouped_steps(events).items()))
     return float(compute_epsilon(_SCALE_ORDERS, vec, delta)[0])

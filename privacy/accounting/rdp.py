@@ -35,9 +35,7 @@ import logging
 from collections.abc import Iterable
 from functools import lru_cache
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import RdpAccountant
 
 from privacy.accounting.events import EventLike, as_history, check_delta, grouped_steps
 
@@ -65,6 +63,9 @@ def step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
 
     Cached: the same (q, sigma) recurs every round of a run and across the fleet.
     """
+    import dp_accounting  # here: its import (scipy.signal) costs a second to every process
+    from dp_accounting.rdp import RdpAccountant
+
     acc = RdpAccountant(orders=list(ORDERS))
     absl = logging.getLogger("absl")
     level = absl.level
