@@ -39,8 +39,11 @@ def send_and_collect(
 
     Messages that get no reply in time are simply absent from the result: the caller
     decides whether the round can go on with the rest (dropouts are normal in a fleet).
+    A message the SuperLink did not store (Flower 1.42 answers its push with an empty id
+    when the destination node is unknown or was unregistered, e.g. a device revoked a
+    moment ago) can never be answered, so it is not waited for.
     """
-    pending = set(grid.push_messages(list(messages)))
+    pending = {mid for mid in grid.push_messages(list(messages)) if mid}
     replies: list[Message] = []
     deadline = time.monotonic() + timeout_s
     interval = schedule.first_interval_s

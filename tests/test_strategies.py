@@ -42,7 +42,9 @@ def test_configure_train_targets_only_candidates(task_identity) -> None:
 
 @dataclass
 class FakeGrid:
-    """Replies become visible `delay_s` after push; node 99 never answers."""
+    """Replies become visible `delay_s` after push; node 99 never answers; a message to
+    node 98 is not stored (empty id, as Flower's SuperLink answers for an unregistered
+    node)."""
 
     delay_s: float
     pushed_at: float = 0.0
@@ -54,7 +56,7 @@ class FakeGrid:
         ids = []
         for i, msg in enumerate(messages):
             self.messages[str(i)] = msg
-            ids.append(str(i))
+            ids.append("" if msg.metadata.dst_node_id == 98 else str(i))  # node 98: refused
         return ids
 
     def pull_messages(self, ids):
@@ -86,3 +88,13 @@ def test_collect_returns_when_all_replied_and_drops_silent_nodes(task_identity) 
     replies = send_and_collect(grid, _msgs([1, 99]), timeout_s=0.3,
                                schedule=PollSchedule(0.01, 0.05))
     assert [r.metadata.reply_to_message_id for r in replies] == ["0"]
+
+
+def test_collect_does_not_wait_for_a_message_the_superlink_refused(task_identity) -> None:
+    """A node unregistered between the node list and the push (a revoked device): its
+    message gets an empty id, no reply can come, the round does not wait for it."""
+    grid = FakeGrid(delay_s=0.05)
+    started = time.monotonic()
+    replies = send_and_collect(grid, _msgs([1, 98, 2]), timeout_s=30.0)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["0", "2"]
+    assert time.monotonic() - started < 5.0
