@@ -583,7 +583,7 @@ def fleet_rdp_epsilons(url: str, delta: float) -> tuple[np.ndarray, np.ndarray, 
 _SCHEMA_CHECKED: set[str] = set()
 
 
-def _fleet_rows(url: str) -> list[Any]:  # Rows unpack as tuples
+def _fleet_rows(url: str) -> list[Any]:
     if url not in _SCHEMA_CHECKED:
         require_schema(url)
         _SCHEMA_CHECKED.add(url)

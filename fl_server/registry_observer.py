@@ -94,6 +94,7 @@ def _record_round(session: Session, run: Run, record: dict[str, Any]) -> None:
     session.add(row)
     session.flush()
     events = {int(e["device"]): e for e in record.get("dp_events") or []}
+    participants: list[int] = []
     for index in record["devices"]:
         device = device_for_index(session, int(index))
         event = events.get(int(index), {})
@@ -101,12 +102,14 @@ def _record_round(session: Session, run: Run, record: dict[str, Any]) -> None:
                                   dp_sample_rate=event.get("sample_rate"),
                                   dp_noise_multiplier=event.get("noise_multiplier"),
                                   dp_steps=event.get("steps")))
-        _activate(session, device.id)
+        participants.append(device.id)
+    _activate(session, participants)
     run.completed_rounds = max(run.completed_rounds or 0, number)
 
 
-def _activate(session: Session, device_id: int) -> None:
-    """enrolled -> active, decided by the database at write time.
+def _activate(session: Session, device_ids: list[int]) -> None:
+    """enrolled -> active for a round's participants, in one statement decided by the
+    database at write time.
 
     Not a read-then-write of the loaded row: an operator may revoke the device between
     the observer's read and its commit, and writing back `active` would then un-revoke it
@@ -114,8 +117,10 @@ def _activate(session: Session, device_id: int) -> None:
     re-checks the WHERE clause after waiting on the revocation's row lock, so a revoked
     device is simply not matched.
     """
+    if not device_ids:
+        return
     session.execute(update(Device)
-                    .where(Device.id == device_id,
+                    .where(Device.id.in_(device_ids),
                            Device.status == DeviceStatus.ENROLLED.value)
                     .values(status=DeviceStatus.ACTIVE.value)
                     .execution_options(synchronize_session=False))

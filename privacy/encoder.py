@@ -15,8 +15,8 @@ Architecture (per clip ``x``: T frames of H x W RGB):
 DP-SGD: Opacus computes per-example gradients per layer from the layer's input and
 output gradient, with the batch on dim 0. ``FrameConv2d`` / ``FrameGroupNorm`` keep the
 *clip* on dim 0 (their inputs are ``[N, T, ...]``) and come with their own per-example
-gradient functions (registered with Opacus by ``register_grad_samplers``) that sum the T frames of each clip, so the unit
-Opacus clips is the clip, never a frame. The per-clip conv weight gradient is computed
+gradient functions (given to Opacus by ``register_grad_samplers``) that sum the T frames
+of each clip, so the unit Opacus clips is the clip, never a frame. The per-clip conv weight gradient is computed
 with the same kernel as an ordinary weight gradient (``convolution_backward`` on that
 clip's T frames), which is what keeps a DP step cheap on CPU. There is no bare
 ``nn.Parameter`` on the top-level module and no buffer anywhere.

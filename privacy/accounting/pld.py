@@ -36,12 +36,11 @@ import numpy as np
 from privacy.accounting.events import EventLike, History, as_history, check_delta, grouped_steps
 from privacy.accounting.rdp import epsilon_from_rdp, rdp_vector
 
-if TYPE_CHECKING:
-    from dp_accounting.pld import privacy_loss_distribution as pld_lib
-
 # dp_accounting is imported where it is used: its import (scipy.signal) costs about a
 # second, paid by every ClientApp process a SuperNode spawns and every `fedmsr` command,
 # most of which never compute an epsilon.
+if TYPE_CHECKING:
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
 #: Two consecutive discretisation levels must agree to this relative tolerance.
 CONVERGENCE_RTOL = 2e-3
