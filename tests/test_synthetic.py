@@ -1,15 +1,17 @@
-"""Tests for the deterministic synthetic life-log generator (fl_client.synthetic)."""
+"""Tests for the deterministic synthetic life-log generator (privacy.synthetic)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 import warnings
 
 import numpy as np
 import pytest
 
-from fl_client import synthetic as syn
-from fl_client.synthetic import (
+from privacy.synthetic import (
     ACTIVITIES,
     OBJECTS,
     PROFILES,
@@ -22,8 +24,13 @@ from fl_client.synthetic import (
     fleet_batch,
     location_name,
     num_locations,
+    people,
+    raster,
+    render,
     stack_clips,
+    world,
 )
+from privacy.synthetic import fleet as syn_fleet
 
 SPEC = FleetSpec(seed=0)  # the app's default fleet: 8 devices x 4 days x 8 clips x 8 frames, 32 px
 
@@ -31,10 +38,11 @@ SPEC = FleetSpec(seed=0)  # the app's default fleet: 8 devices x 4 days x 8 clip
 def _clear_caches() -> None:
     """Drop every memoised per-fleet/per-device description, so a second generation
     really recomputes everything instead of reusing cached objects."""
-    for name in dir(syn):
-        fn = getattr(syn, name)
-        if callable(getattr(fn, "cache_clear", None)):
-            fn.cache_clear()
+    for module in (world, raster, people, render, syn_fleet):
+        for name in dir(module):
+            fn = getattr(module, name)
+            if callable(getattr(fn, "cache_clear", None)):
+                fn.cache_clear()
 
 
 def _bytes(clips) -> list[bytes]:
@@ -124,6 +132,49 @@ def test_metas_only_path_matches_rendered() -> None:
     spec = FleetSpec(seed=2, num_devices=3, days=2, clips_per_day=4)
     for d in range(3):
         assert device_metas(spec, d) == [c.meta for c in device_clips(spec, d)]
+
+
+def _metas_json(metas) -> bytes:
+    return json.dumps([dataclasses.asdict(m) for m in metas], sort_keys=True).encode()
+
+
+def _batch_digest(batch: ClipBatch) -> str:
+    h = hashlib.sha256()
+    h.update(batch.x.tobytes())
+    h.update(str(batch.x.shape).encode())
+    for key in sorted(batch.labels):
+        h.update(key.encode())
+        h.update(str(batch.labels[key].dtype).encode())
+        h.update(batch.labels[key].tobytes())
+    h.update(_metas_json(batch.metas))
+    return h.hexdigest()
+
+
+#: Digests of whole batches (pixels, labels, metadata) as the generator draws them today.
+#: A fleet is shared by the server (held-out and attacker footage) and every device (its
+#: own clips, regenerated from the spec), and experiments are compared across versions:
+#: a change here changes every dataset, so it must be deliberate, never a side effect of
+#: refactoring. Pixels go through float32 NumPy maths; a NumPy upgrade that changes its
+#: rounding would show here first.
+GOLDEN: dict[FleetSpec, str] = {
+    FleetSpec(seed=0, num_devices=3, days=2, clips_per_day=2):
+        "97787a34bb774d6faceac07aea4eb209627e558159127dffc0e6ae4bf5411cb6",
+    FleetSpec(seed=7, num_devices=4, days=2, clips_per_day=2, frames=12, image_size=64,
+              num_bystanders=3):
+        "b135d1a2faa2cdd1cb838c79956b15bd8d7d947aee8394b37023a1585aeca335",
+}
+
+
+@pytest.mark.parametrize("spec", list(GOLDEN), ids=["32px", "64px-12frames"])
+def test_clips_are_the_pinned_ones(spec: FleetSpec) -> None:
+    batch = fleet_batch(spec, range(spec.num_devices), range(spec.days))
+    assert _batch_digest(batch) == GOLDEN[spec]
+
+
+def test_default_fleet_metadata_is_the_pinned_one() -> None:
+    metas = [m for d in range(SPEC.num_devices) for m in device_metas(SPEC, d)]
+    assert hashlib.sha256(_metas_json(metas)).hexdigest() == (
+        "589df7b7c6c0c510db2cec570afa2ecab8d99d7d5cc9a40b4cd5ec262ce104eb")
 
 
 def test_different_seed_gives_different_fleet() -> None:
@@ -284,12 +335,12 @@ def test_raw_pixel_linear_probe_beats_chance_on_held_out_days(fleet: ClipBatch, 
 
 def _controlled(spec: FleetSpec, device: int, activity: str, location: str, k: int) -> np.ndarray:
     """White-box: render one clip of `device` with a forced plan (activity, place)."""
-    dev = syn._device(spec, device)
+    dev = world.device_world(spec, device)
     rng = np.random.default_rng([spec.seed, 77, device, k])
-    plan = syn._Plan(hour=int(rng.integers(8, 18)),
+    plan = world.ClipPlan(hour=int(rng.integers(8, 18)),
                      location_id=spec.num_devices + SHARED_LOCATIONS.index(location),
                      activity=activity, bystanders=(), objects=())
-    return syn._render(spec, dev, 0, 0.8, plan, rng)
+    return render.render_frames(spec, dev, 0, 0.8, plan, rng)
 
 
 def test_walk_vs_run_needs_motion_not_a_single_frame() -> None:
@@ -317,12 +368,12 @@ def test_walk_vs_run_needs_motion_not_a_single_frame() -> None:
 
 def test_evening_is_darker_than_midday_outdoors() -> None:
     spec = FleetSpec(seed=0)
-    dev = syn._device(spec, 0)
+    dev = world.device_world(spec, 0)
     means = {}
     for hour in (13, 22):
-        plan = syn._Plan(hour=hour, location_id=spec.num_devices + SHARED_LOCATIONS.index("park"),
+        plan = world.ClipPlan(hour=hour, location_id=spec.num_devices + SHARED_LOCATIONS.index("park"),
                          activity="walk", bystanders=(), objects=())
-        means[hour] = syn._render(spec, dev, 0, 1.0, plan, np.random.default_rng(1)).mean()
+        means[hour] = render.render_frames(spec, dev, 0, 1.0, plan, np.random.default_rng(1)).mean()
     assert means[22] < 0.7 * means[13], means
 
 
@@ -330,7 +381,7 @@ def test_bystanders_have_their_own_looks() -> None:
     spec = FleetSpec(seed=0)
     looks = set()
     for b in range(spec.num_bystanders):
-        p = syn._bystander(spec.seed, b)
+        p = world.bystander_look(spec.seed, b)
         looks.add(tuple(np.round(np.concatenate([p.skin, p.shirts[0], p.pants]), 4)))
     assert len(looks) == spec.num_bystanders
 
