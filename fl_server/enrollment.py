@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import getpass
 import hashlib
 import json
 import os
@@ -34,17 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from fl_server.registry.db import RegistryError, session_scope
-from fl_server.registry.models import (
-    DATA_SOURCES,
-    PROFILES,
-    AuditEntry,
-    Device,
-    DeviceStatus,
-    Participation,
-    as_utc,
-    utcnow,
-)
+from fl_server.registry import audit
+from fl_server.registry.db import RegistryError, in_chunks, session_scope
+from fl_server.registry.models import DATA_SOURCES, PROFILES, Device, DeviceStatus, utcnow
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_SUPERLINK = "127.0.0.1:9092"
@@ -54,7 +45,6 @@ MANIFEST_COLUMNS = ("name", "profile", "epsilon_cap", "delta_cap", "info_bits_ca
                     "device_index", "data_source", "consent_training", "consent_evaluation")
 #: Bundle file names (read by `fedmsr device start` and by device makers).
 KEY_FILE, INFO_FILE, CA_FILE = "device.key", "device.json", "ca.pem"
-_IN_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -117,11 +107,6 @@ class BundleOptions:
 class EnrollResult:
     enrolled: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def operator() -> str:
-    """Who acts, for the audit log: `FEDMSR_OPERATOR`, else the OS user."""
-    return os.environ.get("FEDMSR_OPERATOR") or getpass.getuser()
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -251,10 +236,8 @@ def _enroll_rows(url: str, specs: Sequence[DeviceSpec], options: BundleOptions,
         rows = [_device_row(spec, key) for spec, key in zip(todo, keys, strict=True)]
         ids = session.execute(insert(Device).returning(Device.id, sort_by_parameter_order=True),
                               rows).scalars().all()
-        actor, now = operator(), utcnow()
-        session.execute(insert(AuditEntry), [
-            {"at": now, "actor": actor, "action": "device.enroll", "device_id": device_id,
-             "detail": json.dumps(_audit_detail(spec, key, len(todo)))}
+        audit.record_many(session, "device.enroll", [
+            (device_id, _audit_detail(spec, key, len(todo)))
             for device_id, spec, key in zip(ids, todo, keys, strict=True)])
         result.enrolled = [{"id": device_id, **_flat(spec), "key_fingerprint": key.fingerprint}
                            for device_id, spec, key in zip(ids, todo, keys, strict=True)]
@@ -287,8 +270,7 @@ def _read_ca(path: Path | None) -> bytes | None:
 
 def _existing_names(session: Session, names: list[str]) -> set[str]:
     found: set[str] = set()
-    for start in range(0, len(names), _IN_CHUNK):
-        chunk = names[start:start + _IN_CHUNK]
+    for chunk in in_chunks(names):
         found.update(session.scalars(select(Device.name).where(Device.name.in_(chunk))))
     return found
 
@@ -309,9 +291,9 @@ def _assign_indices(session: Session, specs: list[DeviceSpec]) -> list[DeviceSpe
     by a device that is still enrolled or active.
     """
     asked = [s.device_index for s in specs if s.device_index is not None]
-    for start in range(0, len(asked), _IN_CHUNK):
+    for chunk in in_chunks(asked):
         held = session.scalars(select(Device.device_index).where(
-            Device.device_index.in_(asked[start:start + _IN_CHUNK]),
+            Device.device_index.in_(chunk),
             Device.status != DeviceStatus.REVOKED.value)).first()
         if held is not None:
             raise RegistryError("device_index", f"{held} belongs to an enrolled device; revoke "
@@ -376,96 +358,3 @@ def _publish(staging: Path, bundles_dir: Path) -> None:
     for bundle in sorted(staging.iterdir()):
         bundle.rename(bundles_dir / bundle.name)
     staging.rmdir()
-
-
-# -- queries and revocation ---------------------------------------------------------------
-
-
-def find_device(session: Session, ident: str) -> Device:
-    """A device by numeric id or by name."""
-    device = None
-    if ident.isdigit():
-        device = session.get(Device, int(ident))
-    if device is None:
-        device = session.scalars(select(Device).where(Device.name == ident)).first()
-    if device is None:
-        raise RegistryError("ID", f"no device {ident!r} in the registry; "
-                            "`fedmsr fleet list` shows the enrolled devices")
-    return device
-
-
-def device_dict(device: Device) -> dict[str, Any]:
-    return {
-        "id": device.id, "name": device.name, "profile": device.profile,
-        "status": device.status, "device_index": device.device_index,
-        "data_source": device.data_source, "key_fingerprint": device.key_fingerprint,
-        "consent_training": device.consent_training,
-        "consent_evaluation": device.consent_evaluation,
-        "epsilon_cap": device.epsilon_cap, "delta_cap": device.delta_cap,
-        "info_bits_cap": device.info_bits_cap,
-        "created_at": as_utc(device.created_at).isoformat(),
-        "revoked_at": as_utc(device.revoked_at).isoformat() if device.revoked_at else None,
-        "revoke_reason": device.revoke_reason,
-        "superlink_node_id": device.superlink_node_id,
-        "superlink_unregistered": device.superlink_unregistered_at is not None,
-    }
-
-
-def list_devices(url: str) -> list[dict[str, Any]]:
-    with session_scope(url) as session:
-        return [device_dict(d) for d in session.scalars(select(Device).order_by(Device.id))]
-
-
-def show_device(url: str, ident: str) -> dict[str, Any]:
-    """A device with its public key, its audit trail and how many rounds it took part in."""
-    with session_scope(url) as session:
-        device = find_device(session, ident)
-        out = device_dict(device)
-        out["public_key"] = device.public_key
-        out["rounds"] = session.scalar(select(func.count()).select_from(Participation).where(
-            Participation.device_id == device.id))
-        out["audit"] = [
-            {"at": as_utc(e.at).isoformat(), "actor": e.actor, "action": e.action,
-             "detail": json.loads(e.detail)}
-            for e in session.scalars(select(AuditEntry).where(AuditEntry.device_id == device.id)
-                                     .order_by(AuditEntry.id))]
-        return out
-
-
-def revoke(url: str, ident: str, reason: str) -> dict[str, Any]:
-    """Revoke for ever: the key is never accepted again (no path leads out of `revoked`)."""
-    if not reason.strip():
-        raise RegistryError("--reason", "is required: say why the device is revoked")
-    with session_scope(url) as session:
-        device = find_device(session, ident)
-        # Lock the row (PostgreSQL) and re-read it: two concurrent revocations then record
-        # one revocation and one "already revoked", never two audit entries.
-        session.refresh(device, with_for_update=True)
-        if device.status == DeviceStatus.REVOKED.value:
-            raise RegistryError("ID", f"device {device.id} ({device.name}) was already revoked "
-                                f"at {device.revoked_at:%Y-%m-%d %H:%M:%S}")
-        device.status, device.revoked_at = DeviceStatus.REVOKED.value, utcnow()
-        device.revoke_reason = reason.strip()
-        session.add(AuditEntry(actor=operator(), action="device.revoke", device_id=device.id,
-                               detail=json.dumps({"reason": device.revoke_reason,
-                                                  "key_fingerprint": device.key_fingerprint})))
-        session.flush()
-        return device_dict(device)
-
-
-def audit_log(url: str, limit: int | None = None) -> list[dict[str, Any]]:
-    with session_scope(url) as session:
-        query = select(AuditEntry).order_by(AuditEntry.id.desc())
-        if limit:
-            query = query.limit(limit)
-        return [{"id": e.id, "at": as_utc(e.at).isoformat(), "actor": e.actor, "action": e.action,
-                 "device_id": e.device_id, "run_id": e.run_id, "detail": json.loads(e.detail)}
-                for e in reversed(list(session.scalars(query)))]
-
-
-def eligible_indices(url: str, fleet_size: int) -> list[int]:
-    """Synthetic device indices a run may use: enrolled or active, consenting, below fleet_size."""
-    with session_scope(url) as session:
-        return sorted(session.scalars(select(Device.device_index).where(
-            Device.status != DeviceStatus.REVOKED.value, Device.consent_training.is_(True),
-            Device.data_source == "synthetic", Device.device_index < fleet_size)))

@@ -12,11 +12,14 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from fl_server.config import RunConfig
-from fl_server.enrollment import BundleOptions, DeviceSpec, enroll, revoke
+from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
 from fl_server.registry.models import Base
 from fl_server.registry_observer import RegistryObserver
+from fl_server.revocation import revoke
 from fl_server.run_status import RunStatus
+from privacy.wire.round_record import RoundRecord
+from tests.helpers import round_record
 
 TABLES = {"devices", "runs", "rounds", "round_participation", "audit_log", "alembic_version"}
 
@@ -88,12 +91,11 @@ def test_check_constraints_hold_in_the_database(registry_url, tmp_path) -> None:
             connection.execute(text(statement))
 
 
-def _record(round_number: int, devices: list[int], dp: bool = False) -> dict:
-    return {"round": round_number, "loss": 1.5, "kl_bits": 2.0, "utility_acc": 0.5,
-            "identity_acc": 0.25, "sampled": len(devices), "responded": len(devices),
-            "failed": 0, "wall_s": 1.0, "devices": devices,
-            "dp_events": [{"device": d, "sample_rate": 0.5, "noise_multiplier": 1.1, "steps": 4}
-                          for d in devices] if dp else []}
+def _record(round_number: int, devices: list[int], dp: bool = False) -> RoundRecord:
+    return round_record(
+        round_number, sampled=len(devices), responded=len(devices), devices=devices,
+        dp_events=[{"device": d, "sample_rate": 0.5, "noise_multiplier": 1.1, "steps": 4}
+                   for d in devices] if dp else [])
 
 
 def test_observer_records_runs_rounds_and_participation(registry_url, tmp_path) -> None:
@@ -168,15 +170,15 @@ def test_a_revocation_while_a_round_is_recorded_stays_revoked(
                     device_indices=[0, 1])
     observer = RegistryObserver(registry_url)
     observer.run_started(cfg, 0)
-    loaded = registry_observer.device_for_index
+    loaded = registry_observer.devices_for_indices
     revoked: list[dict] = []
 
-    def load_then_revoke(session, index):  # the operator's transaction commits in between
-        device = loaded(session, index)
-        if device.name == "cam-1":
-            revoked.append(revoke(registry_url, "cam-1", "stolen"))
-        return device
-    monkeypatch.setattr(registry_observer, "device_for_index", load_then_revoke)
+    def load_then_revoke(session, indices):  # the operator's transaction commits in between
+        devices = loaded(session, indices)
+        assert devices[1].name == "cam-1" and devices[1].status == "enrolled"
+        revoked.append(revoke(registry_url, "cam-1", "stolen"))
+        return devices
+    monkeypatch.setattr(registry_observer, "devices_for_indices", load_then_revoke)
     observer.round_finished(cfg, _record(1, [0, 1]))
     assert [d["status"] for d in revoked] == ["revoked"]
     with db.get_engine(registry_url).connect() as c:
@@ -189,11 +191,11 @@ def test_two_revocations_at_once_record_one(registry_url, tmp_path, monkeypatch)
     """A second operator revokes the same device between the first one's lookup and its
     write: the first sees it revoked (the row is re-read under lock) and says so; the
     audit log holds one revocation, with the reason that won."""
-    from fl_server import enrollment
+    from fl_server import revocation
 
     db.upgrade(registry_url)
     enroll(registry_url, [DeviceSpec("cam-0")], BundleOptions(bundles_dir=tmp_path / "b"))
-    looked_up = enrollment.find_device
+    looked_up = revocation.find_device
     calls: list[str] = []
 
     def lookup_then_revoke_elsewhere(session, ident):
@@ -202,10 +204,32 @@ def test_two_revocations_at_once_record_one(registry_url, tmp_path, monkeypatch)
             calls.append("other operator")
             revoke(registry_url, ident, "lost")
         return device
-    monkeypatch.setattr(enrollment, "find_device", lookup_then_revoke_elsewhere)
+    monkeypatch.setattr(revocation, "find_device", lookup_then_revoke_elsewhere)
     with pytest.raises(db.RegistryError, match="already revoked"):
         revoke(registry_url, "cam-0", "stolen")
     with db.get_engine(registry_url).connect() as c:
         assert c.execute(text("SELECT revoke_reason FROM devices")).scalar() == "lost"
         assert c.execute(text("SELECT count(*) FROM audit_log WHERE action = 'device.revoke'"
                               )).scalar() == 1
+
+
+def test_one_rule_maps_a_data_index_to_its_device(registry_url, tmp_path) -> None:
+    """The device for a data index is the one not revoked, else the newest that held it:
+    the same answer for the ledgers, the round history and the SecAgg+ identities (which
+    leave out an index whose every device is revoked)."""
+    from fl_server.registry.devices import device_ids_for_indices, eligible_indices
+    from fl_server.secagg_identities import identities_table
+
+    db.upgrade(registry_url)
+    bundles = BundleOptions(bundles_dir=tmp_path / "b")
+    old = enroll(registry_url, [DeviceSpec("cam-0"), DeviceSpec("cam-1")], bundles).enrolled
+    revoke(registry_url, "cam-0", "replaced")
+    new = enroll(registry_url, [DeviceSpec("cam-0b", device_index=0)], bundles).enrolled[0]
+    assert device_ids_for_indices(registry_url, [0, 1]) == {0: new["id"], 1: old[1]["id"]}
+    keys = identities_table(registry_url)
+    assert set(keys) == {0, 1} and keys[0] != keys[1]
+    assert eligible_indices(registry_url, 2) == [0, 1]
+    revoke(registry_url, "cam-0b", "lost")
+    assert device_ids_for_indices(registry_url, [0]) == {0: new["id"]}  # history stays its
+    assert set(identities_table(registry_url)) == {1}
+    assert eligible_indices(registry_url, 2) == [1]

@@ -12,9 +12,10 @@ naming what is wrong and the fix, never a driver traceback.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -34,6 +35,9 @@ from sqlalchemy.orm import Session, sessionmaker
 ENV_VAR = "FEDMSR_DB"
 DEFAULT_FILE = "fedmsr.db"
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
+#: Values per IN (...) list: far below SQLite's bound variable limit.
+IN_CHUNK = 500
 
 
 class RegistryError(Exception):
@@ -107,7 +111,7 @@ def _new_engine(url: str) -> Engine:
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """SQLite ignores foreign keys unless asked, per connection."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -177,6 +181,12 @@ def require_schema(url: str) -> None:
         state = "has no fedmsr registry" if current is None else f"is at revision {current}"
         raise RegistryError("--db", f"the registry database {redacted(url)} {state}, this "
                             f"fedmsr expects {head}: run `fedmsr --db URL db upgrade` first")
+
+
+def in_chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`values` in slices of IN_CHUNK, one `IN (...)` list each."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start:start + IN_CHUNK]
 
 
 @contextmanager

@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 from fl_server.config import RunConfig
-from fl_server.enrollment import eligible_indices
 from fl_server.registry.db import RegistryError, redacted, registry_configured, resolve_url
+from fl_server.registry.devices import eligible_indices
 from fl_server.registry.identity import BUNDLES_EXTRA, bundles_dir_for_run
 
 

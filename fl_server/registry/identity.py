@@ -18,21 +18,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from sqlalchemy import select
 
-from fl_client.client_app import checkin_statement
 from fl_server.config import RunConfig
-from fl_server.enrollment import eligible_indices
 from fl_server.registry.db import resolve_url, session_scope
+from fl_server.registry.devices import eligible_indices
 from fl_server.registry.models import Device, DeviceStatus
+from privacy.wire.checkin import Challenge, CheckinAnswer, checkin_statement
 from strategies.messaging import wait_for_nodes
 
 log = logging.getLogger("fedmsr.checkin")
@@ -88,15 +86,12 @@ class CheckinGate:
             if len(nodes) >= wanted or remaining <= RECOUNT_S:
                 return nodes
 
-    def challenge(self) -> ConfigRecord:
-        record = ConfigRecord({"nonce": self.nonce, "run-id": self.run_id})
-        if self.bundles_dir:
-            record["bundles-dir"] = self.bundles_dir
-        return record
+    def challenge(self) -> Challenge:
+        return Challenge(self.nonce, self.run_id, self.bundles_dir)
 
-    def admit(self, answers: Mapping[int, Any]) -> dict[int, int]:
+    def admit(self, answers: Mapping[int, CheckinAnswer]) -> dict[int, int]:
         """Node id -> device index for the nodes that proved who they are."""
-        ids = {int(a["device-id"]) for a in answers.values() if "device-id" in a}
+        ids = {a.device_id for a in answers.values() if a.device_id is not None}
         with session_scope(self.url) as session:
             devices = {d.id: (d.status, d.device_index, d.public_key) for d in session.scalars(
                 select(Device).where(Device.id.in_(ids)))} if ids else {}
@@ -106,20 +101,20 @@ class CheckinGate:
             if problem:
                 self.refused[node_id] = problem
             else:
-                admitted[node_id] = int(answer["device"])
+                admitted[node_id] = answer.device
         if self.refused:
             log.warning("check-in refused %d node(s): %s", len(self.refused),
                         "; ".join(f"node {n}: {p}" for n, p in sorted(self.refused.items())))
         return admitted
 
-    def _problem(self, node_id: int, answer: Any,
+    def _problem(self, node_id: int, answer: CheckinAnswer,
                  devices: Mapping[int, tuple[str, int | None, str]]) -> str:
-        index = int(answer["device"])
+        index = answer.device
         if index not in self.allowed:
             return f"device index {index} is not among the run's devices"
-        if "device-id" not in answer or "signature" not in answer:
+        if answer.device_id is None or not answer.signature:
             return "no signed answer (no enrollment key on the node)"
-        device_id = int(answer["device-id"])
+        device_id = answer.device_id
         if device_id not in devices:
             return f"device id {device_id} is not in the registry"
         status, registered_index, public_key = devices[device_id]
@@ -130,7 +125,7 @@ class CheckinGate:
         key = load_ssh_public_key(public_key.encode())
         assert isinstance(key, ec.EllipticCurvePublicKey)
         try:
-            key.verify(bytes.fromhex(str(answer["signature"])),
+            key.verify(bytes.fromhex(answer.signature),
                        checkin_statement(self.nonce, self.run_id, node_id),
                        ec.ECDSA(hashes.SHA384()))
         except (InvalidSignature, ValueError):

@@ -39,7 +39,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-#: Device profiles (the same names as the synthetic fleet's, `fl_client.synthetic.PROFILES`).
+#: Device profiles (the same names as the synthetic fleet's, `privacy.synthetic.PROFILES`).
 PROFILES: tuple[str, ...] = ("glasses", "bodycam", "home-cam")
 DATA_SOURCES: tuple[str, ...] = ("synthetic", "footage")
 

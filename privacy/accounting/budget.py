@@ -9,9 +9,8 @@
   ask the reported (PLD) figure, so a device is refused exactly when its *reported*
   epsilon would pass the cap — what the operator sees and what is enforced agree.
 * :func:`calibrate_noise` — the noise multiplier that makes a planned schedule reach a
-  target epsilon: bisection on log(sigma), on the reported accountant by default (or on
-  RDP, to match a vector-only enforcement). Returns the upper end of the final bracket, so
-  the plan's epsilon is <= the target.
+  target epsilon: dp-accounting's calibration, run on the reported accountant by default
+  (or on RDP, to match a vector-only enforcement), so the plan's epsilon is <= the target.
 * :func:`plan_cost` — what R rounds at (q, sigma, steps per round) cost.
 
 Opacus' GDP accountant is never used: it reports *below* the tight bound.
@@ -19,11 +18,9 @@ Opacus' GDP accountant is never used: it reports *below* the tight bound.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
@@ -35,15 +32,14 @@ from privacy.accounting.events import (
     as_history,
     check_delta,
 )
-from privacy.accounting.pld import REPORT_MARGIN, epsilon_at, pld_epsilon
+from privacy.accounting.pld import pld_epsilon
 from privacy.accounting.rdp import ORDERS, epsilon_from_rdp, rdp_vector
+from privacy.checks import is_finite, is_int
 
 HistoryOrVector = np.ndarray | Iterable[EventLike]
-Accountant = Literal["pld", "rdp"]
 
-#: calibrate_noise searches sigma in [SIGMA_MIN, SIGMA_MAX].
-SIGMA_MIN = 1e-2
-SIGMA_MAX = 1e4
+if TYPE_CHECKING:  # the module itself is imported where it is used (it imports dp-accounting)
+    from privacy.accounting.calibration import Figure
 
 
 def _is_vector(x: object) -> TypeGuard[np.ndarray]:
@@ -66,8 +62,7 @@ def epsilon(history_or_vector: HistoryOrVector, delta: float) -> float:
 
 
 def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 0:
+    if not is_finite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -115,7 +110,7 @@ def _as_shape(planned: Sequence[PlannedRelease | tuple[float, int]]) -> list[Pla
 
 
 def schedule_epsilon(shape: Sequence[PlannedRelease], sigma: float, delta: float,
-                     accountant: Accountant = "pld") -> float:
+                     accountant: Figure = "pld") -> float:
     """Epsilon of the planned shape at noise multiplier ``sigma``."""
     events = [p.with_noise(sigma) for p in shape]
     if accountant == "rdp":
@@ -124,69 +119,24 @@ def schedule_epsilon(shape: Sequence[PlannedRelease], sigma: float, delta: float
 
 
 def calibrate_noise(planned_events_shape: Sequence[PlannedRelease | tuple[float, int]],
-                    target_epsilon: float, delta: float, *, accountant: Accountant = "pld",
+                    target_epsilon: float, delta: float, *, accountant: Figure = "pld",
                     rtol: float = 1e-3) -> float:
     """Smallest noise multiplier (to ``rtol``) whose schedule epsilon is <= the target.
 
-    Epsilon decreases with sigma, so bisection on log(sigma) converges: the cheap RDP bound
-    finds an upper end, a fixed-interval pessimistic PLD bisects, and a last bisection runs
-    on the reported figure itself. Invariant of that last one: the returned sigma's
-    *reported* epsilon is <= the target (with ``accountant="rdp"``: its RDP epsilon).
+    dp-accounting's ``mechanism_calibration`` does the search (see ``calibration.py``), on
+    the reported figure itself: the returned sigma's *reported* epsilon is <= the target
+    (with ``accountant="rdp"``: its RDP epsilon, what vector-only enforcement checks).
     """
     target = _check_positive("target_epsilon", target_epsilon)
     delta = check_delta(delta)
     if accountant not in ("pld", "rdp"):
         raise ValueError(f"accountant must be 'pld' or 'rdp', got {accountant!r}")
     shape = _as_shape(planned_events_shape)
+    # Here, not at the top: dp-accounting's import costs a second to every process.
+    from privacy.accounting.calibration import smallest_noise
 
-    interval = target / 500.0
-
-    def eps(s: float) -> float:
-        """Fixed-interval pessimistic PLD (an upper bound, cheaper than the adaptive one)."""
-        if accountant == "rdp":
-            return schedule_epsilon(shape, s, delta, "rdp")
-        events = as_history(p.with_noise(s) for p in shape)
-        return epsilon_at(events, delta, interval) * (1.0 + REPORT_MARGIN)
-
-    hi = 1.0
-    while schedule_epsilon(shape, hi, delta, "rdp") > target:
-        hi *= 2.0
-        if hi > SIGMA_MAX:
-            raise ValueError(f"target_epsilon {target} needs a noise multiplier above "
-                             f"{SIGMA_MAX:g}; raise the target or lower the sample rate/steps")
-    lo = hi / 2.0
-    while eps(lo) <= target and lo >= SIGMA_MIN:  # RDP's sigma is more than needed: go down
-        hi, lo = lo, lo / 2.0
-    while hi / lo > 1.0 + rtol:
-        mid = math.sqrt(lo * hi)
-        if eps(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    if accountant == "rdp":
-        return hi
-    return _refine_on_report(shape, lo, hi, target, delta, rtol)
-
-
-def _refine_on_report(shape: Sequence[PlannedRelease], lo: float, hi: float, target: float,
-                      delta: float, rtol: float) -> float:
-    """Finish on the reported (adaptive-interval) figure, which the fixed coarse interval
-    over-states by up to ~1%: re-bracket just below ``hi`` and bisect a few more times."""
-    def reported(s: float) -> float:
-        return schedule_epsilon(shape, s, delta, "pld")
-
-    while reported(hi) > target:  # rare: the coarse figure was below the adaptive one
-        lo, hi = hi, hi * (1.0 + 4 * rtol)
-    lo = max(lo, hi / 1.03)
-    if reported(lo) <= target:
-        lo = lo / 1.03 if reported(lo / 1.03) > target else lo / 2.0
-    while hi / lo > 1.0 + rtol:
-        mid = math.sqrt(lo * hi)
-        if reported(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return smallest_noise(lambda sigma: [p.with_noise(sigma) for p in shape], target, delta,
+                          accountant, rtol)
 
 
 @dataclass(frozen=True)
@@ -202,7 +152,7 @@ class PlanCost:
 def plan_events(rounds: int, sample_rate: float, noise_multiplier: float,
                 steps_per_round: int, kind: EventKind = EventKind.LOCAL_DP_SGD) -> History:
     """The history a plan of ``rounds`` identical releases would add."""
-    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
+    if not is_int(rounds) or rounds < 1:
         raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
     event = DpEvent(sample_rate, noise_multiplier, steps_per_round, kind)
     return (event,) * int(rounds)

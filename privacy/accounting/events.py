@@ -22,13 +22,12 @@ just a tuple of events; concatenating histories composes them.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from privacy.checks import is_finite, is_int
 from privacy.dp_event import PoissonGaussianEvent
 
 
@@ -59,13 +58,13 @@ class DpEvent:
         n: object = self.steps
         if isinstance(n, float) and n.is_integer():
             n = int(n)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         # Reuse the mechanism's validation (sample_rate in (0, 1], noise_multiplier > 0).
         mech = PoissonGaussianEvent(self.sample_rate, self.noise_multiplier, n)
         object.__setattr__(self, "sample_rate", mech.sample_rate)
         object.__setattr__(self, "noise_multiplier", mech.noise_multiplier)
-        object.__setattr__(self, "steps", n)
+        object.__setattr__(self, "steps", mech.steps)
         try:
             object.__setattr__(self, "kind", EventKind(self.kind))
         except ValueError:
@@ -139,6 +138,15 @@ def grouped_steps(history: Sequence[DpEvent]) -> dict[tuple[float, float], int]:
     return out
 
 
+#: A composition as sorted ((q, sigma), total steps): hashable, the same for every order.
+Composition = tuple[tuple[tuple[float, float], int], ...]
+
+
+def composition(history: Sequence[DpEvent]) -> Composition:
+    """:func:`grouped_steps` as a cache key (all an accountant needs of a history)."""
+    return tuple(sorted(grouped_steps(history).items()))
+
+
 def history_to_json(history: Iterable[EventLike]) -> str:
     return json.dumps([e.to_dict() for e in as_history(history)])
 
@@ -152,7 +160,6 @@ def history_from_json(text: str) -> History:
 
 def check_delta(delta: float) -> float:
     """delta must be a number in (0, 1); shared by every accountant entry point."""
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) \
-            or not math.isfinite(delta) or not 0.0 < delta < 1.0:
+    if not is_finite(delta) or not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
     return float(delta)
