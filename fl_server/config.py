@@ -1,9 +1,14 @@
 """The run configuration: one typed, validated object for every way a run starts.
 
-`fedmsr run` builds it from CLI flags, `flwr run .` from the `[tool.flwr.app.config]`
+`fedmsr run` builds it from its options, `flwr run .` from the `[tool.flwr.app.config]`
 table (Flower's `context.run_config`), and `--resume` from the `run.json` a run wrote
 when it started. All three go through :func:`RunConfig.validate`, so a bad value is
 refused the same way whichever door it came in by: one line naming the field and the fix.
+
+A setting is defined once, as a RunConfig field: its type and default are the option's
+and the table's. A field that `fedmsr run` offers carries a :class:`RunOption` (its help
+text, and its option name where that differs); the table holds every field whose default
+Flower's run config can express (tests/test_run_options.py checks both).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from privacy.checks import is_finite, is_int
 
 UTILITIES = ("supervised", "ssl", "both")
 #: `--dp` values, indexed by dp_sgd + 2 * central_dp.
@@ -33,63 +40,110 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class RunOption:
+    """How `fedmsr run` offers a RunConfig field: the field stays the one definition of the
+    setting (name, type, default); this adds only what the command line shows of it.
+
+    ``flag`` is the option's name where it is not the field's (``--clip`` for
+    ``clip_norm``); ``unset`` is the command-line value that stands for a default of
+    None (``--epsilon-cap 0``: no cap), since an option cannot be given None.
+    """
+
+    help: str
+    flag: str = ""
+    unset: float | None = None
+
+    def name_for(self, field_name: str) -> str:
+        return self.flag or "--" + field_name.replace("_", "-")
+
+
+#: Key of a RunConfig field's :class:`RunOption` in its dataclass field metadata.
+RUN_OPTION = "fedmsr.run_option"
+_T = TypeVar("_T")
+
+
+def _option(default: _T, help: str, *, flag: str = "", unset: float | None = None) -> _T:
+    """A RunConfig field that `fedmsr run` offers as an option."""
+    return field(default=default, metadata={RUN_OPTION: RunOption(help, flag, unset)})
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a federated run (same config + seed -> same numbers)."""
 
-    devices: int = 8
-    rounds: int = 3
-    seed: int = 0
+    devices: int = _option(8, "Synthetic fleet size (virtual SuperNodes).")
+    rounds: int = _option(3, "Federation rounds.")
+    seed: int = _option(0, "Seed for data, model, sampling and training.")
     # synthetic fleet
-    days: int = 4
-    clips_per_day: int = 8
+    days: int = _option(4, "Training days of footage per device.")
+    clips_per_day: int = _option(8, "Clips each device films per day.")
     frames: int = 8
-    image_size: int = 32
+    image_size: int = _option(32, "Frame size: 32 or 64.")
     eval_days: int = 4
     # encoder and local training
     latent_dim: int = 32
     width: int = 32
-    utility: str = "supervised"
-    beta: float = 0.01
-    local_epochs: int = 1
+    utility: str = _option("supervised", "supervised | ssl | both.")
+    beta: float = _option(0.01, "VIB weight on KL(q(z|x) || N(0, I)).")
+    local_epochs: int = _option(1, "Local epochs per round.")
     batch_size: int = 16
     learning_rate: float = 2e-3
-    # DP-SGD on the devices
-    dp_sgd: bool = False
-    noise_multiplier: float = 1.0
-    clip_norm: float = 1.0
+    # DP-SGD on the devices (`fedmsr run --dp local`; --dp-sgd is its old spelling)
+    dp_sgd: bool = _option(False, "Deprecated alias of --dp local.")
+    noise_multiplier: float = _option(1.0, "DP-SGD noise multiplier sigma.")
+    clip_norm: float = _option(1.0, "DP-SGD per-example clipping norm C.", flag="--clip")
     # orchestration
-    fraction_train: float = 1.0
-    min_train_devices: int = 1
-    round_timeout_s: float = 600.0
+    fraction_train: float = _option(1.0, "Fraction of devices per round.")
+    min_train_devices: int = _option(
+        1, "Fewest devices whose updates make a round (fewer: the round fails).",
+        flag="--min-devices")
+    round_timeout_s: float = _option(
+        600.0, "Seconds a round waits for training replies; later ones are dropped.",
+        flag="--round-timeout")
     # secure aggregation (SecAgg+, docs/secure-aggregation.md); 0 = default k / t
-    secure_aggregation: bool = False
-    secagg_neighbours: int = 0
-    secagg_threshold: int = 0
+    secure_aggregation: bool = _option(
+        False, "SecAgg+: the server learns only the sum of updates.")
+    secagg_neighbours: int = _option(0, "SecAgg+ neighbours per device (0: 2*ceil(log2 n)).",
+                                     flag="--neighbours")
+    secagg_threshold: int = _option(0, "SecAgg+ Shamir threshold (0: floor(k/2)+1).",
+                                    flag="--threshold")
     secagg_clip: float = 1.0
     secagg_mod_bits: int = 32
     # update validation and robust aggregation (docs/robustness.md): an update farther than
     # max_update_norm (L2) from the global model is dropped; `aggregation` is fedavg or one
     # of Flower's robust rules, tolerating `byzantine_devices` hostile devices per round
-    max_update_norm: float = 100.0
-    aggregation: str = "fedavg"
-    byzantine_devices: int = 1
-    trim_fraction: float = 0.2
+    max_update_norm: float = _option(
+        100.0, "Drop an update farther than this (L2) from the global model.")
+    aggregation: str = _option(
+        "fedavg", "fedavg | median | trimmed-mean | krum | multikrum | bulyan "
+        "(docs/robustness.md).")
+    byzantine_devices: int = _option(
+        1, "Hostile devices per round a robust --aggregation must tolerate.", flag="--byzantine")
+    trim_fraction: float = _option(0.2, "trimmed-mean: fraction cut from each tail.")
     # monitoring: Prometheus exporter on 127.0.0.1 (-1 = off, 0 = any free port), kept up
     # metrics_linger_s after the run ends so a scraper sees the final state
-    metrics_port: int = -1
-    metrics_linger_s: float = 0.0
+    metrics_port: int = _option(
+        -1, "Serve Prometheus metrics on 127.0.0.1:PORT while the run lives (0: any free "
+        "port, written to metrics.json; -1: off).")
+    metrics_linger_s: float = _option(
+        0.0, "Keep the metrics endpoint up this many seconds after the run ends.")
     # representation collection and leakage tracking (docs/representations.md): every
     # collect_every rounds (0 = off) each device uploads collect_clips representations;
     # info_bits_cap caps a device's uploaded information in bits (0: the registry's caps
     # only); a device is flagged at info_bits_alert bits (0: 90% of its cap), the fleet
     # when a leakage curve's accumulation gain PL(k) - PL(1) reaches leakage_alert
-    collect_every: int = 0
-    collect_clips: int = 16
-    info_bits_cap: float = 0.0
+    collect_every: int = _option(
+        0, "Every N rounds, collect privatized representations from the devices and track "
+        "leakage (0: off; needs the registry; docs/representations.md).")
+    collect_clips: int = _option(
+        16, "Representations each device uploads per collection (fixed batch size).")
+    info_bits_cap: float = _option(
+        0.0, "Cap on each device's uploaded information, bits (0: registry caps only).")
     info_bits_alert: float = 0.0
-    leakage_alert: float = 0.2
-    runs_dir: str = "runs"
-    run_id: str = ""
+    leakage_alert: float = _option(
+        0.2, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")
+    runs_dir: str = _option("runs", "Where runs/<run-id>/ are written.")
+    run_id: str = _option("", "Run id (default: time + random suffix).")
     #: Synthetic device indices the registry lets take part (None: no registry in use).
     device_indices: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,12 +154,21 @@ class RunConfig:
     # charged to the device's budget at `delta`; epsilon_cap is the cap of devices the
     # registry gives none (None: only the registry's caps).
     central_dp: bool = False
-    client_sample_rate: float = 0.5
-    central_noise_multiplier: float = 1.0
-    central_clip_norm: float = 1.0
-    target_epsilon: float | None = None
-    epsilon_cap: float | None = None
-    delta: float = 1e-5
+    client_sample_rate: float = _option(
+        0.5, "Central DP: Poisson probability q that a device takes part in a round.")
+    central_noise_multiplier: float = _option(
+        1.0, "Central DP: noise multiplier sigma (noise std / update clip).",
+        flag="--central-noise")
+    central_clip_norm: float = _option(
+        1.0, "Central DP: L2 clip C of each device's model update (on the device).",
+        flag="--central-clip")
+    target_epsilon: float | None = _option(
+        None, "Central DP: calibrate sigma so the planned rounds reach this epsilon "
+        "(0: use --central-noise).", unset=0.0)
+    epsilon_cap: float | None = _option(
+        None, "Epsilon cap of devices the registry gives none (0: registry caps only).",
+        unset=0.0)
+    delta: float = _option(1e-5, "Delta every budget is accounted at.")
 
     @property
     def dp_mode(self) -> str:
@@ -138,8 +201,7 @@ class RunConfig:
                               f"{self.min_train_devices} is more than the fleet's {self.devices} devices")
         if not self.round_timeout_s > 0:
             raise ConfigError("round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
-        if (isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int)
-                or not -1 <= self.metrics_port <= 65535):
+        if not is_int(self.metrics_port) or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port", f"must be -1 (off), 0 (any free port) or a port "
                               f"1..65535, got {self.metrics_port!r}")
         if not 0 <= self.metrics_linger_s <= 86400:
@@ -174,11 +236,9 @@ class RunConfig:
     @classmethod
     def from_user_config(cls, user_config: Mapping[str, Any]) -> RunConfig:
         """Build from Flower's `context.run_config` (hyphenated keys of `[tool.flwr.app.config]`)."""
-        renames = {"num-server-rounds": "rounds", "num-devices": "devices",
-                   "local-epochs": "local_epochs"}
         data: dict[str, Any] = {}
         for key, value in user_config.items():
-            name = renames.get(key, key.replace("-", "_"))
+            name = _FIELD_OF_USER_KEY.get(key, key.replace("-", "_"))
             data[name] = value
         return cls.from_json_dict(_coerce_types(data), "[tool.flwr.app.config]")
 
@@ -206,23 +266,36 @@ class RunConfig:
         return cls.from_json_dict(data, str(path))
 
 
+#: `[tool.flwr.app.config]` keys that follow Flower's naming, not the field's.
+_FIELD_OF_USER_KEY = {"num-server-rounds": "rounds", "num-devices": "devices"}
+
+
+def user_config_key(field_name: str) -> str:
+    """The `[tool.flwr.app.config]` key of a RunConfig field (`num-server-rounds` for
+    `rounds`, Flower's name; otherwise the field's name, hyphenated)."""
+    for key, name in _FIELD_OF_USER_KEY.items():
+        if name == field_name:
+            return key
+    return field_name.replace("_", "-")
+
+
 def _coerce_types(data: dict[str, Any]) -> dict[str, Any]:
     """Flower's UserConfig has int/float/bool/str only: turn ints into floats where wanted."""
     float_fields = {f.name for f in dataclasses.fields(RunConfig) if f.type == "float"}
-    return {k: float(v) if k in float_fields and isinstance(v, int) and not isinstance(v, bool) else v
+    return {k: float(v) if k in float_fields and is_int(v) else v
             for k, v in data.items()}
 
 
 def _positive_int(cfg: RunConfig, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
 def _at_least(cfg: RunConfig, name: str, minimum: int, why: str) -> None:
     value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ConfigError(name, f"must be an integer >= {minimum} ({why}), got {value!r}")
 
 
@@ -235,13 +308,13 @@ def _validate_secure_aggregation(cfg: RunConfig) -> None:
     if n < 2:
         raise ConfigError("devices", "secure aggregation needs at least 2 devices")
     if k and not (k == n - 1 or (k % 2 == 0 and 2 <= k < n)):
-        raise ConfigError("neighbours", f"must be even and in 2..{n - 1}, or {n - 1} "
-                          f"(complete graph), got {k}; or 0 for the default")
+        raise ConfigError("secagg_neighbours", f"must be even and in 2..{n - 1}, or "
+                          f"{n - 1} (complete graph), got {k}; or 0 for the default")
     if t and k and not k // 2 + 1 <= t <= k:
-        raise ConfigError("threshold", f"must be in {k // 2 + 1}..{k} (a strict majority of "
-                          f"--neighbours {k}), got {t}; or 0 for the default")
+        raise ConfigError("secagg_threshold", f"must be in {k // 2 + 1}..{k} (a strict "
+                          f"majority of --neighbours {k}), got {t}; or 0 for the default")
     if t < 0 or (t and not k and t > n - 1):
-        raise ConfigError("threshold", f"must be between 1 and {n - 1}, got {t}; or 0")
+        raise ConfigError("secagg_threshold", f"must be between 1 and {n - 1}, got {t}; or 0")
     if not cfg.secagg_clip > 0:
         raise ConfigError("secagg_clip", f"must be > 0, got {cfg.secagg_clip}")
     if not MIN_BITS <= cfg.secagg_mod_bits <= MAX_BITS:
@@ -290,11 +363,8 @@ def _validate_robustness(cfg: RunConfig) -> None:
 def _validate_dp(cfg: RunConfig) -> None:
     """Budget figures in range; central DP settings that the accountant and the fixed-
     denominator average can use (docs/privacy-accounting.md)."""
-    import math
-
     def finite_positive(value: object) -> bool:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value) and value > 0)
+        return is_finite(value) and value > 0
 
     if not (finite_positive(cfg.delta) and cfg.delta < 1):
         raise ConfigError("delta", f"must be in (0, 1) (typically below 1 / clips per "
@@ -329,11 +399,11 @@ def _validate_dp(cfg: RunConfig) -> None:
 def _validate_collection(cfg: RunConfig) -> None:
     """Collection cadence within the run, a batch size the upload format holds, caps >= 0."""
     every = cfg.collect_every
-    if isinstance(every, bool) or not isinstance(every, int) or not 0 <= every <= cfg.rounds:
+    if not is_int(every) or not 0 <= every <= cfg.rounds:
         raise ConfigError("collect_every", f"must be 0 (off) or a round count in "
                           f"1..{cfg.rounds} (--rounds), got {every!r}")
     clips = cfg.collect_clips
-    if isinstance(clips, bool) or not isinstance(clips, int) or not 1 <= clips <= 1024:
+    if not is_int(clips) or not 1 <= clips <= 1024:
         raise ConfigError("collect_clips", f"must be an integer in 1..1024, got {clips!r}")
     for name in ("info_bits_cap", "info_bits_alert"):
         if not 0 <= getattr(cfg, name) < float("inf"):

@@ -1,22 +1,18 @@
-"""`fedmsr monitor`: fleet-level metrics between runs, from what persists.
+"""Fleet-level metrics between runs, read from what persists: the runs directory (every
+run's status, the latest run's last round) and the fleet registry where one is set up.
 
 While a run is live its engine serves metrics (`fedmsr run --metrics-port`); when none
-is, fleet and budget panels would go blank. This command serves the same metric names
-from the runs directory (every run's status, the latest run's last round) and from the
-fleet registry when one is set up here. Every scrape re-reads them, so the figures are as
-current as the files and the database; nothing is cached between scrapes.
+is, fleet and budget panels would go blank. `fedmsr monitor` serves the same metric names
+from here. Every scrape re-reads the files and the database, so the figures are as
+current as they are; nothing is cached between scrapes.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -24,46 +20,6 @@ if TYPE_CHECKING:
 
     from monitoring.metrics import FedmsrMetrics
     from monitoring.persisted import FleetSnapshot
-
-EXIT_BAD_INPUT = 2
-DEFAULT_PORT = 9465
-
-
-def monitor(
-    runs_dir: Annotated[str, typer.Option(help="The runs directory to report on.")] = "runs",
-    port: Annotated[int, typer.Option(help="Serve on 127.0.0.1:PORT (0: any free port).")]
-    = DEFAULT_PORT,
-    db: Annotated[str | None, typer.Option(help="Registry database URL (default: "
-                                              "FEDMSR_DB or the local registry, if any).")]
-    = None,
-    once: Annotated[bool, typer.Option("--once", help="Print the metrics once and exit "
-                                       "(e.g. for a textfile collector).")] = False,
-) -> None:
-    """Serve fleet-level metrics between runs (Prometheus, 127.0.0.1 only)."""
-    from prometheus_client import generate_latest
-
-    from monitoring.exporter import MetricsExporter
-
-    if not 0 <= port <= 65535:
-        _fail(f"--port: must be in 0..65535 (0: any free port), got {port}")
-    if not Path(runs_dir).is_dir():
-        _fail(f"--runs-dir: {runs_dir} is not a directory; point it at where `fedmsr run` "
-              "writes runs (--runs-dir of the run)")
-    metrics = monitor_metrics(Path(runs_dir), db)
-    if once:
-        sys.stdout.write(generate_latest(metrics.registry).decode())
-        return
-    exporter = MetricsExporter(metrics.registry, port)
-    try:
-        exporter.start()
-    except OSError as exc:
-        _fail(f"--port: cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another "
-              "port, or 0 for any free port")
-    print(f"monitor: serving {exporter.url} (runs: {runs_dir})", flush=True)
-    try:
-        _wait_for_signal()
-    finally:
-        exporter.stop()
 
 
 def monitor_metrics(runs_dir: Path, db: str | None) -> FedmsrMetrics:
@@ -142,21 +98,3 @@ def _refreshing_registry(refresh: Callable[[], None]) -> CollectorRegistry:
             yield from collected
 
     return Refreshing(auto_describe=True)
-
-
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (the operator's Ctrl-C or a service manager's stop)."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(EXIT_BAD_INPUT)

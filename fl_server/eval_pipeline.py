@@ -1,4 +1,9 @@
-"""`fedmsr eval`: the DTP / PL / RR / SE privacy-utility evaluation (privacy/evaluation).
+"""The pipeline behind `fedmsr eval`: the DTP / PL / RR / SE privacy-utility evaluation.
+
+The measurements are `privacy/evaluation`'s; this module supplies what they need from
+outside `privacy` (the synthetic fleet, the device trainer, real footage) and writes the
+report. It imports torch and the device trainer lazily, so `fedmsr`'s other commands do
+not pay for them.
 
 What it does, in order:
 
@@ -15,7 +20,7 @@ What it does, in order:
 3. evaluates every representation (pixel baselines, beta = 0, MSR at several beta, MSR +
    DP-SGD, the given run) on DTP, PL and RR; runs the gradient-inversion study on the
    first MSR (plain update, DP-SGD update through Opacus, secure-aggregation sum) and SE;
-4. writes the report (privacy/evaluation/report.py) atomically into ``--out``.
+4. writes the report (privacy/evaluation/report.py) atomically into the output folder.
 
 ``--clips PATH`` also runs the decoder reconstruction attack and SE on real footage
 (``fl_client.footage.load_footage``: the clips carry no labels, so DTP / PL do not apply).
@@ -27,15 +32,20 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import numpy as np
 
-EXIT_BAD_INPUT = 2
+    from privacy.encoder import EncoderConfig
+
+
+class EvalInputError(ValueError):
+    """An input of the evaluation (a run folder, footage) cannot be used; the message says
+    why, for the command to name the option it came from."""
 
 
 @dataclass(frozen=True)
@@ -67,59 +77,22 @@ REDUCED = Scale("reduced", targets=6, pop=3, clips_per_day=8, train_days=2, fit_
                 decoder_epochs=25, attack_steps=100, gi_steps=150, gi_targets=2)
 
 
-def _fail(field: str, message: str) -> None:
-    print(f"error: {field}: {message}", file=sys.stderr)
-    raise typer.Exit(EXIT_BAD_INPUT)
+@dataclass(frozen=True)
+class RunModel:
+    """A federated run's final model, evaluated beside the centrally trained encoders."""
+
+    name: str
+    encoder: EncoderConfig
+    arrays: dict[str, np.ndarray]
+    beta: float
 
 
-def _positive(field: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        _fail(field, f"must be >= 1, got {value}")
-
-
-def eval_command(
-    reduced: Annotated[bool, typer.Option("--reduced", help="CI-sized run (a few minutes).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for data, training, sampling and attacks.")] = 0,
-    out: Annotated[str, typer.Option(help="Output folder for the report.")] = "eval-report",
-    clips: Annotated[str | None, typer.Option(help="Real footage (video or folder) for RR and SE.")] = None,
-    model: Annotated[str | None, typer.Option(help="A run folder with final_model.npz to evaluate too.")] = None,
-    devices: Annotated[int | None, typer.Option(help="Override: target devices (>= 2).")] = None,
-    clips_per_day: Annotated[int | None, typer.Option(help="Override: clips per device per day.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Override: encoder training epochs.")] = None,
-    attack_steps: Annotated[int | None, typer.Option(help="Override: optimisation steps of the inversion attacks.")] = None,
-) -> None:
-    """Evaluate encoders and baselines on DTP / PL / RR / SE and write the report."""
-    if seed < 0:
-        _fail("--seed", f"must be >= 0, got {seed}")
-    for field, value in (("--devices", devices), ("--clips-per-day", clips_per_day),
-                         ("--epochs", epochs), ("--attack-steps", attack_steps)):
-        _positive(field, value)
-    if devices is not None and devices < 2:
-        _fail("--devices", f"needs at least 2 target devices to attack identity, got {devices}")
-    if clips is not None and not Path(clips).exists():
-        _fail("--clips", f"{clips} does not exist; pass a video file or a folder of videos/frames")
-    run_model = _load_run_model(Path(model)) if model is not None else None
-    out_dir = Path(out)
-    if out_dir.exists() and (not out_dir.is_dir() or
-                             (any(out_dir.iterdir()) and not (out_dir / "metrics.json").exists())):
-        _fail("--out", f"{out_dir} exists and is not an earlier evaluation report; choose another folder")
-    scale = REDUCED if reduced else FULL
-    over: dict[str, Any] = {"targets": devices, "clips_per_day": clips_per_day, "epochs": epochs}
-    scale = dataclasses.replace(scale, **{k: v for k, v in over.items() if v is not None})
-    if attack_steps is not None:
-        scale = dataclasses.replace(scale, attack_steps=attack_steps, gi_steps=attack_steps,
-                                    decoder_epochs=min(scale.decoder_epochs, attack_steps))
-    footage = None
-    if clips is not None:
-        footage = _load_clips(clips, run_model)
-    _run(scale, seed, out_dir, run_model, footage)
-
-
-def _load_run_model(run_dir: Path):
-    """(name, EncoderConfig, arrays, beta) of a run's final model; one-line error if unusable."""
+def load_run_model(run_dir: Path) -> RunModel:
+    """A run's final model (final_model.npz + final_model.json; beta from run.json)."""
     npz, meta = run_dir / "final_model.npz", run_dir / "final_model.json"
     if not npz.is_file() or not meta.is_file():
-        _fail("--model", f"{run_dir} has no final_model.npz / final_model.json; pass a completed run folder")
+        raise EvalInputError(f"{run_dir} has no final_model.npz / final_model.json; pass a "
+                             "completed run folder")
     import numpy as np
 
     from privacy.encoder import EncoderConfig
@@ -129,28 +102,31 @@ def _load_run_model(run_dir: Path):
         with np.load(npz) as data:
             arrays = {k: data[k] for k in data.files}
     except (ValueError, KeyError, TypeError, OSError) as exc:
-        _fail("--model", f"cannot read the final model in {run_dir}: {exc}")
+        raise EvalInputError(f"cannot read the final model in {run_dir}: {exc}") from None
     beta = float("nan")
     try:
         beta = float(json.loads((run_dir / "run.json").read_text())["beta"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return (f"run {run_dir.name}", cfg, arrays, beta)
+    return RunModel(f"run {run_dir.name}", cfg, arrays, beta)
 
 
-def _load_clips(path: str, run_model):
+def load_clips(path: str, run_model: RunModel | None) -> np.ndarray:
+    """Real footage as clips shaped for the evaluated encoders (at least 4: 2 for the
+    attacker, 2 for the target)."""
     from fl_client.footage import load_footage
 
-    size = run_model[1].image_size if run_model else 32
-    frames = run_model[1].frames if run_model else 8
+    size = run_model.encoder.image_size if run_model else 32
+    frames = run_model.encoder.frames if run_model else 8
     try:
         loaded = load_footage(path, frames=frames, image_size=size, max_clips=200)
     except (ValueError, FileNotFoundError) as exc:
-        _fail("--clips", str(exc).replace("load_footage: ", ""))
+        raise EvalInputError(str(exc).replace("load_footage: ", "")) from None
     import numpy as np
 
     if len(loaded) < 4:
-        _fail("--clips", f"{path} gives {len(loaded)} clips; need at least 4 (2 attacker, 2 target)")
+        raise EvalInputError(f"{path} gives {len(loaded)} clips; need at least 4 (2 attacker, "
+                             "2 target)")
     return np.stack([c.frames for c in loaded])
 
 
@@ -158,8 +134,8 @@ def _load_clips(path: str, run_model):
 
 
 def _data(scale: Scale, seed: int, size: int, frames: int):
-    from fl_client.synthetic import FleetSpec, fleet_batch
     from privacy.evaluation.harness import EvalData, Split
+    from privacy.synthetic import FleetSpec, fleet_batch
 
     days = scale.train_days + scale.fit_days + scale.test_days
     spec = FleetSpec(seed=seed, num_devices=scale.targets + scale.pop, days=days,
@@ -225,7 +201,9 @@ def dp_sgd_update(model, x, y, *, beta: float, noise_multiplier: float, clip_nor
     return {n: (before[n] - after[n].detach()) for n in before}
 
 
-def _run(scale: Scale, seed: int, out_dir: Path, run_model, footage) -> None:
+def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel | None,
+                   footage: np.ndarray | None) -> None:
+    """Train, evaluate and attack every representation; write the report into `out_dir`."""
     import torch
     from rich.console import Console
 
@@ -250,7 +228,7 @@ def _run(scale: Scale, seed: int, out_dir: Path, run_model, footage) -> None:
 
     console = Console(stderr=False)
     torch.manual_seed(seed)
-    cfg = run_model[1] if run_model else EncoderConfig()
+    cfg = run_model.encoder if run_model else EncoderConfig()
     _spec, train, data = _data(scale, seed, cfg.image_size, cfg.frames)
     console.print(f"eval ({scale.name}, seed {seed}): {scale.targets} target + {scale.pop} population "
                   f"devices, {len(train)} training / {len(data.fit.x)} attacker / {len(data.test.x)} "
@@ -262,9 +240,9 @@ def _run(scale: Scale, seed: int, out_dir: Path, run_model, footage) -> None:
         console.print(f"training {name} ({scale.epochs} epochs, central)")
         reps.append(EncoderRepresentation(name, _train(cfg, train, beta, dp, scale, seed), beta, dp))
     if run_model:
-        model = build_model(run_model[1], seed=seed)
-        load_numpy_state(model, run_model[2])
-        reps.append(EncoderRepresentation(run_model[0], model, run_model[3], False))
+        model = build_model(run_model.encoder, seed=seed)
+        load_numpy_state(model, run_model.arrays)
+        reps.append(EncoderRepresentation(run_model.name, model, run_model.beta, False))
     hc = HarnessConfig(seed=seed, ks=scale.ks, repeats=scale.repeats, decoder_epochs=scale.decoder_epochs,
                        inversion_steps=scale.attack_steps, gi_steps=scale.gi_steps,
                        gi_targets=scale.gi_targets)

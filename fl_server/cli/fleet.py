@@ -1,8 +1,9 @@
-"""`fedmsr db …` and `fedmsr fleet …`: the registry and enrollment commands.
+"""`fedmsr fleet …`: enroll, list, show, revoke, erase and sync devices; the audit log.
 
 The database URL is the global `fedmsr --db URL` (stored in `FEDMSR_DB` by the root
 callback), else `FEDMSR_DB`, else `sqlite:///fedmsr.db` here. Errors are
-:class:`RegistryError`s, which `fedmsr`'s `main()` prints as one line (exit 2).
+:class:`~fl_server.registry.db.RegistryError`s, which `fedmsr`'s `main()` prints as one
+line (exit 2).
 """
 
 from __future__ import annotations
@@ -18,36 +19,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fl_server import deployment, enrollment, pki
+from fl_server import deployment, enrollment, revocation
+from fl_server.registry import audit as registry_audit
 from fl_server.registry import db
+from fl_server.registry import devices as registry_devices
 from fl_server.registry.db import RegistryError
 
 console = Console(soft_wrap=True)  # no wrapping: output is read by scripts too
-db_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                     help="The registry database (schema migrations).")
 fleet_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                         help="Enroll, list, show, revoke and sync devices.")
-pki_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                      help="The CA and the SuperLink's TLS certificate.")
-superlink_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                            help="Run Flower's SuperLink for the fleet.")
-device_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                         help="Run a device's SuperNode from its bundle.")
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Create or migrate the registry schema to this fedmsr's revision (idempotent)."""
-    url = db.resolve_url()
-    before, after = db.upgrade(url)
-    state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
-    console.print(f"registry {db.redacted(url)}: {state} {after}", highlight=False)
-
-
-@db_app.command("current")
-def db_current() -> None:
-    """Print the registry's schema revision (`none` for an empty database)."""
-    print(db.current_revision(db.resolve_url()) or "none")
 
 
 @fleet_app.command("enroll")
@@ -129,7 +109,7 @@ def list_devices(
     = False,
 ) -> None:
     """The enrolled devices (all statuses)."""
-    devices = enrollment.list_devices(db.resolve_url())
+    devices = registry_devices.list_devices(db.resolve_url())
     if as_json:
         print(json.dumps(devices, indent=2))
         return
@@ -145,7 +125,7 @@ def list_devices(
 @fleet_app.command("show")
 def show(ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")]) -> None:
     """One device: fields, public key, rounds taken part in, audit trail (JSON)."""
-    print(json.dumps(enrollment.show_device(db.resolve_url(), ident), indent=2))
+    print(json.dumps(registry_devices.show_device(db.resolve_url(), ident), indent=2))
 
 
 @fleet_app.command("revoke")
@@ -155,7 +135,7 @@ def revoke(
 ) -> None:
     """Revoke a device for ever; a key registered at the SuperLink is unregistered at once."""
     url = db.resolve_url()
-    device = enrollment.revoke(url, ident, reason)
+    device = revocation.revoke(url, ident, reason)
     console.print(f"revoked {device['id']} {device['name']} at {device['revoked_at']}: "
                   f"{device['revoke_reason']}", highlight=False)
     if device["superlink_node_id"] is None:
@@ -193,7 +173,8 @@ def erase(
     from fl_server.representations import erase_device
 
     url = db.resolve_url()
-    device = enrollment.show_device(url, ident)  # unknown id: one clear error, nothing asked
+    # an unknown id: one clear error, nothing asked
+    device = registry_devices.show_device(url, ident)
     if not yes:
         typer.confirm(f"delete every stored representation of device {device['id']} "
                       f"({device['name']})?", abort=True)
@@ -216,60 +197,13 @@ def sync() -> None:
               file=sys.stderr)
 
 
-@pki_app.command("init")
-def pki_init(
-    pki_dir: Annotated[Path, typer.Option(help="Where the CA and certificates go.")]
-    = pki.DEFAULT_DIR,
-    host: Annotated[list[str] | None, typer.Option(
-        help="Address the SuperLink is reached at (repeatable).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing PKI.")] = False,
-) -> None:
-    """Create a CA and the SuperLink's TLS certificate (ECDSA P-384)."""
-    created = pki.init_pki(pki_dir, host or ["127.0.0.1", "localhost"], force=force)
-    console.print(f"CA {created.ca_cert}, SuperLink certificate {created.server_cert}",
-                  highlight=False)
-
-
-@superlink_app.command("start")
-def superlink_start(
-    pki_dir: Annotated[Path, typer.Option(help="PKI of `fedmsr pki init`.")] = pki.DEFAULT_DIR,
-    host: Annotated[str, typer.Option(help="Bind address (loopback by default: Flower's "
-                                           "Control API has no authentication).")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the Fleet/Control/Runtime APIs.")]
-    = deployment.DEFAULT_PORT,
-    state: Annotated[Path, typer.Option(help="SuperLink state (SQLite).")]
-    = Path("superlink/state.db"),
-) -> None:
-    """Run flower-superlink (TLS, SuperNode authentication) in the foreground."""
-    plan = deployment.SuperLinkPlan(pki.Pki(pki_dir).require(), host, port, state)
-    console.print(f"SuperLink on {plan.address} (TLS, SuperNode auth, state {state}); "
-                  f"Flower CLI config in {deployment.operator_flwr_home()}", highlight=False)
-    deployment.exec_superlink(plan, deployment.operator_flwr_home())
-
-
-@device_app.command("start")
-def device_start(
-    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE_DIR", help="Device bundle.")],
-    port: Annotated[int | None, typer.Option(help="SuperNode's own port (default: free).")]
-    = None,
-    superlink: Annotated[str | None, typer.Option(
-        help="Override the bundle's SuperLink address.")] = None,
-) -> None:
-    """Run flower-supernode for a device: its key, CA, own FLWR_HOME and port."""
-    bundle = deployment.Bundle.load(bundle_dir)
-    console.print(f"device {bundle.info['device_id']} ({bundle.info['name']}) -> "
-                  f"{superlink or bundle.info['superlink']}", highlight=False)
-    deployment.exec_supernode(bundle, port, superlink)
-
-
 @fleet_app.command("audit")
 def audit(
     limit: Annotated[int, typer.Option(help="Newest N entries (0: all).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON list.")] = False,
 ) -> None:
     """The append-only audit log of operator actions (oldest first)."""
-    entries = enrollment.audit_log(db.resolve_url(), limit or None)
+    entries = registry_audit.audit_log(db.resolve_url(), limit or None)
     if as_json:
         print(json.dumps(entries, indent=2))
         return

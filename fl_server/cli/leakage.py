@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fl_server import information_ledger as ledger
-from fl_server.enrollment import find_device
 from fl_server.registry import db
+from fl_server.registry.devices import find_device
 from fl_server.registry.models import (
     AuditEntry,
     Device,

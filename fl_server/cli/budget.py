@@ -18,48 +18,41 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import Annotated
 
 import typer
 
 from fl_server import privacy_ledger
-from fl_server.enrollment import find_device
+from fl_server.cli.errors import fail
 from fl_server.registry import db
+from fl_server.registry.devices import find_device
 from privacy.accounting import calibrate_noise, plan_cost
 from privacy.accounting.events import EventKind
 
 budget_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Per-device DP budgets: what a plan costs, what was spent.")
-EXIT_BAD_INPUT = 2
-
-
-def _bad(option: str, message: str) -> None:
-    print(f"error: {option}: {message}", file=sys.stderr)
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def _validate(rounds: int, sample_rate: float, steps: int, noise: float | None,
               target: float | None, delta: float, kind: str) -> EventKind:
     if rounds < 1:
-        _bad("--rounds", f"must be >= 1, got {rounds}")
+        fail("--rounds", f"must be >= 1, got {rounds}")
     if not (math.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
-        _bad("--sample-rate", f"must be in (0, 1] (batch / dataset size), got {sample_rate}")
+        fail("--sample-rate", f"must be in (0, 1] (batch / dataset size), got {sample_rate}")
     if steps < 1:
-        _bad("--steps-per-round", f"must be >= 1, got {steps}")
+        fail("--steps-per-round", f"must be >= 1, got {steps}")
     if (noise is None) == (target is None):
-        _bad("--noise/--target-epsilon", "give exactly one of them")
+        fail("--noise/--target-epsilon", "give exactly one of them")
     if noise is not None and not (math.isfinite(noise) and noise > 0):
-        _bad("--noise", f"must be a finite noise multiplier > 0, got {noise}")
+        fail("--noise", f"must be a finite noise multiplier > 0, got {noise}")
     if target is not None and not (math.isfinite(target) and target > 0):
-        _bad("--target-epsilon", f"must be a finite epsilon > 0, got {target}")
+        fail("--target-epsilon", f"must be a finite epsilon > 0, got {target}")
     if not (math.isfinite(delta) and 0.0 < delta < 1.0):
-        _bad("--delta", f"must be in (0, 1) (typically < 1/dataset size), got {delta}")
+        fail("--delta", f"must be in (0, 1) (typically < 1/dataset size), got {delta}")
     try:
         return EventKind(kind)
     except ValueError:
-        _bad("--kind", f"must be one of {', '.join(k.value for k in EventKind)}, got {kind!r}")
-        raise  # unreachable: _bad raises
+        fail("--kind", f"must be one of {', '.join(k.value for k in EventKind)}, got {kind!r}")
 
 
 @budget_app.command("plan")
@@ -132,7 +125,7 @@ def show(
 ) -> None:
     """Epsilon spent per device (reported, PLD), delta, cap, rounds and the last event."""
     if not (math.isfinite(delta) and 0.0 < delta < 1.0):
-        _bad("--delta", f"must be in (0, 1), got {delta}")
+        fail("--delta", f"must be in (0, 1), got {delta}")
     url = db.resolve_url()
     ids = None
     if device is not None:

@@ -1,0 +1,28 @@
+"""`fedmsr db …`: the registry database's schema (Alembic migrations), at the URL that
+`fedmsr --db URL`, else `FEDMSR_DB`, else `sqlite:///fedmsr.db` names."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from fl_server.registry import db
+
+console = Console(soft_wrap=True)  # no wrapping: output is read by scripts too
+db_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                     help="The registry database (schema migrations).")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the registry schema to this fedmsr's revision (idempotent)."""
+    url = db.resolve_url()
+    before, after = db.upgrade(url)
+    state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
+    console.print(f"registry {db.redacted(url)}: {state} {after}", highlight=False)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the registry's schema revision (`none` for an empty database)."""
+    print(db.current_revision(db.resolve_url()) or "none")

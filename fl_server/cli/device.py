@@ -1,0 +1,31 @@
+"""`fedmsr device start`: a device's SuperNode, run from its enrollment bundle
+(docs/deployment.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fl_server import deployment
+
+console = Console(soft_wrap=True)  # no wrapping: output is read by scripts too
+device_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                         help="Run a device's SuperNode from its bundle.")
+
+
+@device_app.command("start")
+def device_start(
+    bundle_dir: Annotated[Path, typer.Argument(metavar="BUNDLE_DIR", help="Device bundle.")],
+    port: Annotated[int | None, typer.Option(help="SuperNode's own port (default: free).")]
+    = None,
+    superlink: Annotated[str | None, typer.Option(
+        help="Override the bundle's SuperLink address.")] = None,
+) -> None:
+    """Run flower-supernode for a device: its key, CA, own FLWR_HOME and port."""
+    bundle = deployment.Bundle.load(bundle_dir)
+    console.print(f"device {bundle.info['device_id']} ({bundle.info['name']}) -> "
+                  f"{superlink or bundle.info['superlink']}", highlight=False)
+    deployment.exec_supernode(bundle, port, superlink)

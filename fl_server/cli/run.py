@@ -1,0 +1,131 @@
+"""`fedmsr run`: start a federation, or resume one, and report how it ended.
+
+Exit codes: 0 completed; 1 the run failed; 2 bad input (nothing was started or written);
+3 the run stopped cleanly because too few devices could afford another round (privacy
+budgets exhausted; the final model is written).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fl_server.cli.errors import fail
+from fl_server.cli.run_options import (
+    RESUME,
+    SUPERLINK,
+    config_from_options,
+    given_with_resume,
+    options_named,
+    run_parameters,
+)
+from fl_server.config import ConfigError, RunConfig
+from fl_server.history import read_history
+from fl_server.registry.db import registry_configured
+from fl_server.run_status import RunStatus
+
+console = Console()
+EXIT_RUN_FAILED = 1
+#: Too few devices could afford another round: stopped cleanly, final model written.
+EXIT_BUDGET_EXHAUSTED = 3
+
+
+def run(**options: Any) -> None:
+    """Run a federation on Flower's simulation engine (embedded defaults), or a SuperLink."""
+    resume, superlink = options[RESUME], options[SUPERLINK]
+    if resume is None:  # options checked before the engine's imports: a typo costs a second
+        checked = config_from_options(options)
+    from fl_server import deployment_run
+    from fl_server.deployment import operator_flwr_home
+    from fl_server.launcher import launch_on_superlink, launch_simulation, load_run_for_resume
+
+    if superlink is not None:  # before anything is written: the SuperLink must answer
+        deployment_run.check_superlink(deployment_run.check_address(superlink),
+                                       operator_flwr_home())
+    if resume is not None:
+        given = given_with_resume(click.get_current_context())
+        if given:
+            fail("--resume", "the run continues with its saved configuration; "
+                 f"drop {', '.join(given)}")
+        try:
+            cfg = load_run_for_resume(options["runs_dir"], resume)
+        except ConfigError as exc:
+            raise ConfigError("--resume", exc.problem) from None
+        deployment_run.check_same_engine(cfg, superlink)
+    else:
+        cfg = _new_run(checked)
+    console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
+                  f"{_dp_phrase(cfg)} -> {cfg.run_dir()}")
+    if superlink is None:
+        status = launch_simulation(cfg, console)
+    else:
+        status = launch_on_superlink(deployment_run.for_deployment(cfg, superlink), superlink,
+                                     console)
+    _finish_run(cfg, status)
+
+
+run.__signature__ = run_parameters()  # type: ignore[attr-defined]
+
+
+def _new_run(cfg: RunConfig) -> RunConfig:
+    """A checked config -> the prepared run (central noise calibrated, run dir written)."""
+    from fl_server.dp_modes import with_calibrated_noise
+    from fl_server.launcher import prepare_new_run
+
+    if cfg.epsilon_cap is not None and not registry_configured():
+        fail("--epsilon-cap", "per-device budgets live in the fleet registry; run `fedmsr db "
+             "upgrade` and enroll the fleet first (or pass --db URL)")
+    if cfg.collect_every and not registry_configured():
+        fail("--collect-every", "collection stores representations in the registry; run "
+             "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
+    with options_named():
+        return prepare_new_run(with_calibrated_noise(cfg))
+
+
+def _dp_phrase(cfg: RunConfig) -> str:
+    """The run's DP mode in one phrase, for the banner."""
+    parts = []
+    if cfg.dp_sgd:
+        parts.append(f"DP-SGD sigma={cfg.noise_multiplier:g}")
+    if cfg.central_dp:
+        parts.append(f"central DP q={cfg.client_sample_rate:g} "
+                     f"sigma={cfg.central_noise_multiplier:.4g} C={cfg.central_clip_norm:g}")
+    if not parts:
+        return "no DP"
+    cap = f", default cap epsilon={cfg.epsilon_cap:g}" if cfg.epsilon_cap else ""
+    return " + ".join(parts) + f" (delta={cfg.delta:g}{cap})"
+
+
+def _finish_run(cfg: RunConfig, status: RunStatus) -> None:
+    """History table, then the exit code the run's status calls for."""
+    _print_history(cfg.run_dir())
+    if status.status == "budget-exhausted":  # a clean stop, not a failure: its own exit code
+        print(f"budget-exhausted: run {cfg.run_id} stopped after {status.completed_rounds} of "
+              f"{status.planned_rounds} rounds: {status.reason}", file=sys.stderr)
+        raise typer.Exit(EXIT_BUDGET_EXHAUSTED)
+    if status.status != "completed":
+        print(f"error: run {cfg.run_id} {status.status} after {status.completed_rounds} of "
+              f"{status.planned_rounds} rounds: {status.reason}", file=sys.stderr)
+        raise typer.Exit(EXIT_RUN_FAILED)
+    console.print(f"[green]completed[/] {cfg.run_id}: history, checkpoints and final model in "
+                  f"{cfg.run_dir()}")
+
+
+def _print_history(run_dir: Path) -> None:
+    history = read_history(run_dir)
+    if not history:
+        return
+    table = Table(title=f"history of {run_dir.name}")
+    for column in ("round", "loss", "KL bits", "utility acc", "identity acc", "devices", "wall s"):
+        table.add_column(column, justify="right")
+    for r in history:
+        table.add_row(str(r.round), f"{r.loss:.4f}", f"{r.kl_bits:.2f}",
+                      f"{r.utility_acc:.3f}", f"{r.identity_acc:.3f}",
+                      f"{r.responded}/{r.sampled}", f"{r.wall_s:.1f}")
+    console.print(table)
