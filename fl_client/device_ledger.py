@@ -27,16 +27,16 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import math
-import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fl_client.atomic import write_bytes_atomic as _write_atomic
 from privacy.accounting import DpEvent, EventKind, pld_epsilon, would_exceed
 from privacy.accounting.events import check_delta
+from privacy.atomic_write import write_bytes_atomic as _write_atomic
+from privacy.checks import is_finite, is_int
+from privacy.wire.budget import LedgerReport
 
 FILE_NAME = "privacy_ledger.json"
 FORMAT = "fedmsr-device-ledger"
@@ -49,42 +49,6 @@ class DeviceLedgerError(Exception):
 
 class DeviceBudgetExceeded(DeviceLedgerError):
     """The planned release would take the device past its own cap."""
-
-
-@dataclass(frozen=True)
-class LedgerReport:
-    """What a device reports at check-in: its own total, at its own delta."""
-
-    epsilon: float
-    delta: float
-    events: int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, numbers.Real) \
-                or math.isnan(self.epsilon) or self.epsilon < 0:
-            raise ValueError(f"ledger_epsilon must be a number >= 0, got {self.epsilon!r}")
-        object.__setattr__(self, "epsilon", float(self.epsilon))
-        object.__setattr__(self, "delta", check_delta(self.delta))
-        n = self.events
-        if isinstance(n, float) and n.is_integer():
-            n = int(n)
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"ledger_events must be an int >= 0, got {self.events!r}")
-        object.__setattr__(self, "events", int(n))
-
-    def to_config(self) -> dict[str, float | int]:
-        """Flat keys for a Flower ConfigRecord / MetricRecord."""
-        return {"ledger_epsilon": self.epsilon, "ledger_delta": self.delta,
-                "ledger_events": self.events}
-
-    @classmethod
-    def from_config(cls, record: Mapping[str, Any]) -> LedgerReport:
-        missing = [k for k in ("ledger_epsilon", "ledger_delta", "ledger_events")
-                   if k not in record]
-        if missing:
-            raise ValueError(f"device ledger report is missing {', '.join(missing)}")
-        return cls(epsilon=record["ledger_epsilon"], delta=record["ledger_delta"],
-                   events=record["ledger_events"])
 
 
 @dataclass(frozen=True)
@@ -109,8 +73,7 @@ class DeviceRelease:
 def _check_run(run_id: object, round_number: object) -> None:
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"run id must be a non-empty string, got {run_id!r}")
-    if isinstance(round_number, bool) or not isinstance(round_number, numbers.Integral) \
-            or round_number < 1:
+    if not is_int(round_number) or round_number < 1:
         raise ValueError(f"round must be an int >= 1, got {round_number!r}")
 
 
@@ -140,8 +103,7 @@ def verified(raw: bytes, file_format: str, version: int) -> dict[str, Any]:
 def _check_cap(cap: float | None) -> float | None:
     if cap is None:
         return None
-    if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not math.isfinite(cap) \
-            or cap <= 0:
+    if not is_finite(cap) or cap <= 0:
         raise ValueError(f"cap_epsilon must be a finite number > 0 or None, got {cap!r}")
     return float(cap)
 

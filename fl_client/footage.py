@@ -1,4 +1,4 @@
-"""Real footage → the generator's :class:`~fl_client.synthetic.Clip` type.
+"""Real footage → :class:`~privacy.clips.Clip`, the clip type every footage source produces.
 
 ``load_footage(path)`` accepts
 
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_client.synthetic import Clip, ClipMeta
+from privacy.checks import is_int
+from privacy.clips import Clip, ClipMeta
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "load_footage"]
 
@@ -43,7 +44,7 @@ _UNKNOWN = "unknown"
 
 
 def _positive(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"load_footage: {name} must be an int >= 1, got {v!r}")
     return int(v)
 
@@ -125,8 +126,8 @@ def load_footage(
     S = _positive("image_size", image_size)
     step = T if stride is None else _positive("stride", stride)
     cap = None if max_clips is None else _positive("max_clips", max_clips)
-    if isinstance(device, bool) or not isinstance(device, (int, np.integer)):
-        raise ValueError(  # noqa: TRY004 - the loader's contract: bad input is a ValueError
+    if not is_int(device):
+        raise ValueError(
             f"load_footage: device must be an int (-1 = unknown), got {device!r}"
         )
     root = Path(path)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from fl_client.atomic import write_bytes_atomic
 from fl_client.device_ledger import locked, sealed, verified
+from privacy.atomic_write import write_bytes_atomic
 
 FILE_NAME = "information_ledger.json"
 FORMAT = "fedmsr-information-ledger"

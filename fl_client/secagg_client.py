@@ -18,18 +18,20 @@ Secrets come from the OS CSPRNG (`os.urandom`, X25519 key generation); masks fro
 from __future__ import annotations
 
 import enum
+import json
 import os
-import pickle
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from privacy.secagg import shamir
+from privacy.checks import is_int
+from privacy.secagg import codec, field, shamir
 from privacy.secagg.encoding import reduce
-from privacy.secagg.errors import GuardViolation, ProtocolAbort, StageError
+from privacy.secagg.errors import GuardViolation, ProtocolAbort, SecAggError, StageError
 from privacy.secagg.graph import neighbours as build_graph
 from privacy.secagg.keys import load_private_key, load_public_key, sign_keys, verify_keys
 from privacy.secagg.masks import SEED_BYTES, pairwise_mask, pairwise_sign, self_mask
@@ -44,6 +46,17 @@ from privacy.secagg.messages import (
     UnmaskRequest,
 )
 from privacy.secagg.share_box import SharePair, open_box, seal
+
+#: The device's round state between stages (`SecAggClient.to_bytes`): these magic bytes, a
+#: version byte, then UTF-8 JSON of known fields, bytes as {"$hex": "..."}. Explicit and
+#: parsed, never unpickled: a tampered `context.state` can at worst fail to load.
+STATE_FORMAT = "fedmsr-secagg-client-state"
+STATE_MAGIC = b"FSAS"
+STATE_VERSION = 1
+
+
+class ClientStateError(ValueError):
+    """The saved round state is not one this build wrote (corrupt, tampered, other version)."""
 
 
 class Stage(enum.IntEnum):
@@ -202,26 +215,80 @@ class SecAggClient:
     # persistence between messages ----------------------------------------------------
     def to_bytes(self) -> bytes:
         """The round state, for the device's own storage between stages (Flower's
-        `context.state`). Contains secrets; it never leaves the device. The enrollment key
-        and the identities are not included: the device re-supplies them on load."""
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("_enrollment_key", "_identities")}
-        for name in ("_cipher_key", "_mask_key"):
-            if name in state:
-                state[name] = raw_private(state[name])
-        return pickle.dumps(state)
+        `context.state`); see `STATE_FORMAT`. Contains secrets; it never leaves the device.
+        The enrollment key and the identities are not included: the device re-supplies
+        them on load."""
+        body: dict[str, Any] = {
+            "device": self.device_id, "stage": int(self.stage),
+            "rejected": sorted(self.rejected),
+            "revealed": [[peer, kind] for peer, kind in sorted(self._revealed.items())],
+        }
+        if "setup" in self.__dict__:  # advertised: the round and its own secrets
+            body.update({"setup": codec.setup_to_flat(self.setup),
+                         "neighbours": sorted(self._neighbours),
+                         "cipher-key": raw_private(self._cipher_key),
+                         "mask-key": raw_private(self._mask_key),
+                         "self-seed": self._self_seed})
+        if "_peer_keys" in self.__dict__:  # shared: the neighbours' verified keys
+            body["peer-keys"] = [codec.advertise_to_flat(self._peer_keys[p])
+                                 for p in sorted(self._peer_keys)]
+        if "_held" in self.__dict__:  # masked: the shares it holds for its neighbours
+            body["held"] = [[p, field.to_bytes(pair.self_mask), field.to_bytes(pair.key)]
+                            for p, pair in sorted(self._held.items())]
+            body["active"] = sorted(self._active)
+        return STATE_MAGIC + bytes([STATE_VERSION]) + json.dumps(
+            _tagged(body), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, enrollment_key: ec.EllipticCurvePrivateKey | bytes,
                    identities: Mapping[int, ec.EllipticCurvePublicKey | bytes | str]
                    ) -> SecAggClient:
-        """Restore what `to_bytes` saved (only ever bytes this device wrote itself)."""
-        state = pickle.loads(data)
-        client = cls(state["device_id"], enrollment_key, identities)
-        for name in ("_cipher_key", "_mask_key"):
-            if name in state:
-                state[name] = X25519PrivateKey.from_private_bytes(state[name])
-        client.__dict__.update(state)
+        """Restore what `to_bytes` saved; `ClientStateError` for anything else (nothing in
+        the bytes is ever executed: they are parsed as JSON into known fields)."""
+        data = bytes(data)
+        if not data.startswith(STATE_MAGIC):
+            raise ClientStateError("saved secure-aggregation state is not a "
+                                   f"{STATE_FORMAT} blob (bad magic)")
+        version = data[len(STATE_MAGIC):len(STATE_MAGIC) + 1]
+        if version != bytes([STATE_VERSION]):
+            raise ClientStateError(f"saved secure-aggregation state has version "
+                                   f"{version[0] if version else 'none'}, this build reads "
+                                   f"{STATE_VERSION}")
+        try:
+            body = json.loads(data[len(STATE_MAGIC) + 1:], object_hook=_untagged)
+            return cls._restored(body, enrollment_key, identities)
+        except (KeyError, TypeError, ValueError, SecAggError) as exc:  # JSONDecodeError too
+            raise ClientStateError(f"saved secure-aggregation state is corrupt: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _restored(cls, body: Mapping[str, Any],
+                  enrollment_key: ec.EllipticCurvePrivateKey | bytes,
+                  identities: Mapping[int, ec.EllipticCurvePublicKey | bytes | str]
+                  ) -> SecAggClient:
+        client = cls(_int(body["device"]), enrollment_key, identities)
+        client.stage = Stage(_int(body["stage"]))
+        client.rejected = {_int(p) for p in body["rejected"]}
+        client._revealed = {}
+        for peer, kind in body["revealed"]:
+            if kind not in ("self_mask", "key"):
+                raise ValueError(f"unknown revealed share kind {kind!r}")
+            client._revealed[_int(peer)] = kind
+        if "setup" in body:
+            client.setup = codec.setup_from_flat(body["setup"])
+            client._context = client.setup.digest()
+            client._neighbours = frozenset(_int(p) for p in body["neighbours"])
+            client._cipher_key = X25519PrivateKey.from_private_bytes(_bytes(body["cipher-key"]))
+            client._mask_key = X25519PrivateKey.from_private_bytes(_bytes(body["mask-key"]))
+            client._self_seed = _bytes(body["self-seed"])
+        if "peer-keys" in body:
+            peers = [codec.advertise_from_flat(flat) for flat in body["peer-keys"]]
+            client._peer_keys = {keys.sender: keys for keys in peers}
+        if "held" in body:
+            client._held = {_int(p): SharePair(field.from_bytes(_bytes(s)),
+                                               field.from_bytes(_bytes(k)))
+                            for p, s, k in body["held"]}
+            client._active = frozenset(_int(p) for p in body["active"])
         return client
 
     # helpers -------------------------------------------------------------------------
@@ -235,3 +302,32 @@ class SecAggClient:
     def _abort(self, reason: str) -> None:
         self.stage = Stage.ABORTED
         raise ProtocolAbort(f"device {self.device_id}: {reason}")
+
+
+def _tagged(value: Any) -> Any:
+    """JSON-ready: bytes become {"$hex": ...}; lists and dicts are walked."""
+    if isinstance(value, bytes):
+        return {"$hex": value.hex()}
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tagged(v) for v in value]
+    return value
+
+
+def _untagged(obj: dict[str, Any]) -> Any:
+    if set(obj) == {"$hex"}:
+        return bytes.fromhex(obj["$hex"])
+    return obj
+
+
+def _int(value: Any) -> int:
+    if not is_int(value):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    return value

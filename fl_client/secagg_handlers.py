@@ -9,9 +9,11 @@ Four stages, four message types (the server workflow is `strategies/secagg_workf
                                                   fixed-point, weighted by #examples)
   query.secagg_unmask     survivors/dropped   -> the shares the guard allows
 
-The ClientApp is otherwise stateless; the protocol's per-round secrets live in the node's
-own `context.state` between stages (replaced when the next round's setup arrives;
-kept after unmasking so that a re-sent request meets the same guard). What the masked-input
+Plain functions, registered by `fl_client.client_app`; the masked stage runs the same
+local round as a plain train message (`fl_client.local_round`). The ClientApp is
+otherwise stateless; the protocol's per-round secrets live in the node's own
+`context.state` between stages (`SecAggClient.to_bytes`: replaced when the next round's
+setup arrives; kept after unmasking so that a re-sent request meets the same guard). What the masked-input
 reply carries besides the masked vector is only what is fixed by the plan or hardware
 (steps, sample rate, seconds) and the DP event for the budget ledger: no per-device loss,
 no number of examples (the weight travels inside the masked vector).
@@ -26,28 +28,34 @@ the registry-issued identities) in the node config.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fl_client import client_app
-from fl_client.client_app import app, arrays_of, device_index, reported_metrics
-from fl_client.messages import ARRAYS_KEY, DEVICE_KEY, DP_EVENT_KEY, METRICS_KEY, WEIGHT_KEY
+from fl_client.local_round import LocalRound, run_local_round
+from fl_client.node import device_index, enrollment_key
+from fl_client.release import reported_metrics
 from fl_client.secagg_client import SecAggClient
 from privacy.secagg import codec, simulated_enrollment
 from privacy.secagg.keys import load_private_key
+from privacy.wire.arrays import arrays_of
+from privacy.wire.dp_event import dp_event_to_record
+from privacy.wire.keys import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    DEVICE_KEY,
+    DP_EVENT_KEY,
+    METRICS_KEY,
+    SECAGG_CREDENTIAL_KEYS,
+    SECAGG_KEY,
+)
 
-SECAGG_KEY = "secagg"
+#: Where the node keeps this round's protocol state between stages (`context.state`).
 STATE_KEY = "secagg-state"
-ADVERTISE_ACTION = "secagg_advertise"
-SHARE_ACTION = "secagg_share"
-MASKED_ACTION = "secagg_masked"
-UNMASK_ACTION = "secagg_unmask"
-#: Setup fields naming where a registry-backed simulation keeps keys and identities.
-CREDENTIAL_KEYS = ("bundles-dir", "identities-file")
 
 
 def _credentials(context: Context, saved: Mapping[str, Any], participants: list[int]):
@@ -64,7 +72,7 @@ def _credentials(context: Context, saved: Mapping[str, Any], participants: list[
     if "enrollment-key-file" in node:
         key = load_private_key(Path(str(node["enrollment-key-file"])).read_bytes())
         return key, _identities(str(node["identities-file"]))
-    found = client_app.enrollment_key(context, str(saved.get("bundles-dir", "")), device)
+    found = enrollment_key(context, str(saved.get("bundles-dir", "")), device)
     if found is not None:
         if "device-key" in node and "identities-file" not in node:
             raise PermissionError(
@@ -92,7 +100,7 @@ def _read_identities(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, st
 
 
 def _saved(context: Context) -> dict[str, Any]:
-    return dict(cast(ConfigRecord, context.state[STATE_KEY]))
+    return dict(context.state.config_records[STATE_KEY])
 
 
 def _load(context: Context) -> SecAggClient:
@@ -106,20 +114,19 @@ def _save(context: Context, client: SecAggClient) -> None:
 
 
 def _flat(msg: Message) -> dict[str, Any]:
-    return dict(cast(ConfigRecord, msg.content[SECAGG_KEY]))
+    return dict(msg.content.config_records[SECAGG_KEY])
 
 
 def _reply(msg: Message, flat: dict[str, Any], **extra: Any) -> Message:
     return Message(RecordDict({SECAGG_KEY: ConfigRecord(flat), **extra}), reply_to=msg)
 
 
-@app.query(ADVERTISE_ACTION)
 def advertise(msg: Message, context: Context) -> Message:
     flat = _flat(msg)
     setup = codec.setup_from_flat(flat)
-    saved = {"enrollment-seed": int(flat["enrollment-seed"]),
-             "participants": list(setup.participants),
-             **{k: str(flat[k]) for k in CREDENTIAL_KEYS if k in flat}}
+    saved: dict[str, Any] = {"enrollment-seed": int(flat["enrollment-seed"]),
+                             "participants": list(setup.participants),
+                             **{k: str(flat[k]) for k in SECAGG_CREDENTIAL_KEYS if k in flat}}
     key, identities = _credentials(context, saved, list(setup.participants))
     client = SecAggClient(device_index(context), key, identities)
     keys = client.advertise(setup)
@@ -127,7 +134,6 @@ def advertise(msg: Message, context: Context) -> Message:
     return _reply(msg, codec.advertise_to_flat(keys))
 
 
-@app.query(SHARE_ACTION)
 def share(msg: Message, context: Context) -> Message:
     client = _load(context)
     reply = client.share_keys(codec.neighbour_keys_from_flat(_flat(msg)))
@@ -135,28 +141,36 @@ def share(msg: Message, context: Context) -> Message:
     return _reply(msg, codec.share_keys_to_flat(reply))
 
 
-@app.train(MASKED_ACTION)
+#: A device's local round (`fl_client.local_round.run_local_round`, or a bench's stand-in).
+LocalRoundFn = Callable[[ConfigRecord, dict[str, np.ndarray], Context], LocalRound]
+
+
 def masked_train(msg: Message, context: Context) -> Message:
-    """Train as usual, then upload only the masked, encoded update."""
+    """Train as usual (`fl_client.local_round`), then upload only the masked update."""
+    return masked_round(msg, context, run_local_round)
+
+
+def masked_round(msg: Message, context: Context, local_round: LocalRoundFn) -> Message:
+    """Run `local_round`, then upload only its masked, encoded update (the delta to the
+    global model; the weight travels inside the masked vector) and the metrics the plan
+    or the hardware fixes. A node without this round's protocol state, or given a
+    malformed delivery, trains nothing."""
     client = _load(context)
     delivery = codec.delivery_from_flat(_flat(msg))
-    trained = client_app.train(msg, context)
-    delta = (codec.flatten(arrays_of(cast(ArrayRecord, trained.content[ARRAYS_KEY])))
-             - codec.flatten(arrays_of(cast(ArrayRecord, msg.content[ARRAYS_KEY]))))
-    metrics = {k: float(cast(float, v))
-               for k, v in cast(MetricRecord, trained.content[METRICS_KEY]).items()}
-    masked = client.masked_input(delivery, delta, int(metrics[WEIGHT_KEY]))
+    global_arrays = arrays_of(msg.content.array_records[ARRAYS_KEY])
+    result = local_round(msg.content.config_records[CONFIG_KEY], global_arrays, context)
+    delta = codec.flatten(result.arrays) - codec.flatten(global_arrays)
+    masked = client.masked_input(delivery, delta, result.weight)
     _save(context, client)
     extra: dict[str, Any] = {
-        METRICS_KEY: MetricRecord(dict(reported_metrics(metrics, dp_sgd=True))),
-        DEVICE_KEY: trained.content[DEVICE_KEY],
+        METRICS_KEY: MetricRecord(dict(reported_metrics(result.metrics, dp_sgd=True))),
+        DEVICE_KEY: ConfigRecord({"device": result.device, **result.echo}),
     }
-    if DP_EVENT_KEY in trained.content:
-        extra[DP_EVENT_KEY] = trained.content[DP_EVENT_KEY]
+    if result.dp_event is not None:
+        extra[DP_EVENT_KEY] = dp_event_to_record(result.dp_event)
     return _reply(msg, codec.masked_to_flat(masked), **extra)
 
 
-@app.query(UNMASK_ACTION)
 def unmask(msg: Message, context: Context) -> Message:
     client = _load(context)
     reply = client.unmask(codec.unmask_request_from_flat(_flat(msg)))

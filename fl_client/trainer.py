@@ -42,8 +42,6 @@ server does not know (see docs/encoder.md).
 from __future__ import annotations
 
 import copy
-import math
-import numbers
 import time
 import warnings
 from collections.abc import Callable
@@ -67,33 +65,17 @@ from privacy.encoder import (
 )
 from privacy.vib import (
     LN2,
-    UTILITIES,
     VIBCriterion,
     VIBTarget,
     augment_clips,
     uses_ssl,
     uses_supervised,
 )
+from privacy.wire.train import TrainConfig, sample_rate, steps_per_epoch, validate_train_config
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks", "functorch")  # functorch: Opacus' generic vmap path
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"  # see the module docstring and bench/dp_step.py
 SEED_STREAMS = ("sampling", "reparam", "augment", "noise")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 1
-    batch_size: int = 16
-    lr: float = 2e-3
-    beta: float = 0.01  # VIB weight
-    utility: str = "supervised"  # one of UTILITIES
-    dp_sgd: bool = False
-    noise_multiplier: float = 1.0
-    clip_norm: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        validate_train_config(self)
 
 
 @dataclass(frozen=True)
@@ -102,43 +84,6 @@ class TrainResult:
     num_examples: int
     metrics: dict[str, float]  # loss, kl_bits (mean per clip), utility_loss, steps, train_seconds, ...
     dp_event: PoissonGaussianEvent | None  # None when dp_sgd is False
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def validate_train_config(cfg: TrainConfig) -> None:
-    """ValueError naming the first bad field of ``cfg``."""
-    if not _is_int(cfg.epochs) or cfg.epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {cfg.epochs!r}")
-    if not _is_int(cfg.batch_size) or cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {cfg.batch_size!r}")
-    if not _is_real(cfg.lr) or cfg.lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {cfg.lr!r}")
-    if not _is_real(cfg.beta) or cfg.beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0, got {cfg.beta!r}")
-    if cfg.utility not in UTILITIES:
-        raise ValueError(f"utility must be one of {UTILITIES}, got {cfg.utility!r}")
-    if not isinstance(cfg.dp_sgd, (bool, np.bool_)):
-        raise ValueError(f"dp_sgd must be a bool, got {cfg.dp_sgd!r}")  # noqa: TRY004
-    if not _is_real(cfg.noise_multiplier):
-        raise ValueError(f"noise_multiplier must be a finite number, got {cfg.noise_multiplier!r}")
-    if not _is_real(cfg.clip_norm):
-        raise ValueError(f"clip_norm must be a finite number, got {cfg.clip_norm!r}")
-    if cfg.dp_sgd and cfg.noise_multiplier <= 0:
-        raise ValueError(
-            f"noise_multiplier must be > 0 with dp_sgd (sigma=0 gives no privacy), "
-            f"got {cfg.noise_multiplier!r}"
-        )
-    if cfg.dp_sgd and cfg.clip_norm <= 0:
-        raise ValueError(f"clip_norm must be > 0 with dp_sgd, got {cfg.clip_norm!r}")
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {cfg.seed!r}")
 
 
 def derive_seeds(seed: int) -> dict[str, int]:
@@ -151,15 +96,6 @@ def _generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def sample_rate(num_examples: int, batch_size: int) -> float:
-    """Poisson sampling rate: ``batch_size / N``, capped at 1 (no amplification)."""
-    return min(1.0, batch_size / num_examples)
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)
 
 
 def _default_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -220,18 +156,18 @@ class DPStepper:
         if criterion.reduction != "mean":
             raise ValueError("the DP criterion must start with reduction='mean'")
         # Opacus is imported here, on the first DP step: plain training never pays for it.
-        from opacus.grad_sample import (  # type: ignore[import-untyped]
+        from opacus.grad_sample import (
             GradSampleModule,
             GradSampleModuleFastGradientClipping,
         )
-        from opacus.optimizers import (  # type: ignore[import-untyped]
+        from opacus.optimizers import (
             DPOptimizer,
             DPOptimizerFastGradientClipping,
         )
-        from opacus.utils.fast_gradient_clipping_utils import (  # type: ignore[import-untyped]
+        from opacus.utils.fast_gradient_clipping_utils import (
             DPLossFastGradientClipping,
         )
-        from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
+        from opacus.validators import ModuleValidator
 
         register_grad_samplers()
         ModuleValidator.validate(model, strict=True)  # training mode, no BatchNorm etc.

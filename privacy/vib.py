@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-UTILITIES = ("supervised", "ssl", "both")
+from privacy.wire.train import UTILITIES
+
 REDUCTIONS = ("none", "mean", "sum")
 LN2 = math.log(2.0)
 

@@ -1,0 +1,96 @@
+"""Who this SuperNode is: its device index, enrollment key, state directory and own caps.
+
+Everything here is read from the node's own configuration (`context.node_config`, set by
+whoever starts the SuperNode) or, in a registry-backed simulation, from the bundles of the
+simulated enrollment; never from the server's messages alone, so a server cannot make a
+device sign as another or keep its ledgers somewhere else. The handlers ask these
+questions every message, since the ClientApp keeps no state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.app import Context
+
+from privacy.wire.checkin import Challenge, checkin_statement
+
+
+def device_index(context: Context) -> int:
+    """The device this SuperNode is: `device-index` on real nodes, `partition-id` in simulation."""
+    node_config = context.node_config
+    for key in ("device-index", "partition-id"):
+        if key in node_config:
+            return int(node_config[key])
+    raise ValueError("node config has neither 'device-index' nor 'partition-id'; "
+                     "start the SuperNode with --node-config 'device-index=N'")
+
+
+def enrollment_key(context: Context, bundles_dir: str, device: int) -> tuple[int, str] | None:
+    """(device id, private key path): a real SuperNode's `--node-config device-id=.. device-key=..`,
+    or in simulation the bundle of the simulated enrollment for this data index."""
+    config = context.node_config
+    if "device-key" in config and "device-id" in config:
+        return int(config["device-id"]), str(config["device-key"])
+    if bundles_dir:
+        return simulated_bundles(bundles_dir).get(device)
+    return None
+
+
+@lru_cache(maxsize=4)
+def simulated_bundles(bundles_dir: str) -> dict[int, tuple[int, str]]:
+    """Data index -> (device id, key path) of the bundles under `bundles_dir` (simulation)."""
+    found: dict[int, tuple[int, str]] = {}
+    for info_path in sorted(Path(bundles_dir).glob("*/device.json")):
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        key = info_path.parent / "device.key"
+        if key.exists() and info.get("device_index") is not None:
+            found[int(info["device_index"])] = (int(info["device_id"]), str(key))
+    return found
+
+
+@dataclass(frozen=True)
+class CheckinSignature:
+    """The registry id a device claims at check-in and its signature proving it (hex)."""
+
+    device_id: int
+    signature: str
+
+
+def sign_challenge(challenge: Challenge, context: Context,
+                   device: int) -> CheckinSignature | None:
+    """ECDSA-SHA384 over `checkin_statement` with the enrollment key; None without a key
+    (the server then admits the node only in a run without a registry)."""
+    found = enrollment_key(context, challenge.bundles_dir, device)
+    if found is None:
+        return None
+    device_id, key_path = found
+    key = load_ssh_private_key(Path(key_path).read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{key_path} is not an ECDSA enrollment key")
+    statement = checkin_statement(challenge.nonce, challenge.run_id, int(context.node_id))
+    return CheckinSignature(device_id, key.sign(statement, ec.ECDSA(hashes.SHA384())).hex())
+
+
+def device_state_dir(context: Context, bundles_dir: str, device: int) -> Path | None:
+    """Where the device keeps its ledgers: node config `state-dir`, else `state/` in its
+    enrollment bundle, next to its key (in simulation: the simulated enrollment's bundle)."""
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"]))
+    found = enrollment_key(context, bundles_dir, device)
+    return None if found is None else Path(found[1]).parent / "state"
+
+
+def own_info_cap(context: Context) -> float | None:
+    """The device's own information cap in bits (node config `info-bits-cap`), if set."""
+    value = context.node_config.get("info-bits-cap")
+    return None if value is None else float(value)

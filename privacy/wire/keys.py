@@ -1,0 +1,71 @@
+"""Message types, action names and record keys of every exchange.
+
+Flower routes a message by its type: ``train``, ``evaluate``, or ``query.<action>`` /
+``train.<action>`` for a named handler (`@app.query("checkin")`). The constants below
+are the action names and the keys of the records inside a message's `RecordDict`.
+"""
+
+from __future__ import annotations
+
+from flwr.app import MessageType
+
+# -- actions (handler names) ---------------------------------------------------------------
+
+#: `query.checkin`: the roll call before a round (`privacy.wire.checkin`).
+CHECKIN_ACTION = "checkin"
+#: `query.upload`: a batch of privatized representations (`privacy.wire.upload`).
+UPLOAD_ACTION = "upload"
+#: The four stages of secure aggregation (server: `strategies.secagg_workflow`, device:
+#: `fl_client.secagg_handlers`).
+SECAGG_ADVERTISE_ACTION = "secagg_advertise"
+SECAGG_SHARE_ACTION = "secagg_share"
+SECAGG_MASKED_ACTION = "secagg_masked"
+SECAGG_UNMASK_ACTION = "secagg_unmask"
+
+
+def query(action: str) -> str:
+    """The message type of a named query handler."""
+    return f"{MessageType.QUERY}.{action}"
+
+
+def train(action: str) -> str:
+    """The message type of a named train handler."""
+    return f"{MessageType.TRAIN}.{action}"
+
+
+CHECKIN = query(CHECKIN_ACTION)
+UPLOAD = query(UPLOAD_ACTION)
+SECAGG_ADVERTISE = query(SECAGG_ADVERTISE_ACTION)
+SECAGG_SHARE = query(SECAGG_SHARE_ACTION)
+SECAGG_MASKED = train(SECAGG_MASKED_ACTION)
+SECAGG_UNMASK = query(SECAGG_UNMASK_ACTION)
+
+# -- record keys -----------------------------------------------------------------------------
+
+#: ArrayRecord: model arrays (the global model to a device, the trained one back).
+ARRAYS_KEY = "arrays"
+#: ConfigRecord: the round's instructions (`privacy.wire.instructions`), plus `budget.*`
+#: keys in DP runs (`privacy.wire.budget`) and the round ticket (run, round, nonce).
+CONFIG_KEY = "config"
+#: MetricRecord: what a reply reports (training metrics, evaluation metrics).
+METRICS_KEY = "metrics"
+#: ConfigRecord: the DP-SGD event a device's training incurred (`privacy.wire.dp_event`).
+DP_EVENT_KEY = "dp_event"
+#: ConfigRecord: who answered (device index, the round echo, a check-in answer).
+DEVICE_KEY = "device"
+#: The metric a reply's aggregation weight travels under (Flower's `weighted_by_key`).
+WEIGHT_KEY = "num-examples"
+#: ConfigRecord: the server's signed-check-in challenge (registry-backed runs).
+CHALLENGE_KEY = "challenge"
+#: ConfigRecord: an upload request; and the reply's record (and key) holding the batch.
+UPLOAD_KEY = "upload"
+BATCH_KEY = "batch"
+#: ConfigRecord: one secure-aggregation stage's protocol message (`privacy.secagg.codec`).
+SECAGG_KEY = "secagg"
+
+#: Keys of a train message's config that a device echoes in its reply's `device` record:
+#: the round, the run, and a fresh per-round nonce. The server drops a reply whose echo
+#: differs (an earlier round's update replayed), see `strategies.update_validation`.
+ECHO_KEYS = ("server-round", "run-id", "round-nonce")
+#: Setup fields naming where a registry-backed simulation keeps keys and identities.
+SECAGG_CREDENTIAL_KEYS = ("bundles-dir", "identities-file")
