@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fl_server.atomic import write_bytes_atomic, write_text_atomic
 from fl_server.fault_points import fault_point
+from privacy.atomic_write import write_bytes_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^round-(\d{4,})\.json$")
@@ -50,7 +50,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     """Write the checkpoint for `ckpt.server_round`; returns the metadata file's path."""
     directory = checkpoint_dir(run_dir)
     stem = f"round-{ckpt.server_round:04d}"
-    blob = _npz_bytes(ckpt.arrays)
+    blob = npz_bytes(ckpt.arrays)
     write_bytes_atomic(directory / f"{stem}.npz", blob)
     fault_point("checkpoint", ckpt.server_round)  # test-only: a crash between the two files
     meta = {
@@ -107,7 +107,10 @@ def latest_checkpoint(run_dir: Path, skipped: list[str] | None = None) -> Checkp
     return None
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The arrays as one .npz file (no pickled objects)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    # numpy's stub: a ** mapping could name savez's own `allow_pickle` flag
+    np.savez(buffer, **{name: np.asarray(value)  # type: ignore[arg-type]
+                        for name, value in arrays.items()})
     return buffer.getvalue()

@@ -33,26 +33,23 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from sqlalchemy import select
 
-from fl_client.client_app import record_of
-from fl_client.messages import BATCH_KEY, CONFIG_KEY, UPLOAD_ACTION, UPLOAD_KEY
-from fl_client.synthetic import FleetSpec, device_metas, fleet_batch
-from fl_client.uploads import UploadRequest, batch_size, decode_batch, encoder_version
 from fl_server import information_ledger as ledger
-from fl_server.atomic import write_text_atomic
+from fl_server.checkin import checkin
 from fl_server.config import ConfigError, RunConfig
-from fl_server.enrollment import operator
-from fl_server.privacy_ledger import device_ids_for_indices
+from fl_server.registry import audit
 from fl_server.registry.db import resolve_url, session_scope
+from fl_server.registry.devices import device_ids_for_indices
 from fl_server.registry.identity import BUNDLES_EXTRA, CheckinGate
 from fl_server.registry.models import AuditEntry, Device, LeakageReport
 from fl_server.representations import (
@@ -62,14 +59,18 @@ from fl_server.representations import (
     StoredRepresentation,
     default_store,
 )
+from fl_server.round_plan import Plan
+from privacy.atomic_write import write_text_atomic
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.evaluation.leakage import DEFAULT_KS, Observed, evaluate_leakage
 from privacy.payload import decode_payload, encode_payload
+from privacy.synthetic import FleetSpec, device_metas, fleet_batch
 from privacy.vib import kl_bits
+from privacy.wire.arrays import record_bytes, record_of
+from privacy.wire.keys import ARRAYS_KEY, BATCH_KEY, CONFIG_KEY, UPLOAD, UPLOAD_KEY
+from privacy.wire.records import config_bytes, config_record
+from privacy.wire.upload import UploadRequest, batch_size, decode_batch, encoder_version
 from strategies.messaging import send_and_collect
-
-if TYPE_CHECKING:
-    from fl_server.federation import Plan
 
 log = logging.getLogger("fedmsr.collection")
 PAYLOAD_DTYPE = "int8"
@@ -89,6 +90,15 @@ class Target:
     name: str
     cap: float | None
     state: ledger.InfoState
+
+
+@dataclass(frozen=True)
+class Collected:
+    """A collection's figures for the round's history record, and the traffic it caused."""
+
+    figures: dict[str, Any]
+    bytes_sent: int
+    bytes_received: int
 
 
 @dataclass(frozen=True)
@@ -122,16 +132,13 @@ class Collector:
     # -- the round's collection -----------------------------------------------------------
 
     def collect(self, grid: Grid, plan: Plan, arrays: dict[str, np.ndarray],
-                record: dict[str, Any]) -> None:
-        """Collect, store, charge and track; add what happened to the round's `record`."""
-        from fl_server.federation import checkin, record_bytes  # the loop imports us
-
+                server_round: int) -> Collected:
+        """Collect, store, charge and track; what happened, for the round's record."""
         started = time.perf_counter()
-        server_round = int(record["round"])
         version = encoder_version(plan.model, arrays)
         attacker = self._attacker(plan, arrays, server_round)
         expected = ledger.expected_batch_bits(attacker.mean_rate_bits, self.cfg.collect_clips)
-        admitted = checkin(grid, plan, server_round, CheckinGate.for_config(self.cfg))
+        admitted = checkin(grid, plan, server_round, CheckinGate.for_config(self.cfg)).devices
         targets, skipped, stopped = self._targets(admitted, server_round, expected)
         global_record = record_of(arrays)
         messages = [self._request(plan, global_record, t, server_round, version)
@@ -140,24 +147,24 @@ class Collector:
         received = _Received.of(replies, targets, version, plan.model, self.cfg, server_round)
         flagged = self._record(targets, received, stopped, server_round)
         totals = self._totals()
-        record["bytes_sent"] = record.get("bytes_sent", 0) + record_bytes(global_record) * len(
-            messages)
-        record["bytes_received"] = record.get("bytes_received", 0) + received.bytes
-        record["collection"] = {
-            "encoder_version": version, "clips_per_device": self.cfg.collect_clips,
-            "batch_bytes": batch_size(self.cfg.collect_clips, plan.model.latent_dim,
-                                      PAYLOAD_DTYPE),
-            "requested": sorted(t.index for t in targets),
-            "uploaded": {str(i): n for i, n in sorted(received.clips.items())},
-            "bits": {str(i): b for i, b in sorted(received.bits.items())},
-            "skipped": {str(i): r for i, r in sorted(skipped.items())},
-            "rejected": {str(i): r for i, r in sorted(received.rejected.items())},
-            "expected_batch_bits": expected,
+        figures: dict[str, Any] = {
+            "collection": {
+                "encoder_version": version, "clips_per_device": self.cfg.collect_clips,
+                "batch_bytes": batch_size(self.cfg.collect_clips, plan.model.latent_dim,
+                                          PAYLOAD_DTYPE),
+                "requested": sorted(t.index for t in targets),
+                "uploaded": {str(i): n for i, n in sorted(received.clips.items())},
+                "bits": {str(i): b for i, b in sorted(received.bits.items())},
+                "skipped": {str(i): r for i, r in sorted(skipped.items())},
+                "rejected": {str(i): r for i, r in sorted(received.rejected.items())},
+                "expected_batch_bits": expected,
+            },
+            "information_bits": {str(i): b for i, b in sorted(totals.items())},
+            "information_flagged": flagged,
+            **self._track(plan, version, attacker, server_round),
         }
-        record["information_bits"] = {str(i): b for i, b in sorted(totals.items())}
-        record["information_flagged"] = flagged
-        record.update(self._track(plan, version, attacker, server_round))
-        record["collect_s"] = time.perf_counter() - started
+        figures["collect_s"] = time.perf_counter() - started
+        return Collected(figures, record_bytes(global_record) * len(messages), received.bytes)
 
     def _attacker(self, plan: Plan, arrays: dict[str, np.ndarray], server_round: int
                   ) -> Attacker:
@@ -173,7 +180,7 @@ class Collector:
         labels = {k: batch.labels[k] for k in ("device", "wearer", "location", "hour", "day")}
         return Attacker(Observed(released, labels), float(np.mean(kl_bits(mu, logvar))))
 
-    def _targets(self, admitted: dict[int, int], server_round: int, expected: int
+    def _targets(self, admitted: Mapping[int, int], server_round: int, expected: int
                  ) -> tuple[list[Target], dict[int, str], dict[int, str]]:
         """Admitted devices to ask; why the others are not asked (index -> reason); and,
         among those, the devices stopped by their information cap (device id -> reason)."""
@@ -209,10 +216,9 @@ class Collector:
             clips=self.cfg.collect_clips, dtype=PAYLOAD_DTYPE, encoder_version=version,
             info_bits_cap=target.cap or 0.0, server_bits=target.state.bits,
             bundles_dir=str(self.cfg.extra.get(BUNDLES_EXTRA, "")))
-        content = RecordDict({"arrays": arrays, CONFIG_KEY: plan.instructions(server_round),
+        content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: plan.instructions(server_round),
                               UPLOAD_KEY: request.to_record()})
-        return Message(content=content, message_type=f"{MessageType.QUERY}.{UPLOAD_ACTION}",
-                       dst_node_id=target.node_id)
+        return Message(content=content, message_type=UPLOAD, dst_node_id=target.node_id)
 
     def _record(self, targets: list[Target], received: _Received, stopped: dict[int, str],
                 server_round: int) -> list[int]:
@@ -239,8 +245,7 @@ class Collector:
 
     def _audit(self, session: Any, action: str, device_id: int | None,
                detail: dict[str, Any]) -> None:
-        session.add(AuditEntry(actor=operator(), action=action, device_id=device_id,
-                               run_id=self.cfg.run_id, detail=json.dumps(detail)))
+        audit.record(session, action, detail, device_id=device_id, run_id=self.cfg.run_id)
 
     def _audit_stop_once(self, session: Any, device_id: int, reason: str,
                          server_round: int) -> None:
@@ -331,10 +336,10 @@ class _Received:
                 continue
             answered.add(target.index)
             if reply.has_error():
-                out.rejected[target.index] = f"device error: {reply.error.reason[:200]}"
+                out.rejected[target.index] = f"device error: {(reply.error.reason or '')[:200]}"
                 continue
             try:
-                blob = bytes(reply.content[BATCH_KEY][BATCH_KEY])
+                blob = config_bytes(config_record(reply.content, BATCH_KEY), BATCH_KEY)
                 out.bytes += len(blob)
                 batch = decode_batch(blob)
                 _check(batch, len(blob), expected, cfg.collect_clips, version)
@@ -388,7 +393,8 @@ def _observed(rows: list[StoredRepresentation], index_of: dict[int, int | None],
     """Stored representations with the evaluator's ground truth (synthetic clips only:
     the clip id names the slot of the device's stream, from which the generator gives
     the wearer and place; the hour and day are the uploaded timestamp)."""
-    z, labels = [], {k: [] for k in ("device", "wearer", "location", "hour", "day")}
+    z: list[np.ndarray] = []
+    labels: dict[str, list[int]] = {k: [] for k in ("device", "wearer", "location", "hour", "day")}
     for row in rows:
         match = _SYNTHETIC_ID.match(row.clip_id)
         index = index_of.get(row.device_id)

@@ -38,10 +38,11 @@ from flwr.supercore.control import ControlHttpClient
 from sqlalchemy import select, update
 
 from fl_server import control_api
-from fl_server.enrollment import CA_FILE, INFO_FILE, KEY_FILE, operator
+from fl_server.enrollment import CA_FILE, INFO_FILE, KEY_FILE
 from fl_server.pki import Pki
+from fl_server.registry import audit
 from fl_server.registry.db import RegistryError, session_scope
-from fl_server.registry.models import AuditEntry, Device, DeviceStatus, utcnow
+from fl_server.registry.models import Device, DeviceStatus, utcnow
 
 FEDERATION = control_api.CONNECTION
 DEFAULT_PORT = 9092
@@ -211,7 +212,7 @@ def _register_chunk(url: str, client: ControlHttpClient, devices: list[_Pending]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes = list(pool.map(node_for, devices))
-    now, actor = utcnow(), operator()
+    now = utcnow()
     done = [(device, node_id, adopted) for device, (node_id, adopted)
             in zip(devices, outcomes, strict=True) if node_id is not None]
     result.burnt.extend(d.name for d, (node_id, _) in zip(devices, outcomes, strict=True)
@@ -222,9 +223,8 @@ def _register_chunk(url: str, client: ControlHttpClient, devices: list[_Pending]
         session.execute(update(Device), [
             {"id": d.device_id, "superlink_node_id": node_id, "superlink_registered_at": now}
             for d, node_id, _ in done])
-        session.add_all(AuditEntry(actor=actor, action="device.register", device_id=d.device_id,
-                                   detail=json.dumps({"node_id": node_id, "adopted": adopted}))
-                        for d, node_id, adopted in done)
+        audit.record_many(session, "device.register", [
+            (d.device_id, {"node_id": node_id, "adopted": adopted}) for d, node_id, adopted in done])
     result.registered.extend(d.name for d, _, _ in done)
 
 
@@ -249,8 +249,7 @@ def _record(url: str, device_id: int, action: str, detail: dict[str, Any],
         assert device is not None
         for key, value in changes.items():
             setattr(device, key, value)
-        session.add(AuditEntry(actor=operator(), action=action, device_id=device_id,
-                               detail=json.dumps(detail)))
+        audit.record(session, action, detail, device_id=device_id)
 
 
 # -- a device's SuperNode ------------------------------------------------------------------

@@ -192,9 +192,9 @@ def run_status(client: ControlHttpClient, flwr_run: int) -> Any:
 def _print_new_rounds(cfg: RunConfig, printed: int, console: Console) -> int:
     history = read_history(cfg.run_dir())
     for record in history[printed:]:
-        console.print(f"round {record['round']:>3}/{cfg.rounds} loss {record['loss']:.3f} "
-                      f"devices {record['devices']} ({record['responded']}/"
-                      f"{record['sampled']}) {record['wall_s']:.1f}s", highlight=False)
+        console.print(f"round {record.round:>3}/{cfg.rounds} loss {record.loss:.3f} "
+                      f"devices {list(record.devices)} ({record.responded}/"
+                      f"{record.sampled}) {record.wall_s:.1f}s", highlight=False)
     return max(printed, len(history))
 
 

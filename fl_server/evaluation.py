@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fl_client.synthetic import ClipBatch, FleetSpec, fleet_batch
+from privacy.clips import ClipBatch
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.probes import chance_accuracy, linear_probe_accuracy
+from privacy.synthetic import FleetSpec, fleet_batch
 from privacy.vib import kl_bits
 
 

@@ -11,24 +11,27 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from fl_server.atomic import write_text_atomic
+from privacy.atomic_write import write_text_atomic
+from privacy.wire.round_record import RoundRecord
 
 #: Columns every record has, in CSV order; further keys follow alphabetically.
 CORE_COLUMNS = ("round", "loss", "kl_bits", "utility_acc", "identity_acc", "wall_s")
 
 
-def write_history(run_dir: Path, records: Sequence[dict[str, Any]]) -> None:
-    write_text_atomic(run_dir / "history.json", json.dumps(list(records), indent=2) + "\n")
-    extra = sorted({key for record in records for key in record} - set(CORE_COLUMNS))
+def write_history(run_dir: Path, records: Sequence[RoundRecord]) -> None:
+    rows = [record.to_json() for record in records]
+    write_text_atomic(run_dir / "history.json", json.dumps(rows, indent=2) + "\n")
+    extra = sorted({key for row in rows for key in row} - set(CORE_COLUMNS))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*CORE_COLUMNS, *extra], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows(rows)
     write_text_atomic(run_dir / "history.csv", buffer.getvalue())
 
 
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
+def read_history(run_dir: Path) -> list[RoundRecord]:
+    """The run's finished rounds (none when it has not finished one)."""
     path = run_dir / "history.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    return [RoundRecord.from_json(row) for row in json.loads(path.read_text())] \
+        if path.exists() else []

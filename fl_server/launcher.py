@@ -19,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from flwr.app.typing import ConfigRecordValues
 from rich.console import Console
 
-from fl_server.atomic import write_text_atomic
 from fl_server.config import ConfigError, RunConfig
 from fl_server.registry.fleet import fleet_for_new_run, fleet_for_resume
 from fl_server.run_status import RunStatus, read_status, write_status
+from privacy.atomic_write import write_text_atomic
 
 RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 ENGINE_FILE = "engine.json"
@@ -58,7 +59,7 @@ def load_run_for_resume(runs_dir: str, run_id: str) -> RunConfig:
     return cfg
 
 
-def backend_config(cpus: int | None = None) -> dict[str, object]:
+def backend_config(cpus: int | None = None) -> dict[str, dict[str, ConfigRecordValues]]:
     """Ray: one CPU per virtual device, no dashboard, quiet logs."""
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -79,7 +80,7 @@ def launch_simulation(cfg: RunConfig, console: Console | None = None) -> RunStat
     run_dir = cfg.run_dir()
     stop_stale_engine(run_dir)
     env = {**os.environ, **RAY_LOOPBACK_ENV}
-    child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+    child = subprocess.Popen(
         [sys.executable, "-m", "fl_server.engine", str(run_dir.resolve())],
         env=env, start_new_session=True, preexec_fn=_die_with_parent,
     )

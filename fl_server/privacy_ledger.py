@@ -26,24 +26,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from fl_client.device_ledger import LedgerReport
-from fl_server.enrollment import operator
+from fl_server.registry import audit
 from fl_server.registry.db import (
     RegistryError,
     get_engine,
+    in_chunks,
     require_schema,
     session_scope,
     unreachable,
@@ -66,12 +64,12 @@ from privacy.accounting import (
     rdp_vector,
     would_exceed,
 )
-from privacy.accounting.events import check_delta, grouped_steps
+from privacy.accounting.events import Composition, check_delta, composition
+from privacy.checks import is_finite, is_int
+from privacy.wire.budget import LedgerReport
 
 #: Names the order grid a stored vector was computed on; a vector on another grid is refused.
 ORDERS_SHA256 = hashlib.sha256(np.ascontiguousarray(ORDERS, dtype="<f8").tobytes()).hexdigest()
-#: Rows per IN (...) list: far below SQLite's bound variable limit.
-_CHUNK = 500
 #: Relative tolerance when comparing a device's own epsilon with the server's.
 REPORT_RTOL = 1e-6
 
@@ -167,16 +165,14 @@ def _check_run(run_id: str, round_number: int) -> None:
     if not isinstance(run_id, str) or not 0 < len(run_id) <= 64:
         raise ValueError(f"run_id must be a non-empty string of at most 64 characters, "
                          f"got {run_id!r}")
-    if isinstance(round_number, bool) or not isinstance(round_number, numbers.Integral) \
-            or round_number < 1:
+    if not is_int(round_number) or round_number < 1:
         raise ValueError(f"round_number must be an int >= 1, got {round_number!r}")
 
 
 def _check_cap(default_cap: float | None) -> float | None:
     if default_cap is None:
         return None
-    if isinstance(default_cap, bool) or not isinstance(default_cap, numbers.Real) \
-            or not np.isfinite(default_cap) or default_cap <= 0:
+    if not is_finite(default_cap) or default_cap <= 0:
         raise ValueError(f"default_cap must be a finite number > 0 or None, got {default_cap!r}")
     return float(default_cap)
 
@@ -184,8 +180,8 @@ def _check_cap(default_cap: float | None) -> float | None:
 def _device_ids(device_ids: Iterable[int]) -> list[int]:
     ids = list(device_ids)
     for i in ids:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise ValueError(f"device ids must be ints (registry devices.id), got {i!r}")  # noqa: TRY004
+        if not is_int(i):
+            raise ValueError(f"device ids must be ints (registry devices.id), got {i!r}")
     return [int(i) for i in ids]
 
 
@@ -212,11 +208,6 @@ def _group_releases(releases: Sequence[Release]) -> dict[int, list[DpEvent]]:
 
 # -- storage helpers --------------------------------------------------------------------------
 
-def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start:start + _CHUNK]
-
-
 def _decode(row: DeviceBudget) -> np.ndarray:
     if row.orders_sha256 != ORDERS_SHA256:
         raise RegistryError("device_budgets", f"device {row.device_id}'s RDP vector was "
@@ -234,7 +225,7 @@ def _lock_devices(session: Session, ids: Sequence[int]) -> dict[int, Device]:
         # One writer at a time for the whole transaction; reads below see the latest commit.
         session.connection().exec_driver_sql("BEGIN IMMEDIATE")
     devices: dict[int, Device] = {}
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         stmt = select(Device).where(Device.id.in_(chunk)).order_by(Device.id)
         # NO KEY UPDATE: serialises reservations for a device without blocking the foreign
         # key checks of unrelated inserts (audit log, participation) that reference it.
@@ -248,7 +239,7 @@ def _lock_devices(session: Session, ids: Sequence[int]) -> dict[int, Device]:
 
 def _vectors(session: Session, ids: Sequence[int]) -> dict[int, DeviceBudget]:
     rows: dict[int, DeviceBudget] = {}
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         rows.update((b.device_id, b) for b in session.scalars(
             select(DeviceBudget).where(DeviceBudget.device_id.in_(chunk))))
     return rows
@@ -269,19 +260,11 @@ def _as_event(r: PrivacyEvent) -> LedgerEvent:
 
 
 def _spent(history: Sequence[LedgerEvent], delta: float) -> float:
-    return _reported(_groups(e.event for e in history), delta)
-
-
-Groups = tuple[tuple[tuple[float, float], int], ...]
-
-
-def _groups(events: Iterable[DpEvent]) -> Groups:
-    """The composition as sorted ((q, sigma), total steps): all the accountant needs."""
-    return tuple(sorted(grouped_steps(tuple(events)).items()))
+    return _reported(composition([e.event for e in history]), delta)
 
 
 @lru_cache(maxsize=8192)
-def _reported(groups: Groups, delta: float) -> float:
+def _reported(groups: Composition, delta: float) -> float:
     """The reported (PLD) epsilon of a composition, cached: a device over its RDP bound is
     asked again every round selection runs, with the same (append-only) history."""
     if not groups:
@@ -311,7 +294,7 @@ def _refusal_by_history(session: Session, device: Device, planned: Sequence[DpEv
                         cap: float, delta: float) -> Refusal | None:
     """Stage 2, for a device whose RDP bound is over: the reported (PLD) figure decides."""
     history = _history(session, device.id)
-    if _reported(_groups([*(e.event for e in history), *planned]), delta) <= cap:
+    if _reported(composition([*(e.event for e in history), *planned]), delta) <= cap:
         return None  # RDP was loose; the reported (PLD) figure still fits
     return Refusal(device_id=device.id, name=device.name,
                    epsilon_spent=_spent(history, delta), epsilon_cap=cap, delta=delta)
@@ -362,7 +345,7 @@ def reserve(url: str, run_id: str, round_number: int, releases: Sequence[Release
 def _existing(session: Session, run_id: str, round_number: int,
               ids: Sequence[int]) -> dict[int, dict[str, PrivacyEvent]]:
     out: dict[int, dict[str, PrivacyEvent]] = defaultdict(dict)
-    for chunk in _chunks(ids):
+    for chunk in in_chunks(ids):
         for row in session.scalars(select(PrivacyEvent).where(
                 PrivacyEvent.run_id == run_id, PrivacyEvent.round_number == round_number,
                 PrivacyEvent.device_id.in_(chunk))):
@@ -418,7 +401,7 @@ def commit(url: str, run_id: str, round_number: int, device_ids: Iterable[int]) 
         return
     with session_scope(url) as session:
         charged: set[int] = set()
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             charged.update(session.scalars(select(PrivacyEvent.device_id).where(
                 PrivacyEvent.run_id == run_id, PrivacyEvent.round_number == round_number,
                 PrivacyEvent.device_id.in_(chunk))))
@@ -497,7 +480,7 @@ def eligible(url: str, device_ids: Iterable[int], planned: DpEvent | Sequence[Dp
 
 def _devices(session: Session, ids: Sequence[int]) -> dict[int, Device]:
     devices: dict[int, Device] = {}
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in in_chunks(sorted(set(ids))):
         devices.update((d.id, d) for d in session.scalars(
             select(Device).where(Device.id.in_(chunk))))
     missing = [i for i in ids if i not in devices]
@@ -617,26 +600,6 @@ def fleet_budgets(url: str, delta: float, default_cap: float | None = None
     return [spent.get(i, 0.0) for i, _ in rows], caps
 
 
-def device_ids_for_indices(url: str, indices: Iterable[int]) -> dict[int, int]:
-    """Synthetic data index -> registry device id (the rule of
-    `registry_observer.device_for_index`: not revoked first, then newest), in one query."""
-    wanted = sorted(set(_device_ids(indices)))
-    out: dict[int, int] = {}
-    revoked_last = case((Device.status == DeviceStatus.REVOKED.value, 1), else_=0)
-    with session_scope(url) as session:
-        for chunk in _chunks(wanted):
-            rows = session.execute(select(Device.device_index, Device.id).where(
-                Device.data_source == "synthetic", Device.device_index.in_(chunk))
-                .order_by(Device.device_index, revoked_last, Device.id.desc()))
-            for index, device_id in rows:
-                if index is not None:  # always, by the IN clause; for the type checker
-                    out.setdefault(index, device_id)
-    missing = [i for i in wanted if i not in out]
-    if missing:
-        raise RegistryError("device", f"no registry device has synthetic index {missing[0]}")
-    return out
-
-
 # -- check-in: the device's own ledger against ours ------------------------------------------
 
 def audit_device_report(url: str, device_id: int, report: LedgerReport, *,
@@ -665,14 +628,13 @@ def audit_device_report(url: str, device_id: int, report: LedgerReport, *,
                              device_epsilon=report.epsilon, device_events=report.events,
                              server_epsilon=server_eps, server_events=len(history),
                              delta=report.delta)
-        detail = json.dumps({k: v for k, v in found.__dict__.items() if k != "device_id"},
-                            sort_keys=True)
+        detail = {k: v for k, v in sorted(found.__dict__.items()) if k != "device_id"}
         last = session.scalars(select(AuditEntry.detail).where(
             AuditEntry.device_id == device_id, AuditEntry.action == "budget.disagreement")
             .order_by(AuditEntry.id.desc()).limit(1)).first()
-        if last != detail:
-            session.add(AuditEntry(actor=operator(), action="budget.disagreement",
-                                   device_id=device_id, run_id=run_id, detail=detail))
+        if last != audit.encode_detail(detail):
+            audit.record(session, "budget.disagreement", detail, device_id=device_id,
+                         run_id=run_id)
         return found
 
 

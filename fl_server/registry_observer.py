@@ -2,8 +2,8 @@
 
 A :class:`~fl_server.observers.RoundObserver`. The federation loop reports devices by
 their synthetic data index; the registry maps an index to the device enrolled for it
-(the one not revoked, else the newest), so participation rows point at device ids and
-keys, not at data slots. A device's first round moves it from `enrolled` to `active`.
+(`fl_server.registry.devices`), so participation rows point at device ids and keys, not
+at data slots. A device's first round moves it from `enrolled` to `active`.
 
 Each hook is one transaction. A database failure fails the run (it is accountability
 data, not a nice-to-have); the round itself is already checkpointed, and on resume the
@@ -13,26 +13,19 @@ observer records any finished round the registry is missing from the run's histo
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fl_server.config import RunConfig
-from fl_server.enrollment import operator
 from fl_server.history import read_history
 from fl_server.observers import RoundObserver
+from fl_server.registry import audit
 from fl_server.registry.db import resolve_url, session_scope
-from fl_server.registry.models import (
-    AuditEntry,
-    Device,
-    DeviceStatus,
-    Participation,
-    Round,
-    Run,
-    utcnow,
-)
+from fl_server.registry.devices import devices_for_indices
+from fl_server.registry.models import Device, DeviceStatus, Participation, Round, Run, utcnow
 from fl_server.run_status import RunStatus
+from privacy.wire.round_record import RoundRecord
 
 
 def registry_observers(cfg: RunConfig) -> list[RoundObserver]:
@@ -56,16 +49,15 @@ class RegistryObserver:
             run.status, run.finished_at, run.reason = "running", None, None
             run.config_json = json.dumps(cfg.to_json_dict(), sort_keys=True)
             action = "run.resume" if resumed_after_round else "run.start"
-            session.add(AuditEntry(actor=operator(), action=action, run_id=cfg.run_id,
-                                   detail=json.dumps({"after_round": resumed_after_round,
-                                                      "devices": cfg.device_indices})))
+            audit.record(session, action, {"after_round": resumed_after_round,
+                                           "devices": cfg.device_indices}, run_id=cfg.run_id)
             session.flush()
             if resumed_after_round:
                 for record in read_history(cfg.run_dir()):
-                    if record["round"] <= resumed_after_round:
+                    if record.round <= resumed_after_round:
                         _record_round(session, run, record)
 
-    def round_finished(self, cfg: RunConfig, record: dict[str, Any]) -> None:
+    def round_finished(self, cfg: RunConfig, record: RoundRecord) -> None:
         with session_scope(self.url) as session:
             run = session.get(Run, cfg.run_id)
             if run is None:
@@ -81,27 +73,31 @@ class RegistryObserver:
             run.completed_rounds, run.reason = status.completed_rounds, status.reason or None
 
 
-def _record_round(session: Session, run: Run, record: dict[str, Any]) -> None:
+def _record_round(session: Session, run: Run, record: RoundRecord) -> None:
     """Insert one round and its participants (once: a round already recorded is left as is)."""
-    number = int(record["round"])
+    number = record.round
     if session.scalars(select(Round).where(Round.run_id == run.id,
                                            Round.number == number)).first() is not None:
         return
-    row = Round(run_id=run.id, number=number, loss=record["loss"], kl_bits=record["kl_bits"],
-                utility_acc=record["utility_acc"], identity_acc=record["identity_acc"],
-                sampled=record["sampled"], responded=record["responded"],
-                failed=record["failed"], wall_s=record["wall_s"], finished_at=utcnow())
+    row = Round(run_id=run.id, number=number, loss=record.loss, kl_bits=record.kl_bits,
+                utility_acc=record.utility_acc, identity_acc=record.identity_acc,
+                sampled=record.sampled, responded=record.responded,
+                failed=record.failed, wall_s=record.wall_s, finished_at=utcnow())
     session.add(row)
     session.flush()
-    events = {int(e["device"]): e for e in record.get("dp_events") or []}
+    events = {e.device: e for e in record.dp_events}
+    devices = devices_for_indices(session, record.devices)
     participants: list[int] = []
-    for index in record["devices"]:
-        device = device_for_index(session, int(index))
-        event = events.get(int(index), {})
+    for index in record.devices:
+        device = devices.get(int(index))
+        if device is None:
+            raise RuntimeError(f"device index {index} took part in a round but no registry "
+                               "device has it")
+        event = events.get(int(index))
         session.add(Participation(round_id=row.id, device_id=device.id, device_index=int(index),
-                                  dp_sample_rate=event.get("sample_rate"),
-                                  dp_noise_multiplier=event.get("noise_multiplier"),
-                                  dp_steps=event.get("steps")))
+                                  dp_sample_rate=event.sample_rate if event else None,
+                                  dp_noise_multiplier=event.noise_multiplier if event else None,
+                                  dp_steps=event.steps if event else None))
         participants.append(device.id)
     _activate(session, participants)
     run.completed_rounds = max(run.completed_rounds or 0, number)
@@ -125,14 +121,3 @@ def _activate(session: Session, device_ids: list[int]) -> None:
                     .values(status=DeviceStatus.ACTIVE.value)
                     .execution_options(synchronize_session=False))
 
-
-def device_for_index(session: Session, index: int) -> Device:
-    """The device enrolled for synthetic data index `index` (not revoked first, then newest)."""
-    revoked_last = case((Device.status == DeviceStatus.REVOKED.value, 1), else_=0)
-    device = session.scalars(select(Device).where(
-        Device.data_source == "synthetic", Device.device_index == index)
-        .order_by(revoked_last, Device.id.desc())).first()
-    if device is None:
-        raise RuntimeError(f"device index {index} took part in a round but no registry "
-                           "device has it")
-    return device

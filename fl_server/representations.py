@@ -20,7 +20,6 @@ it; the device's ledgers (DP and information) stay: they are accounting, not dat
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,9 +27,10 @@ from typing import Any, Protocol
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from fl_server.enrollment import find_device, operator
+from fl_server.registry import audit
 from fl_server.registry.db import RegistryError, session_scope
-from fl_server.registry.models import AuditEntry, Representation, as_utc
+from fl_server.registry.devices import find_device
+from fl_server.registry.models import Representation, as_utc
 from privacy.payload import decode_payload
 
 
@@ -148,7 +148,7 @@ class DatabaseStore:
     def erase_device(self, session: Session, device_id: int) -> int:
         result = session.execute(delete(Representation).where(
             Representation.device_id == device_id))
-        return int(result.rowcount or 0)
+        return int(getattr(result, "rowcount", 0) or 0)  # a CursorResult; typed as Result
 
 
 def _filtered(statement: Any, device_ids: Sequence[int] | None, run_id: str | None) -> Any:
@@ -191,8 +191,8 @@ def erase_device(url: str, ident: str, store: RepresentationStore | None = None
         device = find_device(session, ident)
         erased = (store or default_store()).erase_device(session, device.id)
         device.consent_evaluation = False
-        session.add(AuditEntry(actor=operator(), action="device.erase", device_id=device.id,
-                               detail=json.dumps({"representations_deleted": erased,
-                                                  "consent_evaluation": False})))
+        audit.record(session, "device.erase", {"representations_deleted": erased,
+                                               "consent_evaluation": False},
+                     device_id=device.id)
         session.flush()
         return {"id": device.id, "name": device.name, "deleted": erased}

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fl_server.atomic import write_text_atomic
+from privacy.atomic_write import write_text_atomic
 
 #: budget-exhausted: the run stopped cleanly because too few devices could afford another
 #: round's DP release (`strategies.budget_selection`); its last model is the final model.

@@ -21,27 +21,23 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import select
-
-from fl_server.atomic import write_text_atomic
 from fl_server.config import RunConfig
 from fl_server.registry.db import resolve_url, session_scope
+from fl_server.registry.devices import devices_for_indices
 from fl_server.registry.identity import BUNDLES_EXTRA
-from fl_server.registry.models import Device, DeviceStatus
+from fl_server.registry.models import DeviceStatus
+from privacy.atomic_write import write_text_atomic
 
 IDENTITIES_FILE = "secagg-identities.json"
 
 
 def identities_table(url: str, device_indices: Iterable[int] | None = None) -> dict[int, str]:
-    """Device index -> public key of the not-revoked synthetic-fleet device enrolled for it."""
-    wanted = None if device_indices is None else sorted(set(device_indices))
-    query = select(Device.device_index, Device.public_key).where(
-        Device.status != DeviceStatus.REVOKED.value, Device.device_index.is_not(None))
-    if wanted is not None:
-        query = query.where(Device.device_index.in_(wanted))
+    """Device index -> public key of the not-revoked synthetic-fleet device enrolled for it
+    (every enrolled index when `device_indices` is None)."""
     with session_scope(url) as session:
-        rows = session.execute(query.order_by(Device.id)).all()
-    return {int(index): str(key) for index, key in rows}  # newest enrollment wins
+        return {index: device.public_key for index, device
+                in devices_for_indices(session, device_indices).items()
+                if device.status != DeviceStatus.REVOKED.value}
 
 
 def write_identities(path: Path, table: dict[int, str]) -> Path:

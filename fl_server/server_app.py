@@ -47,7 +47,7 @@ def make_server_app(cfg: RunConfig, console: Console | None = None) -> ServerApp
     bound = ServerApp()
 
     @bound.main()
-    def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
+    def _main(grid: Grid, context: Context) -> None:
         run_federation(grid, cfg, console, observers=observers_for(cfg))
 
     return bound

@@ -14,7 +14,7 @@ from fl_server.registry_observer import registry_observers
 from monitoring.observer import BudgetSource, MetricsObserver
 
 
-def observers_for(cfg: RunConfig) -> list[RoundObserver]:  # noqa: ARG001 - sinks read cfg
+def observers_for(cfg: RunConfig) -> list[RoundObserver]:
     """The sinks of a run, in the order they are notified."""
     metrics = [MetricsObserver.for_config(cfg, budgets=_budget_source(cfg))] \
         if cfg.metrics_port >= 0 else []

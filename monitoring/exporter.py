@@ -14,6 +14,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from privacy.checks import is_int
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -21,7 +23,7 @@ class MetricsExporter:
     """`/metrics` for one registry, on 127.0.0.1:`port` (0 = any free port)."""
 
     def __init__(self, registry: CollectorRegistry, port: int = 0) -> None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        if not is_int(port) or not 0 <= port <= 65535:
             raise ValueError(f"metrics port must be an integer in 0..65535, got {port!r}")
         self.registry = registry
         self.requested_port = port

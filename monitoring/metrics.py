@@ -11,10 +11,9 @@ per-device quantities (epsilon spent, information bits) are exported as fleet-le
 distributions (gauge histograms, rebuilt from a snapshot) and top-level gauges (max,
 p95, counts near / over the cap). Every label has a small, fixed set of values.
 
-Some metrics are fed by parts of the platform that are still to come; they are
-defined now so dashboards and alerts exist, and they start from values that are true
-before that part exists (no tracked devices, no disagreements). :data:`FED_LATER` names
-them and who will feed them.
+Every metric starts from a value that is true before its first event (no tracked
+devices, no disagreements, no dropouts), so dashboards and alerts read it from the
+first scrape.
 """
 
 from __future__ import annotations
@@ -33,12 +32,14 @@ from prometheus_client import (
 from prometheus_client.core import GaugeHistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from privacy.wire.round_record import RoundRecord
+
 # `_created` series double every counter and histogram and nothing here reads them.
 disable_created_metrics()
 
 RUN_STATUSES = ("running", "completed", "failed", "budget-exhausted")
 ROUND_STATUSES = ("completed", "failed", "aborted")
-#: Phases of a round; the `secagg_*` stages are timed once secure aggregation lands.
+#: Phases of a round; the `secagg_*` stages are timed in rounds with secure aggregation.
 PHASES = ("checkin", "train", "secagg_setup", "secagg_share_keys", "secagg_collect_masked",
           "secagg_unmask", "aggregate", "evaluate")
 #: The registry's device states: enrolled (keys issued) -> active (took part) -> revoked.
@@ -48,7 +49,7 @@ MONITOR_SOURCES = ("runs", "registry")
 #: Why an update was dropped: the update validator's reasons (strategies/update_validation.py
 #: REASONS, in check order; monitoring does not import strategies), then the budget's.
 REJECT_REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", "dtype",
-                  "non_finite", "norm_bound", "metrics", "budget_exceeded", "error_reply")
+                  "non_finite", "norm_bound", "metrics")
 PROBES = ("utility", "identity")
 LEAKAGE_KS = (1, 2, 4, 8, 16, 32, 64)
 LEAKAGE_ATTACKS = ("identity",)
@@ -60,15 +61,6 @@ EPSILON_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 #: 1 bit .. 1 Mibit, as bytes.
 INFORMATION_BYTES_BUCKETS = tuple(2.0 ** k / 8 for k in range(0, 21, 2))
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-
-#: Metrics defined now and fed by a later part of the platform (metric -> who feeds it).
-FED_LATER = {
-    "fedmsr_network_sent_bytes_total": "messaging, record key 'bytes_sent'",
-    "fedmsr_network_received_bytes_total": "messaging, record key 'bytes_received'",
-    "fedmsr_secagg_dropouts_total": "secure aggregation (issue 5), record key "
-                                    "'secagg_dropouts'",
-}
-
 
 class FleetDistribution(Collector):
     """A fleet-wide distribution rebuilt from a snapshot (a Prometheus gauge histogram).
@@ -248,6 +240,15 @@ class FedmsrMetrics:
 
     def set_kl_bits(self, bits_per_clip: float) -> None:
         self.kl_bytes.set(bits_per_clip / 8.0)
+
+    def set_round_quality(self, record: RoundRecord) -> None:
+        """A finished round's probes (accuracy and chance), held-out loss and KL rate."""
+        self.probe_accuracy.labels(probe="utility").set(record.utility_acc)
+        self.probe_chance.labels(probe="utility").set(record.utility_chance)
+        self.probe_accuracy.labels(probe="identity").set(record.identity_acc)
+        self.probe_chance.labels(probe="identity").set(record.identity_chance)
+        self.round_loss.set(record.loss)
+        self.set_kl_bits(record.kl_bits)
 
     def set_leakage(self, attack: str, curve: dict[int, float]) -> None:
         """PL(k) for the measured k, and the accumulation gain max_k PL(k) - PL(1)."""

@@ -3,9 +3,7 @@
 It follows `fl_server.observers.RoundObserver` by shape only (monitoring must not import
 fl_server; fl_server wires it in `sinks.py`). It reads from the run configuration only
 `devices`, `rounds`, `dp_sgd`, `metrics_port`, `metrics_linger_s` and `run_dir()`, and
-from each round record the keys `_one_round` writes; keys that later parts of the
-platform will add (`bytes_sent`, `rejected`, `secagg_phases_s`, `leakage`, ...) are read
-when present.
+each round's typed history record (`privacy.wire.round_record.RoundRecord`).
 
 The exporter lives as long as the run: started in `run_started`, stopped in
 `run_finished` after `metrics_linger_s` seconds, so a scraper that polls every few
@@ -27,13 +25,15 @@ from typing import Any
 
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
+from privacy.atomic_write import write_text_atomic
+from privacy.wire.round_record import DeviceDpEvent, RoundRecord
 
 ENDPOINT_FILE = "metrics.json"
 #: () -> (epsilon per tracked device, cap per tracked device), for FedmsrMetrics.set_budgets.
 BudgetSource = Callable[[], tuple[Sequence[float], Sequence[float]]]
-#: Record keys of each timed phase (`_one_round` in fl_server/federation.py).
-PHASE_KEYS = {"checkin": "checkin_s", "train": "train_phase_s", "aggregate": "aggregate_s",
-              "evaluate": "eval_s"}
+#: The round record's attribute for each timed phase (SecAgg+ adds its own stages).
+PHASE_ATTRIBUTES = {"checkin": "checkin_s", "train": "train_phase_s",
+                    "aggregate": "aggregate_s", "evaluate": "eval_s"}
 
 
 class MetricsObserver:
@@ -72,29 +72,31 @@ class MetricsObserver:
         if self.exporter is not None:
             self._serve(cfg)
 
-    def round_finished(self, cfg: Any, record: dict[str, Any]) -> None:
+    def round_finished(self, cfg: Any, record: RoundRecord) -> None:
         m = self.metrics
         m.rounds.labels(status="completed").inc()
-        m.run_rounds_completed.set(record["round"])
+        m.run_rounds_completed.set(record.round)
         m.last_round_time.set(time.time())
-        m.round_duration.observe(record["wall_s"])
-        for phase, key in PHASE_KEYS.items():
-            m.phase_duration.labels(phase=phase).observe(record[key])
-        for stage, seconds in record.get("secagg_phases_s", {}).items():
-            m.phase_duration.labels(phase=f"secagg_{stage}").observe(seconds)
+        m.round_duration.observe(record.wall_s)
+        for phase, attribute in PHASE_ATTRIBUTES.items():
+            m.phase_duration.labels(phase=phase).observe(getattr(record, attribute))
+        if record.secagg is not None:
+            for stage, seconds in record.secagg.phases_s.items():
+                m.phase_duration.labels(phase=f"secagg_{stage}").observe(seconds)
+            m.secagg_dropouts.inc(record.secagg.dropouts)
         self._devices(record)
         self._quality(record)
-        if record.get("information_bits"):  # a collection round: every run device's bits
-            m.set_information_bits(list(record["information_bits"].values()))
-        self._dp_events(record.get("dp_events", []))
+        bits = record.collection.get("information_bits")
+        if bits:  # a collection round: every run device's bits
+            m.set_information_bits(list(bits.values()))
+        self._dp_events(record.dp_events)
         self._set_budgets()
-        m.client_train_seconds.inc(record["client_train_s_sum"])
-        m.client_train_max.set(record["client_train_s_max"])
-        m.sent_bytes.inc(record.get("bytes_sent", 0))
-        m.received_bytes.inc(record.get("bytes_received", 0))
-        m.secagg_dropouts.inc(record.get("secagg_dropouts", 0))
-        m.ledger_disagreements.inc(record.get("ledger_disagreements", 0))
-        for reason, count in record.get("rejected", {}).items():
+        m.client_train_seconds.inc(record.client_train_s_sum)
+        m.client_train_max.set(record.client_train_s_max)
+        m.sent_bytes.inc(record.bytes_sent)
+        m.received_bytes.inc(record.bytes_received)
+        m.ledger_disagreements.inc(record.budget.ledger_disagreements)
+        for reason, count in record.rejected.items():
             m.updates_rejected.labels(reason=reason).inc(count)
 
     def run_finished(self, cfg: Any, status: Any) -> None:
@@ -118,8 +120,9 @@ class MetricsObserver:
                                f"{self.exporter.requested_port} ({exc.strerror}); "
                                "choose another --metrics-port, or 0 for any free port") from None
         self._endpoint_file = Path(cfg.run_dir()) / ENDPOINT_FILE
-        _write_json_atomic(self._endpoint_file, {"url": self.exporter.url,
-                                                 "port": self.exporter.port, "pid": os.getpid()})
+        write_text_atomic(self._endpoint_file, json.dumps(
+            {"url": self.exporter.url, "port": self.exporter.port, "pid": os.getpid()},
+            indent=2) + "\n")
         print(f"metrics: {self.exporter.url}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
@@ -133,16 +136,16 @@ class MetricsObserver:
 
     # -- record -> metrics ------------------------------------------------------------
 
-    def _devices(self, record: dict[str, Any]) -> None:
+    def _devices(self, record: RoundRecord) -> None:
         m = self.metrics
-        sampled, responded, failed = record["sampled"], record["responded"], record["failed"]
+        sampled, responded, failed = record.sampled, record.responded, record.failed
         for outcome, value in (("sampled", sampled), ("responded", responded),
                                ("dropped", failed)):
             m.round_devices.labels(outcome=outcome).set(value)
         m.devices_sampled.inc(sampled)
         m.devices_responded.inc(responded)
         m.devices_dropped.inc(failed)
-        self._active.update(int(d) for d in record.get("devices", []))
+        self._active.update(record.devices)
         self._set_devices()
 
     def _set_devices(self) -> None:
@@ -156,15 +159,11 @@ class MetricsObserver:
         m.devices.labels(status="enrolled").set(self._fleet_size - len(self._active))
         m.devices.labels(status="revoked").set(0)
 
-    def _quality(self, record: dict[str, Any]) -> None:
+    def _quality(self, record: RoundRecord) -> None:
         m = self.metrics
-        for probe in ("utility", "identity"):
-            m.probe_accuracy.labels(probe=probe).set(record[f"{probe}_acc"])
-            m.probe_chance.labels(probe=probe).set(record[f"{probe}_chance"])
-        m.round_loss.set(record["loss"])
-        m.set_kl_bits(record["kl_bits"])
+        m.set_round_quality(record)
         # The identity probe on single clips is PL(1); leakage tracking adds k > 1.
-        curves = record.get("leakage") or {"identity": {1: record["identity_acc"]}}
+        curves = record.collection.get("leakage") or {"identity": {1: record.identity_acc}}
         for attack, curve in curves.items():
             m.set_leakage(attack, {int(k): float(v) for k, v in curve.items()})
 
@@ -173,16 +172,10 @@ class MetricsObserver:
         if self.budgets is not None:
             self.metrics.set_budgets(*self.budgets())
 
-    def _dp_events(self, events: list[dict[str, Any]]) -> None:
+    def _dp_events(self, events: Sequence[DeviceDpEvent]) -> None:
         m = self.metrics
         for event in events:
             m.dp_events.inc()
-            m.dp_sampling.observe(event["sample_rate"])
-            m.dp_noise.observe(event["noise_multiplier"])
-            m.dp_steps.observe(event["steps"])
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+            m.dp_sampling.observe(event.sample_rate)
+            m.dp_noise.observe(event.noise_multiplier)
+            m.dp_steps.observe(event.steps)

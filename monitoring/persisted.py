@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.metrics import DEVICE_STATUSES, RUN_STATUSES, FedmsrMetrics
+from privacy.wire.round_record import RoundRecord
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class RunOnDisk:
     run_id: str
     config: dict[str, Any]
     status: dict[str, Any]
-    history: list[dict[str, Any]]
+    history: list[RoundRecord]
 
     @property
     def updated(self) -> float:
@@ -62,10 +63,11 @@ def read_runs(runs_dir: Path) -> list[RunOnDisk]:
             config = json.loads((run_dir / "run.json").read_text())
             status = json.loads((run_dir / "status.json").read_text())
             history_path = run_dir / "history.json"
-            history = json.loads(history_path.read_text()) if history_path.exists() else []
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(config, dict) and isinstance(status, dict) and isinstance(history, list):
+            rows = json.loads(history_path.read_text()) if history_path.exists() else []
+            history = [RoundRecord.from_json(row) for row in rows]
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # JSONDecodeError is a ValueError; a row that is no record: skipped
+        if isinstance(config, dict) and isinstance(status, dict):
             runs.append(RunOnDisk(run_dir.name, config, status, history))
     return sorted(runs, key=lambda run: (run.updated, run.run_id))
 
@@ -87,17 +89,13 @@ def apply_runs(metrics: FedmsrMetrics, runs: list[RunOnDisk]) -> None:
         _apply_last_round(metrics, latest.history[-1], latest.updated)
 
 
-def _apply_last_round(metrics: FedmsrMetrics, record: dict[str, Any], when: float) -> None:
-    for probe in ("utility", "identity"):
-        metrics.probe_accuracy.labels(probe=probe).set(record[f"{probe}_acc"])
-        metrics.probe_chance.labels(probe=probe).set(record[f"{probe}_chance"])
-    metrics.round_loss.set(record["loss"])
-    metrics.set_kl_bits(record["kl_bits"])
-    metrics.set_leakage("identity", {1: float(record["identity_acc"])})
-    for outcome, key in (("sampled", "sampled"), ("responded", "responded"),
-                         ("dropped", "failed")):
-        metrics.round_devices.labels(outcome=outcome).set(record[key])
-    metrics.client_train_max.set(record["client_train_s_max"])
+def _apply_last_round(metrics: FedmsrMetrics, record: RoundRecord, when: float) -> None:
+    metrics.set_round_quality(record)
+    metrics.set_leakage("identity", {1: float(record.identity_acc)})
+    for outcome, value in (("sampled", record.sampled), ("responded", record.responded),
+                           ("dropped", record.failed)):
+        metrics.round_devices.labels(outcome=outcome).set(value)
+    metrics.client_train_max.set(record.client_train_s_max)
     metrics.last_round_time.set(when)
 
 
@@ -107,5 +105,5 @@ def fleet_from_runs(runs: list[RunOnDisk]) -> FleetSnapshot | None:
         return None
     latest = runs[-1]
     size = int(latest.config.get("devices", 0))
-    active = {int(d) for record in latest.history for d in record.get("devices", [])}
+    active = {d for record in latest.history for d in record.devices}
     return FleetSnapshot({"enrolled": size - len(active), "active": len(active), "revoked": 0})

@@ -1,11 +1,8 @@
-"""Budget-aware selection: a wrapper that lets a Flower strategy sample only devices whose
-planned release keeps them within their privacy cap, and charges them before anything is
-sent.
+"""Budget-aware selection: sample only devices whose planned release keeps them within
+their privacy cap, and charge them before anything is sent.
 
-It composes around any `flwr.serverapp.strategy.Strategy` (`SeededFedAvg`,
-`CentralDpFedAvg`, Flower's own FedAvg ...): the inner strategy samples as it always does,
-but from a view of the grid that holds only the eligible nodes; everything but
-`configure_train` is the inner strategy's. One round:
+It composes with any sampler (`SeededFedAvg.sample`, `CentralDpFedAvg.sample`, ...): the
+strategy samples as it always does, from the eligible devices only. One round:
 
 1. the caller says who checked in and what each would be charged (:class:`RoundPlan`):
    ``if_sent`` — events charged to a device that is *sent* a train message (local DP-SGD:
@@ -15,7 +12,7 @@ but from a view of the grid that holds only the eligible nodes; everything but
    ``every_eligible + if_sent`` fits their cap; with fewer than ``min_train_nodes`` left the
    round does not happen: :class:`BudgetExhausted` (the run then stops with status
    ``budget-exhausted`` and this message), never a round with nobody in it;
-3. the inner strategy samples among them;
+3. the strategy samples among them;
 4. the ledger **reserves** the releases (one transaction that re-checks the caps) and only
    the devices it reserved for get their message: reservation happens before the caller
    pushes a single message, so a reserved release counts as spent even if the server dies
@@ -30,13 +27,9 @@ ledger keys on; fedmsr's is the registry's `devices.id`), so this module needs n
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from typing import Protocol
 
 from privacy.accounting import DpEvent
 
@@ -123,65 +116,31 @@ class RoundPlan:
         return self.every_eligible + (self.if_sent.get(node, ()) if sent else ())
 
 
-class _EligibleGrid:
-    """A grid whose `get_node_ids` lists only the eligible nodes (for inner strategies that
-    sample from the grid, like Flower's FedAvg); everything else is the real grid."""
+class BudgetSelection:
+    """Sampling restricted to devices with budget left; releases reserved before sending.
 
-    def __init__(self, grid: Grid, nodes: Sequence[int]) -> None:
-        self._grid, self._nodes = grid, list(nodes)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
-class BudgetAwareStrategy(Strategy):
-    """`inner` restricted to devices with budget left; releases reserved before sending.
-
-    A wrapper, not a subclass: attributes it does not define (`state`, `aggregate_sum`,
-    `params` ...) are the inner strategy's.
+    Not a strategy: it is handed the round's sampler (the strategy's `sample`) and decides
+    around it (pre-check, sample among the eligible, reserve), so any strategy composes
+    with it and none needs to know budgets exist.
     """
 
-    def __init__(self, inner: Strategy, ledger: BudgetLedger, min_train_nodes: int) -> None:
-        self.inner, self.ledger = inner, ledger
+    def __init__(self, ledger: BudgetLedger, min_train_nodes: int) -> None:
+        self.ledger = ledger
         self.min_train_nodes = int(min_train_nodes)
-        self.plan: RoundPlan | None = None
         self.reserved: dict[int, list[int]] = {}
         self.refused: dict[int, list[RefusalLike]] = {}
-        self._candidates: list[int] = []
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not yet set (copy/pickle): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def select(self, server_round: int, plan: RoundPlan, candidates: Sequence[int],
+               sample: Callable[[list[int]], Sequence[int]]) -> list[int]:
+        """The nodes to send this round's train message to, with their releases reserved.
 
-    @property
-    def candidates(self) -> list[int]:
-        return self._candidates
-
-    @candidates.setter
-    def candidates(self, nodes: Sequence[int]) -> None:
-        self._candidates = sorted(nodes)
-
-    def begin_round(self, plan: RoundPlan) -> None:
-        """Set after check-in, before `configure_train`."""
-        self.plan = plan
-
-    # -- the one step that differs from the inner strategy ------------------------------
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        plan = self._require_plan()
-        nodes = [n for n in (self._candidates or sorted(grid.get_node_ids()))
-                 if n in plan.ledger_ids]
+        `candidates` are the admitted nodes; those without a ledger id are left out.
+        Raises :class:`BudgetExhausted` (nothing sent) when too few can afford the round.
+        """
+        nodes = [n for n in sorted(candidates) if n in plan.ledger_ids]
         eligible = self._eligible(server_round, plan, nodes)
-        if hasattr(self.inner, "candidates"):
-            self.inner.candidates = eligible
-        messages = list(self.inner.configure_train(server_round, arrays, config,
-                                                   _EligibleGrid(grid, eligible)))  # type: ignore[arg-type]
-        return self._reserve(server_round, plan, eligible, messages)
+        sampled = sorted(sample(eligible))
+        return self._reserve(server_round, plan, eligible, sampled)
 
     def _eligible(self, server_round: int, plan: RoundPlan, nodes: list[int]) -> list[int]:
         planned = {plan.ledger_ids[n]: plan.planned(n) for n in nodes if plan.planned(n)}
@@ -200,19 +159,18 @@ class BudgetAwareStrategy(Strategy):
         return eligible
 
     def _reserve(self, server_round: int, plan: RoundPlan, eligible: list[int],
-                 messages: list[Message]) -> list[Message]:
-        sent = {m.metadata.dst_node_id for m in messages}
+                 sampled: list[int]) -> list[int]:
+        sent = set(sampled)
         releases = {plan.ledger_ids[n]: plan.charged(n, n in sent) for n in eligible}
         releases = {device: events for device, events in releases.items() if events}
         if not releases:
             self.reserved[server_round] = []
-            return messages
+            return sampled
         reserved, refusals = self.ledger.reserve(server_round, releases)
         self.reserved[server_round] = sorted(reserved)
         self.refused.setdefault(server_round, []).extend(refusals)
         keep = set(reserved)
-        out = [m for m in messages if not plan.charged(m.metadata.dst_node_id, True)
-               or plan.ledger_ids[m.metadata.dst_node_id] in keep]
+        out = [n for n in sampled if not plan.charged(n, True) or plan.ledger_ids[n] in keep]
         population = len([n for n in eligible
                           if not plan.every_eligible or plan.ledger_ids[n] in keep])
         taking_part = population if plan.every_eligible else len(out)
@@ -228,26 +186,3 @@ class BudgetAwareStrategy(Strategy):
         reserved = self.reserved.get(server_round, [])
         if reserved:
             self.ledger.commit(server_round, reserved)
-
-    def _require_plan(self) -> RoundPlan:
-        if self.plan is None:
-            raise RuntimeError("BudgetAwareStrategy: begin_round(plan) must come before "
-                               "configure_train")
-        return self.plan
-
-    # -- the rest is the inner strategy's ------------------------------------------------
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.inner.aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.inner.summary()

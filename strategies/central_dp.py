@@ -41,16 +41,16 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Message,
-    MessageType,
     MetricRecord,
-    RecordDict,
 )
-from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from privacy.accounting import DpEvent, EventKind
 from privacy.secagg.codec import flatten, unflatten
 from privacy.update_clip import check_clip_norm, clip_l2
+from privacy.wire.arrays import arrays_of
+from privacy.wire.records import array_record
+from privacy.wire.round_record import CentralDpRecord
 from strategies.seeded_fedavg import SeededFedAvg
 
 NoiseSource = Callable[[int], np.ndarray]
@@ -118,11 +118,11 @@ def noisy_average(update_sum: np.ndarray, params: CentralDpParams, population: i
 
 
 class CentralDpFedAvg(SeededFedAvg):
-    """DP-FedAvg over the candidates the server admitted (and the budget wrapper kept).
+    """DP-FedAvg over the candidates the server admitted (and budget selection kept).
 
-    `configure_train` draws by Poisson sampling with the server's CSPRNG and remembers the
-    population size and the global arrays of the round; `aggregate_train` (plain path) and
-    :meth:`aggregate_sum` (secure aggregation: the unmasked sum) release the noisy average.
+    `sample` draws by Poisson sampling with the server's CSPRNG and remembers the population
+    size, `train_messages` the global arrays of the round; `aggregate_train` (plain path) and
+    :meth:`aggregate_secure` (secure aggregation: the unmasked sum) release the noisy average.
     The seeded RNG of `SeededFedAvg` is not used for the draw (it would be predictable).
     """
 
@@ -142,16 +142,13 @@ class CentralDpFedAvg(SeededFedAvg):
                                     self.randomness.uniform)
         return self.drawn
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Poisson-sample the candidates; every drawn device gets the round's arrays."""
-        self._global = {name: array.numpy() for name, array in arrays.items()}
-        node_ids = self.sample(self.candidates or list(grid.get_node_ids()))
-        log(INFO, "configure_train (central DP): drew %s of %s eligible devices (q=%s)",
+    def train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                       node_ids: Sequence[int]) -> list[Message]:
+        """Every drawn device gets the round's arrays; they are the base of the release."""
+        self._global = arrays_of(arrays)
+        log(INFO, "central DP: drew %s of %s eligible devices (q=%s)",
             len(node_ids), len(self.population), self.params.sample_rate)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+        return super().train_messages(server_round, arrays, config, node_ids)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -167,20 +164,33 @@ class CentralDpFedAvg(SeededFedAvg):
         for reply in replies:
             if reply.has_error():
                 continue
-            new = {name: array.numpy()
-                   for name, array in reply.content[self.arrayrecord_key].items()}
+            new = arrays_of(array_record(reply.content, self.arrayrecord_key))
             total += clip_l2(flatten(new) - flatten(base), self.params.clip_norm)
             answered += 1
         return self._release(base, total), MetricRecord({"contributors": answered})
 
     def aggregate_sum(self, update_sum: np.ndarray) -> ArrayRecord:
-        """The release from an already summed update (secure aggregation: the unmasked sum
-        of the device-clipped updates, each device with weight 1)."""
+        """The release from an already summed update (each device with weight 1)."""
         return self._release(self._round_global(), np.asarray(update_sum, dtype=np.float64))
+
+    def aggregate_secure(self, mean: np.ndarray, total_weight: int,
+                         model: ArrayRecord) -> ArrayRecord:
+        """Secure aggregation: the unmasked mean of the device-clipped updates, every device
+        with weight 1, so mean * count is their sum, which gets the noise."""
+        del model
+        return self.aggregate_sum(np.asarray(mean, dtype=np.float64) * total_weight)
+
+    def round_figures(self) -> CentralDpRecord:
+        """This round's population, draw, fixed denominator and noise std (for history)."""
+        return CentralDpRecord(
+            population=len(self.population), drawn=len(self.drawn),
+            denominator=self.params.denominator(len(self.population))
+            if self.population else None,
+            noise_std=self.params.noise_std)
 
     def _round_global(self) -> dict[str, np.ndarray]:
         if self._global is None or not self.population:
-            raise RuntimeError("central DP: configure_train must run before aggregation")
+            raise RuntimeError("central DP: sample and train_messages must run before aggregation")
         return self._global
 
     def _release(self, base: dict[str, np.ndarray], total: np.ndarray) -> ArrayRecord:

@@ -23,21 +23,21 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from privacy.secagg import codec
 from privacy.secagg.encoding import EncodingSpec
 from privacy.secagg.errors import ProtocolAbort, SecAggError
 from privacy.secagg.graph import default_neighbours, default_threshold
 from privacy.secagg.messages import RoundSetup
+from privacy.wire.keys import SECAGG_ADVERTISE as ADVERTISE
+from privacy.wire.keys import SECAGG_KEY
+from privacy.wire.keys import SECAGG_MASKED as MASKED
+from privacy.wire.keys import SECAGG_SHARE as SHARE
+from privacy.wire.keys import SECAGG_UNMASK as UNMASK
 from strategies.messaging import send_and_collect
 from strategies.secagg_server import AggregateResult, SecAggServer
 
-SECAGG_KEY = "secagg"
-ADVERTISE = f"{MessageType.QUERY}.secagg_advertise"
-SHARE = f"{MessageType.QUERY}.secagg_share"
-MASKED = f"{MessageType.TRAIN}.secagg_masked"
-UNMASK = f"{MessageType.QUERY}.secagg_unmask"
 #: Key exchange and unmasking are small and fast; training gets the round's timeout.
 QUICK_STAGE_TIMEOUT_S = 120.0
 
@@ -74,6 +74,8 @@ class SecureRound:
     result: AggregateResult
     train_s: float
     aggregate_s: float
+    #: Wall time of each protocol stage (metrics: `secagg_<stage>` phases).
+    phases_s: dict[str, float]
 
 
 def round_setup(params: SecAggParams, participants: Sequence[int],
@@ -126,11 +128,14 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
                 by_device[sender] = reply
         return by_device
 
+    phases: dict[str, float] = {}
     adverts = exchange(ADVERTISE, {d: setup_flat for d in node_of}, stage_timeout_s)
     relayed = server.collect_keys(_parsed(adverts, codec.advertise_from_flat))
+    phases["setup"] = time.perf_counter() - started
     shared = exchange(SHARE, {d: codec.neighbour_keys_to_flat(m) for d, m in relayed.items()},
                       stage_timeout_s)
     delivered = server.collect_shares(_parsed(shared, codec.share_keys_from_flat))
+    phases["share_keys"] = time.perf_counter() - started - phases["setup"]
 
     def train_content(device: int) -> RecordDict:
         original = train_of[node_of[device]].content
@@ -142,9 +147,12 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
     train_s = time.perf_counter() - train_started
     requests = server.collect_masked(
         _parsed(masked, lambda f: codec.masked_from_flat(f, setup.encoding)))
+    phases["collect_masked"] = time.perf_counter() - train_started
+    unmask_started = time.perf_counter()
     answers = exchange(UNMASK, {d: codec.unmask_request_to_flat(q) for d, q in requests.items()},
                        stage_timeout_s)
     result = server.finish(_parsed(answers, codec.unmask_reply_from_flat))
+    phases["unmask"] = time.perf_counter() - unmask_started
     mean_delta = codec.unflatten(result.mean, {k: np.asarray(v, dtype=np.float64)
                                                for k, v in global_arrays.items()})
     new = {k: (np.asarray(global_arrays[k], dtype=np.float64) + mean_delta[k])
@@ -153,7 +161,7 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
     contributors = set(result.contributors)
     replies = [masked[d] for d in sorted(masked) if d in contributors]
     total_s = time.perf_counter() - started
-    return SecureRound(replies, record, {}, result, train_s, total_s - train_s)
+    return SecureRound(replies, record, {}, result, train_s, total_s - train_s, phases)
 
 
 def _parsed(replies: dict[int, Message], parse: Callable[[dict[str, Any]], Any]) -> list[Any]:

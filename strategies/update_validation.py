@@ -29,7 +29,7 @@ Freshness works on two levels. Flower's metadata: a reply must answer one of the
 ids this round sent (so a reply to an earlier round's message, re-delivered, is refused).
 Content: the server stamps each round's train config with the run id and a fresh random
 nonce (:class:`RoundTicket`) and the device echoes them with the round number
-(``fl_client.messages.round_echo``), so an earlier round's reply *content* re-sent under a
+(``privacy.wire.instructions.round_echo``), so an earlier round's reply *content* re-sent under a
 new message is refused too.
 
 Under secure aggregation the server never sees an individual update, only masked vectors:
@@ -46,28 +46,31 @@ import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from fl_client.messages import (
+from privacy.checks import is_finite, is_int
+from privacy.wire.dp_event import dp_event_from_record
+from privacy.wire.keys import (
     ARRAYS_KEY,
     DEVICE_KEY,
     DP_EVENT_KEY,
     METRICS_KEY,
+    SECAGG_KEY,
     WEIGHT_KEY,
-    dp_event_from_record,
 )
+from privacy.wire.records import config_bytes, config_str
 
 if TYPE_CHECKING:
     from privacy.secagg.messages import RoundSetup
 
+_Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
+
 #: Every rejection reason, in the order the checks run (Prometheus label values).
 REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", "dtype",
            "non_finite", "norm_bound", "metrics")
-#: The config record a secure-aggregation masked reply carries its vector in.
-SECAGG_KEY = "secagg"
 #: A generous but finite default for ``RunConfig.max_update_norm``: an honest local round
 #: of the default encoder (73,608 parameters, Adam, lr 2e-3) moves it by 0.5-0.8 in L2.
 DEFAULT_MAX_UPDATE_NORM = 100.0
@@ -170,11 +173,10 @@ class Screening:
         found = Counter(r.reason for r in self.rejected)
         return {reason: found[reason] for reason in REASONS if found[reason]}
 
-    def history(self) -> dict[str, Any]:
-        """The keys this screening adds to the round's history record."""
-        return {"rejected": self.counts(),
-                "rejected_devices": [r.to_dict() for r in sorted(
-                    self.rejected, key=lambda r: (r.device is None, r.device, r.node_id))]}
+    def rejected_devices(self) -> tuple[dict[str, Any], ...]:
+        """Each rejection (device, node, reason, detail) for the round's history record."""
+        return tuple(r.to_dict() for r in sorted(
+            self.rejected, key=lambda r: (r.device is None, r.device, r.node_id)))
 
     def summary(self) -> str:
         """E.g. ' (3 rejected: non_finite 1, shape 2)', or '' when none was."""
@@ -267,7 +269,7 @@ class UpdateValidator:
         if self.global_arrays is not None:
             _expect_keys("array records", set(content.array_records), {ARRAYS_KEY},
                          required={ARRAYS_KEY})
-            arrays = self._decoded_arrays(content[ARRAYS_KEY])
+            arrays = self._decoded_arrays(_record(reply, ARRAYS_KEY, ArrayRecord, "malformed"))
             self._check_values(arrays)
         else:
             _expect_keys("array records", set(content.array_records), set(), required=set())
@@ -315,8 +317,8 @@ class UpdateValidator:
         assert self.secure_vector is not None
         spec = self.secure_vector
         try:
-            dtype = np.dtype(str(record["dtype"]))
-            vector = bytes(record["vector"])
+            dtype = np.dtype(config_str(record, "dtype"))
+            vector = config_bytes(record, "vector")
         except (KeyError, TypeError, ValueError) as exc:
             raise Rejected("malformed", f"masked input without a valid vector ({exc})") from None
         if dtype.newbyteorder("=") != spec.dtype.newbyteorder("="):
@@ -341,13 +343,11 @@ _NON_NEGATIVE = ("kl_bits", "steps", "examples_seen", "empty_steps")
 
 def _check_metric(name: str, value: Any, policy: ValidationPolicy) -> None:
     if name == WEIGHT_KEY:
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not 1 <= value <= policy.max_examples:
+        if not is_int(value) or not 1 <= value <= policy.max_examples:
             raise Rejected("metrics", f"{WEIGHT_KEY} {value!r} is not an integer in "
                                       f"1..{policy.max_examples}")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value):
+    if not is_finite(value):
         raise Rejected("metrics", f"{name} {value!r} is not a finite number")
     if name in _NON_NEGATIVE and value < 0:
         raise Rejected("metrics", f"{name} {value!r} is negative")
@@ -385,11 +385,12 @@ def update_norm(global_arrays: Mapping[str, np.ndarray], arrays: Mapping[str, np
     return math.sqrt(total)
 
 
-def _record(reply: Message, key: str, kind: type, reason: str) -> Any:
+def _record(reply: Message, key: str, kind: type[_Record], reason: str) -> _Record:
     """`reply.content[key]` if it is a `kind` record, else Rejected(reason)."""
-    if key not in reply.content or not isinstance(reply.content[key], kind):
+    record = reply.content.get(key)
+    if not isinstance(record, kind):
         raise Rejected(reason, f"no {kind.__name__} {key!r} in the reply")
-    return reply.content[key]
+    return record
 
 
 def _expect_keys(what: str, found: set[str], allowed: set[str], required: set[str]) -> None:

@@ -1,0 +1,34 @@
+"""The devices' own evaluation of a new global model on their held-out days.
+
+Only weighted means of scalars come back (rate, activity accuracy); the representations
+stay on the devices. Skipped in DP runs: these scalars are un-noised functions of private
+clips (and a DP device declines the message anyway).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fl_server.checkin import QUERY_TIMEOUT_S
+from fl_server.round_plan import Plan
+from privacy.wire.arrays import record_of
+from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY
+from privacy.wire.records import metric_float
+from strategies.messaging import send_and_collect
+from strategies.seeded_fedavg import SeededFedAvg
+
+
+def federated_evaluate(grid: Grid, plan: Plan, strategy: SeededFedAvg, server_round: int,
+                       arrays: dict[str, np.ndarray], node_ids: list[int]) -> dict[str, float]:
+    """The weighted means the devices report (empty when none was asked or none answered)."""
+    if not node_ids:
+        return {}
+    content = RecordDict({ARRAYS_KEY: record_of(arrays),
+                          CONFIG_KEY: plan.instructions(server_round)})
+    messages = [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
+                for node in node_ids]
+    replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
+    metrics = strategy.aggregate_evaluate(server_round, replies)
+    return {} if metrics is None else {k: metric_float(metrics, k) for k in metrics}

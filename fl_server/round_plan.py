@@ -1,0 +1,58 @@
+"""The per-run constants every round's instructions are built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord
+
+from fl_server.config import RunConfig
+from privacy.clips import ACTIVITIES
+from privacy.encoder import EncoderConfig
+from privacy.synthetic import FleetSpec
+from privacy.wire.budget import BudgetPlan
+from privacy.wire.instructions import Instructions
+from privacy.wire.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Fleet, model and training of a run, fixed at its start (the same every round).
+
+    `update_clip` is central DP's device-side clip of the model update (0 = none) and
+    `budget` what devices' own ledgers are told in a DP run (None without DP).
+    """
+
+    fleet: FleetSpec
+    model: EncoderConfig
+    train: TrainConfig
+    train_days: int
+    update_clip: float = 0.0
+    budget: BudgetPlan | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, budget: BudgetPlan | None = None) -> Plan:
+        """The fleet films `days` training days then `eval_days` held-out days."""
+        return cls(
+            train_days=cfg.days,
+            fleet=FleetSpec(seed=cfg.seed, num_devices=cfg.devices, days=cfg.days + cfg.eval_days,
+                            clips_per_day=cfg.clips_per_day, frames=cfg.frames,
+                            image_size=cfg.image_size),
+            model=EncoderConfig(image_size=cfg.image_size, frames=cfg.frames,
+                                latent_dim=cfg.latent_dim, width=cfg.width,
+                                num_activities=len(ACTIVITIES)),
+            train=TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                              lr=cfg.learning_rate, beta=cfg.beta, utility=cfg.utility,
+                              dp_sgd=cfg.dp_sgd, noise_multiplier=cfg.noise_multiplier,
+                              clip_norm=cfg.clip_norm, seed=cfg.seed),
+            update_clip=cfg.central_clip_norm if cfg.central_dp else 0.0,
+            budget=budget,
+        )
+
+    def instructions(self, server_round: int) -> ConfigRecord:
+        """The round's instructions record (with the `budget.*` keys in a DP run)."""
+        record = Instructions(server_round, self.fleet, self.model, self.train,
+                              self.train_days, self.update_clip).to_record()
+        if self.budget is not None:
+            record.update(self.budget.to_flat())
+        return record
