@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedmsr-installed
 # Ray must bind loopback only (DESIGN.md); exported for every recipe.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test typecheck bench clean
 
 # torch 2.13.0 first: it is the local CPU wheel; letting pip resolve torch from
 # flwr/opacus' ranges could pull a multi-GB CUDA build instead.
@@ -29,6 +29,10 @@ demo: setup
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+# The type checker over the five packages (configured in pyproject.toml); CI runs it.
+typecheck: setup
+	$(BIN)/python -m mypy
 
 bench: setup
 	$(BIN)/python bench/dp_step.py

@@ -39,7 +39,7 @@ def federation_breakdown(devices: int, rounds: int) -> list[dict]:
         status = launch_simulation(cfg)
         if status.status != "completed":
             raise SystemExit(f"federation failed: {status.reason}")
-        return read_history(cfg.run_dir())
+        return [record.to_json() for record in read_history(cfg.run_dir())]
 
 
 def bare_flower_round_trip(nodes: int, repeats: int) -> dict[str, list[float]]:

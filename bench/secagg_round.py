@@ -45,7 +45,7 @@ from typing import Any
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 WEIGHT = 10
 CLIP = 1.0
@@ -75,26 +75,44 @@ def fedmsr_client_app():
     from flwr.clientapp import ClientApp
 
     from fl_client import secagg_handlers
-    from fl_client.client_app import device_index, record_of
-    from fl_client.messages import ARRAYS_KEY, DEVICE_KEY, METRICS_KEY, WEIGHT_KEY
+    from fl_client.local_round import LocalRound
+    from fl_client.node import device_index
+    from privacy.wire.arrays import record_of
+    from privacy.wire.keys import (
+        ARRAYS_KEY,
+        CONFIG_KEY,
+        DEVICE_KEY,
+        METRICS_KEY,
+        SECAGG_ADVERTISE_ACTION,
+        SECAGG_MASKED_ACTION,
+        SECAGG_SHARE_ACTION,
+        SECAGG_UNMASK_ACTION,
+        WEIGHT_KEY,
+    )
 
     app = ClientApp()
 
-    def synthetic_train(msg: Message, context: Context) -> Message:
+    def synthetic_round(config: ConfigRecord, global_arrays: dict[str, np.ndarray],
+                        context: Context) -> LocalRound:
         device = device_index(context)
         burn_cpu(TRAIN_CPU_S)
-        params = int(msg.content[ARRAYS_KEY]["w"].shape[0])
+        params = int(global_arrays["w"].shape[0])
         update = {"w": synthetic_arrays(params, None)["w"] + synthetic_arrays(params, device)["w"]}
+        return LocalRound(device=device, arrays=update,
+                          metrics={"train_seconds": 0.0, "steps": 1.0}, weight=WEIGHT,
+                          dp_event=None, echo={})
+
+    def synthetic_train(msg: Message, context: Context) -> Message:
+        global_arrays = {"w": msg.content[ARRAYS_KEY]["w"].numpy()}
+        result = synthetic_round(msg.content[CONFIG_KEY], global_arrays, context)
         return Message(RecordDict({
-            ARRAYS_KEY: record_of(update),
-            METRICS_KEY: MetricRecord({WEIGHT_KEY: WEIGHT, "train_seconds": 0.0, "steps": 1}),
-            DEVICE_KEY: ConfigRecord({"device": device}),
+            ARRAYS_KEY: record_of(result.arrays),
+            METRICS_KEY: MetricRecord({**result.metrics, WEIGHT_KEY: result.weight}),
+            DEVICE_KEY: ConfigRecord({"device": result.device}),
         }), reply_to=msg)
 
     def masked(msg: Message, context: Context) -> Message:
-        from fl_client import client_app
-        client_app.train = synthetic_train  # this worker's 'training' (bench only)
-        return secagg_handlers.masked_train(msg, context)
+        return secagg_handlers.masked_round(msg, context, synthetic_round)
 
     @app.query("bench_whoami")
     def _whoami(msg: Message, context: Context) -> Message:
@@ -102,10 +120,10 @@ def fedmsr_client_app():
                        reply_to=msg)
 
     app.train()(synthetic_train)
-    app.query(secagg_handlers.ADVERTISE_ACTION)(secagg_handlers.advertise)
-    app.query(secagg_handlers.SHARE_ACTION)(secagg_handlers.share)
-    app.train(secagg_handlers.MASKED_ACTION)(masked)
-    app.query(secagg_handlers.UNMASK_ACTION)(secagg_handlers.unmask)
+    app.query(SECAGG_ADVERTISE_ACTION)(secagg_handlers.advertise)
+    app.query(SECAGG_SHARE_ACTION)(secagg_handlers.share)
+    app.train(SECAGG_MASKED_ACTION)(masked)
+    app.query(SECAGG_UNMASK_ACTION)(secagg_handlers.unmask)
     return app
 
 
@@ -115,9 +133,9 @@ def fedmsr_rounds(devices: int, params: int, repeats: int) -> dict[str, list[flo
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from fl_client.client_app import arrays_of, record_of
-    from fl_client.messages import ARRAYS_KEY, CONFIG_KEY, WEIGHT_KEY
     from privacy.secagg.graph import default_neighbours, default_threshold
+    from privacy.wire.arrays import arrays_of, record_of
+    from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY, WEIGHT_KEY
     from strategies.messaging import send_and_collect, wait_for_nodes
     from strategies.secagg_workflow import SecAggParams, secure_train_round
 
@@ -125,7 +143,7 @@ def fedmsr_rounds(devices: int, params: int, repeats: int) -> dict[str, list[flo
     server = ServerApp()
 
     @server.main()
-    def _main(grid: Grid, context: Context) -> None:  # noqa: ARG001
+    def _main(grid: Grid, context: Context) -> None:
         nodes = wait_for_nodes(grid, devices, 120)
         who = send_and_collect(grid, [Message(RecordDict(), message_type=WHOAMI, dst_node_id=n)
                                       for n in nodes], 120)
@@ -185,7 +203,7 @@ def flower_rounds(devices: int, params: int, repeats: int) -> dict[str, list[flo
         def __init__(self, device: int) -> None:
             self.device = device
 
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):  # noqa: ARG002
+        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
             burn_cpu(TRAIN_CPU_S)
             delta = synthetic_arrays(params, self.device)["w"]
             return [parameters[0] + delta], WEIGHT, {}
@@ -201,7 +219,7 @@ def flower_rounds(devices: int, params: int, repeats: int) -> dict[str, list[flo
         server = ServerApp()
 
         @server.main()
-        def _main(grid, context, name=name) -> None:  # noqa: ANN001
+        def _main(grid, context, name=name) -> None:
             for i in range(repeats + 1):
                 strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0,
                                   min_fit_clients=devices, min_available_clients=devices,
@@ -239,7 +257,7 @@ def main() -> None:
     parser.add_argument("--train-cpu-s", type=float, default=0.0,
                         help="CPU seconds of synthetic local training per device (all paths)")
     args = parser.parse_args()
-    global TRAIN_CPU_S  # noqa: PLW0603 - read by the client closures, pickled to the workers
+    global TRAIN_CPU_S
     TRAIN_CPU_S = args.train_cpu_s
     os.environ["FEDMSR_BENCH_TRAIN_CPU_S"] = str(args.train_cpu_s)
     logging.getLogger("flwr").setLevel(logging.WARNING)

@@ -14,10 +14,11 @@ device for the device's whole life and composes these events into it.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from privacy.checks import is_int, is_number
 
 _FIELDS = ("sample_rate", "noise_multiplier", "steps")
 
@@ -37,19 +38,19 @@ class PoissonGaussianEvent:
 
     def __post_init__(self) -> None:
         q = self.sample_rate
-        if isinstance(q, bool) or not isinstance(q, numbers.Real):
-            raise ValueError(f"sample_rate must be a number in (0, 1], got {q!r}")  # noqa: TRY004
+        if not is_number(q):
+            raise ValueError(f"sample_rate must be a number in (0, 1], got {q!r}")
         if not math.isfinite(q) or not 0.0 < q <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {q!r}")
         s = self.noise_multiplier
-        if isinstance(s, bool) or not isinstance(s, numbers.Real):
-            raise ValueError(f"noise_multiplier must be a positive number, got {s!r}")  # noqa: TRY004
+        if not is_number(s):
+            raise ValueError(f"noise_multiplier must be a positive number, got {s!r}")
         if not math.isfinite(s) or s <= 0.0:
             raise ValueError(
                 f"noise_multiplier must be finite and > 0 (sigma=0 gives no DP), got {s!r}"
             )
         n = self.steps
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"steps must be a non-negative int, got {n!r}")
         object.__setattr__(self, "steps", int(n))
         # Normalise numeric types so equality and serialisation are exact.

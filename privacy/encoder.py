@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from privacy.checks import is_int
 from privacy.vib import VIBOutput
 
 LOGVAR_BOUND = 8.0
@@ -51,7 +52,7 @@ class EncoderConfig:
             raise ValueError(f"image_size must be 32 or 64, got {self.image_size!r}")
         for name in ("frames", "latent_dim", "width", "num_activities", "proj_dim"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.num_activities < 2:
             raise ValueError(f"num_activities must be >= 2, got {self.num_activities}")
@@ -127,7 +128,7 @@ def register_grad_samplers() -> None:
     costs about two seconds, and every process that only runs the encoder (the server,
     the CLI, a SuperNode's ClientApp answering a check-in) would pay it.
     """
-    from opacus.grad_sample import register_grad_sampler  # type: ignore[import-untyped]
+    from opacus.grad_sample import register_grad_sampler
 
     register_grad_sampler(FrameConv2d)(_frame_conv_grad_sample)
     register_grad_sampler(FrameGroupNorm)(_frame_group_norm_grad_sample)

@@ -28,6 +28,8 @@ import zlib
 
 import numpy as np
 
+from privacy.checks import is_int
+
 PAYLOAD_VERSION = 1
 MAGIC = b"MSRZ"
 Z_CLIP = 4.0
@@ -59,8 +61,8 @@ def _dtype_entry(dtype: str) -> tuple[int, np.dtype]:
 def payload_size(latent_dim: int, dtype: str) -> int:
     """Bytes of one clip's payload for ``(latent_dim, dtype)``."""
     _, dt = _dtype_entry(dtype)
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)):
-        raise ValueError(f"latent_dim must be an int, got {latent_dim!r}")  # noqa: TRY004
+    if not is_int(latent_dim):
+        raise ValueError(f"latent_dim must be an int, got {latent_dim!r}")
     if not 1 <= int(latent_dim) <= MAX_LATENT_DIM:
         raise ValueError(f"latent_dim must be in 1..{MAX_LATENT_DIM}, got {latent_dim}")
     return _HEADER.size + int(latent_dim) * dt.itemsize + _CRC.size

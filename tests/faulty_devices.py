@@ -1,6 +1,6 @@
 """A test-only ClientApp whose devices fail on purpose, and an engine that runs it.
 
-Never used in production: it wraps `fl_client.client_app`'s handlers, and only this module
+Never used in production: it wraps `fl_client.handlers`, and only this module
 reads its environment variables.
 
 * ``FEDMSR_TEST_FAULTY="1:crash@1,2:hang@1,0:hold@2"`` -- device -> behaviour@round:
@@ -32,8 +32,11 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fl_client import client_app as honest
-from fl_client.messages import ARRAYS_KEY, CHECKIN_ACTION, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
+import fl_client.client_app
+from fl_client import handlers as honest
+from fl_client.node import device_index
+from privacy.wire.arrays import arrays_of
+from privacy.wire.keys import ARRAYS_KEY, CHECKIN_ACTION, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
 
 FAULTS_ENV = "FEDMSR_TEST_FAULTY"
 RUN_DIR_ENV = "FEDMSR_TEST_RUN_DIR"
@@ -69,7 +72,7 @@ def update_file(server_round: int, device: int) -> Path:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    device = honest.device_index(context)
+    device = device_index(context)
     server_round = int(msg.content[CONFIG_KEY]["server-round"])
     kind = faults().get((device, server_round))
     if kind == "crash":
@@ -86,12 +89,14 @@ def train(msg: Message, context: Context) -> Message:
 
 def _wait_for(path: Path) -> None:
     deadline = time.monotonic() + MAX_WAIT_S
-    while not path.exists() and time.monotonic() < deadline:
+    while not path.exists():
+        if time.monotonic() > deadline:  # a broken test: fail the device, never train on
+            raise TimeoutError(f"test: {path} did not appear within {MAX_WAIT_S:g} s")
         time.sleep(0.1)
 
 
 def _record(reply: Message, server_round: int, device: int) -> None:
-    arrays = honest.arrays_of(reply.content[ARRAYS_KEY])
+    arrays = arrays_of(reply.content[ARRAYS_KEY])
     weight = int(reply.content[METRICS_KEY][WEIGHT_KEY])
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, __weight__=np.array(weight))
@@ -112,9 +117,12 @@ def main(argv: list[str]) -> int:
     """`fl_server.engine` (the production engine process), with these devices: the
     engine takes its ClientApp from `fl_client.client_app.app` when it starts the run."""
     from fl_server import engine
+    from tests.server_waits import wait_for_every_reply
+
+    wait_for_every_reply()  # only the faults above leave a device out, never a slow machine
 
     os.environ[RUN_DIR_ENV] = str(Path(argv[0]).resolve())  # before Ray starts its workers
-    honest.app = app
+    fl_client.client_app.app = app
     return engine.main(argv)
 
 

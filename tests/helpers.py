@@ -33,3 +33,27 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def history(run_dir: Path) -> list[dict]:
     return json.loads((run_dir / "history.json").read_text())
+
+
+def round_outcome(row: dict) -> str:
+    """What a history row says happened to each device, for an assertion message: a device
+    missing from `devices` was not sampled (no check-in), failed, or was rejected, and why."""
+    keys = ("round", "sampled", "responded", "failed", "devices", "rejected_devices",
+            "checkin_s", "train_phase_s")
+    return ", ".join(f"{key}={row.get(key)!r}" for key in keys)
+
+
+#: Every key a round record must have, with plausible values (tests override what they test).
+RECORD_DEFAULTS = {
+    "loss": 1.5, "kl_bits": 2.0, "utility_acc": 0.5, "identity_acc": 0.25,
+    "utility_chance": 0.2, "identity_chance": 0.5, "sampled": 0, "responded": 0, "failed": 0,
+    "devices": [], "checkin_s": 0.1, "train_phase_s": 0.5, "aggregate_s": 0.1, "eval_s": 0.1,
+    "wall_s": 1.0, "client_train_s_sum": 1.0, "client_train_s_max": 0.5,
+}
+
+
+def round_record(round_number: int, **fields: object):
+    """A `RoundRecord` as history.json would hold it, with defaults for what is not given."""
+    from privacy.wire.round_record import RoundRecord
+
+    return RoundRecord.from_json({**RECORD_DEFAULTS, "round": round_number, **fields})

@@ -1,6 +1,6 @@
 """A test-only ClientApp whose devices misbehave on purpose (never used in production).
 
-It wraps the production handlers of `fl_client.client_app` and, for the devices named in
+It wraps the production handlers of `fl_client.handlers` and, for the devices named in
 the `FEDMSR_TEST_HOSTILE` environment variable (`"1:nan,2:shape,5:replay"`), changes the
 honest train reply in one way. Only this module reads that variable.
 """
@@ -14,8 +14,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_client import client_app as honest
-from fl_client.messages import ARRAYS_KEY, CHECKIN_ACTION, DEVICE_KEY, METRICS_KEY, WEIGHT_KEY
+from fl_client import handlers as honest
+from fl_client.node import device_index
+from privacy.wire.keys import ARRAYS_KEY, CHECKIN_ACTION, DEVICE_KEY, METRICS_KEY, WEIGHT_KEY
 
 ENV = "FEDMSR_TEST_HOSTILE"
 REPLAY_STATE = "hostile-replay"
@@ -33,7 +34,7 @@ def behaviours() -> dict[int, str]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     reply = honest.train(msg, context)
-    kind = behaviours().get(honest.device_index(context))
+    kind = behaviours().get(device_index(context))
     return reply if kind is None else CHANGES[kind](msg, reply, context)
 
 

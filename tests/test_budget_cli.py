@@ -14,6 +14,7 @@ from fl_server import privacy_ledger as ledger
 from fl_server.cli import main
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
+from fl_server.registry.devices import device_ids_for_indices
 from privacy.accounting import DpEvent, EventKind
 from tests.helpers import fedmsr
 
@@ -44,7 +45,7 @@ def charged(registry_url, tmp_path, monkeypatch):
     enroll(registry_url, [DeviceSpec("cam-0", epsilon_cap=50.0),
                           DeviceSpec("cam-1", epsilon_cap=None, delta_cap=None),
                           DeviceSpec("cam-2")], BundleOptions(bundles_dir=tmp_path / "b"))
-    ids = ledger.device_ids_for_indices(registry_url, [0, 1])
+    ids = device_ids_for_indices(registry_url, [0, 1])
     for run, rnd, event in LIFE:
         ledger.reserve(registry_url, run, rnd, [ledger.Release(ids[0], event)], 1e-5, None)
         if (run, rnd) != ("run-b", 3):

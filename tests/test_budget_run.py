@@ -14,17 +14,14 @@ import pytest
 from flwr.app import Message, RecordDict
 from sqlalchemy import text
 
-from fl_client.client_app import record_of
-from fl_client.client_app import train as train_handler
-from fl_client.device_budget import planned_local_event
 from fl_client.device_ledger import DeviceBudgetExceeded, DeviceLedger
-from fl_client.messages import ARRAYS_KEY, CONFIG_KEY
+from fl_client.handlers import train as train_handler
 from fl_server import privacy_ledger
 from fl_server.config import RunConfig
+from fl_server.dp_modes import budget_plan
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.fault_points import ENV as FAULT_POINT_ENV
 from fl_server.federation import Plan, run_federation
-from fl_server.history import read_history
 from fl_server.registry import db
 from fl_server.registry.fleet import fleet_for_new_run
 from fl_server.registry.models import Device
@@ -32,6 +29,9 @@ from fl_server.run_status import read_status
 from fl_server.sinks import observers_for
 from privacy.accounting import DpEvent
 from privacy.encoder import build_model, state_to_numpy
+from privacy.wire.arrays import record_of
+from privacy.wire.budget import planned_local_event
+from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY
 from tests.helpers import FEDMSR, SMALL, fedmsr, history
 from tests.test_budget_selection import cap_for as selection_cap_for
 from tests.test_secagg_workflow import FlakyFleetGrid, LoopbackGrid
@@ -95,7 +95,7 @@ def test_an_exhausted_device_is_never_sampled_and_the_run_ends_budget_exhausted(
     for name in ("cam-0", "cam-2"):
         assert f"{name} (id" in status.reason
     assert f"cap {cap_for(2):g}" in status.reason and "0 device(s) can afford" in status.reason
-    rounds = read_history(cfg.run_dir())
+    rounds = history(cfg.run_dir())
     assert [r["devices"] for r in rounds] == [[0, 1, 2], [0, 2]]  # cam-1 never after its cap
     assert rounds[1]["budget_refused"] == ["cam-1"] and rounds[1]["sampled"] == 2
     assert [r["ledger_disagreements"] for r in rounds] == [0, 0]  # own ledgers agree
@@ -125,7 +125,7 @@ def test_a_device_whose_own_ledger_says_no_takes_no_part(tmp_path, monkeypatch,
     own_ledger(tmp_path, 1, None)
     run_federation(FlakyFleetGrid(), cfg, observers=observers_for(cfg))
 
-    (record,) = read_history(cfg.run_dir())
+    (record,) = history(cfg.run_dir())
     assert read_status(cfg.run_dir()).status == "completed"
     assert record["budget_declined"] == [0] and record["devices"] == [1, 2]
     assert record["ledger_disagreements"] == 1
@@ -138,7 +138,7 @@ def test_a_device_whose_own_ledger_says_no_takes_no_part(tmp_path, monkeypatch,
 
 def test_a_device_refuses_to_train_past_its_own_cap(tmp_path, task_identity) -> None:
     cfg = dataclasses.replace(BASE, runs_dir=str(tmp_path), run_id="refuse").validate()
-    plan = Plan.from_config(cfg)
+    plan = Plan.from_config(cfg, budget_plan(cfg))
     context = LoopbackGrid().contexts[100]  # simulated device 0, no registry bundle
     state = tmp_path / "refuse" / "device-state" / "0"
     DeviceLedger.create(state, cap_for(0), DELTA)
@@ -196,7 +196,7 @@ def test_central_dp_with_secure_aggregation_through_the_federation_loop(
                        central_clip_norm=0.1, secure_aggregation=True, min_train_devices=1)
     run_federation(FlakyFleetGrid(), cfg)
     assert read_status(cfg.run_dir()).status == "completed"
-    rounds = read_history(cfg.run_dir())
+    rounds = history(cfg.run_dir())
     for record in rounds:
         assert record["central_dp"]["population"] == 5
         assert record["central_dp"]["denominator"] == 2.5  # q N, whoever was drawn

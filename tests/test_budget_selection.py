@@ -1,6 +1,6 @@
 """Budget-aware selection (strategies/budget_selection.py): only devices within their cap are
 sampled, releases are reserved before any message leaves, too few devices end the run with
-a message naming them. Against an in-memory ledger (a unit test of the wrapper) and against
+a message naming them. Against an in-memory ledger (a unit test of the selection) and against
 the real privacy ledger on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -9,15 +9,13 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import pytest
-from flwr.app import ConfigRecord
-from flwr.serverapp.strategy import FedAvg
 
-from fl_client.client_app import record_of
 from fl_server import privacy_ledger
-from fl_server.dp_modes import RegistryLedger
 from fl_server.registry import db
+from fl_server.registry_ledger import RegistryLedger
 from privacy.accounting import DpEvent, EventKind, pld_epsilon, would_exceed
-from strategies.budget_selection import BudgetAwareStrategy, BudgetExhausted, RoundPlan
+from privacy.wire.arrays import record_of
+from strategies.budget_selection import BudgetExhausted, BudgetSelection, RoundPlan
 from strategies.central_dp import CentralDpFedAvg, CentralDpParams
 from strategies.seeded_fedavg import SeededFedAvg
 from tests.test_privacy_ledger import fleet
@@ -107,12 +105,10 @@ def seeded(fraction: float = 1.0, min_nodes: int = 1) -> SeededFedAvg:
                         min_available_nodes=min_nodes)
 
 
-def one_round(wrapper: BudgetAwareStrategy, server_round: int, plan: RoundPlan) -> list[int]:
-    wrapper.begin_round(plan)
-    wrapper.candidates = sorted(plan.ledger_ids)
-    messages = list(wrapper.configure_train(server_round, ARRAYS, ConfigRecord({}),
-                                            Grid(NODES)))
-    return sorted(m.metadata.dst_node_id for m in messages)
+def one_round(selection: BudgetSelection, strategy: SeededFedAvg, server_round: int,
+              plan: RoundPlan) -> list[int]:
+    """The nodes the round sends to: eligible, sampled by `strategy`, reserved."""
+    return sorted(selection.select(server_round, plan, sorted(plan.ledger_ids), strategy.sample))
 
 
 def cap_for(rounds: int, event: DpEvent) -> float:
@@ -123,10 +119,10 @@ def cap_for(rounds: int, event: DpEvent) -> float:
 def test_an_exhausted_device_is_never_sampled_and_nothing_passes_a_cap() -> None:
     caps = {1: None, 2: cap_for(2, LOCAL), 3: None, 4: None}
     ledger = MemoryLedger(caps)
-    wrapper = BudgetAwareStrategy(seeded(fraction=0.75), ledger, min_train_nodes=2)
+    selection, strategy = BudgetSelection(ledger, min_train_nodes=2), seeded(fraction=0.75)
     sent_to_2 = []
     for server_round in range(1, 13):
-        sent = one_round(wrapper, server_round, local_plan())
+        sent = one_round(selection, strategy, server_round, local_plan())
         sent_to_2.append(11 in sent)
         assert len(sent) == 3
         # every message that left was reserved first: exactly the devices sent, charged
@@ -139,10 +135,10 @@ def test_an_exhausted_device_is_never_sampled_and_nothing_passes_a_cap() -> None
 
 def test_too_few_devices_left_stop_the_round_with_names_and_caps() -> None:
     ledger = MemoryLedger({1: cap_for(1, LOCAL), 2: cap_for(1, LOCAL), 3: None, 4: None})
-    wrapper = BudgetAwareStrategy(seeded(), ledger, min_train_nodes=3)
-    assert one_round(wrapper, 1, local_plan()) == NODES
+    selection, strategy = BudgetSelection(ledger, min_train_nodes=3), seeded()
+    assert one_round(selection, strategy, 1, local_plan()) == NODES
     with pytest.raises(BudgetExhausted) as err:
-        one_round(wrapper, 2, local_plan())
+        one_round(selection, strategy, 2, local_plan())
     message = str(err.value)
     assert "before round 2" in message and "2 device(s)" in message and "3 needed" in message
     for device in (1, 2):
@@ -155,29 +151,34 @@ def test_too_few_devices_left_stop_the_round_with_names_and_caps() -> None:
 def test_a_device_the_reservation_refuses_gets_no_message() -> None:
     ledger = MemoryLedger(dict.fromkeys(IDS.values()))
     ledger.refuse_at_reserve = {2}  # another server spent it between pre-check and reserve
-    wrapper = BudgetAwareStrategy(seeded(), ledger, min_train_nodes=1)
-    assert one_round(wrapper, 1, local_plan()) == [10, 12, 13]
-    assert wrapper.reserved[1] == [1, 3, 4] and [r.name for r in wrapper.refused[1]] == ["cam-2"]
-    wrapper.commit(1)
+    selection = BudgetSelection(ledger, min_train_nodes=1)
+    assert one_round(selection, seeded(), 1, local_plan()) == [10, 12, 13]
+    assert selection.reserved[1] == [1, 3, 4]
+    assert [r.name for r in selection.refused[1]] == ["cam-2"]
+    selection.commit(1)
     assert ledger.calls[-1] == "commit 1 [1, 3, 4]"
 
 
-def test_it_wraps_flowers_own_fedavg_through_a_filtered_grid() -> None:
+def test_any_sampler_sees_only_the_eligible_devices() -> None:
     ledger = MemoryLedger({1: cap_for(0, LOCAL), 2: None, 3: None, 4: None})
-    wrapper = BudgetAwareStrategy(FedAvg(fraction_train=1.0, min_train_nodes=1,
-                                         min_available_nodes=1), ledger, min_train_nodes=1)
-    wrapper.begin_round(local_plan())  # FedAvg samples from the grid, not from candidates
-    messages = list(wrapper.configure_train(1, ARRAYS, ConfigRecord({}), Grid(NODES)))
-    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]
+    offered: list[list[int]] = []
+
+    def everyone(nodes: list[int]) -> list[int]:  # a sampler that is no fedmsr strategy
+        offered.append(list(nodes))
+        return nodes
+
+    selection = BudgetSelection(ledger, min_train_nodes=1)
+    assert selection.select(1, local_plan(), NODES, everyone) == [11, 12, 13]
+    assert offered == [[11, 12, 13]]  # node 10 (device 1, no budget) is never offered
 
 
 def test_central_dp_charges_every_eligible_device_drawn_or_not() -> None:
     ledger = MemoryLedger({1: None, 2: None, 3: None, 4: cap_for(0, CENTRAL)})
     inner = CentralDpFedAvg(params=CentralDpParams(0.5, 2.0, 1.0), seed=0, min_train_nodes=1,
                             min_available_nodes=1)
-    wrapper = BudgetAwareStrategy(inner, ledger, min_train_nodes=2)
+    selection = BudgetSelection(ledger, min_train_nodes=2)
     plan = RoundPlan(ledger_ids={n: IDS[n] for n in NODES}, every_eligible=(CENTRAL,))
-    drawn = one_round(wrapper, 1, plan)
+    drawn = one_round(selection, inner, 1, plan)
     assert inner.population == [10, 11, 12] and set(drawn) <= {10, 11, 12}
     assert sorted(d for (d, _, _) in ledger.rows) == [1, 2, 3]  # charged whether drawn or not
     assert all(k == EventKind.CENTRAL_DP_FEDAVG for (_, _, k) in ledger.rows)
@@ -187,10 +188,10 @@ def test_both_modes_charge_local_only_to_the_drawn() -> None:
     ledger = MemoryLedger(dict.fromkeys(IDS.values()))
     inner = CentralDpFedAvg(params=CentralDpParams(0.5, 2.0, 1.0), seed=0, min_train_nodes=1,
                             min_available_nodes=1)
-    wrapper = BudgetAwareStrategy(inner, ledger, min_train_nodes=1)
+    selection = BudgetSelection(ledger, min_train_nodes=1)
     plan = RoundPlan(ledger_ids={n: IDS[n] for n in NODES}, every_eligible=(CENTRAL,),
                      if_sent={n: (LOCAL,) for n in NODES})
-    drawn = one_round(wrapper, 1, plan)
+    drawn = one_round(selection, inner, 1, plan)
     local = sorted(d for (d, _, k) in ledger.rows if k == EventKind.LOCAL_DP_SGD)
     assert local == sorted(IDS[n] for n in drawn)
     assert len([1 for (_, _, k) in ledger.rows if k == EventKind.CENTRAL_DP_FEDAVG]) == 4
@@ -202,20 +203,17 @@ def test_selection_on_the_real_ledger(registry_url, tmp_path) -> None:
     ids = fleet(registry_url, tmp_path, [None, cap_for(2, LOCAL), None])
     ledger = RegistryLedger(registry_url, "run-a", DELTA, default_cap=None)
     nodes = {20 + i: device for i, device in enumerate(ids)}
-    wrapper = BudgetAwareStrategy(seeded(), ledger, min_train_nodes=2)
+    selection, strategy = BudgetSelection(ledger, min_train_nodes=2), seeded()
     sent = []
     for server_round in (1, 2, 3, 4):
-        wrapper.begin_round(RoundPlan(ledger_ids=nodes, if_sent={n: (LOCAL,) for n in nodes}))
-        wrapper.candidates = sorted(nodes)
-        messages = wrapper.configure_train(server_round, ARRAYS, ConfigRecord({}),
-                                           Grid(sorted(nodes)))
-        sent.append(sorted(m.metadata.dst_node_id for m in messages))
-        wrapper.commit(server_round)
+        plan = RoundPlan(ledger_ids=nodes, if_sent={n: (LOCAL,) for n in nodes})
+        sent.append(one_round(selection, strategy, server_round, plan))
+        selection.commit(server_round)
     assert sent == [[20, 21, 22], [20, 21, 22], [20, 22], [20, 22]]
     capped = privacy_ledger.budget_state(registry_url, ids[1], DELTA)
     assert len(capped.events) == 2 and capped.epsilon <= cap_for(2, LOCAL)
     assert {e.status for e in capped.events} == {"committed"}
-    assert [r.name for r in wrapper.refused[3]] == ["cam-1"]
+    assert [r.name for r in selection.refused[3]] == ["cam-1"]
 
 
 def test_a_resumed_round_at_the_edge_of_a_cap_is_not_charged_twice(registry_url,

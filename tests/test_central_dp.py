@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from fl_client.client_app import arrays_of, record_of
-from fl_client.client_app import train as train_handler
-from fl_client.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
+from fl_client.handlers import train as train_handler
 from fl_server.config import ConfigError, RunConfig
-from fl_server.dp_modes import secure_release, with_calibrated_noise, with_run_options
+from fl_server.dp_modes import with_calibrated_noise
 from fl_server.federation import Plan
 from privacy.accounting import EventKind, pld_epsilon
 from privacy.encoder import build_model, state_to_numpy
 from privacy.secagg.codec import flatten
 from privacy.update_clip import clipped_arrays, update_vector
+from privacy.wire.arrays import arrays_of, record_of
+from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
 from strategies.central_dp import (
     CentralDpFedAvg,
     CentralDpParams,
@@ -70,17 +70,8 @@ def reply(arrays: dict[str, np.ndarray], node: int) -> Message:
     return Message(msg.content, reply_to=msg)
 
 
-class OneGrid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
-
-
 def configure(s: CentralDpFedAvg, arrays: dict[str, np.ndarray], population: list[int]) -> list:
-    s.candidates = population
-    return list(s.configure_train(1, record_of(arrays), ConfigRecord({}), OneGrid(population)))
+    return s.train_messages(1, record_of(arrays), ConfigRecord({}), s.sample(population))
 
 
 # -- device-side clipping -------------------------------------------------------------------
@@ -201,10 +192,9 @@ def test_each_round_is_one_poisson_subsampled_gaussian_release() -> None:
 
 
 def test_target_epsilon_calibrates_the_central_noise_for_the_planned_rounds(tmp_path) -> None:
-    cfg = RunConfig(devices=4, rounds=20, runs_dir=str(tmp_path), run_id="cal")
-    cfg = with_run_options(cfg, dp="central", dp_sgd_alias=False, epsilon_cap=0.0,
-                           delta=DELTA, client_sample_rate=0.1, central_noise=1.0,
-                           central_clip=1.0, target_epsilon=2.0)
+    cfg = RunConfig(devices=4, rounds=20, runs_dir=str(tmp_path), run_id="cal", central_dp=True,
+                    delta=DELTA, client_sample_rate=0.1, target_epsilon=2.0).validate()
+    cfg = with_calibrated_noise(cfg)
     sigma = cfg.central_noise_multiplier
     reached = dp_accounting_epsilon(0.1, sigma, 20, DELTA)
     assert reached <= 2.0 * 1.001 and reached >= 2.0 * 0.97  # calibrated, not just "safe"
@@ -276,8 +266,8 @@ def test_secure_aggregation_sum_gets_the_same_release_as_the_plain_sum(tmp_path)
 
     s = strategy(params, SeededRandomness(0, zero_noise=True))
     configure(s, initial, sorted(NODES))
-    via_secagg = arrays_of(secure_release(s, secure.result.mean, secure.result.total_weight,
-                                          secure.arrays))
+    via_secagg = arrays_of(s.aggregate_secure(secure.result.mean, secure.result.total_weight,
+                                              secure.arrays))
     plain_grid = LoopbackGrid()
     replies = [train_handler(m, plain_grid.contexts[m.metadata.dst_node_id]) for m in messages]
     for r, m in zip(replies, messages, strict=True):
@@ -295,4 +285,4 @@ def test_secure_release_leaves_a_non_central_model_alone() -> None:
     record = record_of(base)
     from strategies.seeded_fedavg import SeededFedAvg
 
-    assert secure_release(SeededFedAvg(seed=0), np.zeros(100), 3, record) is record
+    assert SeededFedAvg(seed=0).aggregate_secure(np.zeros(100), 3, record) is record

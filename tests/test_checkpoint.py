@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 
 import numpy as np
@@ -15,6 +18,7 @@ from fl_server.checkpoint import (
     save_checkpoint,
 )
 from fl_server.history import read_history, write_history
+from tests.helpers import round_record
 
 
 def _ckpt(server_round: int) -> Checkpoint:
@@ -56,11 +60,15 @@ def test_no_checkpoint_means_fresh_start(tmp_path) -> None:
 
 
 def test_history_files_agree(tmp_path) -> None:
-    records = [{"round": 1, "loss": 0.5, "kl_bits": 3.0, "utility_acc": 0.4,
-                "identity_acc": 0.2, "wall_s": 1.5, "responded": 3}]
+    records = [round_record(1, loss=0.5, kl_bits=3.0, utility_acc=0.4, identity_acc=0.2,
+                            wall_s=1.5, responded=3, future_key="kept")]
     write_history(tmp_path, records)
     assert read_history(tmp_path) == records
+    assert json.loads((tmp_path / "history.json").read_text()) == [records[0].to_json()]
+    assert records[0].to_json()["future_key"] == "kept"  # a newer writer's key survives
     header, row = (tmp_path / "history.csv").read_text().splitlines()
     assert header.split(",")[:6] == ["round", "loss", "kl_bits", "utility_acc", "identity_acc",
                                      "wall_s"]
-    assert row.split(",")[0] == "1" and row.split(",")[-1] == "3"
+    (parsed,) = csv.DictReader(io.StringIO((tmp_path / "history.csv").read_text()))
+    assert parsed["round"] == "1" and parsed["responded"] == "3" and parsed["loss"] == "0.5"
+    assert row.split(",")[0] == "1"

@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 from flwr.app import ConfigRecord
 
-from fl_client.client_app import reported_metrics, training_seed
-from fl_client.messages import Instructions
-from fl_client.synthetic import FleetSpec
-from fl_client.trainer import TrainConfig
+from fl_client.release import reported_metrics
+from fl_client.training_seed import training_seed
 from privacy.encoder import EncoderConfig
+from privacy.synthetic import FleetSpec
+from privacy.wire.instructions import Instructions
+from privacy.wire.train import TrainConfig
 
 
 def _instructions(dp: bool = False) -> Instructions:
@@ -61,7 +62,7 @@ def test_a_redone_dp_round_reproduces_its_release_and_new_inputs_get_new_noise(t
     """With a device secret, the DP seed is HMAC(secret, run, round, device, inputs): the
     same round redone after a server crash is the same release (the ledgers' single event is
     exact), other inputs or another device's secret give independent seeds."""
-    from fl_client.device_budget import training_secret
+    from fl_client.training_seed import training_secret
 
     dp = _instructions(dp=True)
     secret = training_secret(tmp_path / "dev")

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from fl_client.clip_source import SyntheticSource
 from fl_client.info_ledger import FILE_NAME, InfoLedger
-from fl_client.synthetic import FleetSpec
-from fl_client.uploads import (
-    UploadRequest,
-    answer_upload,
-    batch_size,
-    decode_batch,
-    encoder_version,
-    synthetic_capture,
-)
+from fl_client.uploads import answer_upload
 from fl_server.checkpoint import load_checkpoint
 from fl_server.cli import main
 from fl_server.collection import LEAKAGE_FILE, _check
@@ -30,7 +23,9 @@ from monitoring.metrics import FedmsrMetrics
 from monitoring.observer import MetricsObserver
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.payload import payload_size
-from tests.helpers import SMALL, fedmsr, history
+from privacy.synthetic import FleetSpec
+from privacy.wire.upload import UploadRequest, batch_size, decode_batch, encoder_version
+from tests.helpers import SMALL, fedmsr, history, round_record
 
 CLIPS = 8
 
@@ -57,13 +52,9 @@ def test_collection_without_a_registry_is_refused_before_anything_is_written(
 def test_observer_exports_information_bits_and_the_leakage_gain(tmp_path) -> None:
     metrics = FedmsrMetrics()
     observer = MetricsObserver(metrics)
-    record = {"round": 1, "wall_s": 1.0, "checkin_s": 0.1, "train_phase_s": 0.5,
-              "aggregate_s": 0.1, "eval_s": 0.1, "sampled": 2, "responded": 2, "failed": 0,
-              "devices": [0, 1], "loss": 1.0, "kl_bits": 2.0, "utility_acc": 0.5,
-              "identity_acc": 0.4, "utility_chance": 0.2, "identity_chance": 0.5,
-              "client_train_s_sum": 1.0, "client_train_s_max": 0.5,
-              "information_bits": {"0": 24, "1": 40, "2": 0},
-              "leakage": {"identity": {"1": 0.5, "2": 0.6, "4": 0.8}}}
+    record = round_record(1, sampled=2, responded=2, devices=[0, 1], loss=1.0,
+                          identity_acc=0.4, information_bits={"0": 24, "1": 40, "2": 0},
+                          leakage={"identity": {"1": 0.5, "2": 0.6, "4": 0.8}})
     observer.round_finished(None, record)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in metrics.registry.collect() for s in family.samples}
@@ -147,7 +138,7 @@ def test_the_server_stores_only_the_batch_it_asked_for(tmp_path) -> None:
     model = EncoderConfig()
     arrays = state_to_numpy(build_model(model, seed=0))
     version = encoder_version(model, arrays)
-    capture = synthetic_capture(FleetSpec(seed=0, num_devices=2, days=3), 0, 1, 4)
+    capture = SyntheticSource(FleetSpec(seed=0, num_devices=2, days=3), 0).capture(1, 4)
     blob = answer_upload(UploadRequest("r", 1, 1, 4, "int8", version, 0.0, 0), model, arrays,
                          capture, InfoLedger.at(tmp_path), None, np.random.default_rng(0))
     batch, size = decode_batch(blob), batch_size(4, model.latent_dim, "int8")

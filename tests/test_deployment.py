@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_server import deployment, enrollment
+from fl_server import deployment, enrollment, revocation
 from fl_server.launcher import group_members
+from fl_server.registry.devices import show_device
 from tests.helpers import FEDMSR, SMALL, fedmsr, history
 
 STARTUP_S = 90.0
@@ -169,7 +170,7 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         assert history(run_dir)[0]["devices"] == [0, 1, 2]
         # Revoked right after round 1 (in process: a CLI start-up would race round 2's
         # roll call): unregistered at once, so its SuperNode is cut off and exits.
-        revoked = enrollment.revoke(registry_url, "dev-1", "stolen")
+        revoked = revocation.revoke(registry_url, "dev-1", "stolen")
         assert deployment.unregister_device(registry_url, revoked["id"], flwr_home)
         supernodes["dev-1"].wait(timeout=STARTUP_S)
         # Round 2: dev-2 pulled its train message; its SuperNode and ClientApp die at once.
@@ -202,7 +203,7 @@ def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         assert [(r["sampled"], r["failed"]) for r in rows] == [(3, 0), (2, 1), (2, 0)]
         assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
         assert all(p.poll() is None for n, p in supernodes.items() if n != "dev-1")
-        shown = {name: enrollment.show_device(registry_url, name) for name in ("dev-0", "dev-1")}
+        shown = {name: show_device(registry_url, name) for name in ("dev-0", "dev-1")}
         assert (shown["dev-0"]["rounds"], shown["dev-1"]["rounds"]) == (3, 1)
         status = deployment.online_nodes(flwr_home)
         assert node_of["dev-1"] not in status or status[node_of["dev-1"]] == "unregistered"

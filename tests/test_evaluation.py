@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fl_client.synthetic import FleetSpec, fleet_batch
 from privacy.encoder import EncoderConfig, build_model, frames_to_tensor, num_parameters
 from privacy.evaluation import baselines, dtp, efficiency, leakage, reconstruction
 from privacy.evaluation.harness import EvalData, Split, operating_points, references
 from privacy.payload import INT8_STEP, Z_CLIP
+from privacy.synthetic import FleetSpec, fleet_batch
 
 torch.set_num_threads(1)
 
@@ -225,7 +225,7 @@ def test_optimisation_inversion_moves_towards_the_clip(fleet):
 
 
 def test_gradient_inversion_plain_beats_dp_sgd(fleet):
-    from fl_server.cli_eval import dp_sgd_update
+    from fl_server.eval_pipeline import dp_sgd_update
 
     _, test, _ = fleet
     model = build_model(EncoderConfig(), seed=0)

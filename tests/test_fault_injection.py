@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl_client.device_budget import planned_local_event
 from fl_client.device_ledger import DeviceLedger
 from fl_server.checkpoint import load_checkpoint
 from fl_server.config import RunConfig
@@ -39,6 +38,7 @@ from fl_server.fault_points import ENV, POINTS, armed
 from fl_server.federation import Plan
 from fl_server.launcher import group_members, prepare_new_run
 from privacy.accounting import DpEvent
+from privacy.wire.budget import planned_local_event
 from tests import faulty_devices
 from tests.helpers import FEDMSR, SMALL, fedmsr, history
 from tests.ledger_recount import (

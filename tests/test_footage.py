@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fl_client.footage import load_footage
-from fl_client.synthetic import stack_clips
+from privacy.clips import stack_clips
 
 N_VIDEO = 30  # frames in the test video
 

@@ -29,8 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fl_server.config import ConfigError, RunConfig
 from monitoring import dashboards
 from monitoring.exporter import MetricsExporter
-from monitoring.metrics import FED_LATER, FedmsrMetrics
+from monitoring.metrics import FedmsrMetrics
 from monitoring.observer import ENDPOINT_FILE, MetricsObserver
+from privacy.wire.round_record import RoundRecord
 from tests.helpers import FEDMSR, fedmsr
 
 MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
@@ -62,8 +63,8 @@ def value(metrics: FedmsrMetrics, name: str, **labels: str) -> float:
     return samples(metrics)[(name, tuple(sorted(labels.items())))]
 
 
-def record(round_: int, **overrides: object) -> dict:
-    """A round record with the keys `_one_round` writes (fl_server/federation.py)."""
+def record(round_: int, **overrides: object) -> RoundRecord:
+    """A round record as history.json holds it (`privacy.wire.round_record`)."""
     base = {
         "round": round_, "loss": 2.1, "kl_bits": 4.0, "utility_acc": 0.6, "identity_acc": 0.7,
         "utility_chance": 0.3, "identity_chance": 0.5, "train_loss": 2.0,
@@ -74,7 +75,7 @@ def record(round_: int, **overrides: object) -> dict:
         "checkin_s": 0.2, "train_phase_s": 3.0, "aggregate_s": 0.01,
         "client_train_s_sum": 4.5, "client_train_s_max": 2.5, "eval_s": 1.5, "wall_s": 5.0,
     }
-    return {**base, **overrides}
+    return RoundRecord.from_json({**base, **overrides})
 
 
 def assert_port_closed(port: int) -> None:
@@ -107,8 +108,6 @@ def test_names_follow_prometheus_conventions_and_have_no_device_labels() -> None
         assert family.name.startswith("fedmsr_"), family.name
         for sample in family.samples:
             assert not {"device", "device_id", "node", "node_id"} & set(sample.labels), sample
-    assert set(FED_LATER) <= {f.name for f in families} | {
-        f.name + "_total" for f in families if f.type == "counter"}
 
 
 def test_two_metric_sets_do_not_clash() -> None:
@@ -402,7 +401,8 @@ def test_provisioning_points_grafana_at_the_dashboards_and_datasource() -> None:
 # -- fedmsr monitor ----------------------------------------------------------------------
 
 
-def _write_run(runs: Path, run_id: str, status: str, rounds: list[dict], updated: float) -> None:
+def _write_run(runs: Path, run_id: str, status: str, rounds: list[RoundRecord],
+               updated: float) -> None:
     run_dir = runs / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "devices": 4,
@@ -410,7 +410,7 @@ def _write_run(runs: Path, run_id: str, status: str, rounds: list[dict], updated
     (run_dir / "status.json").write_text(json.dumps({
         "status": status, "planned_rounds": 3, "completed_rounds": len(rounds), "reason": "",
         "updated_unix": updated}))
-    (run_dir / "history.json").write_text(json.dumps(rounds))
+    (run_dir / "history.json").write_text(json.dumps([r.to_json() for r in rounds]))
 
 
 def _monitor_page(runs: Path) -> dict:
@@ -474,7 +474,7 @@ def test_monitor_serves_until_interrupted(tmp_path) -> None:
 
 
 def test_monitor_without_registry_reads_nothing_from_it(tmp_path, monkeypatch) -> None:
-    from fl_server.cli_monitor import registry_snapshot
+    from fl_server.persisted_metrics import registry_snapshot
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FEDMSR_DB", raising=False)

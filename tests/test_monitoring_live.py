@@ -1,6 +1,6 @@
 """The dashboards and alerts against a real Prometheus scraping a live simulated run.
 
-A 2-device x 2-round DP-SGD run serves its metrics (`--metrics-port 0`, the port comes
+A 2-device x 2-round DP-SGD run with secure aggregation serves its metrics (`--metrics-port 0`, the port comes
 from the run's metrics.json); a Prometheus started here on 127.0.0.1, with the committed
 scrape config (retargeted) and the committed alert rules, scrapes it every second. Once
 Prometheus has seen the run complete and evaluated its rules, every dashboard panel
@@ -27,6 +27,7 @@ import yaml
 
 from fl_server.launcher import group_members
 from monitoring import dashboards
+from monitoring.metrics import PHASES
 from tests.helpers import FEDMSR, SMALL, wait_for
 
 pytestmark = pytest.mark.slow
@@ -105,6 +106,7 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path) -> None:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     run = subprocess.Popen(
         [*FEDMSR, "run", "--devices", "2", "--rounds", "2", "--seed", "5", *SMALL, "--dp-sgd",
+         "--secure-aggregation",
          "--runs-dir", str(tmp_path / "runs"), "--run-id", "live", "--metrics-port", "0",
          "--metrics-linger-s", "900"],
         env=env, stdout=open(tmp_path / "run.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -181,6 +183,12 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path) -> None:
             sum(e["noise_multiplier"] for e in events))
         assert scalar('fedmsr_round_phase_duration_seconds_sum{phase="train"}') == pytest.approx(
             sum(r["train_phase_s"] for r in history))
+        # every phase of every round was timed, the secure-aggregation stages included
+        for phase in PHASES:
+            count = f'fedmsr_round_phase_duration_seconds_count{{phase="{phase}"}}'
+            assert scalar(count) == len(history), phase
+        assert scalar('fedmsr_round_phase_duration_seconds_sum{phase="secagg_unmask"}') == \
+            pytest.approx(sum(r["secagg_phases_s"]["unmask"] for r in history))
 
         # the page Prometheus scraped passes promtool's metric lint
         page = urllib.request.urlopen(endpoint["url"], timeout=10).read()

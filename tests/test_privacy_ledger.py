@@ -18,12 +18,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from fl_client.device_ledger import LedgerReport
 from fl_server import privacy_ledger as ledger
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
+from fl_server.registry.devices import device_ids_for_indices
 from fl_server.registry.models import Device
 from privacy.accounting import DpEvent, EventKind, epsilon_from_rdp, rdp_vector
+from privacy.wire.budget import LedgerReport
 
 DELTA = 1e-5
 LOCAL = DpEvent(0.05, 1.0, 20)                                   # one round of DP-SGD
@@ -356,9 +357,9 @@ def test_fleet_epsilons_and_index_mapping(registry_url, tmp_path) -> None:
     assert list(ids) == [a, c] and list(caps) == [8.0, 3.0]
     np.testing.assert_allclose(eps, [epsilon_from_rdp(rdp_vector([e]), DELTA)
                                      for e in (LOCAL, CENTRAL)], rtol=1e-12)
-    assert ledger.device_ids_for_indices(registry_url, [2, 0]) == {0: a, 2: c}
+    assert device_ids_for_indices(registry_url, [2, 0]) == {0: a, 2: c}
     with pytest.raises(db.RegistryError, match="synthetic index 7"):
-        ledger.device_ids_for_indices(registry_url, [7])
+        device_ids_for_indices(registry_url, [7])
     assert b not in ids
 
 
@@ -375,8 +376,8 @@ def test_budget_metrics_read_the_ledger(registry_url, tmp_path) -> None:
     device's spend and cap from the ledger; a revoked device is no longer tracked."""
     from types import SimpleNamespace
 
-    from fl_server.cli_monitor import registry_snapshot
-    from fl_server.enrollment import revoke
+    from fl_server.persisted_metrics import registry_snapshot
+    from fl_server.revocation import revoke
     from monitoring.metrics import FedmsrMetrics
     from monitoring.observer import MetricsObserver
 

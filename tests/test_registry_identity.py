@@ -1,21 +1,24 @@
-"""Signed check-in: the device half (`fl_client.client_app.sign_challenge`) against the
+"""Signed check-in: the device half (`fl_client.node.sign_challenge`) against the
 server half (`fl_server.registry.identity.CheckinGate`), with real enrollment keys and a
 real registry (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import Context, RecordDict
 
-from fl_client.client_app import checkin_statement, sign_challenge
-from fl_server.enrollment import INFO_FILE, BundleOptions, DeviceSpec, enroll, revoke
+from fl_client.node import sign_challenge
+from fl_server.enrollment import INFO_FILE, BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
 from fl_server.registry.identity import CheckinGate
+from fl_server.revocation import revoke
+from privacy.wire.checkin import CheckinAnswer, checkin_statement
 
 
 @pytest.fixture
@@ -32,10 +35,13 @@ def node(node_id: int, partition: int, **node_config) -> Context:
                    state=RecordDict(), run_config={})
 
 
-def answer(gate: CheckinGate, context: Context, index: int) -> ConfigRecord:
-    record = ConfigRecord({"device": index, "in-fleet": True})
-    record.update(sign_challenge(gate.challenge(), context, index))
-    return record
+def answer(gate: CheckinGate, context: Context, index: int) -> CheckinAnswer:
+    """The answer as the device's check-in handler builds it, through the wire format."""
+    signed = sign_challenge(gate.challenge(), context, index)
+    assert signed is not None
+    sent = CheckinAnswer(device=index, in_fleet=True, device_id=signed.device_id,
+                         signature=signed.signature)
+    return CheckinAnswer.from_record(sent.to_record())
 
 
 def test_signed_answers_of_eligible_devices_are_admitted(fleet) -> None:
@@ -47,9 +53,9 @@ def test_signed_answers_of_eligible_devices_are_admitted(fleet) -> None:
     # statement over (nonce, run id, node id) that the server built.
     info = json.loads((bundles / "cam-1" / INFO_FILE).read_text())
     load_ssh_public_key(info["public_key"].encode()).verify(
-        bytes.fromhex(str(answers[101]["signature"])),
+        bytes.fromhex(answers[101].signature),
         checkin_statement(gate.nonce, "run-a", 101), ec.ECDSA(hashes.SHA384()))
-    assert int(answers[101]["device-id"]) == info["device_id"]
+    assert answers[101].device_id == info["device_id"]
 
 
 def test_forged_relayed_stale_revoked_and_unsigned_answers_are_refused(fleet) -> None:
@@ -60,9 +66,9 @@ def test_forged_relayed_stale_revoked_and_unsigned_answers_are_refused(fleet) ->
     stale_gate = CheckinGate(url, "run-a", frozenset({0, 1}), str(bundles))
     stale = answer(stale_gate, node(202, 1), 1)  # another round's nonce
     other_index = answer(gate, node(203, 2), 2)  # not among the run's devices
-    unsigned = ConfigRecord({"device": 1, "in-fleet": True})
+    unsigned = CheckinAnswer(device=1, in_fleet=True)
     liar = answer(gate, node(205, 0), 0)
-    liar["device"] = 1  # cam-0's key, claiming cam-1's data index
+    liar = dataclasses.replace(liar, device=1)  # cam-0's key, claiming cam-1's data index
     admitted = gate.admit({200: good, 299: relayed, 202: stale, 203: other_index,
                            204: unsigned, 205: liar})
     assert admitted == {200: 0}
@@ -88,4 +94,4 @@ def test_a_real_supernode_signs_with_the_key_from_its_node_config(fleet) -> None
     gate = CheckinGate(url, "run-b", frozenset({2}))  # no simulated bundles directory
     assert gate.admit({300: answer(gate, context, 2)}) == {300: 2}
     no_key = node(301, 2)
-    assert sign_challenge(gate.challenge(), no_key, 2) == ConfigRecord({})
+    assert sign_challenge(gate.challenge(), no_key, 2) is None

@@ -20,25 +20,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
-from fl_client.client_app import record_of, upload
+from fl_client.clip_source import Capture, SyntheticSource
+from fl_client.handlers import upload
 from fl_client.info_ledger import FILE_NAME, InfoLedger, InfoLedgerError, affordable
-from fl_client.messages import BATCH_KEY, CONFIG_KEY, UPLOAD_KEY, Instructions
-from fl_client.synthetic import ACTIVITIES, FleetSpec, device_metas
-from fl_client.trainer import TrainConfig
-from fl_client.uploads import (
-    Capture,
-    UploadRefused,
-    UploadRequest,
-    answer_upload,
-    batch_size,
-    decode_batch,
-    encoder_version,
-    synthetic_capture,
-)
+from fl_client.uploads import UploadRefused, answer_upload
 from fl_server import information_ledger as server_ledger
 from fl_server.cli import app, main
-from fl_server.cli_monitor import registry_snapshot
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
+from fl_server.persisted_metrics import registry_snapshot
 from fl_server.registry import db
 from fl_server.registry.models import PrivacyEvent
 from fl_server.representations import (
@@ -48,6 +37,7 @@ from fl_server.representations import (
     RepresentationQuery,
     erase_device,
 )
+from privacy.clips import ACTIVITIES
 from privacy.encoder import (
     EncoderConfig,
     build_model,
@@ -56,6 +46,12 @@ from privacy.encoder import (
     state_to_numpy,
 )
 from privacy.payload import decode_payload, encode_payload, payload_size
+from privacy.synthetic import FleetSpec, device_metas
+from privacy.wire.arrays import record_of
+from privacy.wire.instructions import Instructions
+from privacy.wire.keys import BATCH_KEY, CONFIG_KEY, UPLOAD_KEY
+from privacy.wire.train import TrainConfig
+from privacy.wire.upload import UploadRequest, batch_size, decode_batch, encoder_version
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODEL = EncoderConfig()
@@ -141,7 +137,7 @@ def test_reply_is_one_fixed_size_batch_whatever_was_filmed(arrays, tmp_path,
 
 
 def test_a_short_capture_is_padded_with_dummies_to_the_same_size(arrays, tmp_path) -> None:
-    full = synthetic_capture(SPEC, 0, 1, M)
+    full = SyntheticSource(SPEC, 0).capture(1, M)
     short = Capture(full.frames[:3], full.days[:3], full.hours[:3], full.clip_ids[:3])
     ledger = InfoLedger.at(tmp_path)
     blob = answer_upload(request(arrays), MODEL, arrays, short, ledger, None,
@@ -157,7 +153,7 @@ def test_a_short_capture_is_padded_with_dummies_to_the_same_size(arrays, tmp_pat
 
 def test_uploaded_z_is_a_fresh_sample_of_the_posterior(arrays, tmp_path) -> None:
     """Not mu: (z - mu) / sigma looks standard normal, and two uploads differ."""
-    capture = synthetic_capture(SPEC, 1, 1, M)
+    capture = SyntheticSource(SPEC, 1).capture(1, M)
     model = build_model(MODEL)
     load_numpy_state(model, arrays)
     mu, lv = encode(model, capture.frames)
@@ -172,7 +168,7 @@ def test_uploaded_z_is_a_fresh_sample_of_the_posterior(arrays, tmp_path) -> None
 
 def test_a_request_for_another_encoder_is_refused_before_anything_is_charged(
         arrays, tmp_path) -> None:
-    capture = synthetic_capture(SPEC, 0, 1, M)
+    capture = SyntheticSource(SPEC, 0).capture(1, M)
     with pytest.raises(UploadRefused, match="refusing to upload"):
         answer_upload(request(arrays, version="0" * 64), MODEL, arrays, capture,
                       InfoLedger.at(tmp_path), None, np.random.default_rng(0))
@@ -192,7 +188,7 @@ def test_affordable_prefix_and_rounded_up_charge() -> None:
 
 def test_device_refuses_past_its_cap_and_counts_from_the_servers_figure(arrays,
                                                                          tmp_path) -> None:
-    capture = synthetic_capture(SPEC, 2, 1, M)
+    capture = SyntheticSource(SPEC, 2).capture(1, M)
     rates = kl_bits_by_hand(arrays, capture.frames)
     cap = math.ceil(rates[:3].sum())  # room for three clips (the sum of three, rounded up)
     expected = max(n for n in range(M + 1) if math.ceil(rates[:n].sum()) <= cap)
@@ -203,7 +199,7 @@ def test_device_refuses_past_its_cap_and_counts_from_the_servers_figure(arrays,
     assert first.bits == math.ceil(rates[:expected].sum()) <= cap
     assert len(first.records) == M  # the refused clips' slots are dummies
     second = decode_batch(answer_upload(request(arrays, 2, cap=cap), MODEL, arrays,
-                                        synthetic_capture(SPEC, 2, 2, M), ledger, None,
+                                        SyntheticSource(SPEC, 2).capture(2, M), ledger, None,
                                         np.random.default_rng(0)))
     assert second.real == () and second.bits == 0 and second.capped
     assert second.device_bits_before == first.bits

@@ -17,12 +17,13 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedMedian
 
-from fl_client.client_app import local_clips, round_seed
-from fl_client.messages import ARRAYS_KEY, METRICS_KEY, WEIGHT_KEY
+from fl_client.local_clips import local_clips
 from fl_client.trainer import train_local
+from fl_client.training_seed import round_seed
 from fl_server.config import ConfigError, RunConfig
 from fl_server.federation import Plan
 from privacy.encoder import build_model, state_to_numpy
+from privacy.wire.keys import ARRAYS_KEY, METRICS_KEY, WEIGHT_KEY
 from strategies.robust_aggregation import (
     AGGREGATIONS,
     TooFewUpdates,

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from fl_client.client_app import local_clips, training_seed
-from fl_client.messages import Instructions
+from fl_client.local_clips import local_clips
 from fl_client.trainer import train_local
+from fl_client.training_seed import training_seed
 from fl_server.config import RunConfig
 from fl_server.enrollment import INFO_FILE
 from fl_server.federation import Plan
 from fl_server.secagg_identities import IDENTITIES_FILE
 from privacy.encoder import build_model, state_to_numpy
 from privacy.secagg.encoding import EncodingSpec
+from privacy.wire.instructions import Instructions
 from tests.helpers import SMALL, fedmsr, history
 
 pytestmark = pytest.mark.slow

@@ -136,6 +136,64 @@ def test_device_state_round_trips_with_its_guard() -> None:
     assert scalar not in clients[1].to_bytes()  # the enrollment key is never in the state
 
 
+def test_device_state_round_trips_exactly_at_every_stage() -> None:
+    """Whatever stage a device is at, reloading its saved state gives the same state."""
+    keys = {d: simulated_enrollment.device_key(2, d) for d in SETUP.participants}
+    ids = simulated_enrollment.identities(2, SETUP.participants)
+    clients = {d: SecAggClient(d, keys[d], ids) for d in SETUP.participants}
+
+    def same_after_reload(c: SecAggClient) -> None:
+        blob = c.to_bytes()
+        back = SecAggClient.from_bytes(blob, keys[c.device_id], ids)
+        assert back.to_bytes() == blob
+        assert back.stage == c.stage and back.rejected == c.rejected
+
+    for c in clients.values():
+        same_after_reload(c)  # NEW: nothing but the device id
+    server = SecAggServer(SETUP)
+    relayed = server.collect_keys([c.advertise(SETUP) for c in clients.values()])
+    same_after_reload(clients[0])
+    delivered = server.collect_shares([clients[d].share_keys(relayed[d]) for d in relayed])
+    same_after_reload(clients[0])
+    masked = [clients[d].masked_input(delivered[d], np.full(6, 0.1), 2) for d in delivered]
+    same_after_reload(clients[0])
+    requests = server.collect_masked(masked)
+    clients[0].unmask(requests[0])
+    same_after_reload(clients[0])
+    reloaded = {d: SecAggClient.from_bytes(c.to_bytes(), keys[d], ids) for d, c in clients.items()}
+    result = server.finish([reloaded[d].unmask(requests[d]) for d in requests])
+    np.testing.assert_allclose(result.mean, 0.1, atol=SETUP.encoding.quantisation_bound)
+
+
+@pytest.mark.parametrize("blob, reason", [
+    (b"", "bad magic"),
+    (b"\x80\x04\x95garbage pickle", "bad magic"),
+    (b"FSAS\x02{}", "version 2"),
+    (b"FSAS\x01not json", "corrupt"),
+    (b'FSAS\x01{"device": 0}', "corrupt: KeyError"),
+    (b'FSAS\x01{"device":"0","stage":0,"rejected":[],"revealed":[]}', "expected an integer"),
+    (b'FSAS\x01{"device":0,"stage":7,"rejected":[],"revealed":[]}', "corrupt"),
+])
+def test_garbage_device_state_is_refused_with_a_clear_error(blob: bytes, reason: str) -> None:
+    """A tampered or foreign `context.state` is parsed, never executed, and refused."""
+    from fl_client.secagg_client import ClientStateError
+
+    key = simulated_enrollment.device_key(0, 0)
+    ids = simulated_enrollment.identities(0, SETUP.participants)
+    with pytest.raises(ClientStateError, match=reason):
+        SecAggClient.from_bytes(blob, key, ids)
+    client = SecAggClient(0, key, ids)
+    client.advertise(SETUP)
+    tampered = client.to_bytes().replace(b'"cipher-key":{"$hex":"', b'"cipher-key":{"$hex":"zz')
+    with pytest.raises(ClientStateError, match="corrupt"):
+        SecAggClient.from_bytes(tampered, key, ids)
+
+
+def test_the_device_never_unpickles() -> None:
+    for path in sorted((ROOT / "fl_client").glob("*.py")):
+        assert not {"pickle", "marshal", "dill"} & _imports(path), path
+
+
 def test_key_formats_and_curve() -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from fl_client.client_app import app, arrays_of, record_of
-from fl_client.client_app import train as train_handler
-from fl_client.messages import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
+from fl_client.client_app import app
+from fl_client.handlers import train as train_handler
 from fl_server.config import RunConfig
 from fl_server.federation import Plan
 from privacy.encoder import build_model, state_to_numpy
 from privacy.secagg.errors import ProtocolAbort
+from privacy.wire.arrays import arrays_of, record_of
+from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
 from strategies.secagg_workflow import (
     ADVERTISE,
     MASKED,
@@ -184,15 +185,15 @@ def test_an_aborted_round_leaves_the_model_and_the_next_round_proceeds(
         task_identity, tmp_path) -> None:
     from fl_server.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
     from fl_server.federation import run_federation
-    from fl_server.history import read_history
     from fl_server.run_status import read_status
+    from tests.helpers import history
 
     # round_timeout_s also caps each SecAgg stage's wait: the silent nodes cost 3 s, not 120.
     cfg = dataclasses.replace(CFG, rounds=2, runs_dir=str(tmp_path), run_id="abort",
                               secagg_neighbours=4, secagg_threshold=3, min_train_devices=2,
                               round_timeout_s=3.0).validate()
     run_federation(FlakyFleetGrid({SHARE: {100, 101, 102}}), cfg)
-    first, second = read_history(cfg.run_dir())
+    first, second = history(cfg.run_dir())
     assert "threshold" in first["aborted"] and first["devices"] == [] \
         and first["responded"] == 0
     assert second["aborted"] is None and second["devices"] == [0, 1, 2, 3, 4]

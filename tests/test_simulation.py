@@ -16,10 +16,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from fl_client.client_app import record_of
 from fl_server.federation import record_bytes
 from fl_server.launcher import group_members
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
+from privacy.wire.arrays import record_of
 from tests.helpers import FEDMSR, SMALL, fedmsr, history, wait_for
 
 pytestmark = pytest.mark.slow

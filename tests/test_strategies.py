@@ -32,10 +32,10 @@ def test_sample_size_honours_fraction_and_minimum() -> None:
     assert sorted(picked) == picked and set(picked) <= {3, 7, 9}
 
 
-def test_configure_train_targets_only_candidates(task_identity) -> None:
+def test_train_messages_go_to_the_sampled_candidates_only(task_identity) -> None:
     strategy = SeededFedAvg(seed=1, fraction_train=1.0, min_train_nodes=1)
-    strategy.candidates = [11, 12]
-    messages = list(strategy.configure_train(4, ArrayRecord(), ConfigRecord(), grid=None))
+    nodes = strategy.sample([11, 12])
+    messages = strategy.train_messages(4, ArrayRecord(), ConfigRecord(), nodes)
     assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12]
     assert all(m.content["config"]["server-round"] == 4 for m in messages)
 

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fl_client import client_app
-from fl_client.messages import ARRAYS_KEY, CONFIG_KEY, DEVICE_KEY, DP_EVENT_KEY, METRICS_KEY
+from fl_client import handlers
 from fl_server.config import RunConfig
 from fl_server.federation import Plan
 from monitoring.metrics import REJECT_REASONS
 from privacy.encoder import build_model, state_to_numpy
+from privacy.wire.arrays import record_of
+from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY, DEVICE_KEY, DP_EVENT_KEY, METRICS_KEY
 from strategies.update_validation import (
     REASONS,
     RoundTicket,
@@ -198,9 +199,8 @@ def test_the_round_goes_on_with_the_rest_and_records_why(round_) -> None:
     result = screen(ticket, sent, [good, nan, shape, errored])
     assert result.accepted == [good]
     assert list(result.counts().items()) == [("shape", 1), ("non_finite", 1)]  # check order
-    history = result.history()
-    assert history["rejected"] == {"shape": 1, "non_finite": 1}
-    assert [(d["device"], d["reason"]) for d in history["rejected_devices"]] == [
+    assert result.counts() == {"shape": 1, "non_finite": 1}
+    assert [(d["device"], d["reason"]) for d in result.rejected_devices()] == [
         (1, "non_finite"), (2, "shape")]
     # Dropped for content, but the server saw them: their DP events still count.
     assert result.released_with([]) == [good, nan, shape]
@@ -272,13 +272,13 @@ def test_a_real_device_reply_passes(task_identity) -> None:
     plan = Plan.from_config(cfg)
     arrays = state_to_numpy(build_model(plan.model, seed=0))
     ticket = RoundTicket(cfg.run_id, 1)
-    msg = Message(RecordDict({ARRAYS_KEY: client_app.record_of(arrays),
+    msg = Message(RecordDict({ARRAYS_KEY: record_of(arrays),
                               CONFIG_KEY: ticket.stamp(plan.instructions(1))}),
                   dst_node_id=7, message_type="train")
     msg.metadata.__dict__["_message_id"] = "m-7"
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 1},
                       state=RecordDict(), run_config={})
-    reply = client_app.train(msg, context)
+    reply = handlers.train(msg, context)
     policy = dataclasses.replace(POLICY, max_examples=cfg.clips_per_day * cfg.days)
     screening = Screening()
     assert screen_round(screening, ticket, policy, [msg], [reply], {7: 1}, arrays) == [reply]
@@ -318,7 +318,7 @@ def test_secagg_screening_turns_a_bad_masked_reply_into_a_dropout(task_identity,
 
     initial, _ = plain_updates()
     ticket = RoundTicket("run-s", 1)
-    content = RecordDict({ARRAYS_KEY: client_app.record_of(initial),
+    content = RecordDict({ARRAYS_KEY: record_of(initial),
                           CONFIG_KEY: ticket.stamp(PLAN.instructions(1))})
     messages = [Message(content=content, message_type="train", dst_node_id=n) for n in NODES]
     screening = Screening()

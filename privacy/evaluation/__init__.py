@@ -3,7 +3,7 @@
 Everything here works on arrays (uint8 clips ``[N, T, H, W, 3]``, int label vectors,
 representation matrices): ``privacy`` imports nothing from ``fl_client`` / ``fl_server``,
 so the data (synthetic fleet, real footage) and the encoders' training are supplied by the
-caller (``fl_server/cli_eval.py`` for ``fedmsr eval``; later the server's leakage tracker).
+caller (``fl_server/eval_pipeline.py`` for ``fedmsr eval``; later the server's leakage tracker).
 
 * :mod:`.baselines`       what is released per clip: pixel baselines and encoders (as the
                           int8 payload the device would upload);

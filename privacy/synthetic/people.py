@@ -16,6 +16,11 @@ import numpy as np
 from privacy.synthetic.raster import Canvas
 from privacy.synthetic.world import PersonLook
 
+#: A screen trajectory, (x[T], y[T]). Annotated where a branch assigns it: NumPy's stubs
+#: type a float32 array plus a Python float as "some float array", so the first
+#: assignment would otherwise fix a narrower type than the later branches produce.
+_XY = tuple[np.ndarray, np.ndarray]
+
 
 def draw_figure(cv: Canvas, j: dict[str, tuple[np.ndarray, np.ndarray]], h: float,
                 p: PersonLook, shirt: int) -> None:
@@ -59,13 +64,16 @@ def third_person_pose(activity: str, x0: float, yf: float, h: float, direction: 
                       t: np.ndarray, p: PersonLook, rng: np.random.Generator) -> tuple[dict, list]:
     """Third-person joints [T] for an activity; returns (joints, props) where props are
     (kind, x, y, scale) to draw before the figure ("table", "counter", "broom") or objects."""
-    T = t.shape[0]
+    T: int = t.shape[0]
     zero = np.zeros(T, np.float32)
     phi = rng.uniform(0, 2 * math.pi)
     d = direction
-    x = zero + x0
-    y_hip = zero + (yf - 0.47 * h)
-    sway = zero
+    x: np.ndarray = zero + x0
+    y_hip: np.ndarray = zero + (yf - 0.47 * h)
+    sway: np.ndarray = zero
+    feet: _XY
+    feet_y: _XY
+    hands: tuple[_XY, _XY]
     props: list = []
     seated = activity in ("eat", "type", "read")
     if activity in ("walk", "run"):
@@ -153,11 +161,13 @@ def first_person_motion(activity: str, p: PersonLook, t: np.ndarray, rng: np.ran
                         ) -> tuple[np.ndarray, np.ndarray, list, list, bool]:
     """Returns (cam_u, cam_v, hands, held, desk): hands = [(x[T], y[T])...], held =
     [(kind, x, y, scale)] objects moving with the view, desk = draw a table/counter."""
-    T = t.shape[0]
+    T: int = t.shape[0]
     z = np.zeros(T, np.float32)
     phi = rng.uniform(0, 2 * math.pi)
     direction = 1.0 if rng.random() < 0.5 else -1.0
-    cu, cv = z.copy(), z.copy()
+    cu: np.ndarray = z.copy()
+    cv: np.ndarray = z.copy()
+    hands: list[_XY]
     held: list = []
     desk = False
     if activity in ("walk", "run"):
@@ -199,9 +209,10 @@ def first_person_motion(activity: str, p: PersonLook, t: np.ndarray, rng: np.ran
         ph = 2 * math.pi * 0.75 * t + phi
         cv = 0.18 + z
         cu = 0.04 * np.sin(ph)
-        hx = 0.5 + 0.22 * np.sin(ph)
-        hands = [(hx - 0.05, 0.84 + 0.03 * np.cos(ph)), (hx + 0.05, 0.92 + 0.03 * np.cos(ph))]
-        held.append(("broom", hx, 0.84 + z, 1.0, 0.5 + 0.38 * np.sin(ph)))
+        grip_x = 0.5 + 0.22 * np.sin(ph)
+        hands = [(grip_x - 0.05, 0.84 + 0.03 * np.cos(ph)),
+                 (grip_x + 0.05, 0.92 + 0.03 * np.cos(ph))]
+        held.append(("broom", grip_x, 0.84 + z, 1.0, 0.5 + 0.38 * np.sin(ph)))
     else:  # phone: hand raised to the (right) side of the head
         walk = np.cumsum(rng.normal(0, 0.006, (2, T)), axis=1).astype(np.float32)
         cu, cv = walk[0], walk[1] - 0.02
