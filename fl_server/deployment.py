@@ -99,12 +99,20 @@ class SuperLinkPlan:
                 "--host", self.host, "--port", str(self.port)]
 
 
-def write_flwr_config(flwr_home: Path, address: str, ca_cert: Path) -> Path:
-    """Add (or replace) the `[superlink.fedmsr]` section, leaving other sections alone."""
+def write_flwr_config(flwr_home: Path, address: str, ca_cert: Path,
+                      client: control_api.ClientCertificate | None = None) -> Path:
+    """Add (or replace) the `[superlink.fedmsr]` section, leaving other sections alone.
+
+    With `client`, the section also names the operator's certificate, which fedmsr's
+    Control API client presents to the deployment front (Flower ignores those keys).
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
     section = (f'[superlink.{FEDERATION}]\naddress = "{address}"\n'
                f'root-certificates = "{ca_cert.resolve()}"\n')
+    if client is not None:
+        section += (f'{control_api.CLIENT_CERT_KEY} = "{client.cert.resolve()}"\n'
+                    f'{control_api.CLIENT_KEY_KEY} = "{client.key.resolve()}"\n')
     text = path.read_text() if path.exists() else f'[superlink]\ndefault = "{FEDERATION}"\n'
     pattern = re.compile(rf"^\[superlink\.{FEDERATION}\]\n(?:(?!\[).*\n?)*", re.MULTILINE)
     text = pattern.sub(section, text) if pattern.search(text) else \
