@@ -17,7 +17,9 @@ start a device's SuperNode from its bundle.
   port, and `--node-config` carrying its device id and data index.
 
 Flower's Control API has no authentication in the open-source release: whoever reaches the
-SuperLink's port can start runs and (un)register keys, so it binds loopback by default.
+SuperLink's port can start runs and (un)register keys, so it binds loopback by default, and
+`--front HOST:PORT` writes the nginx deployment front (`fl_server/front.py`) that admits the
+Control API only with the operator's client certificate.
 """
 
 from __future__ import annotations

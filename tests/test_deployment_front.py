@@ -210,3 +210,24 @@ def test_through_the_front_control_needs_the_operator_and_devices_still_train(
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def test_a_half_configured_operator_certificate_is_one_error(fleet_pki, tmp_path) -> None:
+    home = tmp_path / "flwr"
+    deployment.write_flwr_config(home, "127.0.0.1:9443", fleet_pki.ca_cert)
+    assert control_api.client_certificate(home) is None
+    config = home / "config.toml"
+    config.write_text(config.read_text() + f'{control_api.CLIENT_CERT_KEY} = "/x.pem"\n')
+    with pytest.raises(RegistryError, match=f"needs both {control_api.CLIENT_CERT_KEY}"):
+        control_api.client_certificate(home)
+
+
+def test_connect_needs_the_operator_certificate(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    pki.init_pki(tmp_path / "pki", ["localhost"])
+    result = fedmsr("superlink", "connect", "127.0.0.1:9443", "--pki-dir", "pki",
+                    cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "no operator.pem, operator.key" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "flwr" / "config.toml").exists()
