@@ -233,7 +233,8 @@ def _enroll_rows(url: str, specs: Sequence[DeviceSpec], options: BundleOptions,
         _refuse_existing_bundles(options.bundles_dir, todo)
         todo = _assign_indices(session, todo)
         keys = [generate_keypair() for _ in todo]
-        rows = [_device_row(spec, key) for spec, key in zip(todo, keys, strict=True)]
+        bundle_dir = str(options.bundles_dir.resolve())
+        rows = [_device_row(spec, key, bundle_dir) for spec, key in zip(todo, keys, strict=True)]
         ids = session.execute(insert(Device).returning(Device.id, sort_by_parameter_order=True),
                               rows).scalars().all()
         audit.record_many(session, "device.enroll", [
@@ -314,9 +315,10 @@ def _flat(spec: DeviceSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in _SPEC_FIELDS}
 
 
-def _device_row(spec: DeviceSpec, key: KeyPair) -> dict[str, Any]:
+def _device_row(spec: DeviceSpec, key: KeyPair, bundle_dir: str) -> dict[str, Any]:
     return {**_flat(spec), "public_key": key.public_openssh, "key_fingerprint": key.fingerprint,
-            "status": DeviceStatus.ENROLLED.value, "created_at": utcnow()}
+            "status": DeviceStatus.ENROLLED.value, "created_at": utcnow(),
+            "bundle_dir": bundle_dir}
 
 
 def _audit_detail(spec: DeviceSpec, key: KeyPair, batch: int) -> dict[str, Any]:

@@ -95,3 +95,65 @@ def test_a_real_supernode_signs_with_the_key_from_its_node_config(fleet) -> None
     assert gate.admit({300: answer(gate, context, 2)}) == {300: 2}
     no_key = node(301, 2)
     assert sign_challenge(gate.challenge(), no_key, 2) is None
+
+
+# -- the bundles a run signs with: those the registry enrolled ------------------------------
+
+
+def test_a_run_signs_with_the_bundles_the_registry_enrolled(registry_url, tmp_path,
+                                                            monkeypatch) -> None:
+    """Enrolled with --bundles-dir X while ./devices holds another fleet's bundles: the run
+    (no option about bundles) uses X, and every device's signature verifies."""
+    from fl_server.config import RunConfig
+    from fl_server.registry.fleet import fleet_for_new_run
+    from fl_server.registry.identity import BUNDLES_EXTRA
+
+    monkeypatch.chdir(tmp_path)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    db.upgrade(other)  # another fleet's bundles, where the old lookup looked
+    enroll(other, [DeviceSpec(f"old-{i}") for i in range(3)], BundleOptions(bundles_dir=tmp_path
+                                                                            / "devices"))
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec(f"cam-{i}") for i in range(3)],
+           BundleOptions(bundles_dir=tmp_path / "X"))
+    monkeypatch.setenv(db.ENV_VAR, registry_url)
+    cfg = fleet_for_new_run(RunConfig(devices=3, run_id="run-x").validate())
+    assert cfg.extra[BUNDLES_EXTRA] == str((tmp_path / "X").resolve())
+    gate = CheckinGate.for_config(cfg)
+    assert gate is not None
+    answers = {300 + i: answer(gate, node(300 + i, i), i) for i in range(3)}
+    assert gate.admit(answers) == {300: 0, 301: 1, 302: 2} and gate.refused == {}
+
+
+def test_a_key_mismatch_names_the_bundle_and_key_the_node_used(registry_url, tmp_path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    db.upgrade(other)
+    enroll(other, [DeviceSpec("old-0")], BundleOptions(bundles_dir=tmp_path / "wrong"))
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec("cam-0")], BundleOptions(bundles_dir=tmp_path / "X"))
+    gate = CheckinGate(registry_url, "run-a", frozenset({0}), str(tmp_path / "wrong"))
+    signed = sign_challenge(gate.challenge(), node(400, 0), 0)
+    assert signed is not None
+    mine = json.loads((tmp_path / "X" / "cam-0" / INFO_FILE).read_text())
+    theirs = json.loads((tmp_path / "wrong" / "old-0" / INFO_FILE).read_text())
+    # The other fleet's bundle claims the registry's device id (both databases start at 1).
+    assert gate.admit({400: CheckinAnswer(device=0, in_fleet=True, device_id=mine["device_id"],
+                                          signature=signed.signature)}) == {}
+    problem = gate.refused[400]
+    assert f"registry's key {mine['key_fingerprint']}" in problem
+    assert str(tmp_path / "wrong" / "old-0" / "device.key") in problem
+    assert f"(key {theirs['key_fingerprint']})" in problem
+
+
+def test_devices_enrolled_into_two_bundle_dirs_cannot_share_a_run(registry_url, tmp_path,
+                                                                  monkeypatch) -> None:
+    from fl_server.config import RunConfig
+    from fl_server.registry.db import RegistryError
+    from fl_server.registry.fleet import fleet_for_new_run
+
+    db.upgrade(registry_url)
+    enroll(registry_url, [DeviceSpec("a-0")], BundleOptions(bundles_dir=tmp_path / "A"))
+    enroll(registry_url, [DeviceSpec("b-0")], BundleOptions(bundles_dir=tmp_path / "B"))
+    monkeypatch.setenv(db.ENV_VAR, registry_url)
+    with pytest.raises(RegistryError, match="several bundle directories"):
+        fleet_for_new_run(RunConfig(devices=2, run_id="run-ab").validate())
