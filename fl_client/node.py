@@ -10,7 +10,7 @@ questions every message, since the ClientApp keeps no state of its own.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context
 
-from privacy.wire.checkin import Challenge, checkin_statement
+from privacy.wire.checkin import Challenge, CheckinAnswer, checkin_statement
 
 
 def device_index(context: Context) -> int:
@@ -58,27 +58,23 @@ def simulated_bundles(bundles_dir: str) -> dict[int, tuple[int, str]]:
     return found
 
 
-@dataclass(frozen=True)
-class CheckinSignature:
-    """The registry id a device claims at check-in and its signature proving it (hex)."""
-
-    device_id: int
-    signature: str
-
-
 def sign_challenge(challenge: Challenge, context: Context,
-                   device: int) -> CheckinSignature | None:
-    """ECDSA-SHA384 over `checkin_statement` with the enrollment key; None without a key
-    (the server then admits the node only in a run without a registry)."""
-    found = enrollment_key(context, challenge.bundles_dir, device)
+                   answer: CheckinAnswer) -> CheckinAnswer:
+    """`answer` with the device's registry id and its ECDSA-SHA384 signature, by the
+    enrollment key, over `checkin_statement` (challenge, node and every field of the
+    answer); unchanged without a key (the server then admits the node only in a run
+    without a registry)."""
+    found = enrollment_key(context, challenge.bundles_dir, answer.device)
     if found is None:
-        return None
+        return answer
     device_id, key_path = found
     key = load_ssh_private_key(Path(key_path).read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TypeError(f"{key_path} is not an ECDSA enrollment key")
-    statement = checkin_statement(challenge.nonce, challenge.run_id, int(context.node_id))
-    return CheckinSignature(device_id, key.sign(statement, ec.ECDSA(hashes.SHA384())).hex())
+    unsigned = replace(answer, device_id=device_id, signature="")
+    statement = checkin_statement(challenge.nonce, challenge.run_id, int(context.node_id),
+                                  unsigned)
+    return replace(unsigned, signature=key.sign(statement, ec.ECDSA(hashes.SHA384())).hex())
 
 
 def device_state_dir(context: Context, bundles_dir: str, device: int) -> Path | None:

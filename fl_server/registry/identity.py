@@ -3,7 +3,8 @@
 Each round's check-in query carries a challenge (a 256-bit nonce, the run id, and in
 simulation the directory of the simulated enrollment's bundles). A device answers with its
 registry device id and an ECDSA-SHA384 signature, made with its enrollment key, over
-(nonce, run id, its Flower node id) (`fl_client.client_app.checkin_statement`). The server
+(nonce, run id, its Flower node id, every other field of its answer)
+(`privacy.wire.checkin.checkin_statement`). The server
 admits a node only if the registry holds that device, not revoked, for the data index the
 node reports, among the run's devices, and the signature verifies with the registry's
 public key for the node id the reply came from. That binds Flower node id <-> device id
@@ -129,7 +130,7 @@ class CheckinGate:
         assert isinstance(key, ec.EllipticCurvePublicKey)
         try:
             key.verify(bytes.fromhex(answer.signature),
-                       checkin_statement(self.nonce, self.run_id, node_id),
+                       checkin_statement(self.nonce, self.run_id, node_id, answer),
                        ec.ECDSA(hashes.SHA384()))
         except (InvalidSignature, ValueError):
             return (f"signature of device {device_id} does not verify for node {node_id} "
