@@ -10,6 +10,7 @@ questions every message, since the ClientApp keeps no state of its own.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context
 
+from privacy.checks import is_int
 from privacy.wire.checkin import Challenge, CheckinAnswer, checkin_statement
+
+log = logging.getLogger("fedmsr.node")
 
 
 def device_index(context: Context) -> int:
@@ -45,16 +49,26 @@ def enrollment_key(context: Context, bundles_dir: str, device: int) -> tuple[int
 
 @lru_cache(maxsize=4)
 def simulated_bundles(bundles_dir: str) -> dict[int, tuple[int, str]]:
-    """Data index -> (device id, key path) of the bundles under `bundles_dir` (simulation)."""
+    """Data index -> (device id, key path) of the bundles under `bundles_dir` (simulation).
+
+    A bundle whose device.json cannot be read or lacks an integer device id or index is
+    skipped with a warning naming it: one bad bundle must not fail every device's check-in.
+    """
     found: dict[int, tuple[int, str]] = {}
     for info_path in sorted(Path(bundles_dir).glob("*/device.json")):
+        key = info_path.parent / "device.key"
         try:
             info = json.loads(info_path.read_text())
-        except (OSError, ValueError):
+            index, device_id = info["device_index"], info["device_id"]
+            if not (is_int(index) and is_int(device_id) and index >= 0):
+                raise ValueError(f"device_index {index!r} / device_id {device_id!r} are not "
+                                 "non-negative integers")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping bundle %s: %s", info_path.parent,
+                        f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else exc)
             continue
-        key = info_path.parent / "device.key"
-        if key.exists() and info.get("device_index") is not None:
-            found[int(info["device_index"])] = (int(info["device_id"]), str(key))
+        if key.exists():
+            found[int(index)] = (int(device_id), str(key))
     return found
 
 
