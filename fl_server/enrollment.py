@@ -68,7 +68,9 @@ class DeviceSpec:
 
     def validate(self, where: str = "") -> DeviceSpec:
         def bad(name: str, problem: str) -> RegistryError:
-            return RegistryError(f"{where}{name}", problem)
+            # "--" : the command line's options (--device-index); else a manifest's columns
+            return RegistryError(f"{where}{name.replace('_', '-') if where == '--' else name}",
+                                 problem)
 
         if not NAME_PATTERN.match(self.name):
             raise bad("name", f"{self.name!r} is not a valid device name (letters, digits, "
