@@ -139,25 +139,31 @@ def launch_simulation(cfg: RunConfig, console: Console | None = None) -> RunStat
     stop_stale_engine(run_dir)
     token = secrets.token_hex(16)
     env = {**os.environ, **RAY_LOOPBACK_ENV, ENGINE_TOKEN_ENV: token}
+    child: subprocess.Popen[bytes] | None = None
     with _signals_raise() as caught:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "fl_server.engine", str(run_dir.resolve())],
-            env=env, start_new_session=True, preexec_fn=_die_with_parent,
-        )
         try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "fl_server.engine", str(run_dir.resolve())],
+                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            )
             write_text_atomic(run_dir / ENGINE_FILE, EngineRecord(
                 child.pid, child.pid, _start_ticks(child.pid), _boot_id(), token).to_json())
             child.wait()
         except _Interrupt:
             _ignore_signals()  # a second Ctrl-C must not cut the cleanup short
-            _stop_group(child.pid, grace_s=10.0)
+            if child is not None:
+                _stop_group(child.pid, grace_s=10.0)
         finally:
-            _stop_group(child.pid, grace_s=0.0)
+            if child is not None:
+                _stop_group(child.pid, grace_s=0.0)
             (run_dir / ENGINE_FILE).unlink(missing_ok=True)
-    if caught:
-        name = signal.Signals(caught[0]).name
-        status = settle_status(cfg, f"interrupted by {name}", force=True)
-        raise RunInterrupted(caught[0], status)
+    if caught:  # unless the run had already ended on its own, it ends failed, and says why
+        reason = f"interrupted by {signal.Signals(caught[0]).name}"
+        status = settle_status(cfg, reason)
+        if status.reason == reason:
+            raise RunInterrupted(caught[0], status)
+        return status
+    assert child is not None
     return settle_status(cfg, f"engine process exited with code {child.returncode}")
 
 
@@ -220,15 +226,11 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     return settle_status(cfg, engine_error)
 
 
-def settle_status(cfg: RunConfig, engine_error: str, force: bool = False) -> RunStatus:
-    """The run's final status; a run the ServerApp never marked finished counts as failed.
-
-    With `force` (an interrupted launch) the run is failed whatever the status file says
-    unless it had already completed: its engine was stopped mid-way.
-    """
+def settle_status(cfg: RunConfig, engine_error: str) -> RunStatus:
+    """The run's final status; a run the ServerApp never marked finished counts as failed."""
     run_dir = cfg.run_dir()
     status = read_status(run_dir)
-    if status is None or status.status == "running" or (force and status.status != "completed"):
+    if status is None or status.status == "running":
         status = RunStatus("failed", cfg.rounds,
                            completed_rounds=status.completed_rounds if status else 0,
                            reason=engine_error or "the engine stopped before the ServerApp "
