@@ -58,10 +58,6 @@ def checkin(msg: Message, context: Context) -> Message:
     if not 0 <= device < instructions.fleet.num_devices:
         answer = CheckinAnswer(device=device, in_fleet=False)
         return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
-    signed = None
-    if CHALLENGE_KEY in msg.content:
-        signed = sign_challenge(Challenge.from_record(msg.content.config_records[CHALLENGE_KEY]), context,
-                                device)
     num_clips = int(local_clips(instructions.fleet, device, instructions.days("train")).x.shape[0])
     verdict = None
     if (budget := BudgetPlan.from_flat(config)) is not None:  # DP run: own ledger, or decline
@@ -70,10 +66,11 @@ def checkin(msg: Message, context: Context) -> Message:
     answer = CheckinAnswer(
         device=device, in_fleet=True, num_clips=num_clips,
         profile=device_source(instructions.fleet, device).profile,
-        device_id=None if signed is None else signed.device_id,
-        signature="" if signed is None else signed.signature,
         ledger=None if verdict is None else verdict.report,
         declined=None if verdict is None else verdict.declined)
+    if CHALLENGE_KEY in msg.content:  # signed last: the signature covers the whole answer
+        answer = sign_challenge(
+            Challenge.from_record(msg.content.config_records[CHALLENGE_KEY]), context, answer)
     return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
 
 

@@ -10,7 +10,8 @@ questions every message, since the ClientApp keeps no state of its own.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context
 
-from privacy.wire.checkin import Challenge, checkin_statement
+from privacy.checks import is_int
+from privacy.wire.checkin import Challenge, CheckinAnswer, checkin_statement
+
+log = logging.getLogger("fedmsr.node")
 
 
 def device_index(context: Context) -> int:
@@ -45,40 +49,46 @@ def enrollment_key(context: Context, bundles_dir: str, device: int) -> tuple[int
 
 @lru_cache(maxsize=4)
 def simulated_bundles(bundles_dir: str) -> dict[int, tuple[int, str]]:
-    """Data index -> (device id, key path) of the bundles under `bundles_dir` (simulation)."""
+    """Data index -> (device id, key path) of the bundles under `bundles_dir` (simulation).
+
+    A bundle whose device.json cannot be read or lacks an integer device id or index is
+    skipped with a warning naming it: one bad bundle must not fail every device's check-in.
+    """
     found: dict[int, tuple[int, str]] = {}
     for info_path in sorted(Path(bundles_dir).glob("*/device.json")):
+        key = info_path.parent / "device.key"
         try:
             info = json.loads(info_path.read_text())
-        except (OSError, ValueError):
+            index, device_id = info["device_index"], info["device_id"]
+            if not (is_int(index) and is_int(device_id) and index >= 0):
+                raise ValueError(f"device_index {index!r} / device_id {device_id!r} are not "
+                                 "non-negative integers")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping bundle %s: %s", info_path.parent,
+                        f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else exc)
             continue
-        key = info_path.parent / "device.key"
-        if key.exists() and info.get("device_index") is not None:
-            found[int(info["device_index"])] = (int(info["device_id"]), str(key))
+        if key.exists():
+            found[int(index)] = (int(device_id), str(key))
     return found
 
 
-@dataclass(frozen=True)
-class CheckinSignature:
-    """The registry id a device claims at check-in and its signature proving it (hex)."""
-
-    device_id: int
-    signature: str
-
-
 def sign_challenge(challenge: Challenge, context: Context,
-                   device: int) -> CheckinSignature | None:
-    """ECDSA-SHA384 over `checkin_statement` with the enrollment key; None without a key
-    (the server then admits the node only in a run without a registry)."""
-    found = enrollment_key(context, challenge.bundles_dir, device)
+                   answer: CheckinAnswer) -> CheckinAnswer:
+    """`answer` with the device's registry id and its ECDSA-SHA384 signature, by the
+    enrollment key, over `checkin_statement` (challenge, node and every field of the
+    answer); unchanged without a key (the server then admits the node only in a run
+    without a registry)."""
+    found = enrollment_key(context, challenge.bundles_dir, answer.device)
     if found is None:
-        return None
+        return answer
     device_id, key_path = found
     key = load_ssh_private_key(Path(key_path).read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TypeError(f"{key_path} is not an ECDSA enrollment key")
-    statement = checkin_statement(challenge.nonce, challenge.run_id, int(context.node_id))
-    return CheckinSignature(device_id, key.sign(statement, ec.ECDSA(hashes.SHA384())).hex())
+    unsigned = replace(answer, device_id=device_id, signature="")
+    statement = checkin_statement(challenge.nonce, challenge.run_id, int(context.node_id),
+                                  unsigned)
+    return replace(unsigned, signature=key.sign(statement, ec.ECDSA(hashes.SHA384())).hex())
 
 
 def device_state_dir(context: Context, bundles_dir: str, device: int) -> Path | None:

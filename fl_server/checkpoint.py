@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from fl_server.fault_points import fault_point
 from privacy.atomic_write import write_bytes_atomic, write_text_atomic
+from privacy.checks import is_int
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^round-(\d{4,})\.json$")
@@ -73,19 +75,56 @@ def load_checkpoint(meta_path: Path) -> Checkpoint:
         if meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{meta_path}: unsupported checkpoint format "
                                   f"{meta.get('format_version')!r} (expected {FORMAT_VERSION})")
-        arrays_path = meta_path.parent / meta["arrays_file"]
+        server_round = _checked_round(meta_path, meta["server_round"])
+        arrays_path = meta_path.parent / _checked_arrays_file(meta_path, meta["arrays_file"])
         blob = arrays_path.read_bytes()
         expected_sha = str(meta["arrays_sha256"])
-        server_round = int(meta["server_round"])
         state, history = dict(meta.get("strategy_state", {})), list(meta.get("history", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         # AttributeError: valid JSON that is not an object (e.g. a file of `null`)
         raise CheckpointError(f"{meta_path}: unreadable checkpoint ({exc})") from exc
     if hashlib.sha256(blob).hexdigest() != expected_sha:
         raise CheckpointError(f"{arrays_path}: checksum mismatch (corrupt or truncated)")
-    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    return Checkpoint(server_round, arrays, state, history)
+    return Checkpoint(server_round, _arrays_of(arrays_path, blob), state, history)
+
+
+def _checked_round(meta_path: Path, value: object) -> int:
+    """The round the metadata claims must be the file's own (an int, never 1e400 or -3)."""
+    named = _NAME.match(meta_path.name)
+    expected = int(named.group(1)) if named else None
+    if not is_int(value) or value < 0 or (expected is not None and value != expected):
+        raise ValueError(f"server_round must be the file's round {expected}, got {value!r}")
+    return int(value)
+
+
+def _checked_arrays_file(meta_path: Path, value: object) -> str:
+    """The arrays live next to the metadata under the same stem: a name, never a path
+    (an absolute or `../` arrays_file would read any file the server can)."""
+    expected = f"{meta_path.stem}.npz"
+    if value != expected:
+        raise ValueError(f"arrays_file must be {expected!r}, got {value!r}")
+    return expected
+
+
+def _arrays_of(arrays_path: Path, blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an .npz blob; CheckpointError for anything else (a bare .npy, a
+    pickle, an archive of object arrays), even when its checksum matches."""
+    problem = "not an .npz archive"
+    try:
+        loaded = np.load(io.BytesIO(blob), allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            problem = ""
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        problem = str(exc)
+    if problem:
+        raise CheckpointError(f"{arrays_path}: not a checkpoint's .npz arrays ({problem})")
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise CheckpointError(f"{arrays_path}: array {name!r} has dtype {array.dtype}, "
+                                  "not numeric")
+    return arrays
 
 
 def latest_checkpoint(run_dir: Path, skipped: list[str] | None = None) -> Checkpoint | None:

@@ -190,10 +190,12 @@ class RunConfig:
             raise ConfigError("beta", f"must be >= 0, got {self.beta}")
         if not self.learning_rate > 0:
             raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
-        if self.dp_sgd and not self.noise_multiplier > 0:
-            raise ConfigError("noise_multiplier", f"must be > 0 with DP-SGD, got {self.noise_multiplier}")
-        if self.dp_sgd and not self.clip_norm > 0:
-            raise ConfigError("clip_norm", f"must be > 0 with DP-SGD, got {self.clip_norm}")
+        if self.dp_sgd and not finite_positive(self.noise_multiplier):
+            raise ConfigError("noise_multiplier", f"must be a finite number > 0 with DP-SGD, "
+                              f"got {self.noise_multiplier}")
+        if self.dp_sgd and not finite_positive(self.clip_norm):
+            raise ConfigError("clip_norm", f"must be a finite number > 0 with DP-SGD, "
+                              f"got {self.clip_norm}")
         if not 0 < self.fraction_train <= 1:
             raise ConfigError("fraction_train", f"must be in (0, 1], got {self.fraction_train}")
         if self.min_train_devices > self.devices:
@@ -286,6 +288,11 @@ def _coerce_types(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in data.items()}
 
 
+def finite_positive(value: object) -> bool:
+    """A finite number > 0 (not inf, not NaN, not a bool)."""
+    return is_finite(value) and value > 0
+
+
 def _positive_int(cfg: RunConfig, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
@@ -363,9 +370,6 @@ def _validate_robustness(cfg: RunConfig) -> None:
 def _validate_dp(cfg: RunConfig) -> None:
     """Budget figures in range; central DP settings that the accountant and the fixed-
     denominator average can use (docs/privacy-accounting.md)."""
-    def finite_positive(value: object) -> bool:
-        return is_finite(value) and value > 0
-
     if not (finite_positive(cfg.delta) and cfg.delta < 1):
         raise ConfigError("delta", f"must be in (0, 1) (typically below 1 / clips per "
                           f"device), got {cfg.delta!r}")

@@ -40,11 +40,12 @@ from flwr.supercore.control import ControlHttpClient
 from sqlalchemy import select, update
 
 from fl_server import control_api
-from fl_server.enrollment import CA_FILE, INFO_FILE, KEY_FILE
+from fl_server.enrollment import CA_FILE, INFO_FILE, KEY_FILE, MAX_DEVICE_INDEX
 from fl_server.pki import Pki
 from fl_server.registry import audit
 from fl_server.registry.db import RegistryError, session_scope
 from fl_server.registry.models import Device, DeviceStatus, utcnow
+from privacy.checks import is_int
 
 FEDERATION = control_api.CONNECTION
 DEFAULT_PORT = 9092
@@ -280,6 +281,12 @@ class Bundle:
         except json.JSONDecodeError as exc:
             raise RegistryError("BUNDLE_DIR", f"{root / INFO_FILE} is not valid JSON "
                                 f"({exc.msg})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError("BUNDLE_DIR", f"cannot read {root / INFO_FILE}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+        problem = bundle_info_problem(info)
+        if problem:
+            raise RegistryError("BUNDLE_DIR", f"{root / INFO_FILE}: {problem}")
         for needed in (KEY_FILE, CA_FILE):
             if not (root / needed).exists():
                 fix = ("run `fedmsr pki init` before enrolling, or copy the CA certificate "
@@ -298,6 +305,22 @@ class Bundle:
         if identities.is_file():
             config += f' identities-file="{identities.resolve()}"'
         return config
+
+
+def bundle_info_problem(info: object) -> str:
+    """What is wrong with a bundle's device.json ("" when nothing): the fields a SuperNode
+    is started from, each of the type and range enrollment writes."""
+    if not isinstance(info, dict):
+        return "must hold a JSON object"
+    for key in ("device_id", "device_index"):
+        value = info.get(key)
+        if not is_int(value) or not 0 <= value <= MAX_DEVICE_INDEX:
+            return f"{key} must be an integer between 0 and {MAX_DEVICE_INDEX}, got {value!r}"
+    for key in ("name", "superlink"):
+        value = info.get(key)
+        if not isinstance(value, str) or not value or any(c in value for c in '"\n\r\0'):
+            return f"{key} must be a non-empty string without quotes or newlines, got {value!r}"
+    return ""
 
 
 #: Where a bundle keeps the registry identities for secure aggregation (optional).

@@ -43,6 +43,11 @@ DEFAULT_EPSILON_CAP = 8.0
 DEFAULT_DELTA_CAP = 1e-5
 MANIFEST_COLUMNS = ("name", "profile", "epsilon_cap", "delta_cap", "info_bits_cap",
                     "device_index", "data_source", "consent_training", "consent_evaluation")
+#: The largest data index one may ask for: the registry's column is a 32-bit INTEGER on
+#: PostgreSQL, and the next automatic index (the largest + 1) must fit it too.
+MAX_DEVICE_INDEX = 2**31 - 2
+#: Longest manifest field accepted (a device name is 64 characters; caps are numbers).
+MANIFEST_FIELD_LIMIT = 4096
 #: Bundle file names (read by `fedmsr device start` and by device makers).
 KEY_FILE, INFO_FILE, CA_FILE = "device.key", "device.json", "ca.pem"
 
@@ -63,7 +68,9 @@ class DeviceSpec:
 
     def validate(self, where: str = "") -> DeviceSpec:
         def bad(name: str, problem: str) -> RegistryError:
-            return RegistryError(f"{where}{name}", problem)
+            # "--" : the command line's options (--device-index); else a manifest's columns
+            return RegistryError(f"{where}{name.replace('_', '-') if where == '--' else name}",
+                                 problem)
 
         if not NAME_PATTERN.match(self.name):
             raise bad("name", f"{self.name!r} is not a valid device name (letters, digits, "
@@ -79,8 +86,9 @@ class DeviceSpec:
                 raise bad(cap, f"must be > 0 (or empty for no cap), got {value}")
         if self.delta_cap is not None and not 0 < self.delta_cap < 1:
             raise bad("delta_cap", f"must be in (0, 1), got {self.delta_cap}")
-        if self.device_index is not None and self.device_index < 0:
-            raise bad("device_index", f"must be >= 0, got {self.device_index}")
+        if self.device_index is not None and not 0 <= self.device_index <= MAX_DEVICE_INDEX:
+            raise bad("device_index", f"must be between 0 and {MAX_DEVICE_INDEX}, "
+                      f"got {self.device_index}")
         return self
 
 
@@ -149,22 +157,51 @@ def specs_from_manifest(path: Path, template: DeviceSpec) -> list[DeviceSpec]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise RegistryError("--manifest", f"cannot read {path}: {exc.strerror}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = reader.fieldnames or []
+    try:
+        rows = _manifest_rows(text)
+    except csv.Error as exc:
+        raise RegistryError("--manifest", f"{path} is not a readable CSV: {exc}") from None
+    header = rows[0] if rows else []
     unknown = [c for c in header if c not in MANIFEST_COLUMNS]
     if "name" not in header or unknown:
         problem = (f"unknown column {unknown[0]!r}" if unknown else "has no 'name' column")
         raise RegistryError("--manifest", f"{path} {problem}; the header may hold "
                             f"{', '.join(MANIFEST_COLUMNS)} ('name' is required)")
+    twice = [c for c, n in Counter(header).items() if n > 1]
+    if twice:
+        raise RegistryError("--manifest", f"{path}: column {twice[0]!r} appears more than "
+                            "once in the header")
     specs = []
-    for line, row in enumerate(reader, start=2):
-        if None in row or any(v is None for v in row.values()):
+    for line, values in enumerate(rows[1:], start=2):
+        if len(values) != len(header):
             raise RegistryError("--manifest", f"{path} line {line}: expected "
                                 f"{len(header)} fields ({', '.join(header)})")
+        row = dict(zip(header, values, strict=True))
         specs.append(_spec_from_row(row, template, f"--manifest {path} line {line}: "))
     if not specs:
         raise RegistryError("--manifest", f"{path} lists no devices")
     return specs
+
+
+def _manifest_rows(text: str) -> list[list[str]]:
+    """The CSV's rows (blank lines skipped); csv.Error for a field longer than
+    `MANIFEST_FIELD_LIMIT` (named with its line) or a malformed line."""
+    rows: list[list[str]] = []
+    reader = csv.reader(text.splitlines())
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            raise csv.Error(f"line {reader.line_num}: {exc}") from None
+        if not values:
+            continue
+        longest = max(len(v) for v in values)
+        if longest > MANIFEST_FIELD_LIMIT:
+            raise csv.Error(f"line {reader.line_num}: a field of {longest} characters (the "
+                            f"limit is {MANIFEST_FIELD_LIMIT})")
+        rows.append(values)
 
 
 def _spec_from_row(row: dict[str, str], template: DeviceSpec, where: str) -> DeviceSpec:
@@ -233,7 +270,8 @@ def _enroll_rows(url: str, specs: Sequence[DeviceSpec], options: BundleOptions,
         _refuse_existing_bundles(options.bundles_dir, todo)
         todo = _assign_indices(session, todo)
         keys = [generate_keypair() for _ in todo]
-        rows = [_device_row(spec, key) for spec, key in zip(todo, keys, strict=True)]
+        bundle_dir = str(options.bundles_dir.resolve())
+        rows = [_device_row(spec, key, bundle_dir) for spec, key in zip(todo, keys, strict=True)]
         ids = session.execute(insert(Device).returning(Device.id, sort_by_parameter_order=True),
                               rows).scalars().all()
         audit.record_many(session, "device.enroll", [
@@ -314,9 +352,10 @@ def _flat(spec: DeviceSpec) -> dict[str, Any]:
     return {name: getattr(spec, name) for name in _SPEC_FIELDS}
 
 
-def _device_row(spec: DeviceSpec, key: KeyPair) -> dict[str, Any]:
+def _device_row(spec: DeviceSpec, key: KeyPair, bundle_dir: str) -> dict[str, Any]:
     return {**_flat(spec), "public_key": key.public_openssh, "key_fingerprint": key.fingerprint,
-            "status": DeviceStatus.ENROLLED.value, "created_at": utcnow()}
+            "status": DeviceStatus.ENROLLED.value, "created_at": utcnow(),
+            "bundle_dir": bundle_dir}
 
 
 def _audit_detail(spec: DeviceSpec, key: KeyPair, batch: int) -> dict[str, Any]:

@@ -16,7 +16,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flwr.app.typing import ConfigRecordValues
@@ -30,6 +34,11 @@ from privacy.atomic_write import write_text_atomic
 RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 ENGINE_FILE = "engine.json"
 PR_SET_PDEATHSIG = 1
+#: In the engine's environment: this launch's token (see `EngineRecord`).
+ENGINE_TOKEN_ENV = "FEDMSR_ENGINE_TOKEN"
+#: The signals that end a launch cleanly (`RunInterrupted`).
+INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+log = logging.getLogger("fedmsr.launcher")
 
 
 def new_run_id() -> str:
@@ -69,31 +78,124 @@ def backend_config(cpus: int | None = None) -> dict[str, dict[str, ConfigRecordV
     }
 
 
+class RunInterrupted(Exception):
+    """The launcher got SIGTERM or SIGINT: the engine was stopped and the run marked failed.
+
+    Raised (not returned) so the CLI exits with the signal's own code (128 + signal number,
+    as a shell reports a process killed by it) instead of the failed-run code.
+    """
+
+    def __init__(self, signum: int, status: RunStatus) -> None:
+        self.signum = signum
+        self.status = status
+        super().__init__(status.reason)
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What the launcher writes to engine.json: enough to recognise its engine's group later.
+
+    A process group id is a pid, and pids are reused: a resume must not signal a group
+    that now belongs to someone else. The group leader's start time (clock ticks since
+    boot, /proc/<pid>/stat field 22) and the boot id identify the leader; a per-launch
+    token in the engine's environment (inherited by Ray's processes) identifies the group
+    when the leader is already gone.
+    """
+
+    pid: int
+    pgid: int
+    start_ticks: int | None = None
+    boot_id: str = ""
+    token: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> EngineRecord | None:
+        """The record, or None for a file that is not one (it is then useless: removed)."""
+        try:
+            raw = json.loads(path.read_text())
+            start = raw.get("start_ticks")
+            return cls(int(raw["pid"]), int(raw["pgid"]),
+                       None if start is None else int(start),
+                       str(raw.get("boot_id", "")), str(raw.get("token", "")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
 def launch_simulation(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     """Run `cfg` to completion (or failure) in a supervised engine process; return its status.
 
     The engine (Flower's simulation runtime, Ray and its agents) runs in a process group of
     its own, so the launcher can stop every process it started by one group id, including
-    Ray agents that outlive a SIGKILLed driver. The group id is recorded in the run
-    directory, and a resume first stops whatever an earlier, killed launch left behind.
+    Ray agents that outlive a SIGKILLed driver. The group is recorded in the run directory
+    (`EngineRecord`), and a resume first stops whatever an earlier, killed launch left
+    behind, if that group is still the run's. SIGTERM or SIGINT to the launcher stops the
+    engine's group, marks the run failed ("interrupted by SIGTERM") and raises
+    `RunInterrupted`.
     """
     run_dir = cfg.run_dir()
     stop_stale_engine(run_dir)
-    env = {**os.environ, **RAY_LOOPBACK_ENV}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "fl_server.engine", str(run_dir.resolve())],
-        env=env, start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    write_text_atomic(run_dir / ENGINE_FILE, json.dumps({"pid": child.pid, "pgid": child.pid}))
-    try:
-        child.wait()
-    except BaseException:  # Ctrl-C or SIGTERM of the launcher: stop the engine, then report
-        _stop_group(child.pid, grace_s=10.0)
-        raise
-    finally:
-        _stop_group(child.pid, grace_s=0.0)
-        (run_dir / ENGINE_FILE).unlink(missing_ok=True)
+    token = secrets.token_hex(16)
+    env = {**os.environ, **RAY_LOOPBACK_ENV, ENGINE_TOKEN_ENV: token}
+    child: subprocess.Popen[bytes] | None = None
+    with _signals_raise() as caught:
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "fl_server.engine", str(run_dir.resolve())],
+                env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+            write_text_atomic(run_dir / ENGINE_FILE, EngineRecord(
+                child.pid, child.pid, _start_ticks(child.pid), _boot_id(), token).to_json())
+            child.wait()
+        except _Interrupt:
+            _ignore_signals()  # a second Ctrl-C must not cut the cleanup short
+            if child is not None:
+                _stop_group(child.pid, grace_s=10.0)
+        finally:
+            if child is not None:
+                _stop_group(child.pid, grace_s=0.0)
+            (run_dir / ENGINE_FILE).unlink(missing_ok=True)
+    if caught:  # unless the run had already ended on its own, it ends failed, and says why
+        reason = f"interrupted by {signal.Signals(caught[0]).name}"
+        status = settle_status(cfg, reason)
+        if status.reason == reason:
+            raise RunInterrupted(caught[0], status)
+        return status
+    assert child is not None
     return settle_status(cfg, f"engine process exited with code {child.returncode}")
+
+
+class _Interrupt(BaseException):
+    """Raised by the launcher's signal handler inside `child.wait()` (never escapes)."""
+
+
+@contextmanager
+def _signals_raise() -> Iterator[list[int]]:
+    """While inside: SIGTERM and SIGINT raise `_Interrupt` (the signal is appended to the
+    list yielded); afterwards the previous handlers are back. Outside the main thread
+    (signals cannot be handled there) nothing changes."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        caught.append(signum)
+        raise _Interrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _ignore_signals() -> None:
+    for sig in INTERRUPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def launch_on_superlink(cfg: RunConfig, address: str, console: Console) -> RunStatus:
@@ -138,20 +240,59 @@ def settle_status(cfg: RunConfig, engine_error: str) -> RunStatus:
 
 
 def stop_stale_engine(run_dir: Path) -> bool:
-    """Kill what a killed launcher left running for this run (by its recorded group id)."""
+    """Kill what a killed launcher left running for this run, if it is still this run's.
+
+    The recorded group is signalled only when its leader is the recorded process (same
+    start time, same boot) or, with the leader gone, a member carries the launch's token.
+    A group id now used by an unrelated process is left alone (and logged).
+    """
     path = run_dir / ENGINE_FILE
     if not path.exists():
         return False
-    try:
-        pgid = int(json.loads(path.read_text())["pgid"])
-    except (ValueError, KeyError, TypeError):
-        path.unlink()
-        return False
-    stopped = bool(group_members(pgid))
-    if stopped:
-        _stop_group(pgid, grace_s=5.0)
+    record = EngineRecord.read(path)
+    stopped = False
+    if record is not None and group_members(record.pgid):
+        if is_this_runs_group(record):
+            _stop_group(record.pgid, grace_s=5.0)
+            stopped = True
+        else:
+            log.warning("engine.json names process group %d, which is no longer this run's "
+                        "engine (reused id): left alone", record.pgid)
     path.unlink(missing_ok=True)
     return stopped
+
+
+def is_this_runs_group(record: EngineRecord) -> bool:
+    """Whether process group `record.pgid` is still the engine group `record` describes."""
+    if record.start_ticks is None or not record.token:
+        return False  # an older record cannot be checked: never signal on a guess
+    leader = _start_ticks(record.pgid)
+    if leader is not None:
+        return leader == record.start_ticks and _boot_id() == record.boot_id
+    marker = f"{ENGINE_TOKEN_ENV}={record.token}".encode()
+    for pid in group_members(record.pgid):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None if there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])  # field 22 of stat; fields[0] here is field 3
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def group_members(pgid: int) -> list[int]:

@@ -45,3 +45,27 @@ def test_a_revoked_device_takes_no_part_and_the_run_is_recorded(registry_url, tm
         loss = c.execute(text("SELECT loss FROM rounds WHERE run_id = 'reg'")).scalar()
         assert loss == pytest.approx(record["loss"])
         assert "run.start" in c.execute(text("SELECT action FROM audit_log")).scalars().all()
+
+
+@pytest.mark.slow
+def test_a_run_signs_with_the_bundles_enrolled_elsewhere(tmp_path) -> None:
+    """Enrolled with --bundles-dir X, run with no option about bundles, another fleet's
+    bundles in ./devices: every device's signed check-in (whole answer, its own ledger
+    report included: a DP run) verifies and trains."""
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    for db_url, args in ((url, ["db", "upgrade"]), (other, ["db", "upgrade"]),
+                         (other, ["fleet", "enroll", "--count", "2", "--prefix", "old-"]),
+                         (url, ["fleet", "enroll", "--count", "2", "--prefix", "cam-",
+                                "--bundles-dir", str(tmp_path / "X")])):
+        result = fedmsr("--db", db_url, *args, cwd=tmp_path, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "devices" / "old-0").is_dir()  # where the old lookup would have looked
+    result = fedmsr("--db", url, "run", "--devices", "2", "--rounds", "1", "--seed", "2",
+                    "--dp", "local", *SMALL, "--runs-dir", str(tmp_path / "runs"),
+                    "--run-id", "x", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "runs" / "x" / "run.json").read_text())
+    assert run["extra"]["bundles_dir"] == str((tmp_path / "X").resolve())
+    [record] = history(tmp_path / "runs" / "x")
+    assert record["devices"] == [0, 1], record

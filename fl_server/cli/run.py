@@ -2,7 +2,10 @@
 
 Exit codes: 0 completed; 1 the run failed; 2 bad input (nothing was started or written);
 3 the run stopped cleanly because too few devices could afford another round (privacy
-budgets exhausted; the final model is written).
+budgets exhausted; the final model is written); 128 + the signal's number (143 for
+SIGTERM, 130 for Ctrl-C) the launcher was interrupted: the engine and every process it
+started were stopped, the run marked failed ("interrupted by SIGTERM"), and it can be
+continued with `--resume`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ console = Console()
 EXIT_RUN_FAILED = 1
 #: Too few devices could afford another round: stopped cleanly, final model written.
 EXIT_BUDGET_EXHAUSTED = 3
+#: SIGTERM / SIGINT to the launcher: exit 128 + the signal number, as a shell would report.
+EXIT_INTERRUPTED_BASE = 128
 
 
 def run(**options: Any) -> None:
@@ -43,7 +48,12 @@ def run(**options: Any) -> None:
         checked = config_from_options(options)
     from fl_server import deployment_run
     from fl_server.deployment import operator_flwr_home
-    from fl_server.launcher import launch_on_superlink, launch_simulation, load_run_for_resume
+    from fl_server.launcher import (
+        RunInterrupted,
+        launch_on_superlink,
+        launch_simulation,
+        load_run_for_resume,
+    )
 
     if superlink is not None:  # before anything is written: the SuperLink must answer
         deployment_run.check_superlink(deployment_run.check_address(superlink),
@@ -63,7 +73,14 @@ def run(**options: Any) -> None:
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
                   f"{_dp_phrase(cfg)} -> {cfg.run_dir()}")
     if superlink is None:
-        status = launch_simulation(cfg, console)
+        try:
+            status = launch_simulation(cfg, console)
+        except RunInterrupted as exc:
+            print(f"error: run {cfg.run_id} {exc.status.status} after "
+                  f"{exc.status.completed_rounds} of {exc.status.planned_rounds} rounds: "
+                  f"{exc.status.reason}; continue it with --resume {cfg.run_id}",
+                  file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED_BASE + exc.signum) from None
     else:
         status = launch_on_superlink(deployment_run.for_deployment(cfg, superlink), superlink,
                                      console)

@@ -121,3 +121,18 @@ def eligible_indices(url: str, fleet_size: int) -> list[int]:
         return sorted(session.scalars(select(Device.device_index).where(
             _live(), _synthetic(), Device.consent_training.is_(True),
             Device.device_index < fleet_size)))
+
+
+def bundle_dirs(url: str, indices: Iterable[int]) -> dict[str | None, list[int]]:
+    """Bundle directory (None: not recorded, enrolled before 0005_bundles) -> the live
+    devices' indices whose bundles were written there."""
+    wanted = [int(i) for i in indices]
+    out: dict[str | None, list[int]] = {}
+    with session_scope(url) as session:
+        for chunk in in_chunks(wanted):
+            for where, index in session.execute(select(Device.bundle_dir, Device.device_index)
+                                                .where(_live(), _synthetic(),
+                                                       Device.device_index.in_(chunk))):
+                if index is not None:
+                    out.setdefault(where, []).append(index)
+    return {k: sorted(v) for k, v in out.items()}

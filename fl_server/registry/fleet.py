@@ -16,7 +16,7 @@ import dataclasses
 
 from fl_server.config import RunConfig
 from fl_server.registry.db import RegistryError, redacted, registry_configured, resolve_url
-from fl_server.registry.devices import eligible_indices
+from fl_server.registry.devices import bundle_dirs, eligible_indices
 from fl_server.registry.identity import BUNDLES_EXTRA, bundles_dir_for_run
 
 
@@ -30,8 +30,23 @@ def fleet_for_new_run(cfg: RunConfig) -> RunConfig:
         raise RegistryError("--devices", f"the registry {redacted(url)} has no enrolled, "
                             f"consenting synthetic device with index below {cfg.devices}; "
                             "enroll some with `fedmsr fleet enroll --count N --prefix P`")
-    extra = {**cfg.extra, BUNDLES_EXTRA: bundles_dir_for_run()}  # simulated enrollment's keys
+    extra = {**cfg.extra, BUNDLES_EXTRA: enrolled_bundles_dir(url, indices)}
     return dataclasses.replace(cfg, device_indices=indices, extra=extra).validate()
+
+
+def enrolled_bundles_dir(url: str, indices: list[int]) -> str:
+    """Where the simulated devices' keys are: the directory the registry recorded when it
+    enrolled them (`fedmsr fleet enroll --bundles-dir`), else `./devices` for devices
+    enrolled before that was recorded. The run's devices must share one directory."""
+    recorded = {where: found for where, found in bundle_dirs(url, indices).items() if where}
+    if len(recorded) > 1:
+        listing = "; ".join(f"{where} (indices {', '.join(map(str, found[:5]))}"
+                            f"{', ...' if len(found) > 5 else ''})"
+                            for where, found in sorted(recorded.items()))
+        raise RegistryError("--devices", "the run's devices were enrolled into several bundle "
+                            f"directories: {listing}; a simulation signs with one, so pass "
+                            "--devices to keep only one enrollment's devices")
+    return next(iter(recorded)) if recorded else bundles_dir_for_run()
 
 
 def fleet_for_resume(cfg: RunConfig) -> tuple[RunConfig, list[int]]:

@@ -3,7 +3,8 @@
 Each round's check-in query carries a challenge (a 256-bit nonce, the run id, and in
 simulation the directory of the simulated enrollment's bundles). A device answers with its
 registry device id and an ECDSA-SHA384 signature, made with its enrollment key, over
-(nonce, run id, its Flower node id) (`fl_client.client_app.checkin_statement`). The server
+(nonce, run id, its Flower node id, every other field of its answer)
+(`privacy.wire.checkin.checkin_statement`). The server
 admits a node only if the registry holds that device, not revoked, for the data index the
 node reports, among the run's devices, and the signature verifies with the registry's
 public key for the node id the reply came from. That binds Flower node id <-> device id
@@ -12,6 +13,7 @@ for the round; every other node takes no part, and is counted and logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -93,7 +95,8 @@ class CheckinGate:
         """Node id -> device index for the nodes that proved who they are."""
         ids = {a.device_id for a in answers.values() if a.device_id is not None}
         with session_scope(self.url) as session:
-            devices = {d.id: (d.status, d.device_index, d.public_key) for d in session.scalars(
+            devices = {d.id: _Enrolled(d.status, d.device_index, d.public_key, d.name,
+                                       d.key_fingerprint) for d in session.scalars(
                 select(Device).where(Device.id.in_(ids)))} if ids else {}
         admitted: dict[int, int] = {}
         for node_id, answer in answers.items():
@@ -108,7 +111,7 @@ class CheckinGate:
         return admitted
 
     def _problem(self, node_id: int, answer: CheckinAnswer,
-                 devices: Mapping[int, tuple[str, int | None, str]]) -> str:
+                 devices: Mapping[int, _Enrolled]) -> str:
         index = answer.device
         if index not in self.allowed:
             return f"device index {index} is not among the run's devices"
@@ -117,20 +120,49 @@ class CheckinGate:
         device_id = answer.device_id
         if device_id not in devices:
             return f"device id {device_id} is not in the registry"
-        status, registered_index, public_key = devices[device_id]
-        if status == DeviceStatus.REVOKED.value:
+        enrolled = devices[device_id]
+        if enrolled.status == DeviceStatus.REVOKED.value:
             return f"device {device_id} is revoked"
-        if registered_index != index:
-            return f"device {device_id} is enrolled for index {registered_index}, not {index}"
-        key = load_ssh_public_key(public_key.encode())
+        if enrolled.device_index != index:
+            return (f"device {device_id} is enrolled for index {enrolled.device_index}, "
+                    f"not {index}")
+        key = load_ssh_public_key(enrolled.public_key.encode())
         assert isinstance(key, ec.EllipticCurvePublicKey)
         try:
             key.verify(bytes.fromhex(answer.signature),
-                       checkin_statement(self.nonce, self.run_id, node_id),
+                       checkin_statement(self.nonce, self.run_id, node_id, answer),
                        ec.ECDSA(hashes.SHA384()))
         except (InvalidSignature, ValueError):
-            return f"signature of device {device_id} does not verify for node {node_id}"
+            return (f"signature of device {device_id} does not verify for node {node_id} "
+                    f"with the registry's key {enrolled.key_fingerprint}"
+                    + self._signed_with(index))
         return ""
+
+    def _signed_with(self, index: int) -> str:
+        """In simulation: which bundle the node signed with (the one under `bundles_dir`
+        for its data index, as the device looks it up), and that bundle's key."""
+        if not self.bundles_dir:
+            return " (the node's own --node-config device-key)"
+        for info_path in sorted(Path(self.bundles_dir).glob("*/device.json")):
+            try:
+                info = json.loads(info_path.read_text())
+                if int(info["device_index"]) == index:
+                    return (f"; the node signed with {info_path.parent / 'device.key'} "
+                            f"(key {info.get('key_fingerprint', 'unknown')})")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return f"; no bundle under {self.bundles_dir} is for index {index}"
+
+
+@dataclass(frozen=True)
+class _Enrolled:
+    """What the check-in needs of a registry device."""
+
+    status: str
+    device_index: int | None
+    public_key: str
+    name: str
+    key_fingerprint: str
 
 
 def bundles_dir_for_run() -> str:

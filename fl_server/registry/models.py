@@ -107,6 +107,9 @@ class Device(Base):
     #: the synthetic fleet (Flower's `partition-id` / `--node-config device-index=N`).
     data_source: Mapped[str] = mapped_column(String(16), default="synthetic")
     device_index: Mapped[int | None] = mapped_column(Integer)
+    #: The directory (absolute) its enrollment bundle was written under; a registry-backed
+    #: simulation signs with the bundles found there (revision 0005_bundles).
+    bundle_dir: Mapped[str | None] = mapped_column(Text)
     #: The node id the operator's SuperLink gave the key (`fedmsr fleet sync`); a uint64,
     #: kept as text. Unregistered once revoked: Flower never accepts that key again.
     superlink_node_id: Mapped[str | None] = mapped_column(String(20))

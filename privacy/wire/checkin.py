@@ -2,12 +2,17 @@
 
 In a registry-backed run the server sends a fresh nonce; a device answers with its
 registry id and an ECDSA signature, by its enrollment key, over `checkin_statement`,
-which binds the key to this nonce, this run and the Flower node the reply comes from
-(a reply relayed by another node fails to verify).
+which binds the key to this nonce, this run, the Flower node the reply comes from (a
+reply relayed by another node fails to verify) and every other field of the answer: data
+index, whether it is in the fleet, clip count, profile, device id, its own ledger report
+and its refusal. A relay or a man in the middle that changes any of them (say, lowers the
+reported ledger total, or removes a refusal) breaks the signature (`fedmsr-checkin/v2`;
+v1 covered only nonce, run and node).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +21,14 @@ from flwr.app import ConfigRecord
 
 from privacy.wire.budget import DECLINED_KEY, LedgerReport
 
+CHECKIN_STATEMENT_VERSION = "fedmsr-checkin/v2"
 
-def checkin_statement(nonce: str, run_id: str, node_id: int) -> bytes:
-    """What a device signs at check-in (see the module docstring)."""
-    return f"fedmsr-checkin/v1\n{nonce}\n{run_id}\n{node_id}".encode()
+
+def checkin_statement(nonce: str, run_id: str, node_id: int, answer: CheckinAnswer) -> bytes:
+    """What a device signs at check-in (see the module docstring): the challenge, the node
+    and a canonical encoding of the answer's fields besides the signature itself."""
+    return (f"{CHECKIN_STATEMENT_VERSION}\n{nonce}\n{run_id}\n{node_id}\n"
+            f"{answer.canonical_fields()}").encode()
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,20 @@ class CheckinAnswer:
             raise ValueError(f"malformed check-in answer: missing {exc.args[0]}") from None
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed check-in answer: {exc}") from None
+
+    def canonical_fields(self) -> str:
+        """The answer's fields but the signature, in one canonical text (sorted JSON keys,
+        floats as exact hex), the same on both sides of the wire whatever the record's
+        number types."""
+        ledger = None if self.ledger is None else [
+            float(self.ledger.epsilon).hex(), float(self.ledger.delta).hex(),
+            int(self.ledger.events)]
+        return json.dumps({
+            "device": int(self.device), "in-fleet": bool(self.in_fleet),
+            "num-clips": int(self.num_clips), "profile": str(self.profile),
+            "device-id": None if self.device_id is None else int(self.device_id),
+            "ledger": ledger, "declined": self.declined,
+        }, sort_keys=True, separators=(",", ":"))
 
     @property
     def signed(self) -> bool:
