@@ -409,19 +409,20 @@ def _checked_vector(session: Session, device: Device, budget: DeviceBudget | Non
     if counted == len(history) and bool(np.all(same)):
         return rows, None
     rows_lower = counted > len(history) or bool(np.any(lower))
-    detail = {"cached_events": counted, "rows": len(history),
-              "cached_epsilon": float(epsilon_from_rdp(cached, delta)),
-              "rows_epsilon": float(epsilon_from_rdp(rows, delta)),
+    cached_eps = float(epsilon_from_rdp(cached, delta))
+    rows_eps = float(epsilon_from_rdp(rows, delta))
+    detail = {"cached_events": counted, "rows": len(history), "cached_epsilon": cached_eps,
+              "rows_epsilon": rows_eps,
               "decision": "refused" if rows_lower else "charged from the rows"}
     audit.record(session, "budget.ledger-mismatch", detail, device_id=device.id, run_id=run_id)
     if not rows_lower:
         return rows, None  # the cache was lowered (or is stale): the rows are the truth
     return rows, Refusal(
-        device_id=device.id, name=device.name, epsilon_spent=detail["cached_epsilon"],
+        device_id=device.id, name=device.name, epsilon_spent=cached_eps,
         epsilon_cap=cap if cap is not None else float("inf"), delta=delta,
-        reason=(f"its ledger rows ({len(history)}, epsilon {detail['rows_epsilon']:.4g}) hold "
-                f"less than its cached RDP vector ({counted} events, epsilon "
-                f"{detail['cached_epsilon']:.4g}): rows were deleted or rewritten"))
+        reason=(f"its ledger rows ({len(history)}, epsilon {rows_eps:.4g}) hold less than its "
+                f"cached RDP vector ({counted} events, epsilon {cached_eps:.4g}): rows were "
+                "deleted or rewritten"))
 
 
 def _charge(session: Session, device_id: int, budget: DeviceBudget | None, vector: np.ndarray,
