@@ -4,6 +4,7 @@ independently of the ledger code under test."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,10 +12,16 @@ import dp_accounting as dpa
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from fl_client.device_ledger import FILE_NAME, DeviceLedger, sealed
 from fl_client.ledger_reservations import checkin_verdict
 from fl_client.local_round import run_local_round
+from fl_server import privacy_ledger as ledger
+from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
+from fl_server.registry import db
+from fl_server.registry.models import Device
 from privacy.accounting import DpEvent, EventKind
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.synthetic import FleetSpec
@@ -177,3 +184,210 @@ def test_a_version_1_ledger_still_opens_and_never_undercounts(tmp_path) -> None:
     (state / FILE_NAME).write_bytes(sealed(body))
     with pytest.raises(Exception, match="version 3, this fedmsr reads 1 or 2"):
         DeviceLedger.open(state)
+
+
+# == The server's ledger against someone with write access to the database ================
+# (registry_url: SQLite and PostgreSQL, tests/conftest.py)
+
+LOCAL = DpEvent(0.05, 1.0, 20)  # one round of DP-SGD
+
+
+def _device(url: str, tmp_path: Path, cap: float | None) -> int:
+    db.upgrade(url)
+    enroll(url, [DeviceSpec("cam-0", epsilon_cap=cap, delta_cap=DELTA)],
+           BundleOptions(bundles_dir=tmp_path / "b"))
+    with db.session_scope(url) as s:
+        return int(s.query(Device.id).filter(Device.name == "cam-0").scalar())
+
+
+def _cap_fitting(rounds: int) -> float:
+    """A cap that `rounds` releases fit in and one more does not (dp-accounting's PLD)."""
+    return (reference_epsilon([LOCAL] * rounds) + reference_epsilon([LOCAL] * (rounds + 1))) / 2
+
+
+def _reserve(url: str, device: int, server_round: int) -> ledger.Reservation:
+    return ledger.reserve(url, "r1", server_round, [ledger.Release(device, LOCAL)], DELTA, None)
+
+
+def _execute(url: str, sql: str, **params: object) -> None:
+    with db.get_engine(url).begin() as c:
+        c.execute(text(sql), params)
+
+
+def _rows(url: str, sql: str) -> list[tuple]:
+    with db.get_engine(url).connect() as c:
+        return [tuple(r) for r in c.execute(text(sql))]
+
+
+def _vector(url: str) -> np.ndarray:
+    (blob,) = _rows(url, "SELECT rdp FROM device_budgets")[0]
+    return np.frombuffer(bytes(blob), dtype="<f8").copy()
+
+
+def _drop_triggers(url: str) -> None:
+    """What the database's owner can do: switch off every ledger rule."""
+    engine = db.get_engine(url)
+    with engine.begin() as c:
+        if engine.dialect.name == "sqlite":
+            for (name,) in c.execute(text("SELECT name FROM sqlite_master WHERE type = "
+                                          "'trigger'")).all():
+                c.execute(text(f'DROP TRIGGER "{name}"'))
+        else:
+            for table in ("privacy_events", "device_budgets"):
+                c.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+
+
+def _over_cap(url: str, device: int, cap: float) -> None:
+    """The device's charged epsilon, by dp-accounting over the rows, within its cap; and the
+    rows are exactly what was charged (nothing lost)."""
+    events = [DpEvent(q, s, n) for q, s, n in _rows(
+        url, f"SELECT sample_rate, noise_multiplier, steps FROM privacy_events "
+             f"WHERE device_id = {device}")]
+    assert reference_epsilon(events) <= cap
+
+
+@pytest.mark.parametrize("tamper", [
+    "zero the vector", "lower one order", "zero the vector with a fake count",
+    "delete an event row", "raise a noise multiplier"])
+def test_the_database_refuses_every_tamper_with_the_spend(registry_url, tmp_path,
+                                                          tamper) -> None:
+    """The vector changes only together with new event rows; rows are append-only."""
+    device = _device(registry_url, tmp_path, _cap_fitting(3))
+    for r in (1, 2, 3):
+        assert _reserve(registry_url, device, r).reserved == (device,)
+    vector, before = _vector(registry_url), _rows(registry_url, "SELECT * FROM device_budgets")
+    lowered = vector.copy()
+    lowered[10] = 0.0
+    statement, params = {
+        "zero the vector": ("UPDATE device_budgets SET rdp = :v",
+                            {"v": np.zeros_like(vector).tobytes()}),
+        "lower one order": ("UPDATE device_budgets SET rdp = :v", {"v": lowered.tobytes()}),
+        "zero the vector with a fake count": (
+            "UPDATE device_budgets SET rdp = :v, events = events + 1",
+            {"v": np.zeros_like(vector).tobytes()}),
+        "delete an event row": ("DELETE FROM privacy_events WHERE round_number = 1", {}),
+        "raise a noise multiplier": ("UPDATE privacy_events SET noise_multiplier = 50", {}),
+    }[tamper]
+    with pytest.raises(DBAPIError, match="RDP vector changes only|must equal|append-only"):
+        _execute(registry_url, statement, **params)
+    assert _rows(registry_url, "SELECT * FROM device_budgets") == before
+    assert _reserve(registry_url, device, 4).refused[0].device_id == device
+    _over_cap(registry_url, device, _cap_fitting(3))
+
+
+@pytest.mark.parametrize("tamper", ["zero the vector", "lower one order"])
+def test_a_lowered_cache_is_not_trusted_the_rows_decide(registry_url, tmp_path,
+                                                        tamper) -> None:
+    """The owner drops the triggers and lowers the cached vector: the device looks eligible
+    to the cheap pre-check, but the charge recomputes the spend from the rows and refuses
+    past the cap, audits the mismatch, and charges nothing."""
+    cap = _cap_fitting(3)
+    device = _device(registry_url, tmp_path, cap)
+    for r in (1, 2, 3):
+        assert _reserve(registry_url, device, r).reserved == (device,)
+    _drop_triggers(registry_url)
+    vector = _vector(registry_url)
+    forged = np.zeros_like(vector) if tamper == "zero the vector" else vector.copy()
+    if tamper == "lower one order":
+        forged[:] = vector * 0.5
+    _execute(registry_url, "UPDATE device_budgets SET rdp = :v", v=forged.tobytes())
+    assert ledger.eligible(registry_url, [device], LOCAL, DELTA, None)[0] == [device] or \
+        tamper == "lower one order"  # the pre-check reads the cache: that is why it is not enough
+    for r in (4, 5, 6):
+        out = _reserve(registry_url, device, r)
+        assert out.reserved == () and out.refused[0].device_id == device
+    assert _rows(registry_url, "SELECT count(*) FROM privacy_events") == [(3,)]
+    _over_cap(registry_url, device, cap)
+    assert ledger.budget_state(registry_url, device, DELTA).epsilon == pytest.approx(
+        reference_epsilon([LOCAL] * 3), rel=1e-2)
+    actions = [a for (a,) in _rows(registry_url, "SELECT action FROM audit_log")]
+    assert "budget.ledger-mismatch" in actions
+
+
+def test_a_zeroed_cache_below_the_cap_is_charged_from_the_rows_and_repaired(
+        registry_url, tmp_path) -> None:
+    """Room left under the cap: the charge goes through on the rows' figure and the cache
+    is written back equal to the rows (not zero + one round)."""
+    device = _device(registry_url, tmp_path, None)
+    for r in (1, 2):
+        _reserve(registry_url, device, r)
+    truth = _vector(registry_url)
+    _drop_triggers(registry_url)
+    _execute(registry_url, "UPDATE device_budgets SET rdp = :v",
+             v=np.zeros_like(truth).tobytes())
+    assert _reserve(registry_url, device, 3).reserved == (device,)
+    from privacy.accounting import rdp_vector
+    np.testing.assert_allclose(_vector(registry_url), rdp_vector([LOCAL] * 3), rtol=1e-9)
+
+
+@pytest.mark.parametrize("tamper", ["delete an event row", "raise a noise multiplier"])
+def test_rows_lowered_behind_the_databases_back_refuse_the_device(registry_url, tmp_path,
+                                                                  tamper) -> None:
+    """The owner drops the triggers and rewrites the rows (the cache still holds the true
+    spend): rows below the cache are evidence of tampering, the device is refused with the
+    reason and audited, even though the rewritten rows would fit."""
+    cap = _cap_fitting(3)
+    device = _device(registry_url, tmp_path, cap)
+    for r in (1, 2, 3):
+        _reserve(registry_url, device, r)
+    _drop_triggers(registry_url)
+    _execute(registry_url, "DELETE FROM privacy_events WHERE round_number = 1"
+             if tamper == "delete an event row" else
+             "UPDATE privacy_events SET noise_multiplier = 50")
+    out = _reserve(registry_url, device, 4)
+    assert out.reserved == ()
+    assert "rows were deleted or rewritten" in out.refused[0].reason
+    assert _rows(registry_url, "SELECT count(*) FROM privacy_events WHERE round_number = 4"
+                 ) == [(0,)]
+    actions = [a for (a,) in _rows(registry_url, "SELECT action FROM audit_log")]
+    assert "budget.ledger-mismatch" in actions
+
+
+# == Infinite caps: refused at every entry point ============================================
+
+# (NaN is not here: SQLite stores it as NULL; enrollment refuses it before any SQL.)
+@pytest.mark.parametrize("value", [float("inf"), 1e309])
+def test_an_infinite_cap_is_refused_by_the_database(registry_url, tmp_path, value) -> None:
+    device = _device(registry_url, tmp_path, 5.0)
+    with pytest.raises(DBAPIError, match="epsilon_cap"):
+        _execute(registry_url, "UPDATE devices SET epsilon_cap = :c WHERE id = :i",
+                 c=value, i=device)
+    assert _rows(registry_url, "SELECT epsilon_cap FROM devices") == [(5.0,)]
+
+
+def test_a_database_holding_an_infinite_cap_is_not_upgraded_silently(registry_url,
+                                                                     tmp_path) -> None:
+    from alembic import command
+    engine = db.get_engine(registry_url)
+    with engine.begin() as c:
+        command.upgrade(db.alembic_config(c), "0003_representations")
+    _execute(registry_url, "INSERT INTO devices (name, profile, public_key, key_fingerprint, "
+             "status, consent_training, consent_evaluation, created_at, epsilon_cap, "
+             "data_source) VALUES ('cam-0', 'glasses', 'k', 'f', 'enrolled', true, true, "
+             ":t, :c, 'synthetic')", t=dt.datetime.now(dt.UTC), c=float("inf"))
+    with pytest.raises(Exception, match="cam-0 have an infinite epsilon cap"):
+        db.upgrade(registry_url)
+    assert db.current_revision(registry_url) == "0003_representations"
+
+
+@pytest.mark.parametrize("value", ["inf", "1e309", "-inf", "nan"])
+def test_an_infinite_cap_in_a_manifest_is_one_line_exit_2_nothing_written(
+        registry_url, tmp_path, monkeypatch, capsys, value) -> None:
+    from fl_server.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEDMSR_DB", registry_url)
+    assert main(["db", "upgrade"]) == 0
+    (tmp_path / "m.csv").write_text(f"name,epsilon_cap\nok-0,5\nbad-1,{value}\n")
+    capsys.readouterr()
+    assert main(["fleet", "enroll", "--manifest", "m.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epsilon_cap: must be a finite number" in err, err
+    assert _rows(registry_url, "SELECT count(*) FROM devices") == [(0,)]
+    assert not (tmp_path / "devices").exists() or not any((tmp_path / "devices").iterdir())
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e309, float("nan")])
+def test_an_infinite_run_cap_is_a_config_error(value) -> None:
+    from fl_server.config import ConfigError, RunConfig
+    with pytest.raises(ConfigError, match="epsilon_cap.*finite"):
+        RunConfig(epsilon_cap=value).validate()
