@@ -18,11 +18,28 @@ The file (``<state dir>/privacy_ledger.json``) is append-only in meaning:
 
 A release is recorded *before* training (:meth:`DeviceLedger.reserve`): if training then
 fails the device has over-counted, never under-counted.
+
+What one release is. The DP-SGD noise of a round is seeded from the digest of the round's
+inputs (global arrays and instructions, `fl_client.training_seed`), so the same inputs
+reproduce the same noised update and different inputs get independent noise. The ledger
+therefore keys a training release by (run, round, kind, inputs digest): a server that
+re-sends a round with any change of inputs (one weight nudged) gets a second release and
+the device is charged for it, as it must be; a server that redoes a round after a crash
+sends the same inputs and gets the same release, free. Charging rather than refusing keeps
+a device useful to an honest server that re-plans, and its cap still bounds the total.
+A release recorded at check-in (central DP: the device joins the round's Poisson
+population before it sees any inputs) has no digest; the round's first training binds it.
+
+File versions: version 2 stores the digest with each release. A version 1 file still
+opens: its releases get the digest ``unknown-v1``, which matches no real digest, so a round
+recorded by an older fedmsr and trained again is charged again (an over-count, never an
+under-count). The file is rewritten as version 2 at its next write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -40,7 +57,11 @@ from privacy.wire.budget import LedgerReport
 
 FILE_NAME = "privacy_ledger.json"
 FORMAT = "fedmsr-device-ledger"
-VERSION = 1
+VERSION = 2
+#: Versions this fedmsr reads (older ones are upgraded on the next write).
+READABLE_VERSIONS = (1, 2)
+#: The inputs digest given to releases of a version 1 file (they did not record one).
+UNKNOWN_INPUTS = "unknown-v1"
 
 
 class DeviceLedgerError(Exception):
@@ -53,21 +74,30 @@ class DeviceBudgetExceeded(DeviceLedgerError):
 
 @dataclass(frozen=True)
 class DeviceRelease:
-    """One release the device made (or is about to make) in a run's round."""
+    """One release the device made (or is about to make) in a run's round.
+
+    ``inputs`` is the hex SHA-256 of what the training started from (global arrays and
+    instructions); None for a release recorded at check-in that no training has bound yet.
+    """
 
     run_id: str
     round_number: int
     event: DpEvent
+    inputs: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run": self.run_id, "round": self.round_number, **self.event.to_dict()}
+        return {"run": self.run_id, "round": self.round_number, "inputs": self.inputs,
+                **self.event.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DeviceRelease:
+    def from_dict(cls, data: Mapping[str, Any], version: int = VERSION) -> DeviceRelease:
         fields = dict(data)
         run_id, round_number = fields.pop("run"), fields.pop("round")
         _check_run(run_id, round_number)
-        return cls(run_id, int(round_number), DpEvent.from_dict(fields))
+        inputs = fields.pop("inputs") if version >= 2 else UNKNOWN_INPUTS
+        if inputs is not None and (not isinstance(inputs, str) or not inputs):
+            raise ValueError(f"inputs must be a digest string or null, got {inputs!r}")
+        return cls(run_id, int(round_number), DpEvent.from_dict(fields), inputs)
 
 
 def _check_run(run_id: object, round_number: object) -> None:
@@ -86,14 +116,17 @@ def sealed(body: Mapping[str, Any]) -> bytes:
     return json.dumps({**body, "sha256": _digest(body)}, indent=1, sort_keys=True).encode()
 
 
-def verified(raw: bytes, file_format: str, version: int) -> dict[str, Any]:
+def verified(raw: bytes, file_format: str, version: int | tuple[int, ...]) -> dict[str, Any]:
     """The content of a file written by :func:`sealed`; ValueError (naming what is wrong)
-    when it is not JSON, not that format or version, or does not match its checksum."""
+    when it is not JSON, not that format or (one of the) version(s), or does not match its
+    checksum."""
+    versions = (version,) if isinstance(version, int) else version
     data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict) or data.get("format") != file_format:
         raise ValueError(f"not a {file_format} file")
-    if data.get("version") != version:
-        raise ValueError(f"version {data.get('version')!r}, this fedmsr reads {version}")
+    if data.get("version") not in versions or isinstance(data.get("version"), bool):
+        raise ValueError(f"version {data.get('version')!r}, this fedmsr reads "
+                         f"{' or '.join(str(v) for v in versions)} (a newer fedmsr wrote it?)")
     body = {k: v for k, v in data.items() if k != "sha256"}
     if data.get("sha256") != _digest(body):
         raise ValueError("checksum mismatch")
@@ -152,8 +185,9 @@ class DeviceLedger:
             raise DeviceLedgerError(f"device ledger {path} cannot be read ({exc.strerror}): "
                                     "refusing to train") from None
         try:
-            data = verified(raw, FORMAT, VERSION)
-            releases = tuple(DeviceRelease.from_dict(r) for r in data["releases"])
+            data = verified(raw, FORMAT, READABLE_VERSIONS)
+            releases = tuple(DeviceRelease.from_dict(r, data["version"])
+                             for r in data["releases"])
             return cls(path, _check_cap(data["cap_epsilon"]), check_delta(data["delta"]),
                        releases)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -192,55 +226,90 @@ class DeviceLedger:
                 f"cap epsilon={self.cap_epsilon:g} at delta={self.delta:g} (spent "
                 f"{self.epsilon():.4g} over {len(self.releases)} releases): refusing to train")
 
-    def unrecorded(self, run_id: str, round_number: int,
-                   events: Iterable[DpEvent]) -> tuple[DpEvent, ...]:
-        """The events of (run, round) this ledger does not hold yet: what the round would
-        still cost. A round redone after a server crash was recorded the first time and
-        costs nothing new; the same key with other parameters raises (not re-planned)."""
+    def unrecorded(self, run_id: str, round_number: int, events: Iterable[DpEvent],
+                   inputs: bytes | None = None) -> tuple[DpEvent, ...]:
+        """The events of (run, round) on `inputs` this ledger does not hold yet: what the
+        round would still cost. Without `inputs` (check-in, before the device has seen the
+        round's arrays) a round already recorded costs nothing new here; the training
+        decides, on its digest (see the module docstring)."""
         _check_run(run_id, round_number)
-        return tuple(r.event for r in self._new(run_id, round_number, tuple(events)))
+        return tuple(r.event for r in self._apply(run_id, round_number, tuple(events),
+                                                   _hex(inputs))[1])
 
     def report(self) -> LedgerReport:
         return LedgerReport(epsilon=self.epsilon(), delta=self.delta, events=len(self.releases))
 
     # -- recording -----------------------------------------------------------------------
 
-    def reserve(self, run_id: str, round_number: int, events: Iterable[DpEvent]) -> None:
+    def reserve(self, run_id: str, round_number: int, events: Iterable[DpEvent],
+                inputs: bytes | None = None) -> None:
         """Check and record the round's releases BEFORE training, under the file lock.
 
-        Re-reads the file first (another process of the device may have written); a
-        release already recorded for (run, round, kind) is not recorded twice; the same
-        key with other parameters is an error (a round is not re-planned).
+        Re-reads the file first (another process of the device may have written). With
+        `inputs` (the training's inputs digest): a release of (run, round, kind) on the
+        same digest is not recorded twice (a crash redo is free), one reserved at check-in
+        without a digest is bound to it (free), and any other digest is a new release,
+        charged. Without `inputs` (check-in): a round already recorded adds nothing. The
+        same release key with other parameters is an error (a round is not re-planned).
         """
         _check_run(run_id, round_number)
         events = tuple(events)
         with locked(self.path):
             current = self._read(self.path)
-            new = current._new(run_id, round_number, events)
+            releases, new = current._apply(run_id, round_number, events, _hex(inputs))
             current.check(r.event for r in new)
-            if new:
-                current.releases = current.releases + new
+            if releases != current.releases:
+                current.releases = releases
                 current._write()
         self.cap_epsilon, self.delta, self.releases = (current.cap_epsilon, current.delta,
                                                        current.releases)
 
-    def _new(self, run_id: str, round_number: int,
-             events: tuple[DpEvent, ...]) -> tuple[DeviceRelease, ...]:
-        known = {(r.run_id, r.round_number, r.event.kind): r.event for r in self.releases}
+    def _apply(self, run_id: str, round_number: int, events: tuple[DpEvent, ...],
+               inputs: str | None) -> tuple[tuple[DeviceRelease, ...], tuple[DeviceRelease, ...]]:
+        """(every release after recording `events` on `inputs`, the ones that are charged)."""
+        releases = list(self.releases)
         new: list[DeviceRelease] = []
         for event in events:
             if not isinstance(event, DpEvent):
                 raise ValueError(f"events must be DpEvents, got {type(event).__name__}")  # noqa: TRY004
-            key = (run_id, round_number, EventKind(event.kind))
-            if key in known and known[key] != event:
-                raise DeviceLedgerError(
-                    f"device ledger {self.path} already has a {event.kind.value} release for "
-                    f"run {run_id} round {round_number} with other parameters; a round's "
-                    "release is not re-planned")
-            if key not in known:
-                known[key] = event
-                new.append(DeviceRelease(run_id, round_number, event))
-        return tuple(new)
+            kind = EventKind(event.kind)
+            same = [i for i, r in enumerate(releases)
+                    if (r.run_id, r.round_number, EventKind(r.event.kind)) == (run_id,
+                                                                                round_number, kind)]
+            if inputs is None:
+                if same and all(releases[i].event != event for i in same):
+                    raise self._replanned(event, run_id, round_number)
+                if not same:
+                    new.append(DeviceRelease(run_id, round_number, event, None))
+                    releases.append(new[-1])
+                continue
+            on_inputs = [i for i in same if releases[i].inputs == inputs]
+            unbound = [i for i in same if releases[i].inputs is None
+                       and releases[i].event == event]
+            if on_inputs:
+                if releases[on_inputs[0]].event != event:
+                    raise self._replanned(event, run_id, round_number)
+            elif unbound:  # reserved at check-in: this training is the release it stood for
+                releases[unbound[0]] = dataclasses.replace(releases[unbound[0]], inputs=inputs)
+            else:  # a first training, or the same round again on other inputs: charged
+                new.append(DeviceRelease(run_id, round_number, event, inputs))
+                releases.append(new[-1])
+        return tuple(releases), tuple(new)
+
+    def _replanned(self, event: DpEvent, run_id: str, round_number: int) -> DeviceLedgerError:
+        return DeviceLedgerError(
+            f"device ledger {self.path} already has a {event.kind.value} release for run "
+            f"{run_id} round {round_number} with other parameters; a round's release is not "
+            "re-planned")
+
+
+def _hex(inputs: bytes | None) -> str | None:
+    if inputs is None:
+        return None
+    if not isinstance(inputs, bytes) or len(inputs) != 32:
+        raise ValueError("inputs must be a 32-byte SHA-256 digest (fl_client.training_seed."
+                         "inputs_digest)")
+    return inputs.hex()
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ A device does not have to trust the server's bookkeeping, so:
   round's planned release (central, plus its local DP-SGD event under ``--dp both``) would
   pass its own cap, it declines and the server leaves it out;
 * **train** — before touching its clips it records the local DP-SGD event it is about to
-  incur (the same ``(q, sigma, steps)`` the trainer will report) and refuses with an error
-  reply if that would pass its cap.
+  incur (the same ``(q, sigma, steps)`` the trainer will report), on the digest of the
+  round's inputs, and refuses with an error reply if that would pass its cap. A round
+  trained again on other inputs is a second release and is charged again.
 """
 
 from __future__ import annotations
@@ -69,15 +70,18 @@ def checkin_verdict(plan: BudgetPlan, context: Context, device: int, own_dir: Pa
 
 def reserve_for_training(plan: BudgetPlan, context: Context, device: int,
                          own_dir: Path | None, instructions: Instructions,
-                         num_examples: int) -> None:
+                         num_examples: int, inputs: bytes) -> None:
     """Record the round's releases before training; DeviceLedgerError (an error reply to the
     server, nothing trained) when the device's own ledger says no or cannot be read.
 
-    The central event was recorded at check-in; recording it again is a no-op, and a
-    device never trains in a central round its ledger lacks.
+    `inputs` is the digest the training's noise seed comes from
+    (`fl_client.training_seed.inputs_digest`): the round's releases are recorded on it. The
+    central event recorded at check-in is bound to the first training's digest (free); the
+    same digest again (a crash redo) is free; another digest for the same round (a server
+    re-sending changed inputs) trains with independent noise and is charged again.
     """
     events = _events(plan.central_event(), planned_local_event(instructions.train,
                                                                num_examples))
     if events:
         ledger = device_ledger(context, plan, device, own_dir)
-        ledger.reserve(plan.run_id, instructions.server_round, events)
+        ledger.reserve(plan.run_id, instructions.server_round, events, inputs)

@@ -59,15 +59,16 @@ def run_local_round(config: ConfigRecord, global_arrays: dict[str, np.ndarray],
     instructions = Instructions.from_record(config)
     device = device_index(context)
     batch = local_clips(instructions.fleet, device, instructions.days("train"))
-    secret, run_id = None, ""
+    secret, run_id, inputs = None, "", b""
     if (budget := BudgetPlan.from_flat(config)) is not None:  # own ledger first
         state_dir = device_state_dir(context, budget.sim_bundles_dir, device)
+        # The release is recorded on the digest its noise seed comes from.
+        inputs = inputs_digest(global_arrays, instructions)
         reserve_for_training(budget, context, device, state_dir, instructions,
-                             int(batch.x.shape[0]))
+                             int(batch.x.shape[0]), inputs)
         secret = training_secret(ledger_dir(context, budget, device, state_dir))
         run_id = budget.run_id
-    seed = training_seed(instructions, device, secret, run_id,
-                         inputs_digest(global_arrays, instructions) if secret else b"")
+    seed = training_seed(instructions, device, secret, run_id, inputs)
     train_cfg = dataclasses.replace(instructions.train, seed=seed)
     result = train_local(instructions.model, global_arrays,
                          batch.x, batch.labels["activity"], train_cfg)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,5 +42,12 @@ def release_weight(instructions: Instructions, num_examples: int) -> int:
 
 
 def reported_metrics(metrics: Mapping[str, float], dp_sgd: bool) -> dict[str, float]:
-    """Training metrics to send: all of them without DP, only `DP_SAFE_METRICS` with it."""
-    return {k: float(v) for k, v in metrics.items() if not dp_sgd or k in DP_SAFE_METRICS}
+    """Training metrics to send: all of them without DP, only `DP_SAFE_METRICS` with it.
+
+    Under DP ``train_seconds`` is rounded up to whole seconds: it follows the clip count
+    (public: it fixes q) and the random Poisson batch sizes, and finer timing of the
+    sampled batches is not the server's to see (docs/privacy-accounting.md)."""
+    out = {k: float(v) for k, v in metrics.items() if not dp_sgd or k in DP_SAFE_METRICS}
+    if dp_sgd and "train_seconds" in out:
+        out["train_seconds"] = float(math.ceil(out["train_seconds"]))
+    return out

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from fl_server.registry import audit
 from fl_server.registry.db import RegistryError, in_chunks, session_scope
 from fl_server.registry.models import DATA_SOURCES, PROFILES, Device, DeviceStatus, utcnow
+from privacy.checks import is_finite
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_SUPERLINK = "127.0.0.1:9092"
@@ -82,8 +83,9 @@ class DeviceSpec:
                       f"got {self.data_source!r}")
         for cap in ("epsilon_cap", "info_bits_cap"):
             value = getattr(self, cap)
-            if value is not None and not value > 0:
-                raise bad(cap, f"must be > 0 (or empty for no cap), got {value}")
+            if value is not None and not (is_finite(value) and value > 0):
+                raise bad(cap, f"must be a finite number > 0 (or empty for no cap), "
+                          f"got {value}")
         if self.delta_cap is not None and not 0 < self.delta_cap < 1:
             raise bad("delta_cap", f"must be in (0, 1), got {self.delta_cap}")
         if self.device_index is not None and not 0 <= self.device_index <= MAX_DEVICE_INDEX:

@@ -18,6 +18,13 @@ Why it looks like this (issue 4):
   device; only a device RDP calls over its cap has its event history read and checked
   against the reported (PLD) epsilon, so a device is refused exactly when its *reported*
   epsilon would pass the cap.
+* The cached vector is only a cache. Whoever can write to the database could overwrite it
+  (revision 0004's triggers refuse a vector change without new event rows, but an owner
+  can drop triggers), so `reserve` recomputes each device's vector from its event rows
+  before charging it and decides on those rows. A cache *below* the rows (zeroed, stale)
+  is audited (``budget.ledger-mismatch``) and repaired by the charge; rows *below* the
+  cache (a row deleted, a noise multiplier raised) mean the rows themselves were rewritten:
+  the device is refused and audited, never charged on the lowered figure.
 * A cap is an (epsilon, delta) pair: a device's own ``delta_cap`` is used when set, else the
   run's delta. No cap at all (device and run) means the release always fits.
 """
@@ -91,6 +98,8 @@ class Refusal:
     epsilon_spent: float  # reported (PLD) epsilon before this release
     epsilon_cap: float
     delta: float
+    #: Empty for "would pass its cap"; else why the ledger itself could not be trusted.
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -331,13 +340,20 @@ def reserve(url: str, run_id: str, round_number: int, releases: Sequence[Release
                 reserved.append(device_id)
                 continue
             budget = budgets.get(device_id)
-            vector = _decode(budget) if budget is not None else np.zeros_like(ORDERS)
+            history = _history(session, device_id)
+            vector, tampered = _checked_vector(session, device, budget, history, run_id,
+                                               _cap_for(device, default_cap),
+                                               _delta_for(device, delta))
+            if tampered is not None:
+                refused.append(tampered)
+                continue
             refusal = _fits(session, device, vector, new, _cap_for(device, default_cap),
                             _delta_for(device, delta))
             if refusal is not None:
                 refused.append(refusal)
                 continue
-            _charge(session, device_id, budget, vector, new, run_id, round_number, now)
+            _charge(session, device_id, budget, vector, len(history), new, run_id,
+                    round_number, now)
             reserved.append(device_id)
     return Reservation(tuple(reserved), tuple(refused))
 
@@ -372,21 +388,62 @@ def _new_events(device_id: int, events: Sequence[DpEvent],
     return new
 
 
+#: Relative tolerance between the cached vector and the one recomputed from the rows
+#: (the cache is a running sum; the recomputation groups by (q, sigma) first).
+VECTOR_RTOL = 1e-9
+
+
+def _checked_vector(session: Session, device: Device, budget: DeviceBudget | None,
+                    history: Sequence[LedgerEvent], run_id: str, cap: float | None,
+                    delta: float) -> tuple[np.ndarray, Refusal | None]:
+    """The device's RDP vector recomputed from its event rows (what `reserve` decides on),
+    and a Refusal when the rows hold less than the cache: then the rows were rewritten or
+    deleted and no figure from them can be trusted. Any mismatch is audited."""
+    rows = rdp_vector([e.event for e in history]) if history else np.zeros_like(ORDERS)
+    cached = _decode(budget) if budget is not None else np.zeros_like(ORDERS)
+    counted = budget.events if budget is not None else 0
+    tol = VECTOR_RTOL * np.maximum(1.0, np.abs(rows))
+    with np.errstate(invalid="ignore"):  # inf - inf at the orders where RDP is infinite
+        same = (rows == cached) | (np.abs(rows - cached) <= tol)
+        lower = rows < cached - tol
+    if counted == len(history) and bool(np.all(same)):
+        return rows, None
+    rows_lower = counted > len(history) or bool(np.any(lower))
+    cached_eps = float(epsilon_from_rdp(cached, delta))
+    rows_eps = float(epsilon_from_rdp(rows, delta))
+    detail = {"cached_events": counted, "rows": len(history), "cached_epsilon": cached_eps,
+              "rows_epsilon": rows_eps,
+              "decision": "refused" if rows_lower else "charged from the rows"}
+    audit.record(session, "budget.ledger-mismatch", detail, device_id=device.id, run_id=run_id)
+    if not rows_lower:
+        return rows, None  # the cache was lowered (or is stale): the rows are the truth
+    return rows, Refusal(
+        device_id=device.id, name=device.name, epsilon_spent=cached_eps,
+        epsilon_cap=cap if cap is not None else float("inf"), delta=delta,
+        reason=(f"its ledger rows ({len(history)}, epsilon {rows_eps:.4g}) hold less than its "
+                f"cached RDP vector ({counted} events, epsilon {cached_eps:.4g}): rows were "
+                "deleted or rewritten"))
+
+
 def _charge(session: Session, device_id: int, budget: DeviceBudget | None, vector: np.ndarray,
-            new: Sequence[DpEvent], run_id: str, round_number: int, now: dt.datetime) -> None:
+            rows: int, new: Sequence[DpEvent], run_id: str, round_number: int,
+            now: dt.datetime) -> None:
     """Insert the reserved rows and move the cached vector forward, in the caller's
-    transaction (so the vector always equals the sum over the device's rows)."""
+    transaction (so the vector always equals the sum over the device's rows: `vector` and
+    `rows` are recomputed from them, and revision 0004 checks the count)."""
     for event in new:
         session.add(PrivacyEvent(device_id=device_id, run_id=run_id, round_number=round_number,
                                  kind=event.kind.value, sample_rate=event.sample_rate,
                                  noise_multiplier=event.noise_multiplier, steps=event.steps,
                                  status="reserved", reserved_at=now))
+    session.flush()  # the rows first: the database ties the vector's event count to them
     vector = vector + rdp_vector(new)
     if budget is None:
         session.add(DeviceBudget(device_id=device_id, rdp=_encode(vector),
-                                 orders_sha256=ORDERS_SHA256, events=len(new), updated_at=now))
+                                 orders_sha256=ORDERS_SHA256, events=rows + len(new),
+                                 updated_at=now))
     else:
-        budget.rdp, budget.events, budget.updated_at = _encode(vector), budget.events + len(new), now
+        budget.rdp, budget.events, budget.updated_at = _encode(vector), rows + len(new), now
 
 
 def commit(url: str, run_id: str, round_number: int, device_ids: Iterable[int]) -> None:

@@ -19,6 +19,9 @@ from tests.helpers import fedmsr
         (["--dp", "local", "--clip", "0"], "--clip: must be > 0 with DP-SGD"),
         (["--round-timeout", "0"], "--round-timeout: must be > 0"),
         (["--round-timeout", "nan"], "--round-timeout: must be > 0"),
+        # An infinite default cap would fail every reservation of a DP run.
+        (["--dp", "local", "--epsilon-cap", "inf"], "--epsilon-cap: must be a finite epsilon"),
+        (["--dp", "local", "--epsilon-cap", "1e309"], "--epsilon-cap: must be a finite"),
         (["--min-devices", "9"], "--min-devices: 9 is more than the fleet's 8 devices"),
         (["--frobnicate"], "--frobnicate"),
         (["--resume", "no-such-run"], "--resume: no run configuration"),

@@ -110,7 +110,12 @@ def test_list_show_revoke_and_the_audit_trail(registry, capsys) -> None:
     (["fleet", "enroll", "--count", "3", "--prefix", "g-"], "already enrolled"),
     (["fleet", "enroll", "bad/name"], "name: 'bad/name' is not a valid device name"),
     (["fleet", "enroll", "x", "--profile", "drone"], "--profile: must be one of"),
-    (["fleet", "enroll", "x", "--epsilon-cap", "0"], "--epsilon-cap: must be > 0"),
+    (["fleet", "enroll", "x", "--epsilon-cap", "0"], "--epsilon-cap: must be a finite number > 0"),
+    # An infinite cap used to be accepted and then failed every DP reservation.
+    (["fleet", "enroll", "x", "--epsilon-cap", "inf"], "--epsilon-cap: must be a finite number"),
+    (["fleet", "enroll", "x", "--epsilon-cap", "1e309"], "--epsilon-cap: must be a finite"),
+    (["fleet", "enroll", "x", "--epsilon-cap", "nan"], "--epsilon-cap: must be a finite"),
+    (["fleet", "enroll", "x", "--info-bits-cap", "inf"], "--info-bits-cap: must be a finite"),
     (["fleet", "enroll", "x", "--device-index", "0"], "device_index: 0 belongs to"),
     (["fleet", "enroll"], "give exactly one of NAME"),
     (["fleet", "enroll", "x", "--count", "2"], "give exactly one of NAME"),

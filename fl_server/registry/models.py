@@ -80,7 +80,9 @@ class Device(Base):
         CheckConstraint(_in("profile", PROFILES), name="profile"),
         CheckConstraint(_in("status", tuple(s.value for s in DeviceStatus)), name="status"),
         CheckConstraint(_in("data_source", DATA_SOURCES), name="data_source"),
-        CheckConstraint("epsilon_cap IS NULL OR epsilon_cap > 0", name="epsilon_cap"),
+        # Finite: an infinite cap would fail every reservation (revision 0004).
+        CheckConstraint("epsilon_cap IS NULL OR (epsilon_cap > 0 AND "
+                        "epsilon_cap <= 1.7976931348623157e308)", name="epsilon_cap"),
         CheckConstraint("delta_cap IS NULL OR (delta_cap > 0 AND delta_cap < 1)", name="delta_cap"),
         CheckConstraint("info_bits_cap IS NULL OR info_bits_cap > 0", name="info_bits_cap"),
         CheckConstraint("(status = 'revoked') = (revoked_at IS NOT NULL)", name="revoked_at"),

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_bundles"
-down_revision = "0003_representations"
+down_revision = "0004_ledger_integrity"
 branch_labels = None
 depends_on = None
 
