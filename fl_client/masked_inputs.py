@@ -67,7 +67,7 @@ class MaskedInputLog:
         done = self.rounds() & set(keys)
         if done:
             raise AlreadyContributed(f"this device already sent a masked input for "
-                                     f"{sorted(done)[0]}; a round is never contributed twice")
+                                     f"{min(done)}; a round is never contributed twice")
 
     def record(self, keys: Iterable[str]) -> None:
         """Add `keys`, refusing if any is already there (checked again under the lock)."""
