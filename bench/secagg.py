@@ -1,7 +1,7 @@
 """Secure aggregation cost: per-device CPU and server time, SecAgg+ vs a plaintext sum.
 
     python bench/secagg.py [--devices 10 50 100] [--params 100000 1000000] [--drop 0.1]
-                           [--flower-reference]
+                           [--flower-reference] [--consistency-cost]
 
 Every device and the server run in this one process, one after another, so each figure is
 the thread CPU time of that party alone (`time.thread_time`): on a real fleet the devices
@@ -19,6 +19,12 @@ work in parallel, so a round's critical path is max(device) + server. For each (
 Ratios: (max device + server) / plain is the aggregation-path overhead of a round *before*
 local training, which dominates a real round and is left out here. The issue's per-device
 target is <= 1 s for a 1M-parameter update.
+
+``--consistency-cost`` runs every (n, d) twice in this process: the protocol as shipped
+(with the consistency round: each device signs the survivor set and verifies the quorum of
+signatures before unmasking) and the same round without it (devices answer the unmasking
+request as the server states it, the pre-consistency protocol, reproduced here only to
+measure), and prints the ratio of the round's critical path (max device + server).
 
 ``--flower-reference`` also times Flower's legacy SecAgg+ mask path for one device
 (`flwr.common.secure_aggregation`: stochastic quantisation, NumPy Mersenne-Twister masks
@@ -40,10 +46,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fl_client.secagg_client import SecAggClient
+from fl_client.secagg_client import SecAggClient, Stage
 from privacy.secagg.encoding import EncodingSpec
 from privacy.secagg.graph import default_neighbours, default_threshold, ring_order
-from privacy.secagg.messages import RoundSetup
+from privacy.secagg.messages import ConsistencySignature, RoundSetup, UnmaskReply, UnmaskRequest
 from strategies.secagg_server import SecAggServer
 
 
@@ -54,12 +60,24 @@ def timed(cpu: dict[int, float], who: int, fn, *args):
     return out
 
 
-def secagg_round(n: int, d: int, drop: float, keys, updates, weights):
+class WithoutConsistency(SecAggClient):
+    """The pre-consistency device (trusts the server's survivor view): only to measure."""
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskReply:
+        self.stage = Stage.SIGNED
+        return super().unmask(request)
+
+    def _consistent_view(self, request: UnmaskRequest) -> tuple[set[int], set[int]]:
+        return set(request.survivors), set(request.dropped)
+
+
+def secagg_round(n: int, d: int, drop: float, keys, updates, weights, consistency: bool = True):
     k = default_neighbours(n)
     setup = RoundSetup(b"bench", tuple(range(n)), k, default_threshold(k), os.urandom(16),
                        EncodingSpec(clip=1.0, mod_bits=32, max_weight=100, max_devices=n), d)
     identities = {i: keys[i].public_key() for i in range(n)}
-    clients = {i: SecAggClient(i, keys[i], identities) for i in range(n)}
+    kind = SecAggClient if consistency else WithoutConsistency
+    clients = {i: kind(i, keys[i], identities) for i in range(n)}
     ring = ring_order(setup.participants, setup.graph_seed)
     dropped = {ring[int(j / drop)] for j in range(int(drop * n))} if drop else set()
     cpu: dict[int, float] = {}
@@ -79,8 +97,13 @@ def secagg_round(n: int, d: int, drop: float, keys, updates, weights):
                                               for i in relayed])
     masked = [timed(cpu, i, clients[i].masked_input, delivered[i], updates[i], weights[i])
               for i in delivered if i not in dropped]
-    requests = serve(server.collect_masked, masked)
+    announced = serve(server.collect_masked, masked)
     del masked
+    if consistency:
+        signatures = [timed(cpu, i, clients[i].sign_survivors, announced[i]) for i in announced]
+    else:  # nothing signed; the server's forwarding is all that is left of the stage
+        signatures = [ConsistencySignature(i, b"") for i in announced]
+    requests = serve(server.collect_signatures, signatures)
     replies = [timed(cpu, i, clients[i].unmask, requests[i]) for i in requests]
     result = serve(server.finish, replies)
     survivors = [i for i in range(n) if i not in dropped]
@@ -123,6 +146,8 @@ def main() -> None:
                     help="fraction of devices dropping after sharing keys (exercises "
                          "pairwise-mask reconstruction on the server)")
     ap.add_argument("--flower-reference", action="store_true")
+    ap.add_argument("--consistency-cost", action="store_true",
+                    help="also run each round without the consistency round; print the ratio")
     args = ap.parse_args()
     keys = [ec.generate_private_key(ec.SECP384R1()) for _ in range(max(args.devices))]
     print(f"{'n':>4} {'params':>9} {'k':>3} {'dev mean s':>10} {'dev max s':>9} "
@@ -145,6 +170,13 @@ def main() -> None:
                 ref = flower_reference(k, d, updates[0])
                 line += f" {ref:>10.3f} {ref / dev_mean:>9.2f}"
             print(line, flush=True)
+            if args.consistency_cost:
+                _, off_mean, off_max, off_server, *_ = secagg_round(
+                    n, d, args.drop, keys, updates, weights, consistency=False)
+                print(f"     consistency round: device mean {dev_mean:.3f}s vs {off_mean:.3f}s "
+                      f"without, critical path (max device + server) "
+                      f"{dev_max + server_s:.3f}s vs {off_max + off_server:.3f}s: ratio "
+                      f"{(dev_max + server_s) / (off_max + off_server):.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def fedmsr_client_app():
         DEVICE_KEY,
         METRICS_KEY,
         SECAGG_ADVERTISE_ACTION,
+        SECAGG_CONSISTENCY_ACTION,
         SECAGG_MASKED_ACTION,
         SECAGG_SHARE_ACTION,
         SECAGG_UNMASK_ACTION,
@@ -123,6 +125,7 @@ def fedmsr_client_app():
     app.query(SECAGG_ADVERTISE_ACTION)(secagg_handlers.advertise)
     app.query(SECAGG_SHARE_ACTION)(secagg_handlers.share)
     app.train(SECAGG_MASKED_ACTION)(masked)
+    app.query(SECAGG_CONSISTENCY_ACTION)(secagg_handlers.consistency)
     app.query(SECAGG_UNMASK_ACTION)(secagg_handlers.unmask)
     return app
 
@@ -140,6 +143,8 @@ def fedmsr_rounds(devices: int, params: int, repeats: int) -> dict[str, list[flo
     from strategies.secagg_workflow import SecAggParams, secure_train_round
 
     times: dict[str, list[float]] = {"plain": [], "secagg": []}
+    # where the simulated devices record the rounds they sent a masked input for
+    state_root = Path(tempfile.mkdtemp(prefix="bench-secagg-state-"))
     server = ServerApp()
 
     @server.main()
@@ -167,7 +172,8 @@ def fedmsr_rounds(devices: int, params: int, repeats: int) -> dict[str, list[flo
 
         def secure(tag: str) -> np.ndarray:
             params_ = SecAggParams(k, default_threshold(k), CLIP, 32, max_weight=WEIGHT,
-                                   round_context=tag.encode())
+                                   round_context=tag.encode(),
+                                   sim_state_root=str(state_root / tag))
             result = secure_train_round(grid, messages(), device_of, global_arrays, params_,
                                         600.0)
             return arrays_of(result.arrays)["w"]

@@ -16,6 +16,7 @@ from fl_client import handlers, secagg_handlers
 from privacy.wire.keys import (
     CHECKIN_ACTION,
     SECAGG_ADVERTISE_ACTION,
+    SECAGG_CONSISTENCY_ACTION,
     SECAGG_MASKED_ACTION,
     SECAGG_SHARE_ACTION,
     SECAGG_UNMASK_ACTION,
@@ -32,4 +33,5 @@ app.query(UPLOAD_ACTION)(handlers.upload)
 app.query(SECAGG_ADVERTISE_ACTION)(secagg_handlers.advertise)
 app.query(SECAGG_SHARE_ACTION)(secagg_handlers.share)
 app.train(SECAGG_MASKED_ACTION)(secagg_handlers.masked_train)
+app.query(SECAGG_CONSISTENCY_ACTION)(secagg_handlers.consistency)
 app.query(SECAGG_UNMASK_ACTION)(secagg_handlers.unmask)

@@ -1,13 +1,14 @@
 """The device side of secure aggregation as Flower message handlers.
 
-Four stages, four message types (the server workflow is `strategies/secagg_workflow.py`):
+Five stages, five message types (the server workflow is `strategies/secagg_workflow.py`):
 
   query.secagg_advertise  RoundSetup          -> signed X25519 public keys
   query.secagg_share      neighbours' keys    -> encrypted Shamir shares (+ rejected ids)
   train.secagg_masked     arrays, plan, shares -> local training, then the masked update
                                                   (delta to the global model, clipped,
                                                   fixed-point, weighted by #examples)
-  query.secagg_unmask     survivors/dropped   -> the shares the guard allows
+  query.secagg_consistency survivor set U3    -> the device's signature over it
+  query.secagg_unmask     U3 + signatures     -> the shares the signed U3 allows
 
 Plain functions, registered by `fl_client.client_app`; the masked stage runs the same
 local round as a plain train message (`fl_client.local_round`). The ClientApp is
@@ -22,7 +23,17 @@ Enrollment keys: in simulation (`partition-id` in the node config) they come fro
 deterministic simulated enrollment (`privacy.secagg.simulated_enrollment`, seeded by the
 run seed in the setup). On a real device, `enrollment-key-file` (PEM or OpenSSH private
 key from the enrollment bundle) and `identities-file` (JSON {device index: public key},
-the registry-issued identities) in the node config.
+the registry-issued identities) in the node config, or its `device-key`. A real device
+without either refuses (`MissingCredentials`): keys derived from a seed the server sends
+would let the server sign as every device.
+
+One masked input per (run, round), ever: the device records each round it sent one for in
+its state dir (`fl_client.masked_inputs`) before the reply leaves, and refuses a second
+masked-input request for the same round, across restarts. A server re-running a round
+over a different cohort would otherwise learn one device's update by difference.
+
+Node config: `secagg-min-survivors` (default 3, at least 2) is the smallest survivor set
+the device reveals shares for, and the smallest round it joins.
 """
 
 from __future__ import annotations
@@ -37,9 +48,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fl_client.local_round import LocalRound, run_local_round
-from fl_client.node import device_index, enrollment_key
+from fl_client.masked_inputs import MaskedInputLog, round_keys
+from fl_client.node import device_index, device_state_dir, enrollment_key
 from fl_client.release import reported_metrics
-from fl_client.secagg_client import SecAggClient
+from fl_client.secagg_client import DEFAULT_MIN_SURVIVORS, SecAggClient
 from privacy.secagg import codec, simulated_enrollment
 from privacy.secagg.keys import load_private_key
 from privacy.wire.arrays import arrays_of
@@ -52,10 +64,29 @@ from privacy.wire.keys import (
     METRICS_KEY,
     SECAGG_CREDENTIAL_KEYS,
     SECAGG_KEY,
+    SECAGG_SIM_STATE_KEY,
 )
 
 #: Where the node keeps this round's protocol state between stages (`context.state`).
 STATE_KEY = "secagg-state"
+
+
+class MissingCredentials(PermissionError):
+    """A device outside simulation has no enrollment key of its own for secure aggregation."""
+
+
+class NoStateDir(PermissionError):
+    """A device has nowhere to record the rounds it sent a masked input for."""
+
+
+def min_survivors(context: Context) -> int:
+    """The node's own minimum surviving cohort (`secagg-min-survivors`), default 3."""
+    value = context.node_config.get("secagg-min-survivors", DEFAULT_MIN_SURVIVORS)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"node config secagg-min-survivors must be an integer, got {value!r}"
+                         ) from None
 
 
 def _credentials(context: Context, saved: Mapping[str, Any], participants: list[int]):
@@ -82,6 +113,11 @@ def _credentials(context: Context, saved: Mapping[str, Any], participants: list[
         if not table:
             raise ValueError("the secure-aggregation setup names no identities file")
         return load_private_key(Path(found[1]).read_bytes()), _identities(str(table))
+    if "partition-id" not in node:
+        raise MissingCredentials(
+            "secure aggregation on a real device needs its own enrollment key: start the "
+            "SuperNode with --node-config 'device-key=PATH device-id=N identities-file=PATH' "
+            "(or enrollment-key-file=PATH identities-file=PATH)")
     seed = int(saved["enrollment-seed"])
     return (simulated_enrollment.device_key(seed, device),
             simulated_enrollment.identities(seed, participants))
@@ -106,7 +142,8 @@ def _saved(context: Context) -> dict[str, Any]:
 def _load(context: Context) -> SecAggClient:
     saved = _saved(context)
     key, identities = _credentials(context, saved, [int(p) for p in saved["participants"]])
-    return SecAggClient.from_bytes(bytes(saved["client"]), key, identities)
+    return SecAggClient.from_bytes(bytes(saved["client"]), key, identities,
+                                   min_survivors(context))
 
 
 def _save(context: Context, client: SecAggClient) -> None:
@@ -126,9 +163,13 @@ def advertise(msg: Message, context: Context) -> Message:
     setup = codec.setup_from_flat(flat)
     saved: dict[str, Any] = {"enrollment-seed": int(flat["enrollment-seed"]),
                              "participants": list(setup.participants),
-                             **{k: str(flat[k]) for k in SECAGG_CREDENTIAL_KEYS if k in flat}}
+                             **{k: str(flat[k]) for k in SECAGG_CREDENTIAL_KEYS if k in flat},
+                             **({SECAGG_SIM_STATE_KEY: str(flat[SECAGG_SIM_STATE_KEY])}
+                                if SECAGG_SIM_STATE_KEY in flat else {})}
     key, identities = _credentials(context, saved, list(setup.participants))
-    client = SecAggClient(device_index(context), key, identities)
+    # A round already contributed to (a server's redo) is refused before any key exchange.
+    MaskedInputLog(_state_dir(context, saved)).refuse_repeat(round_keys({}, setup.round_context))
+    client = SecAggClient(device_index(context), key, identities, min_survivors(context))
     keys = client.advertise(setup)
     context.state[STATE_KEY] = ConfigRecord({**saved, "client": client.to_bytes()})
     return _reply(msg, codec.advertise_to_flat(keys))
@@ -156,11 +197,16 @@ def masked_round(msg: Message, context: Context, local_round: LocalRoundFn) -> M
     or the hardware fixes. A node without this round's protocol state, or given a
     malformed delivery, trains nothing."""
     client = _load(context)
+    config = msg.content.config_records[CONFIG_KEY]
+    sent = MaskedInputLog(_state_dir(context, _saved(context)))
+    keys = round_keys(config, client.setup.round_context)
+    sent.refuse_repeat(keys)  # before any training: a repeated round gets nothing
     delivery = codec.delivery_from_flat(_flat(msg))
     global_arrays = arrays_of(msg.content.array_records[ARRAYS_KEY])
-    result = local_round(msg.content.config_records[CONFIG_KEY], global_arrays, context)
+    result = local_round(config, global_arrays, context)
     delta = codec.flatten(result.arrays) - codec.flatten(global_arrays)
     masked = client.masked_input(delivery, delta, result.weight)
+    sent.record(keys)  # durable before the masked input leaves the device
     _save(context, client)
     extra: dict[str, Any] = {
         METRICS_KEY: MetricRecord(dict(reported_metrics(result.metrics, dp_sgd=True))),
@@ -169,6 +215,28 @@ def masked_round(msg: Message, context: Context, local_round: LocalRoundFn) -> M
     if result.dp_event is not None:
         extra[DP_EVENT_KEY] = dp_event_to_record(result.dp_event)
     return _reply(msg, codec.masked_to_flat(masked), **extra)
+
+
+def _state_dir(context: Context, saved: Mapping[str, Any]) -> Path:
+    """The device's own state dir (next to its ledgers); a simulated device without one
+    uses the run's per-device directory the setup names (as its DP ledger does)."""
+    device = device_index(context)
+    own = device_state_dir(context, str(saved.get("bundles-dir", "")), device)
+    if own is not None:
+        return own
+    if "partition-id" in context.node_config and saved.get(SECAGG_SIM_STATE_KEY):
+        return Path(str(saved[SECAGG_SIM_STATE_KEY])) / str(device)
+    raise NoStateDir("secure aggregation needs the device's state directory (to send at most "
+                     "one masked input per round): start the SuperNode with --node-config "
+                     "'state-dir=DIR'")
+
+
+def consistency(msg: Message, context: Context) -> Message:
+    """Sign the survivor set the server announces (once per round)."""
+    client = _load(context)
+    reply = client.sign_survivors(codec.consistency_request_from_flat(_flat(msg)))
+    _save(context, client)
+    return _reply(msg, codec.consistency_signature_to_flat(reply))
 
 
 def unmask(msg: Message, context: Context) -> Message:

@@ -7,8 +7,9 @@ Two implementations of one interface, chosen per round:
   or central DP-FedAvg);
 * `SecureAggregator`: SecAgg+ (`strategies.secagg_workflow`); the server only ever sees
   the weighted mean update, and the strategy releases it (`aggregate_secure`: as it is,
-  or noised under central DP). A protocol abort (too few devices left) releases nothing:
-  the round keeps the model and the run goes on.
+  or noised under central DP). Any secure-aggregation error (too few devices left, a
+  failed consistency check, a sum that does not decode or breaks the clipping bound)
+  releases nothing: the round keeps the model and the run goes on.
 
 Both return a `TrainOutcome`; the federation loop needs nothing else from either.
 """
@@ -25,7 +26,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from fl_server.fault_points import fault_point, killing_after_push
-from privacy.secagg.errors import ProtocolAbort
+from privacy.secagg.errors import SecAggError
 from privacy.secagg.messages import RoundSetup
 from privacy.wire.round_record import SecAggRecord
 from strategies.messaging import send_and_collect
@@ -83,6 +84,18 @@ class PlainAggregator:
                             time.perf_counter() - started - train_s)
 
 
+class AbortedAggregator:
+    """A secure round that cannot run (a draw too small to hide anything): nothing is sent,
+    nothing released, the model stays. Never a plaintext fallback."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def train(self, grid: Grid, server_round: int, messages: Sequence[Message],
+              devices: Mapping[int, int], arrays: dict[str, np.ndarray]) -> TrainOutcome:
+        return TrainOutcome(None, [], {}, 0.0, 0.0, SecAggRecord(), aborted=self.reason)
+
+
 class SecureAggregator:
     """SecAgg+: the devices train in its masked stage; the server learns the mean only."""
 
@@ -99,7 +112,8 @@ class SecureAggregator:
                 grid, messages, dict(devices), arrays, self.params, self.timeout_s,
                 self.stage_timeout_s,
                 screen_masked=lambda sent, got, setup: self.screen(sent, got, setup))
-        except ProtocolAbort as exc:  # below threshold: no sum at all; the run goes on
+        except SecAggError as exc:  # an abort, a refusal, a hostile input that does not
+            # decode: no sum at all, this round keeps its model; the run goes on
             return TrainOutcome(None, [], {}, time.perf_counter() - started, 0.0,
                                 SecAggRecord(), aborted=str(exc))
         result = secure.result

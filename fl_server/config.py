@@ -105,8 +105,12 @@ class RunConfig:
         False, "SecAgg+: the server learns only the sum of updates.")
     secagg_neighbours: int = _option(0, "SecAgg+ neighbours per device (0: 2*ceil(log2 n)).",
                                      flag="--neighbours")
-    secagg_threshold: int = _option(0, "SecAgg+ Shamir threshold (0: floor(k/2)+1).",
+    secagg_threshold: int = _option(0, "SecAgg+ Shamir threshold (0: floor((k+C)/2)+1).",
                                     flag="--threshold")
+    secagg_max_colluding: int = _option(
+        0, "SecAgg+: enrolled devices C that may collude with the server; t and the "
+        "consistency quorum are chosen so that C of them and the server learn only the sum.",
+        flag="--max-colluding")
     secagg_clip: float = 1.0
     secagg_mod_bits: int = 32
     # update validation and robust aggregation (docs/robustness.md): an update farther than
@@ -317,9 +321,15 @@ def _validate_secure_aggregation(cfg: RunConfig) -> None:
     if k and not (k == n - 1 or (k % 2 == 0 and 2 <= k < n)):
         raise ConfigError("secagg_neighbours", f"must be even and in 2..{n - 1}, or "
                           f"{n - 1} (complete graph), got {k}; or 0 for the default")
-    if t and k and not k // 2 + 1 <= t <= k:
-        raise ConfigError("secagg_threshold", f"must be in {k // 2 + 1}..{k} (a strict "
-                          f"majority of --neighbours {k}), got {t}; or 0 for the default")
+    c = cfg.secagg_max_colluding
+    if not 0 <= c < n:
+        raise ConfigError("secagg_max_colluding", f"must be in 0..{n - 1}, got {c}")
+    if k and c >= k:
+        raise ConfigError("secagg_max_colluding", f"must be below --neighbours {k}, got {c}")
+    if t and k and not (k + c) // 2 + 1 <= t <= k:
+        raise ConfigError("secagg_threshold", f"must be in {(k + c) // 2 + 1}..{k} (more than "
+                          f"(--neighbours {k} + --max-colluding {c}) / 2), got {t}; or 0 for "
+                          "the default")
     if t < 0 or (t and not k and t > n - 1):
         raise ConfigError("secagg_threshold", f"must be between 1 and {n - 1}, got {t}; or 0")
     if not cfg.secagg_clip > 0:

@@ -33,7 +33,12 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from rich.console import Console
 
-from fl_server.aggregators import Aggregator, PlainAggregator, SecureAggregator
+from fl_server.aggregators import (
+    AbortedAggregator,
+    Aggregator,
+    PlainAggregator,
+    SecureAggregator,
+)
 from fl_server.checkin import checkin
 from fl_server.checkpoint import Checkpoint, latest_checkpoint, npz_bytes, save_checkpoint
 from fl_server.collection import Collector
@@ -248,15 +253,24 @@ def _aggregator(fed: Federation, screening: Screening, ticket: RoundTicket,
             return screen_round(screening, ticket, policy, sent, got, devices, arrays)
         return screen_round(screening, ticket, policy, sent, got, devices, secure_setup=setup)
 
-    # A central DP draw of one device goes in the clear: a sum of one is that update, and
-    # SecAgg would reveal it as well.
-    if not cfg.secure_aggregation or (fed.dp.central is not None and sampled < 2):
+    if not cfg.secure_aggregation:
         return PlainAggregator(fed.strategy, screen, cfg.round_timeout_s)
+    # A secure run never falls back to plaintext: a draw too small for secure aggregation
+    # (one device under central DP) releases nothing this round.
+    if sampled < 2:
+        return AbortedAggregator(f"secure aggregation needs at least 2 devices, {sampled} "
+                                 "sampled: nothing released this round")
+    # Devices clip their update to the norm bound (the tighter of the validation bound and
+    # central DP's clip) so the server can check the decoded mean against it.
+    norm = cfg.max_update_norm if not cfg.central_dp else min(cfg.max_update_norm,
+                                                                cfg.central_clip_norm)
     params = SecAggParams(
         cfg.secagg_neighbours, cfg.secagg_threshold, cfg.secagg_clip, cfg.secagg_mod_bits,
         max_weight=cfg.clips_per_day * cfg.days, enrollment_seed=cfg.seed,
         round_context=f"{cfg.run_id}/round-{server_round}".encode(),
-        credentials=secagg_credentials(cfg, devices.values()))
+        credentials=secagg_credentials(cfg, devices.values()),
+        max_colluding=cfg.secagg_max_colluding, norm_bound=float(norm),
+        sim_state_root=str((cfg.run_dir() / "device-state").resolve()))
     return SecureAggregator(fed.strategy, params, screen, cfg.round_timeout_s,
                             min(QUICK_STAGE_TIMEOUT_S, cfg.round_timeout_s))
 

@@ -41,7 +41,7 @@ RUN_STATUSES = ("running", "completed", "failed", "budget-exhausted")
 ROUND_STATUSES = ("completed", "failed", "aborted")
 #: Phases of a round; the `secagg_*` stages are timed in rounds with secure aggregation.
 PHASES = ("checkin", "train", "secagg_setup", "secagg_share_keys", "secagg_collect_masked",
-          "secagg_unmask", "aggregate", "evaluate")
+          "secagg_consistency", "secagg_unmask", "aggregate", "evaluate")
 #: The registry's device states: enrolled (keys issued) -> active (took part) -> revoked.
 DEVICE_STATUSES = ("enrolled", "active", "revoked")
 #: What `fedmsr monitor` reads between runs.

@@ -11,6 +11,12 @@ no partial sum exists anywhere in this object.
 Sets, as in the paper: U1 advertised keys, U2 shared keys (and were not rejected by a
 neighbour, and still have t neighbours in U2), U3 sent a masked input, U4 answered the
 unmasking request.
+
+Consistency check (Bell et al. 2020, against a malicious server): after the masked inputs
+the server announces U3 to every member, collects each one's signature over it and
+forwards them all with the unmasking request; a device reveals nothing unless it sees
+`consistency_quorum` valid signatures over the set it signed itself. The server here
+does not verify the signatures (it holds no identities); the devices do.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.secagg import shamir
 from privacy.secagg.encoding import modular_sum, reduce
-from privacy.secagg.errors import ProtocolAbort, ShamirError, StageError
+from privacy.secagg.errors import EncodingError, ProtocolAbort, ShamirError, StageError
+from privacy.secagg.graph import consistency_quorum
 from privacy.secagg.graph import neighbours as build_graph
 from privacy.secagg.masks import pairwise_mask, pairwise_sign, self_mask
 from privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     MaskedInput,
     NeighbourKeys,
     RoundSetup,
@@ -45,7 +54,8 @@ class ServerStage(enum.IntEnum):
     KEYS = 1
     SHARES = 2
     MASKED = 3
-    DONE = 4
+    SIGNED = 4
+    DONE = 5
     ABORTED = 9
 
 
@@ -113,7 +123,7 @@ class SecAggServer:
                 for d in sorted(self.u2)}
 
     # stage 3 -> 4 ----------------------------------------------------------------------
-    def collect_masked(self, replies: Iterable[MaskedInput]) -> dict[int, UnmaskRequest]:
+    def collect_masked(self, replies: Iterable[MaskedInput]) -> dict[int, ConsistencyRequest]:
         self._expect(ServerStage.SHARES)
         dtype = self.setup.encoding.dtype
         self.masked: dict[int, np.ndarray] = {}
@@ -124,16 +134,33 @@ class SecAggServer:
                 self.masked[r.sender] = vector
         self.u3 = frozenset(self.masked)
         self._require(len(self.u3), "devices sent a masked input")
+        self._require_quorum(len(self.u3), "devices sent a masked input")
         self.stage = ServerStage.MASKED
-        dropped = self.u2 - self.u3
+        u3 = tuple(sorted(self.u3))
+        return {d: ConsistencyRequest(d, u3) for d in u3}
+
+    # stage 3b -> 4: consistency check --------------------------------------------------
+    def collect_signatures(self, replies: Iterable[ConsistencySignature]
+                           ) -> dict[int, UnmaskRequest]:
+        """Forward every U3 member's signature over U3 with the unmasking requests (to the
+        signers); abort when fewer than the quorum signed (no device would reveal)."""
+        self._expect(ServerStage.MASKED)
+        signatures: dict[int, bytes] = {}
+        for r in replies:
+            if r.sender in self.u3 and r.sender not in signatures:
+                signatures[r.sender] = bytes(r.signature)
+        self._require_quorum(len(signatures), "devices signed the survivor set")
+        self.stage = ServerStage.SIGNED
+        u3, dropped = tuple(sorted(self.u3)), self.u2 - self.u3
+        forwarded = tuple(sorted(signatures.items()))
         return {d: UnmaskRequest(d, tuple(sorted(self.graph[d] & self.u3)),
-                                 tuple(sorted(self.graph[d] & dropped)))
-                for d in sorted(self.u3)}
+                                 tuple(sorted(self.graph[d] & dropped)), u3, forwarded)
+                for d in sorted(signatures)}
 
     # stage 4 -> result -----------------------------------------------------------------
     def finish(self, replies: Iterable[UnmaskReply]) -> AggregateResult:
         """Reconstruct the needed secrets from t shares each, remove the masks, decode."""
-        self._expect(ServerStage.MASKED)
+        self._expect(ServerStage.SIGNED)
         answers: dict[int, UnmaskReply] = {}
         for r in replies:
             if r.sender in self.u3 and r.sender not in answers:
@@ -157,7 +184,12 @@ class SecAggServer:
                     total -= mask
                 else:
                     total += mask
-        mean, weight = self.setup.encoding.decode(reduce(total, self._bits), len(self.u3))
+        try:  # a hostile input (weight coordinate, unclipped values) fails the round only
+            mean, weight = self.setup.encoding.decode(reduce(total, self._bits), len(self.u3))
+            self.setup.encoding.check_mean(mean)
+        except EncodingError as err:
+            self._abort(f"the unmasked sum is not one of clipped inputs: {err}")
+            raise  # unreachable; for type checkers
         self.stage = ServerStage.DONE
         return AggregateResult(mean, weight, tuple(sorted(self.u3)), tuple(sorted(dropped)),
                                tuple(sorted(self.excluded)))
@@ -194,6 +226,12 @@ class SecAggServer:
     def _require(self, count: int, what: str) -> None:
         if count < self.setup.threshold:
             self._abort(f"only {count} {what}, threshold is {self.setup.threshold}")
+
+    def _require_quorum(self, count: int, what: str) -> None:
+        quorum = consistency_quorum(len(self.setup.participants), self.setup.threshold,
+                                    self.setup.max_colluding)
+        if count < quorum:
+            self._abort(f"only {count} {what}, the consistency check needs {quorum}")
 
     def _expect(self, stage: ServerStage) -> None:
         if self.stage == ServerStage.ABORTED:

@@ -1,9 +1,10 @@
 """Secure aggregation of one training round as ordinary Flower messages (server side).
 
-Drives `SecAggServer` through the four stages with `strategies.messaging.send_and_collect`
+Drives `SecAggServer` through the five stages with `strategies.messaging.send_and_collect`
 (fast polling, a deadline per stage; whoever has not answered by then has dropped):
 
-  query.secagg_advertise -> query.secagg_share -> train.secagg_masked -> query.secagg_unmask
+  query.secagg_advertise -> query.secagg_share -> train.secagg_masked
+    -> query.secagg_consistency (every survivor signs the survivor set) -> query.secagg_unmask
 
 Replaces "send train messages + FedAvg" in a round: the devices train in the masked stage
 and upload delta = (their new weights - the global weights), clipped to [-clip, clip],
@@ -12,6 +13,10 @@ weighted mean delta and adds it to the global model. Central DP noise, if any, g
 after this (on the unmasked mean); device-side DP-SGD happened before masking, so the
 budget accounting is unchanged. Participants are identified by device index (what the
 registry issues identities for); the graph seed is public and derived from the round.
+
+The threshold follows the collusion bound C (`max_colluding`): t = floor((k + C) / 2) + 1
+unless set explicitly, and the consistency check needs more than (n + C) / 2 signatures,
+so C colluding enrolled devices and the server together still learn only the sum.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from privacy.secagg import codec
 from privacy.secagg.encoding import EncodingSpec
 from privacy.secagg.errors import ProtocolAbort, SecAggError
-from privacy.secagg.graph import default_neighbours, default_threshold
+from privacy.secagg.graph import default_neighbours, threshold_for
 from privacy.secagg.messages import RoundSetup
 from privacy.wire.keys import SECAGG_ADVERTISE as ADVERTISE
-from privacy.wire.keys import SECAGG_KEY
+from privacy.wire.keys import SECAGG_CONSISTENCY as CONSISTENCY
+from privacy.wire.keys import SECAGG_KEY, SECAGG_SIM_STATE_KEY
 from privacy.wire.keys import SECAGG_MASKED as MASKED
 from privacy.wire.keys import SECAGG_SHARE as SHARE
 from privacy.wire.keys import SECAGG_UNMASK as UNMASK
@@ -48,7 +54,7 @@ MaskedScreen = Callable[[Sequence[Message], list[Message], RoundSetup], list[Mes
 
 @dataclass(frozen=True)
 class SecAggParams:
-    """neighbours/threshold 0 = the defaults (2*ceil(log2 n), floor(k/2)+1)."""
+    """neighbours/threshold 0 = the defaults (2*ceil(log2 n), floor((k + C)/2) + 1)."""
 
     neighbours: int = 0
     threshold: int = 0
@@ -61,6 +67,14 @@ class SecAggParams:
     #: registry-backed simulation ("bundles-dir", "identities-file"); empty: the
     #: deterministic simulated enrollment (or the node's own --node-config files).
     credentials: tuple[tuple[str, str], ...] = ()
+    #: C: enrolled devices that may collude with the server (chooses t and the quorum).
+    max_colluding: int = 0
+    #: L2 bound each device clips its update to; the decoded mean is checked against it
+    #: (0: no bound, no check).
+    norm_bound: float = 0.0
+    #: Simulation only: the run's per-device state root (where a simulated device without
+    #: a bundle records the rounds it sent a masked input for).
+    sim_state_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,11 +99,11 @@ def round_setup(params: SecAggParams, participants: Sequence[int],
         raise ProtocolAbort(f"secure aggregation needs at least 2 devices, {n} sampled")
     k = params.neighbours or default_neighbours(n)
     k = min(k, n - 1)
-    t = params.threshold or default_threshold(k)
+    t = params.threshold or threshold_for(k, params.max_colluding)
     seed = hashlib.sha256(b"fedmsr-secagg-graph/" + params.round_context).digest()
-    spec = EncodingSpec(params.clip, params.mod_bits, params.max_weight, n)
+    spec = EncodingSpec(params.clip, params.mod_bits, params.max_weight, n, params.norm_bound)
     return RoundSetup(params.round_context, tuple(sorted(participants)), k, t, seed, spec,
-                      vector_length)
+                      vector_length, params.max_colluding)
 
 
 def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: dict[int, int],
@@ -108,7 +122,9 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
     server = SecAggServer(setup)
     started = time.perf_counter()
     setup_flat = {**codec.setup_to_flat(setup), "enrollment-seed": params.enrollment_seed,
-                  **dict(params.credentials)}
+                  **dict(params.credentials),
+                  **({SECAGG_SIM_STATE_KEY: params.sim_state_root}
+                     if params.sim_state_root else {})}
 
     def exchange(message_type: str, payloads: dict[int, dict[str, Any]], timeout: float,
                  base: Callable[[int], RecordDict] | None = None,
@@ -145,9 +161,14 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
     masked = exchange(MASKED, {d: codec.delivery_to_flat(m) for d, m in delivered.items()},
                       train_timeout_s, base=train_content, screen=screen_masked)
     train_s = time.perf_counter() - train_started
-    requests = server.collect_masked(
+    announced = server.collect_masked(
         _parsed(masked, lambda f: codec.masked_from_flat(f, setup.encoding)))
     phases["collect_masked"] = time.perf_counter() - train_started
+    consistency_started = time.perf_counter()
+    signed = exchange(CONSISTENCY, {d: codec.consistency_request_to_flat(q)
+                                    for d, q in announced.items()}, stage_timeout_s)
+    requests = server.collect_signatures(_parsed(signed, codec.consistency_signature_from_flat))
+    phases["consistency"] = time.perf_counter() - consistency_started
     unmask_started = time.perf_counter()
     answers = exchange(UNMASK, {d: codec.unmask_request_to_flat(q) for d, q in requests.items()},
                        stage_timeout_s)

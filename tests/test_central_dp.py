@@ -260,7 +260,8 @@ def test_secure_aggregation_sum_gets_the_same_release_as_the_plain_sum(tmp_path)
     messages = [Message(content=content, message_type="train", dst_node_id=n) for n in NODES]
     params = CentralDpParams(cfg.client_sample_rate, 1.0, cfg.central_clip_norm)
     secagg = SecAggParams(clip=cfg.secagg_clip, max_weight=cfg.clips_per_day * cfg.days,
-                          enrollment_seed=cfg.seed, round_context=b"central/round-1")
+                          enrollment_seed=cfg.seed, round_context=b"central/round-1",
+                          sim_state_root=str(tmp_path / "device-state"))
     secure = secure_train_round(LoopbackGrid(), messages, NODES, initial, secagg, 5.0, 5.0)
     assert secure.result.total_weight == len(NODES)  # every device weight 1
 

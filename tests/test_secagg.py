@@ -73,9 +73,14 @@ def run_round(setup: RoundSetup, clients: dict[int, SecAggClient], updates, weig
     delivered = server.collect_shares(shared)
     masked = [clients[d].masked_input(delivered[d], updates[d], weights[d])
               for d in alive(delivered, "masked")]
-    requests = server.collect_masked(masked)
+    requests = signed(server, clients, server.collect_masked(masked))
     replies = [clients[d].unmask(requests[d]) for d in alive(requests, "unmask")]
     return server.finish(replies)
+
+
+def signed(server: SecAggServer, clients: dict[int, SecAggClient], announced) -> dict:
+    """The consistency check, honestly: every survivor signs U3, the server forwards."""
+    return server.collect_signatures([clients[d].sign_survivors(q) for d, q in announced.items()])
 
 
 def plain_mean(setup, updates, weights, members) -> np.ndarray:
@@ -182,7 +187,7 @@ def test_forged_signature_excludes_the_device() -> None:
     delivered = server.collect_shares(shared)
     assert forger not in delivered and forger in server.excluded
     masked = [clients[d].masked_input(delivered[d], updates[d], weights[d]) for d in delivered]
-    requests = server.collect_masked(masked)
+    requests = signed(server, clients, server.collect_masked(masked))
     result = server.finish(clients[d].unmask(requests[d]) for d in requests)
     members = set(setup.participants) - {forger}
     assert forger in result.excluded
@@ -224,7 +229,7 @@ def _client_at_unmask(setup: RoundSetup):
     relayed = server.collect_keys([c.advertise(setup) for c in clients.values()])
     delivered = server.collect_shares([clients[d].share_keys(relayed[d]) for d in relayed])
     masked = [clients[d].masked_input(delivered[d], updates[d], weights[d]) for d in delivered]
-    return clients, server.collect_masked(masked)
+    return clients, signed(server, clients, server.collect_masked(masked))
 
 
 def test_request_for_both_shares_of_one_peer_is_refused() -> None:
@@ -233,15 +238,15 @@ def test_request_for_both_shares_of_one_peer_is_refused() -> None:
     me = 0
     honest = requests[me]
     peer = honest.survivors[0]
-    both = UnmaskRequest(me, honest.survivors, (peer,))
-    with pytest.raises(GuardViolation, match="both survived and dropped"):
+    both = replace(honest, dropped=(peer,))
+    with pytest.raises(GuardViolation, match="signed set implies"):
         clients[me].unmask(both)
     # answer honestly once, then a second request flipping the peer to "dropped" is refused
     reply = clients[me].unmask(honest)
     assert peer in reply.self_mask_shares and not reply.key_shares
     others = tuple(p for p in honest.survivors if p != peer)
-    with pytest.raises(GuardViolation, match="already revealed"):
-        clients[me].unmask(UnmaskRequest(me, others, (peer,)))
+    with pytest.raises(GuardViolation, match="signed set implies"):
+        clients[me].unmask(replace(honest, survivors=others, dropped=(peer,)))
     # a repeat of the same request (lost reply) is answered identically
     assert clients[me].unmask(honest) == reply
 
@@ -251,12 +256,12 @@ def test_request_outside_neighbourhood_or_too_few_survivors_is_refused() -> None
     clients, requests = _client_at_unmask(setup)
     me = 0
     stranger = next(d for d in setup.participants if d != me and d not in clients[me]._active)
-    with pytest.raises(GuardViolation, match="not neighbours"):
-        clients[me].unmask(UnmaskRequest(me, requests[me].survivors + (stranger,), ()))
+    with pytest.raises(GuardViolation, match="signed set implies"):
+        clients[me].unmask(replace(requests[me], survivors=requests[me].survivors + (stranger,)))
     # a server claiming all but one neighbour dropped would learn the device's own key shares
     survivors = requests[me].survivors
-    with pytest.raises(GuardViolation, match="surviving neighbours"):
-        clients[me].unmask(UnmaskRequest(me, survivors[:1], survivors[1:]))
+    with pytest.raises(GuardViolation, match="signed set implies"):
+        clients[me].unmask(replace(requests[me], survivors=survivors[:1], dropped=survivors[1:]))
 
 
 @pytest.mark.parametrize("stage", STAGES[:3])

@@ -4,6 +4,7 @@ and the rules the protocol code must keep (no NumPy/`random` RNG, dependency dir
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,15 @@ def test_every_message_survives_a_config_record() -> None:
         back = codec.masked_from_flat(_through_record(codec.masked_to_flat(out)), SETUP.encoding)
         assert np.array_equal(back.vector, out.vector)
         masked.append(back)
-    requests = server.collect_masked(masked[:-1])  # device 4 drops
+    announced = server.collect_masked(masked[:-1])  # device 4 drops
+    sigs = []
+    for d, q in announced.items():
+        q2 = codec.consistency_request_from_flat(
+            _through_record(codec.consistency_request_to_flat(q)))
+        assert q2 == q
+        sigs.append(codec.consistency_signature_from_flat(_through_record(
+            codec.consistency_signature_to_flat(clients[d].sign_survivors(q2)))))
+    requests = server.collect_signatures(sigs)
     replies = []
     for d, q in requests.items():
         q2 = codec.unmask_request_from_flat(_through_record(codec.unmask_request_to_flat(q)))
@@ -124,13 +133,21 @@ def test_device_state_round_trips_with_its_guard() -> None:
     clients = {d: reload(c) for d, c in clients.items()}
     masked = [clients[d].masked_input(delivered[d], np.zeros(6), 1) for d in delivered]
     clients = {d: reload(c) for d, c in clients.items()}
-    requests = server.collect_masked(masked)
+    announced = server.collect_masked(masked)
+    sigs = [clients[d].sign_survivors(q) for d, q in announced.items()]
+    clients = {d: reload(c) for d, c in clients.items()}
+    requests = server.collect_signatures(sigs)
     first = clients[0].unmask(requests[0])
     clients[0] = reload(clients[0])
     peer = requests[0].survivors[0]
-    with pytest.raises(GuardViolation, match="already revealed"):
+    with pytest.raises(GuardViolation, match="signed set implies"):
         clients[0].unmask(UnmaskRequest(0, tuple(p for p in requests[0].survivors if p != peer),
-                                        (peer,)))
+                                        (peer,), requests[0].survivor_set,
+                                        requests[0].signatures))
+    # nor does a reloaded device sign a second, different survivor set
+    with pytest.raises(GuardViolation, match="already signed another"):
+        clients[0].sign_survivors(replace(announced[0], survivors=announced[0].survivors[:-1]))
+    assert clients[0].unmask(requests[0]) == first
     assert first.self_mask_shares
     scalar = keys[1].private_numbers().private_value.to_bytes(48, "big")
     assert scalar not in clients[1].to_bytes()  # the enrollment key is never in the state
@@ -157,7 +174,10 @@ def test_device_state_round_trips_exactly_at_every_stage() -> None:
     same_after_reload(clients[0])
     masked = [clients[d].masked_input(delivered[d], np.full(6, 0.1), 2) for d in delivered]
     same_after_reload(clients[0])
-    requests = server.collect_masked(masked)
+    announced = server.collect_masked(masked)
+    sigs = [clients[d].sign_survivors(q) for d, q in announced.items()]
+    same_after_reload(clients[0])
+    requests = server.collect_signatures(sigs)
     clients[0].unmask(requests[0])
     same_after_reload(clients[0])
     reloaded = {d: SecAggClient.from_bytes(c.to_bytes(), keys[d], ids) for d, c in clients.items()}

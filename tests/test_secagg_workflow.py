@@ -10,6 +10,7 @@ same devices' updates, computed by calling the same train handler directly.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from functools import lru_cache
 
 import numpy as np
@@ -103,7 +104,9 @@ def fedavg(devices) -> dict[str, np.ndarray]:
 def params() -> SecAggParams:
     return SecAggParams(clip=CFG.secagg_clip, mod_bits=CFG.secagg_mod_bits,
                         max_weight=CFG.clips_per_day * CFG.days, enrollment_seed=CFG.seed,
-                        round_context=b"test/round-1")
+                        round_context=b"test/round-1",
+                        # a fresh state root: each run is a first contribution to its round
+                        sim_state_root=tempfile.mkdtemp(prefix="secagg-state-"))
 
 
 def run(grid: LoopbackGrid):

@@ -18,6 +18,8 @@ from privacy.secagg.encoding import EncodingSpec
 from privacy.secagg.errors import SecAggError
 from privacy.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     MaskedInput,
     NeighbourKeys,
     RoundSetup,
@@ -35,14 +37,15 @@ def setup_to_flat(s: RoundSetup) -> Flat:
     return {"context": s.round_context, "participants": list(s.participants),
             "k": s.neighbours, "t": s.threshold, "seed": s.graph_seed, "clip": float(e.clip),
             "bits": e.mod_bits, "max-weight": e.max_weight, "max-devices": e.max_devices,
-            "length": s.vector_length}
+            "length": s.vector_length, "colluding": s.max_colluding, "norm": float(e.norm)}
 
 
 def setup_from_flat(f: Flat) -> RoundSetup:
     spec = EncodingSpec(float(f["clip"]), int(f["bits"]), int(f["max-weight"]),
-                        int(f["max-devices"]))
+                        int(f["max-devices"]), float(f.get("norm", 0.0)))
     return RoundSetup(bytes(f["context"]), tuple(int(p) for p in f["participants"]), int(f["k"]),
-                      int(f["t"]), bytes(f["seed"]), spec, int(f["length"]))
+                      int(f["t"]), bytes(f["seed"]), spec, int(f["length"]),
+                      int(f.get("colluding", 0)))
 
 
 def advertise_to_flat(a: AdvertiseKeys, prefix: str = "") -> Flat:
@@ -104,13 +107,35 @@ def masked_from_flat(f: Flat, spec: EncodingSpec) -> MaskedInput:
                        .astype(spec.dtype))
 
 
+def consistency_request_to_flat(m: ConsistencyRequest) -> Flat:
+    return {"recipient": m.recipient, "survivor-set": list(m.survivors)}
+
+
+def consistency_request_from_flat(f: Flat) -> ConsistencyRequest:
+    return ConsistencyRequest(int(f["recipient"]),
+                              tuple(int(i) for i in _list(f, "survivor-set")))
+
+
+def consistency_signature_to_flat(m: ConsistencySignature) -> Flat:
+    return {"sender": m.sender, "signature": m.signature}
+
+
+def consistency_signature_from_flat(f: Flat) -> ConsistencySignature:
+    return ConsistencySignature(int(f["sender"]), bytes(f["signature"]))
+
+
 def unmask_request_to_flat(m: UnmaskRequest) -> Flat:
-    return {"recipient": m.recipient, "survivors": list(m.survivors), "dropped": list(m.dropped)}
+    return {"recipient": m.recipient, "survivors": list(m.survivors), "dropped": list(m.dropped),
+            "survivor-set": list(m.survivor_set),
+            "signers": [s for s, _ in m.signatures], "signatures": [g for _, g in m.signatures]}
 
 
 def unmask_request_from_flat(f: Flat) -> UnmaskRequest:
+    signatures = tuple((int(s), bytes(g)) for s, g in
+                       zip(_list(f, "signers"), _list(f, "signatures"), strict=True))
     return UnmaskRequest(int(f["recipient"]), tuple(int(i) for i in _list(f, "survivors")),
-                         tuple(int(i) for i in _list(f, "dropped")))
+                         tuple(int(i) for i in _list(f, "dropped")),
+                         tuple(int(i) for i in _list(f, "survivor-set")), signatures)
 
 
 def unmask_reply_to_flat(m: UnmaskReply) -> Flat:

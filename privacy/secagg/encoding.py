@@ -14,6 +14,13 @@ configuration with no such L >= 1 is refused (EncodingError) rather than silentl
 
 L is also capped at 2^52 so every level is exact in float64.
 
+Norm bound. With `norm` > 0 the device first clips its update to that L2 norm (then to
+the coordinate range, which only shrinks it), so the weighted mean of honest inputs has
+norm <= `norm` (a weighted mean of vectors in a ball stays in the ball), and the decoded
+mean at most `norm + sqrt(d) * quantisation_bound`: `check_mean` holds the server to
+that and a hostile device whose input breaks it fails the round instead of moving the
+model. Within the bound nothing distinguishes a poisoned input from an honest one.
+
 Quantisation bound. The decoded weighted mean differs from the weighted mean of the
 clipped inputs by at most 1 / (2 * scale) = clip / (2L) per coordinate (each level is off
 by at most half a step; a weighted average of errors cannot exceed their maximum).
@@ -53,10 +60,14 @@ class EncodingSpec:
     mod_bits: int = 32
     max_weight: int = 1
     max_devices: int = 100
+    #: L2 bound every update is clipped to before encoding (0: none); see `check_mean`.
+    norm: float = 0.0
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.clip) and self.clip > 0):
             raise EncodingError(f"clip must be a positive finite number, got {self.clip}")
+        if not (np.isfinite(self.norm) and self.norm >= 0):
+            raise EncodingError(f"norm must be a finite number >= 0, got {self.norm}")
         if not MIN_BITS <= self.mod_bits <= MAX_BITS:
             raise EncodingError(f"mod_bits must be in {MIN_BITS}..{MAX_BITS}, got {self.mod_bits}")
         if self.max_weight < 1 or self.max_devices < 1:
@@ -113,6 +124,10 @@ class EncodingSpec:
         x = np.asarray(update, dtype=np.float64).ravel()
         if not np.all(np.isfinite(x)):
             raise EncodingError("update has non-finite values")
+        if self.norm > 0:
+            length = float(np.linalg.norm(x))
+            if length > self.norm:
+                x = x * (self.norm / length)
         levels = np.rint(np.clip(x, -self.clip, self.clip) * self.scale)
         shifted = np.clip(levels + self.levels, 0, 2 * self.levels).astype(np.uint64)
         out = np.empty(self.encoded_length(x.size), dtype=self.dtype)
@@ -141,6 +156,22 @@ class EncodingSpec:
             signed = np.where(wide >= 1 << (self.mod_bits - 1), wide - self.modulus,
                               wide).astype(np.float64)
         return signed / (self.scale * weight), weight
+
+
+    def mean_bound(self, length: int) -> float:
+        """The largest L2 norm an honest weighted mean of `length` values can decode to."""
+        return self.norm + float(np.sqrt(length)) * self.quantisation_bound
+
+    def check_mean(self, mean: np.ndarray) -> None:
+        """EncodingError when the decoded mean is longer than per-device clipping allows
+        (some input was not clipped: a hostile device). No check without a `norm`."""
+        if self.norm <= 0:
+            return
+        length = float(np.linalg.norm(mean))
+        if not length <= self.mean_bound(mean.size):
+            raise EncodingError(f"aggregate has L2 norm {length:.6g}, more than the "
+                                f"{self.mean_bound(mean.size):.6g} that clipping every update "
+                                f"to {self.norm:g} allows: an input was not clipped")
 
 
 def modular_sum(vectors: Iterable[np.ndarray], bits: int) -> np.ndarray:

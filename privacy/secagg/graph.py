@@ -34,15 +34,46 @@ def default_threshold(k: int) -> int:
     return k // 2 + 1
 
 
-def check_parameters(n: int, k: int, t: int) -> None:
+def threshold_for(k: int, colluding: int = 0) -> int:
+    """t = floor((k + C) / 2) + 1: the smallest t at which C colluding devices and the server
+    cannot unmask a neighbour.
+
+    Worst case all C colluders are neighbours of the target u and hand over both shares
+    of u; each honest neighbour (k - C of them) reveals at most one kind. Getting t of
+    both kinds needs 2 (t - C) <= k - C, so t > (k + C) / 2 rules it out. C = 0 gives the
+    strict majority of `default_threshold`.
+    """
+    if colluding < 0:
+        raise SecAggError(f"the collusion bound must be >= 0, got {colluding}")
+    return (k + colluding) // 2 + 1
+
+
+def consistency_quorum(n: int, t: int, colluding: int = 0) -> int:
+    """Valid survivor-set signatures a device needs before it reveals any share.
+
+    max(t, floor((n + C) / 2) + 1). Each honest device signs one survivor set per round,
+    colluders sign anything: two different sets both reaching this many signatures would
+    need 2 * quorum - C > n signers, more devices than the round has. So the server can
+    show at most one survivor set to the devices that unmask (Bell et al. 2020's
+    consistency check; with SecAgg+'s small t, t signatures alone would not rule out two
+    sets signed by disjoint groups).
+    """
+    return max(t, (n + colluding) // 2 + 1)
+
+
+def check_parameters(n: int, k: int, t: int, colluding: int = 0) -> None:
     if n < 2:
         raise SecAggError("secure aggregation needs at least 2 devices")
     if not (k == n - 1 or (k % 2 == 0 and 2 <= k < n)):
         raise SecAggError(f"neighbours k={k} must be even and in 2..{n - 1}, or {n - 1} "
                           f"(complete graph) for n={n} devices")
-    if not k // 2 + 1 <= t <= k:
-        raise SecAggError(f"threshold t={t} must be in {k // 2 + 1}..{k} for k={k} "
-                          "(a strict majority of a neighbourhood)")
+    if not 0 <= colluding < k:
+        raise SecAggError(f"collusion bound C={colluding} must be in 0..{k - 1} for k={k} "
+                          "neighbours (raise the neighbours or lower the bound)")
+    low = threshold_for(k, colluding)
+    if not low <= t <= k:
+        raise SecAggError(f"threshold t={t} must be in {low}..{k} for k={k} and C={colluding} "
+                          "colluding devices (more than (k + C) / 2)")
 
 
 def ring_order(ids: Sequence[int], seed: bytes) -> list[int]:

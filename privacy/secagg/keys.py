@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 STATEMENT_PREFIX = b"fedmsr-secagg-v1/keys"
+SURVIVORS_PREFIX = b"fedmsr-secagg-v1/survivors"
 
 
 def statement(context_digest: bytes, device_id: int, cipher_pk: bytes, mask_pk: bytes) -> bytes:
@@ -21,6 +22,35 @@ def statement(context_digest: bytes, device_id: int, cipher_pk: bytes, mask_pk: 
         raise ValueError("X25519 public keys are 32 bytes")
     return (STATEMENT_PREFIX + context_digest + device_id.to_bytes(8, "big") + cipher_pk
             + mask_pk)
+
+
+def survivors_statement(context_digest: bytes, signer: int, survivors: tuple[int, ...]) -> bytes:
+    """What a device signs in the consistency check: the round's setup digest (which holds
+    the run and round through the round context), its id and the survivor set U3."""
+    ids = sorted(set(survivors))
+    return (SURVIVORS_PREFIX + context_digest + signer.to_bytes(8, "big")
+            + len(ids).to_bytes(8, "big") + b"".join(i.to_bytes(8, "big") for i in ids))
+
+
+def sign_survivors(enrollment_key: ec.EllipticCurvePrivateKey, context_digest: bytes,
+                   signer: int, survivors: tuple[int, ...]) -> bytes:
+    _require_p384(enrollment_key.curve)
+    return enrollment_key.sign(survivors_statement(context_digest, signer, survivors),
+                               ec.ECDSA(hashes.SHA384()))
+
+
+def verify_survivors(identity: ec.EllipticCurvePublicKey, signature: bytes,
+                     context_digest: bytes, signer: int, survivors: tuple[int, ...]) -> bool:
+    """True only for a valid signature by `identity` over exactly this survivor set."""
+    if not isinstance(identity, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        _require_p384(identity.curve)
+        identity.verify(signature, survivors_statement(context_digest, signer, survivors),
+                        ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _require_p384(curve: ec.EllipticCurve) -> None:

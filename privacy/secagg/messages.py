@@ -10,7 +10,10 @@ Plain so that the same objects travel through a unit test, a benchmark or Flower
                                         neighbours whose signature failed
     SharesDelivery  server -> device    the ciphertexts addressed to it
   3 MaskedInput     device -> server    encoded update + self mask + pairwise masks
-    UnmaskRequest   server -> device    which neighbours survived, which dropped
+    ConsistencyRequest server -> device the survivor set U3 (the same for every device)
+  3b ConsistencySignature device -> server  its enrollment-key signature over (setup, U3)
+    UnmaskRequest   server -> device    U3, the signatures collected over it, and which
+                                        neighbours survived / dropped (implied by U3)
   4 UnmaskReply     device -> server    self-mask shares of survivors OR key shares of the
                                         dropped, never both for one peer
 """
@@ -37,13 +40,17 @@ class RoundSetup:
     graph_seed: bytes
     encoding: EncodingSpec
     vector_length: int
+    #: C: how many enrolled devices may collude with the server (t and the consistency
+    #: quorum are chosen against it; see `privacy.secagg.graph.threshold_for`).
+    max_colluding: int = 0
 
     def __post_init__(self) -> None:
         if len(set(self.participants)) != len(self.participants):
             raise SecAggError("participants must be distinct")
         if any(p < 0 or p >= 1 << 63 for p in self.participants):
             raise SecAggError("participant ids must be in 0..2^63-1")
-        check_parameters(len(self.participants), self.neighbours, self.threshold)
+        check_parameters(len(self.participants), self.neighbours, self.threshold,
+                         self.max_colluding)
         self.encoding.check_devices(len(self.participants))
         if self.vector_length < 1:
             raise SecAggError("vector_length must be >= 1")
@@ -58,6 +65,7 @@ class RoundSetup:
             "k": self.neighbours, "t": self.threshold, "seed": self.graph_seed.hex(),
             "clip": repr(float(e.clip)), "bits": e.mod_bits, "max_weight": e.max_weight,
             "max_devices": e.max_devices, "length": self.vector_length,
+            "colluding": self.max_colluding, "norm": repr(float(e.norm)),
         }, sort_keys=True).encode()
         return hashlib.sha256(canonical).digest()
 
@@ -96,10 +104,28 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
+class ConsistencyRequest:
+    """The survivor set U3 (devices whose masked input the server holds), for signing."""
+
     recipient: int
     survivors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    sender: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    recipient: int
+    #: The recipient's neighbours in U3 / outside it (what U3 implies for it).
+    survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    #: U3 as the devices signed it, and (signer, signature) pairs over it.
+    survivor_set: tuple[int, ...] = ()
+    signatures: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True)

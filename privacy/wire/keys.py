@@ -15,11 +15,12 @@ from flwr.app import MessageType
 CHECKIN_ACTION = "checkin"
 #: `query.upload`: a batch of privatized representations (`privacy.wire.upload`).
 UPLOAD_ACTION = "upload"
-#: The four stages of secure aggregation (server: `strategies.secagg_workflow`, device:
+#: The five stages of secure aggregation (server: `strategies.secagg_workflow`, device:
 #: `fl_client.secagg_handlers`).
 SECAGG_ADVERTISE_ACTION = "secagg_advertise"
 SECAGG_SHARE_ACTION = "secagg_share"
 SECAGG_MASKED_ACTION = "secagg_masked"
+SECAGG_CONSISTENCY_ACTION = "secagg_consistency"
 SECAGG_UNMASK_ACTION = "secagg_unmask"
 
 
@@ -38,6 +39,7 @@ UPLOAD = query(UPLOAD_ACTION)
 SECAGG_ADVERTISE = query(SECAGG_ADVERTISE_ACTION)
 SECAGG_SHARE = query(SECAGG_SHARE_ACTION)
 SECAGG_MASKED = train(SECAGG_MASKED_ACTION)
+SECAGG_CONSISTENCY = query(SECAGG_CONSISTENCY_ACTION)
 SECAGG_UNMASK = query(SECAGG_UNMASK_ACTION)
 
 # -- record keys -----------------------------------------------------------------------------
@@ -69,3 +71,6 @@ SECAGG_KEY = "secagg"
 ECHO_KEYS = ("server-round", "run-id", "round-nonce")
 #: Setup fields naming where a registry-backed simulation keeps keys and identities.
 SECAGG_CREDENTIAL_KEYS = ("bundles-dir", "identities-file")
+#: Setup field naming, in simulation only, the run's per-device state root (a simulated
+#: device without a bundle records its masked inputs under `<root>/<index>`).
+SECAGG_SIM_STATE_KEY = "sim-state-root"
