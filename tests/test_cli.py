@@ -16,7 +16,7 @@ from tests.helpers import fedmsr
         (["--utility", "simclr"], "--utility: "),
         (["--dp-sgd", "--noise-multiplier", "0"], "--noise-multiplier: "),
         (["--fraction-train", "2"], "--fraction-train: "),
-        (["--dp", "local", "--clip", "0"], "--clip: must be > 0 with DP-SGD"),
+        (["--dp", "local", "--clip", "0"], "--clip: must be a finite number > 0 with DP-SGD"),
         (["--round-timeout", "0"], "--round-timeout: must be > 0"),
         (["--round-timeout", "nan"], "--round-timeout: must be > 0"),
         # An infinite default cap would fail every reservation of a DP run.
