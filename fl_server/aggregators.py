@@ -117,7 +117,8 @@ class SecureAggregator:
             return TrainOutcome(None, [], {}, time.perf_counter() - started, 0.0,
                                 SecAggRecord(), aborted=str(exc))
         result = secure.result
-        new = self.strategy.aggregate_secure(result.mean, result.total_weight, secure.arrays)
+        new = self.strategy.aggregate_secure(result.mean, result.total_weight, secure.arrays,
+                                             secure.rounding_l2)
         return TrainOutcome(
             new, secure.replies, secure.metrics, secure.train_s, secure.aggregate_s,
             SecAggRecord(len(result.dropped_after_sharing) + len(result.excluded),

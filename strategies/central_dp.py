@@ -29,6 +29,7 @@ knows. Central DP runs are therefore not bit-reproducible, by design (as DP-SGD 
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -111,9 +112,15 @@ def poisson_sample(population: Sequence[int], sample_rate: float,
 
 
 def noisy_average(update_sum: np.ndarray, params: CentralDpParams, population: int,
-                  noise: NoiseSource) -> np.ndarray:
-    """``(sum + N(0, (sigma C)^2 I)) / (q N)``: the released average update."""
-    noisy = update_sum + params.noise_std * noise(update_sum.size)
+                  noise: NoiseSource, slack: float = 0.0) -> np.ndarray:
+    """``(sum + N(0, (sigma (C + slack))^2 I)) / (q N)``: the released average update.
+
+    `slack` widens the sensitivity when one device's contribution to the sum can exceed C
+    (secure aggregation's fixed-point rounding, see `aggregate_secure`), so that the
+    noise stays sigma times the true sensitivity and the accounted event stays exact.
+    """
+    noisy = update_sum + params.noise_multiplier * (params.clip_norm + slack) \
+        * noise(update_sum.size)
     return noisy / params.denominator(population)
 
 
@@ -134,6 +141,10 @@ class CentralDpFedAvg(SeededFedAvg):
         self.population: list[int] = []
         self.drawn: list[int] = []
         self._global: dict[str, np.ndarray] | None = None
+        #: Sensitivity beyond C of the release being made (SecAgg rounding), and the noise
+        #: std the round's release used (its history record says so).
+        self._slack = 0.0
+        self._last_noise_std = 0.0
 
     def sample(self, candidates: Sequence[int]) -> list[int]:
         """Poisson draw over all candidates; the population fixes the denominator."""
@@ -174,11 +185,23 @@ class CentralDpFedAvg(SeededFedAvg):
         return self._release(self._round_global(), np.asarray(update_sum, dtype=np.float64))
 
     def aggregate_secure(self, mean: np.ndarray, total_weight: int,
-                         model: ArrayRecord) -> ArrayRecord:
+                         model: ArrayRecord, rounding_l2: float = 0.0) -> ArrayRecord:
         """Secure aggregation: the unmasked mean of the device-clipped updates, every device
-        with weight 1, so mean * count is their sum, which gets the noise."""
+        with weight 1, so mean * count is their sum, which gets the noise.
+
+        Each device's update reaches that sum through fixed-point encoding, which moves it
+        by up to `rounding_l2` in L2 (sqrt(d) x half a quantisation step): one device can
+        change the sum by C + rounding_l2, not C. The noise is scaled to that sensitivity,
+        so (q, sigma, 1 step) remains the exact event.
+        """
         del model
-        return self.aggregate_sum(np.asarray(mean, dtype=np.float64) * total_weight)
+        if not (math.isfinite(rounding_l2) and rounding_l2 >= 0):
+            raise ValueError(f"rounding_l2 must be a finite number >= 0, got {rounding_l2}")
+        self._slack = float(rounding_l2)
+        try:
+            return self.aggregate_sum(np.asarray(mean, dtype=np.float64) * total_weight)
+        finally:
+            self._slack = 0.0
 
     def round_figures(self) -> CentralDpRecord:
         """This round's population, draw, fixed denominator and noise std (for history)."""
@@ -186,7 +209,7 @@ class CentralDpFedAvg(SeededFedAvg):
             population=len(self.population), drawn=len(self.drawn),
             denominator=self.params.denominator(len(self.population))
             if self.population else None,
-            noise_std=self.params.noise_std)
+            noise_std=self._last_noise_std or self.params.noise_std)
 
     def _round_global(self) -> dict[str, np.ndarray]:
         if self._global is None or not self.population:
@@ -195,7 +218,9 @@ class CentralDpFedAvg(SeededFedAvg):
 
     def _release(self, base: dict[str, np.ndarray], total: np.ndarray) -> ArrayRecord:
         average = noisy_average(total, self.params, len(self.population),
-                                self.randomness.gaussian)
+                                self.randomness.gaussian, self._slack)
+        self._last_noise_std = self.params.noise_multiplier * (self.params.clip_norm
+                                                               + self._slack)
         like = {k: np.asarray(v) for k, v in base.items()}
         new = unflatten(flatten(base) + average, like)
         return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})

@@ -90,6 +90,9 @@ class SecureRound:
     aggregate_s: float
     #: Wall time of each protocol stage (metrics: `secagg_<stage>` phases).
     phases_s: dict[str, float]
+    #: How far fixed-point encoding can move one device's update, in L2 (sqrt(d) x half
+    #: a quantisation step): central DP widens its sensitivity by this much.
+    rounding_l2: float = 0.0
 
 
 def round_setup(params: SecAggParams, participants: Sequence[int],
@@ -182,7 +185,9 @@ def secure_train_round(grid: Any, train_messages: Sequence[Message], devices: di
     contributors = set(result.contributors)
     replies = [masked[d] for d in sorted(masked) if d in contributors]
     total_s = time.perf_counter() - started
-    return SecureRound(replies, record, {}, result, train_s, total_s - train_s, phases)
+    rounding_l2 = float(np.sqrt(setup.vector_length)) * setup.encoding.quantisation_bound
+    return SecureRound(replies, record, {}, result, train_s, total_s - train_s, phases,
+                       rounding_l2)
 
 
 def _parsed(replies: dict[int, Message], parse: Callable[[dict[str, Any]], Any]) -> list[Any]:

@@ -56,11 +56,11 @@ class SeededFedAvg(FedAvg):
         return self.train_messages(server_round, arrays, config, node_ids)
 
     def aggregate_secure(self, mean: np.ndarray, total_weight: int,
-                         model: ArrayRecord) -> ArrayRecord:
+                         model: ArrayRecord, rounding_l2: float = 0.0) -> ArrayRecord:
         """The release of a securely aggregated round: the server learned only the weighted
         mean update (`mean`, over `total_weight`) and `model` = global + mean. FedAvg
         publishes `model` as it is; a DP strategy overrides this to noise the sum."""
-        del mean, total_weight
+        del mean, total_weight, rounding_l2
         return model
 
     def round_figures(self) -> CentralDpRecord | None:

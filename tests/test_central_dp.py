@@ -287,3 +287,41 @@ def test_secure_release_leaves_a_non_central_model_alone() -> None:
     from strategies.seeded_fedavg import SeededFedAvg
 
     assert SeededFedAvg(seed=0).aggregate_secure(np.zeros(100), 3, record) is record
+
+
+def test_secure_release_noise_covers_the_fixed_point_rounding() -> None:
+    """Through SecAgg+ one device can move the decoded sum by C + r, r being its fixed-point
+    rounding in L2, so the noise is sigma * (C + r): the accounted (q, sigma) event stays
+    exact. Zero-sum updates make the release pure noise, compared to the draws themselves."""
+    params = CentralDpParams(0.5, 2.0, 1.0)
+    base = model(100)
+    expected = np.random.default_rng(7).standard_normal(100)
+    for rounding in (0.0, 0.25):
+        s = strategy(params, SeededRandomness(7))
+        configure(s, base, [1, 2, 3, 4])
+        released = arrays_of(s.aggregate_secure(np.zeros(100), 4, record_of(base),
+                                                 rounding_l2=rounding))
+        noise = (flatten(released) - flatten(base)) * params.denominator(4)
+        assert np.allclose(noise, 2.0 * (1.0 + rounding) * expected, atol=1e-4), rounding
+        assert s.round_figures().noise_std == pytest.approx(2.0 * (1.0 + rounding))
+    with pytest.raises(ValueError, match="rounding_l2"):
+        s.aggregate_secure(np.zeros(100), 4, record_of(base), rounding_l2=float("nan"))
+
+
+def test_a_secure_round_reports_its_fixed_point_rounding(tmp_path) -> None:
+    """The bound handed to the release is sqrt(d) times half a quantisation step."""
+    from strategies.secagg_workflow import SecAggParams, round_setup, secure_train_round
+    from tests.test_secagg_workflow import NODES, LoopbackGrid
+
+    cfg, plan = central_plan(tmp_path, devices=len(NODES))
+    initial = state_to_numpy(build_model(plan.model, seed=cfg.seed))
+    content = RecordDict({ARRAYS_KEY: record_of(initial), CONFIG_KEY: plan.instructions(1)})
+    messages = [Message(content=content, message_type="train", dst_node_id=n) for n in NODES]
+    secagg = SecAggParams(clip=cfg.secagg_clip, max_weight=cfg.clips_per_day * cfg.days,
+                          enrollment_seed=cfg.seed, round_context=b"central/round-1",
+                          sim_state_root=str(tmp_path / "device-state"))
+    secure = secure_train_round(LoopbackGrid(), messages, NODES, initial, secagg, 5.0, 5.0)
+    d = flatten(initial).size
+    setup = round_setup(secagg, sorted(NODES.values()), d)
+    assert secure.rounding_l2 == pytest.approx(math.sqrt(d) * setup.encoding.quantisation_bound)
+    assert 0 < secure.rounding_l2 < 1e-3  # tiny at 32 bits, but accounted
