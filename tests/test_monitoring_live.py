@@ -1,6 +1,7 @@
 """The dashboards and alerts against a real Prometheus scraping a live simulated run.
 
-A 2-device x 2-round DP-SGD run with secure aggregation serves its metrics (`--metrics-port 0`, the port comes
+A 3-device x 2-round DP-SGD run with secure aggregation (3: a device's smallest cohort)
+serves its metrics (`--metrics-port 0`, the port comes
 from the run's metrics.json); a Prometheus started here on 127.0.0.1, with the committed
 scrape config (retargeted) and the committed alert rules, scrapes it every second. Once
 Prometheus has seen the run complete and evaluated its rules, every dashboard panel
@@ -105,7 +106,7 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path) -> None:
     run_dir = tmp_path / "runs" / "live"
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     run = subprocess.Popen(
-        [*FEDMSR, "run", "--devices", "2", "--rounds", "2", "--seed", "5", *SMALL, "--dp-sgd",
+        [*FEDMSR, "run", "--devices", "3", "--rounds", "2", "--seed", "5", *SMALL, "--dp-sgd",
          "--secure-aggregation",
          "--runs-dir", str(tmp_path / "runs"), "--run-id", "live", "--metrics-port", "0",
          "--metrics-linger-s", "900"],
