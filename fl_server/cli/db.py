@@ -6,7 +6,9 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from fl_server.cli.errors import fail
 from fl_server.registry import db
+from fl_server.registry.runtime_role import grant_statements
 
 console = Console(soft_wrap=True)  # no wrapping: output is read by scripts too
 db_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -26,3 +28,17 @@ def db_upgrade() -> None:
 def db_current() -> None:
     """Print the registry's schema revision (`none` for an empty database)."""
     print(db.current_revision(db.resolve_url()) or "none")
+
+
+@db_app.command("grants")
+def db_grants(
+    role: str = typer.Argument(..., help="The PostgreSQL role `fedmsr run` connects as."),
+    schema: str = typer.Option("public", help="The schema `fedmsr db upgrade` created."),
+) -> None:
+    """Print the GRANT statements for the role a run should use on PostgreSQL: it owns
+    nothing, holds no UPDATE on the cached spend, and can append to the ledgers only."""
+    try:
+        statements = grant_statements(role, schema)
+    except ValueError as e:
+        fail("ROLE" if "role" in str(e).split()[0] else "--schema", str(e))
+    print(";\n".join(statements) + ";")
