@@ -39,6 +39,7 @@ from privacy.checks import is_int
 from privacy.clips import Clip, ClipMeta
 
 __all__ = [
+    "DEFAULT_PARAMS",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "DecodeParams",
@@ -89,6 +90,9 @@ class DecodeParams:
     @property
     def step(self) -> int:
         return self.frames if self.stride is None else int(self.stride)
+
+
+DEFAULT_PARAMS = DecodeParams()
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ def _windows(frames: Iterator[tuple[int, np.ndarray]], T: int, stride: int,
             buf = buf[stride:]
 
 
-def decode_recording(path: str | Path, params: DecodeParams = DecodeParams(), *,
+def decode_recording(path: str | Path, params: DecodeParams = DEFAULT_PARAMS, *,
                      max_clips: int | None = None) -> Decoded:
     """Cut the recording at `path` into clips; :class:`UnreadableFootage` if it gives none."""
     path = Path(path)

@@ -100,8 +100,9 @@ BAD: list[tuple[str, str, int, str, str]] = [
      "captured_at", "not an ISO 8601"),
     ("bad-iso-month", "path,device,captured_at\nx.avi,d,2026-13-01T00:00:00\n", 2,
      "captured_at", "not an ISO 8601"),
-    ("mixed-offsets", "path,device,captured_at\nx.avi,d,2026-01-01T00:00:00+00:00\n"
-     "y.avi,d,2026-01-01T00:00:00+01:00\nz.avi,d,2026-01-02T00:00:00\n", 4, "captured_at",
+    ("mixed-offsets", ("path,device,captured_at\nx.avi,d,2026-01-01T00:00:00+00:00\n"
+                       "y.avi,d,2026-01-01T00:00:00+01:00\nz.avi,d,2026-01-02T00:00:00\n"), 4,
+     "captured_at",
      "with and without a UTC offset"),
     ("no-day-in-row", "path,device,day,captured_at\nx.avi,d,,\n", 2, "day", "needs a 'day'"),
     ("empty-device", f"{HEADER}\nx.avi, ,1,2,walk\n", 2, "device", "is empty"),
