@@ -7,9 +7,13 @@ times (:class:`Capture`). A :class:`ClipSource` answers exactly these; the app n
 reaches behind it, so a device that films real footage is another ``ClipSource``, not a
 change to the handlers.
 
-Today every device is a simulated member of the synthetic fleet
-(:class:`SyntheticSource`): it regenerates its clips from the fleet spec the server
-sends, so a device holds no footage on disk and any SuperNode can play any device.
+A simulated member of the synthetic fleet (:class:`SyntheticSource`) regenerates its
+clips from the fleet spec the server sends, so it holds no footage on disk and any
+SuperNode can play any device. A device with real footage reads its own folder
+(`fl_client.folder_source.FolderSource`) or its rows of a footage manifest
+(`fl_client.manifest_source.ManifestSource`); :func:`source_for` builds the source a
+:class:`~privacy.footage_spec.FootageSpec` names. Real sources raise
+`fl_client.recorded_footage.NoFootage` (with a reason) when they have nothing usable.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from typing import Protocol
 import numpy as np
 
 from privacy.clips import Clip, ClipBatch, stack_clips
+from privacy.footage_spec import FootageSpec
 from privacy.synthetic import FleetSpec, device_clips, device_profile
 
-__all__ = ["Capture", "ClipSource", "SyntheticSource", "device_source", "stream_slots"]
+__all__ = ["Capture", "ClipSource", "SyntheticSource", "device_source", "source_for",
+           "stream_slots"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +114,26 @@ class SyntheticSource:
 def device_source(fleet: FleetSpec, device: int) -> ClipSource:
     """The footage of device `device` in a run over `fleet`: its place in the synthetic fleet."""
     return SyntheticSource(fleet, device)
+
+
+def source_for(spec: FootageSpec, fleet: FleetSpec | None = None, device: int = -1, *,
+               id_key: bytes = b"") -> ClipSource:
+    """The ClipSource `spec` names. ``synthetic`` needs the run's `fleet` and the device's
+    index; ``folder`` / ``manifest`` read the device's own storage (``device`` only fills
+    the clips' ``device`` label; ``id_key`` keys their opaque clip ids: pass the device's
+    secret). Raises `fl_client.recorded_footage.NoFootage` when the footage is unusable."""
+    if spec.kind == "synthetic":
+        if fleet is None:
+            raise ValueError("a synthetic footage spec needs the run's fleet spec")
+        return SyntheticSource(fleet, device)
+    # imported here: the real-footage sources build on this module's Capture
+    if spec.kind == "folder":
+        from fl_client.folder_source import FolderSource
+
+        return FolderSource(spec.path, params=spec.params, profile=spec.profile,
+                            held_out_days=spec.held_out_days, device=device, id_key=id_key)
+    from fl_client.manifest_source import ManifestSource
+
+    return ManifestSource(spec.path, spec.device_name, params=spec.params,
+                          profile=spec.profile, held_out_days=spec.held_out_days,
+                          device=device, id_key=id_key)

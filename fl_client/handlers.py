@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fl_client.clip_source import device_source
 from fl_client.info_ledger import InfoLedger
 from fl_client.ledger_reservations import checkin_verdict
-from fl_client.local_clips import local_clips
+from fl_client.local_clips import own_clips, own_source, training_clips, utility_labels
+from fl_client.recorded_footage import NoFootage
 from fl_client.local_round import LocalRound, run_local_round
 from fl_client.node import device_index, device_state_dir, own_info_cap, sign_challenge
 from fl_client.release import releases_private_metrics
@@ -58,17 +58,28 @@ def checkin(msg: Message, context: Context) -> Message:
     if not 0 <= device < instructions.fleet.num_devices:
         answer = CheckinAnswer(device=device, in_fleet=False)
         return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
-    num_clips = int(local_clips(instructions.fleet, device, instructions.days("train")).x.shape[0])
+    try:
+        source = own_source(instructions, context)
+        num_clips = int(training_clips(instructions, context).x.shape[0])
+    except NoFootage as exc:  # nothing to train on: decline the round, saying why
+        answer = CheckinAnswer(device=device, in_fleet=True, num_clips=0,
+                               declined=f"no usable footage: {exc.reason}")
+        return _signed(msg, context, answer)
     verdict = None
     if (budget := BudgetPlan.from_flat(config)) is not None:  # DP run: own ledger, or decline
         verdict = checkin_verdict(budget, context, device, device_state_dir(
             context, budget.sim_bundles_dir, device), instructions, num_clips)
     answer = CheckinAnswer(
         device=device, in_fleet=True, num_clips=num_clips,
-        profile=device_source(instructions.fleet, device).profile,
+        profile=source.profile,
         ledger=None if verdict is None else verdict.report,
         declined=None if verdict is None else verdict.declined)
-    if CHALLENGE_KEY in msg.content:  # signed last: the signature covers the whole answer
+    return _signed(msg, context, answer)
+
+
+def _signed(msg: Message, context: Context, answer: CheckinAnswer) -> Message:
+    """The check-in reply; signed last, so the signature covers the whole answer."""
+    if CHALLENGE_KEY in msg.content:
         answer = sign_challenge(
             Challenge.from_record(msg.content.config_records[CHALLENGE_KEY]), context, answer)
     return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
@@ -103,8 +114,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     if releases_private_metrics(instructions):
         raise PermissionError("a DP device (DP-SGD or central DP) does not release un-noised "
                               "evaluation metrics")
-    device = device_index(context)
-    batch = local_clips(instructions.fleet, device, instructions.days("eval"))
+    source = own_source(instructions, context)
+    batch = own_clips(instructions, context, "eval")
+    if batch.x.shape[0] == 0:
+        raise NoFootage("no held-out clips to evaluate on")
     model = build_model(instructions.model)
     load_numpy_state(model, arrays_of(msg.content.array_records[ARRAYS_KEY]))
     mu, logvar = encode(model, batch.x)
@@ -112,9 +125,12 @@ def evaluate(msg: Message, context: Context) -> Message:
         predicted = model.activity_head(torch.from_numpy(mu)).argmax(dim=1).numpy()
     metrics = MetricRecord({
         "kl_bits": float(np.mean(kl_bits(mu, logvar))),
-        "activity_acc": float(np.mean(predicted == batch.labels["activity"])),
         WEIGHT_KEY: int(batch.x.shape[0]),
     })
+    labels = utility_labels(instructions, source, batch)
+    if labels is not None and (labelled := labels >= 0).any():  # a device without the
+        # label reports no accuracy; real footage may hold clips without it
+        metrics["activity_acc"] = float(np.mean(predicted[labelled] == labels[labelled]))
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 
@@ -132,7 +148,7 @@ def upload(msg: Message, context: Context) -> Message:
     if state is None:
         raise UploadRefused("no state directory for the information ledger (node config "
                             "'state-dir', or an enrollment bundle): refusing to upload")
-    capture = device_source(instructions.fleet, device).capture(request.collection, request.clips)
+    capture = own_source(instructions, context).capture(request.collection, request.clips)
     blob = answer_upload(request, instructions.model, arrays_of(msg.content.array_records[ARRAYS_KEY]),
                          capture, InfoLedger.at(state), own_info_cap(context),
                          np.random.default_rng(secrets.randbits(128)))

@@ -1,21 +1,147 @@
-"""The device's own clips for some days, through its footage source, cached.
+"""The device's own clips for training or evaluation, through its footage source, cached.
 
-Cached because a simulated device regenerates its footage from the fleet spec and is asked
-for the same days at every check-in and every round; on a real device the source reads
-its own storage. The cache key is (fleet spec, device, days): nothing the server could
-vary to learn more than the footage source gives.
+Which footage a device uses is decided here, once for every handler:
+
+* a node started with its own footage (``--node-config footage=DIR``: a folder of video
+  files or frame folders) trains on that folder, whatever the server sends;
+* a simulated node (Flower's ``partition-id``) in a run over a manifest plays the
+  manifest's device at its index (the manifest's sorted ``device`` values);
+* otherwise the node is its place in the run's synthetic fleet.
+
+A real node (no ``partition-id``) refuses a manifest named by the server: the server must
+never choose what a device's camera footage is.
+
+Synthetic clips are cached because a simulated device regenerates them from the fleet
+spec and is asked for the same days at every check-in and every round; real footage is
+cached by its source (decoded recordings, bounded in bytes, invalidated when a file
+changes). The cache key is (fleet spec, device, days) or (footage, device): nothing the
+server could vary to learn more than the footage source gives.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
-from fl_client.clip_source import device_source
+import numpy as np
+from flwr.app import Context
+
+from fl_client.clip_source import ClipSource, SyntheticSource
+from fl_client.node import device_index
 from privacy.clips import ClipBatch
+from privacy.footage import DecodeParams
+from privacy.footage_manifest import LABEL_FIELDS, read_manifest
 from privacy.synthetic import FleetSpec
+from privacy.wire.instructions import Instructions
+
+__all__ = ["TrainingClips", "local_clips", "own_clips", "own_source", "training_clips",
+           "utility_labels"]
+
+#: node config key of a real device's own footage folder
+FOOTAGE_KEY = "footage"
 
 
 @lru_cache(maxsize=8)
 def local_clips(spec: FleetSpec, device: int, days: range) -> ClipBatch:
-    """The device's own footage for `days` (cached: a simulated device is asked every round)."""
-    return device_source(spec, device).clips(days)
+    """A synthetic device's footage for `days` (cached: it is asked every round)."""
+    return SyntheticSource(spec, device).clips(days)
+
+
+def _version(path: str) -> tuple[str, int, int]:
+    """(path, size, mtime): a changed file is a new cache key."""
+    st = os.stat(path)
+    return path, st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=16)
+def _manifest_source(version: tuple[str, int, int], device: int,
+                     params: DecodeParams) -> ClipSource:
+    from fl_client.manifest_source import ManifestSource
+
+    manifest = read_manifest(version[0])
+    names = manifest.devices()
+    if not 0 <= device < len(names):
+        raise ValueError(f"device index {device} is not among the {len(names)} devices of "
+                         f"manifest {version[0]}")
+    return ManifestSource(manifest, names[device], params=params, device=device)
+
+
+@lru_cache(maxsize=4)
+def _folder_source(folder: str, device: int, params: DecodeParams) -> ClipSource:
+    from fl_client.folder_source import FolderSource
+
+    return FolderSource(folder, params=params, device=device)
+
+
+def own_source(instructions: Instructions, context: Context) -> ClipSource:
+    """This node's footage (see the module docstring for which)."""
+    device = device_index(context)
+    params = DecodeParams(instructions.model.frames, instructions.model.image_size)
+    folder = context.node_config.get(FOOTAGE_KEY)
+    if isinstance(folder, str) and folder:
+        return _folder_source(str(Path(folder).expanduser().resolve()), device, params)
+    if instructions.dataset:
+        if "partition-id" not in context.node_config:
+            raise PermissionError("the server named a footage manifest; a real device trains "
+                                  "only on its own footage (--node-config footage=DIR)")
+        return _manifest_source(_version(instructions.dataset), device, params)
+    return SyntheticSource(instructions.fleet, device)
+
+
+def _days(instructions: Instructions, source: ClipSource, split: str) -> Sequence[int]:
+    if isinstance(source, SyntheticSource):
+        return instructions.days(split)
+    parts = source.split()  # type: ignore[attr-defined]  # real footage: its own split
+    return parts.train if split == "train" else parts.held_out
+
+
+def own_clips(instructions: Instructions, context: Context, split: str) -> ClipBatch:
+    """This node's clips of its training days (`split` "train") or held-out days ("eval")."""
+    return _clips_of(instructions, own_source(instructions, context), split)
+
+
+def _clips_of(instructions: Instructions, source: ClipSource, split: str) -> ClipBatch:
+    if isinstance(source, SyntheticSource):
+        return local_clips(instructions.fleet, source.device, instructions.days(split))
+    return source.clips(_days(instructions, source, split))
+
+
+def utility_labels(instructions: Instructions, source: ClipSource,
+                   batch: ClipBatch) -> np.ndarray | None:
+    """The labels supervised training and the activity head use: the synthetic fleet's
+    activities, or real footage's utility label column (-1 where a clip has none). None
+    when the run names no utility label for real footage: it trains self-supervised."""
+    if isinstance(source, SyntheticSource):
+        return batch.labels["activity"]
+    if not instructions.utility_label:
+        return None
+    key = LABEL_FIELDS.get(instructions.utility_label, instructions.utility_label)
+    return batch.labels.get(key, np.full(batch.x.shape[0], -1, np.int64))
+
+
+@dataclass(frozen=True)
+class TrainingClips:
+    """What a device trains on this round: clips, their utility labels, and the objective."""
+
+    x: np.ndarray
+    y: np.ndarray
+    utility: str
+
+
+def training_clips(instructions: Instructions, context: Context) -> TrainingClips:
+    """The training days' clips. Real footage trains supervised on the clips that carry
+    the run's utility label, and self-supervised when it has none (no label named, or no
+    clip labelled): mixed fleets work. The check-in reports this count, so a DP-SGD
+    sample rate is planned on the clips really used."""
+    source = own_source(instructions, context)
+    batch = _clips_of(instructions, source, "train")
+    y = utility_labels(instructions, source, batch)
+    if isinstance(source, SyntheticSource) and y is not None:
+        return TrainingClips(batch.x, y, instructions.train.utility)
+    keep = np.zeros(batch.x.shape[0], bool) if y is None else y >= 0
+    if not keep.any():
+        return TrainingClips(batch.x, np.zeros(batch.x.shape[0], np.int64), "ssl")
+    return TrainingClips(batch.x[keep], np.asarray(y)[keep], instructions.train.utility)

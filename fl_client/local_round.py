@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord, Context
 
 from fl_client.ledger_location import ledger_dir
 from fl_client.ledger_reservations import reserve_for_training
-from fl_client.local_clips import local_clips
+from fl_client.local_clips import training_clips
 from fl_client.node import device_index, device_state_dir
 from fl_client.release import (
     release_weight,
@@ -58,20 +58,19 @@ def run_local_round(config: ConfigRecord, global_arrays: dict[str, np.ndarray],
     instructions record `config` says (instructions, budget plan in DP runs, round ticket)."""
     instructions = Instructions.from_record(config)
     device = device_index(context)
-    batch = local_clips(instructions.fleet, device, instructions.days("train"))
+    clips = training_clips(instructions, context)
     secret, run_id, inputs = None, "", b""
     if (budget := BudgetPlan.from_flat(config)) is not None:  # own ledger first
         state_dir = device_state_dir(context, budget.sim_bundles_dir, device)
         # The release is recorded on the digest its noise seed comes from.
         inputs = inputs_digest(global_arrays, instructions)
         reserve_for_training(budget, context, device, state_dir, instructions,
-                             int(batch.x.shape[0]), inputs)
+                             int(clips.x.shape[0]), inputs)
         secret = training_secret(ledger_dir(context, budget, device, state_dir))
         run_id = budget.run_id
     seed = training_seed(instructions, device, secret, run_id, inputs)
-    train_cfg = dataclasses.replace(instructions.train, seed=seed)
-    result = train_local(instructions.model, global_arrays,
-                         batch.x, batch.labels["activity"], train_cfg)
+    train_cfg = dataclasses.replace(instructions.train, seed=seed, utility=clips.utility)
+    result = train_local(instructions.model, global_arrays, clips.x, clips.y, train_cfg)
     return LocalRound(
         device=device,
         arrays=released_arrays(instructions, global_arrays, result.arrays),

@@ -19,9 +19,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from privacy.checks import is_finite, is_int
+
+if TYPE_CHECKING:
+    from privacy.footage_manifest import Manifest
 
 UTILITIES = ("supervised", "ssl", "both")
 #: `--dp` values, indexed by dp_sgd + 2 * central_dp.
@@ -146,6 +149,18 @@ class RunConfig:
     info_bits_alert: float = 0.0
     leakage_alert: float = _option(
         0.2, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")
+    # real footage (docs/real-footage.md): simulate one device per distinct `device` of a
+    # manifest, each training on its own rows; the server probes on an operator-owned,
+    # labelled manifest of its own
+    dataset: str = _option(
+        "", "Simulate over a footage manifest (CSV: path, device, day or captured_at, labels): "
+        "one virtual device per distinct `device` value.")
+    eval_dataset: str = _option(
+        "", "The server's own labelled manifest for its utility and identity probes "
+        "(needed with --dataset; also for deployed devices that film real footage).")
+    utility_label: str = _option(
+        "", "With --dataset: the label column devices train on (supervised); without it, "
+        "self-supervised.")
     runs_dir: str = _option("runs", "Where runs/<run-id>/ are written.")
     run_id: str = _option("", "Run id (default: time + random suffix).")
     #: Synthetic device indices the registry lets take part (None: no registry in use).
@@ -221,6 +236,7 @@ class RunConfig:
         _validate_robustness(self)
         _validate_dp(self)
         _validate_collection(self)
+        _validate_dataset(self)
         return self
 
     # -- (de)serialisation -------------------------------------------------------------
@@ -425,3 +441,64 @@ def _validate_collection(cfg: RunConfig) -> None:
                               f"got {getattr(cfg, name)}")
     if not 0 < cfg.leakage_alert <= 1:
         raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")
+
+
+def _validate_dataset(cfg: RunConfig) -> None:
+    """Real footage. `eval_dataset`: the server's probes read that manifest (which must
+    hold the probe's label and two days at least). `dataset`: a simulation with one device
+    per `device` value of the manifest; it needs an eval manifest, and its utility label
+    (if any) must be in both with two values at least. No collection over a dataset (its
+    attacker uses the synthetic fleet's labels)."""
+    from privacy.footage_manifest import ManifestError, read_manifest
+
+    if cfg.utility_label and not cfg.dataset:
+        raise ConfigError("utility_label", "names a column of a footage manifest: add "
+                          "--dataset MANIFEST")
+    if cfg.dataset and not cfg.eval_dataset:
+        raise ConfigError("eval_dataset", "a run over --dataset needs the server's own "
+                          "labelled clips for its probes: --eval-dataset MANIFEST")
+    manifests: dict[str, Manifest] = {}
+    for name in ("dataset", "eval_dataset"):
+        if getattr(cfg, name):
+            try:
+                manifests[name] = read_manifest(getattr(cfg, name))
+            except ManifestError as exc:
+                raise ConfigError(name, str(exc)) from None
+    if not manifests:
+        return
+    label = cfg.utility_label
+    if cfg.dataset:
+        _validate_simulated_fleet(cfg, manifests["dataset"])
+    from fl_server.eval_set import eval_days_split, probe_label
+
+    evaluated = manifests["eval_dataset"]
+    if probe_label(label) not in evaluated.label_columns:
+        raise ConfigError("eval_dataset", f"{cfg.eval_dataset} has no {probe_label(label)!r} "
+                          "column for the server's utility probe")
+    try:
+        eval_days_split(evaluated)
+    except ValueError as exc:
+        raise ConfigError("eval_dataset", str(exc)) from None
+
+
+def _validate_simulated_fleet(cfg: RunConfig, manifest: Manifest) -> None:
+    """A --dataset simulation: one device per manifest device, a utility label it holds."""
+    label = cfg.utility_label
+    devices = manifest.devices()
+    if cfg.devices != len(devices):
+        raise ConfigError("devices", f"the manifest {cfg.dataset} has {len(devices)} devices, "
+                          f"the run {cfg.devices}: drop --devices (it follows the manifest)")
+    if label:
+        if label not in manifest.label_columns:
+            raise ConfigError("utility_label", f"{label!r} is not a label column of "
+                              f"{cfg.dataset} (its labels: "
+                              f"{', '.join(manifest.label_columns) or 'none'})")
+        if len(manifest.vocabulary.columns[label]) < 2:
+            raise ConfigError("utility_label", f"{label!r} takes fewer than two values in "
+                              f"{cfg.dataset}: nothing to learn")
+    elif cfg.utility != "ssl":
+        raise ConfigError("utility", f"--utility {cfg.utility} needs labels: name the column "
+                          "with --utility-label (without one a --dataset run is self-supervised)")
+    if cfg.collect_every:
+        raise ConfigError("collect_every", "collection is not available on a --dataset run: "
+                          "its attacker probes with the synthetic fleet's labels")

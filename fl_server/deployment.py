@@ -294,13 +294,34 @@ class Bundle:
                 raise RegistryError("BUNDLE_DIR", f"{root} has no {needed}: {fix}")
         return cls(root, info)
 
-    def node_config(self) -> str:
+    def footage(self, override: Path | None = None) -> Path | None:
+        """The device's own footage folder: `override` (`fedmsr device start --footage`),
+        else the bundle's ``footage`` entry (relative to the bundle), else None (the node
+        then plays its place in a synthetic fleet)."""
+        recorded = self.info.get("footage")
+        folder = override if override is not None else (
+            self.root / recorded if isinstance(recorded, str) and recorded else None)
+        if folder is None:
+            return None
+        folder = folder.expanduser().resolve()
+        if not folder.is_dir():
+            raise RegistryError("--footage", f"{folder} is not a folder (of video files or "
+                                "folders of frame images)")
+        if any(c in str(folder) for c in '"\n\r\0'):
+            raise RegistryError("--footage", f"{str(folder)!r}: a footage path cannot hold "
+                                "quotes or newlines")
+        return folder
+
+    def node_config(self, footage: Path | None = None) -> str:
         """Data index, device id and enrollment key path (the ClientApp signs check-ins),
-        and the registry identities SecAgg+ verifies neighbours against, when the bundle
-        holds them (`fedmsr fleet identities --out BUNDLE/identities.json`)."""
+        the registry identities SecAgg+ verifies neighbours against, when the bundle
+        holds them (`fedmsr fleet identities --out BUNDLE/identities.json`), and the
+        device's own footage folder when it has one."""
         config = (f"device-index={int(self.info['device_index'])} "
                   f"device-id={int(self.info['device_id'])} "
                   f'device-key="{(self.root / KEY_FILE).resolve()}"')
+        if footage is not None:
+            config += f' footage="{footage}"'
         identities = self.root / IDENTITIES_FILE
         if identities.is_file():
             config += f' identities-file="{identities.resolve()}"'
@@ -333,20 +354,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def supernode_command(bundle: Bundle, port: int, superlink: str | None = None) -> list[str]:
+def supernode_command(bundle: Bundle, port: int, superlink: str | None = None,
+                      footage: Path | None = None) -> list[str]:
     root = bundle.root.resolve()
     return [tool("flower-supernode"),
             "--superlink", superlink or str(bundle.info["superlink"]),
             "--root-certificates", str(root / CA_FILE),
             "--auth-supernode-private-key", str(root / KEY_FILE),
-            "--node-config", bundle.node_config(),
+            "--node-config", bundle.node_config(bundle.footage(footage)),
             "--host", "127.0.0.1", "--port", str(port)]
 
 
-def exec_supernode(bundle: Bundle, port: int | None, superlink: str | None = None) -> None:
+def exec_supernode(bundle: Bundle, port: int | None, superlink: str | None = None,
+                   footage: Path | None = None) -> None:
     """Replace this process by the device's SuperNode, FLWR_HOME inside the bundle."""
+    command = supernode_command(bundle, port or free_port(), superlink, footage)
     flwr_home = bundle.root.resolve() / ".flwr"
     flwr_home.mkdir(exist_ok=True)
-    command = supernode_command(bundle, port or free_port(), superlink)
     sys.stdout.flush()
     os.execve(command[0], command, tool_env(flwr_home))

@@ -114,7 +114,7 @@ def load_run_model(run_dir: Path) -> RunModel:
 def load_clips(path: str, run_model: RunModel | None) -> np.ndarray:
     """Real footage as clips shaped for the evaluated encoders (at least 4: 2 for the
     attacker, 2 for the target)."""
-    from fl_client.footage import load_footage
+    from privacy.footage import load_footage
 
     size = run_model.encoder.image_size if run_model else 32
     frames = run_model.encoder.frames if run_model else 8

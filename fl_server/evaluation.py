@@ -1,9 +1,11 @@
-"""Server-side evaluation on held-out synthetic footage: utility and privacy probes.
+"""Server-side evaluation on held-out footage: utility and privacy probes.
 
 The held-out set is every device's clips from the days *after* its training days (the
 fleet spec covers both; devices train only on the first `train_days`). Probes
 are fitted on the first half of those days and scored on the second half, so the
-identity probe measures cross-day re-identification, not memorisation of a clip.
+identity probe measures cross-day re-identification, not memorisation of a clip. A run
+over real footage builds its HeldOut from the operator's own eval manifest instead
+(`fl_server.eval_set`).
 """
 
 from __future__ import annotations
@@ -50,15 +52,25 @@ def evaluate_encoder(
     load_numpy_state(model, arrays)
     mu_fit, _ = encode(model, held_out.fit.x)
     mu_test, logvar_test = encode(model, held_out.test.x)
-    with torch.no_grad():
-        logits = model.activity_head(torch.from_numpy(mu_test))
-        labels = torch.from_numpy(held_out.test.labels["activity"]).long()
-        cross_entropy = float(F.cross_entropy(logits, labels))
+    # Real footage may hold clips without a label (-1), or with a value the head has no
+    # class for: each figure is over the clips that have its label.
+    y_head = held_out.test.labels["activity"]
+    in_head = (y_head >= 0) & (y_head < model_cfg.num_activities)
+    cross_entropy = 0.0
+    if in_head.any():
+        with torch.no_grad():
+            logits = model.activity_head(torch.from_numpy(mu_test[in_head]))
+            cross_entropy = float(F.cross_entropy(logits, torch.from_numpy(y_head[in_head])))
     rate_bits = kl_bits(mu_test, logvar_test)
     result = {"kl_bits": float(np.mean(rate_bits)),
               "loss": cross_entropy + beta * float(np.mean(rate_bits)) * math.log(2)}
     for name, label in (("utility", "activity"), ("identity", "wearer")):
         y_fit, y_test = held_out.fit.labels[label], held_out.test.labels[label]
-        result[f"{name}_acc"] = linear_probe_accuracy(mu_fit, y_fit, mu_test, y_test, seed)
-        result[f"{name}_chance"] = chance_accuracy(y_fit, y_test)
+        fit, test = y_fit >= 0, y_test >= 0
+        if not fit.any() or not test.any():
+            raise ValueError(f"the server's held-out clips carry no {label} label on the "
+                             f"{'fit' if not fit.any() else 'test'} days")
+        result[f"{name}_acc"] = linear_probe_accuracy(mu_fit[fit], y_fit[fit], mu_test[test],
+                                                      y_test[test], seed)
+        result[f"{name}_chance"] = chance_accuracy(y_fit[fit], y_test[test])
     return result

@@ -87,7 +87,18 @@ class Federation:
     def for_config(cls, cfg: RunConfig) -> Federation:
         plan = Plan.from_config(cfg, budget_plan(cfg))
         return cls(cfg, plan, build_strategy(cfg), DpPolicy.for_config(cfg, plan.train),
-                   HeldOut.for_fleet(plan.fleet, plan.train_days))
+                   _held_out(cfg, plan))
+
+
+def _held_out(cfg: RunConfig, plan: Plan) -> HeldOut:
+    """The server's probe clips: the synthetic fleet's held-out days, or the operator's own
+    eval manifest (a run over real footage: the server holds no device's footage)."""
+    if not cfg.eval_dataset:
+        return HeldOut.for_fleet(plan.fleet, plan.train_days)
+    from fl_server.eval_set import held_out_from_manifest
+
+    return held_out_from_manifest(cfg.eval_dataset, cfg.utility_label, cfg.dataset,
+                                  cfg.frames, cfg.image_size)
 
 
 def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,

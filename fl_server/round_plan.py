@@ -29,6 +29,8 @@ class Plan:
     train_days: int
     update_clip: float = 0.0
     budget: BudgetPlan | None = None
+    dataset: str = ""
+    utility_label: str = ""
 
     @classmethod
     def from_config(cls, cfg: RunConfig, budget: BudgetPlan | None = None) -> Plan:
@@ -40,19 +42,35 @@ class Plan:
                             image_size=cfg.image_size),
             model=EncoderConfig(image_size=cfg.image_size, frames=cfg.frames,
                                 latent_dim=cfg.latent_dim, width=cfg.width,
-                                num_activities=len(ACTIVITIES)),
+                                num_activities=_num_classes(cfg)),
             train=TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                               lr=cfg.learning_rate, beta=cfg.beta, utility=cfg.utility,
                               dp_sgd=cfg.dp_sgd, noise_multiplier=cfg.noise_multiplier,
                               clip_norm=cfg.clip_norm, seed=cfg.seed),
             update_clip=cfg.central_clip_norm if cfg.central_dp else 0.0,
             budget=budget,
+            dataset=cfg.dataset,
+            utility_label=cfg.utility_label,
         )
 
     def instructions(self, server_round: int) -> ConfigRecord:
         """The round's instructions record (with the `budget.*` keys in a DP run)."""
         record = Instructions(server_round, self.fleet, self.model, self.train,
-                              self.train_days, self.update_clip).to_record()
+                              self.train_days, self.update_clip, self.dataset,
+                              self.utility_label).to_record()
         if self.budget is not None:
             record.update(self.budget.to_flat())
         return record
+
+
+def _num_classes(cfg: RunConfig) -> int:
+    """The utility head's classes: the synthetic fleet's activities, or the values of the
+    dataset's utility label (its vocabulary, which every device reads from the same
+    manifest; a self-supervised run keeps an unused two-class head)."""
+    if not cfg.dataset:
+        return len(ACTIVITIES)
+    if not cfg.utility_label:
+        return 2
+    from privacy.footage_manifest import read_manifest
+
+    return len(read_manifest(cfg.dataset).vocabulary.columns[cfg.utility_label])

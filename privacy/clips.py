@@ -1,6 +1,6 @@
 """Clips and clip batches: what every footage source hands to training, evaluation and uploads.
 
-The synthetic fleet (`privacy.synthetic`) and real footage (`fl_client.footage`) both
+The synthetic fleet (`privacy.synthetic`) and real footage (`privacy.footage`) both
 produce :class:`Clip` objects, and the encoder, the probes and the upload path consume
 :class:`ClipBatch` objects; neither side needs to know where the frames came from. The
 label vocabularies live here, not with a generator, because a batch's integer labels
@@ -57,6 +57,10 @@ class ClipMeta:
 class Clip:
     frames: np.ndarray  # uint8 [T, H, W, 3]
     meta: ClipMeta
+    #: labels beyond ClipMeta's, as (name, int id) pairs (e.g. a footage manifest's own
+    #: label columns); a stacked batch gets one int64 array per name, -1 where a clip
+    #: lacks it. On the clip, not the meta, so ClipMeta stays what the generator writes.
+    extra_labels: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,4 +102,10 @@ def stack_clips(clips: Sequence[Clip]) -> ClipBatch:
         for o in m.objects:
             objs[i, _OBJ[o]] = 1
     labels["objects"] = objs
+    extra = sorted({k for c in clips for k, _ in c.extra_labels})
+    for k in extra:
+        if k in labels:
+            raise ValueError(f"stack_clips: extra label {k!r} would replace a batch label; "
+                             "name it otherwise")
+        labels[k] = np.asarray([dict(c.extra_labels).get(k, -1) for c in clips], np.int64)
     return ClipBatch(x, labels, ms)

@@ -314,6 +314,12 @@ def test_readme_deployment_block_runs_as_written(tmp_path) -> None:
         # failure there is a dropout, and the round would abort below the threshold).
         assert json.loads((runs[0] / "run.json").read_text())["secure_aggregation"] is True
         assert row["train_loss"] is None and row["secagg_dropouts"] == 0
+        # Each SuperNode trained and evaluated on its own folder of real video (unlabelled:
+        # no activity accuracy comes back, as it would from synthetic clips), and the
+        # server probed on the operator's eval manifest.
+        assert row["device_kl_bits"] is not None and row["device_activity_acc"] is None
+        assert "footage: " in (tmp_path / "devices" / "cam-0.log").read_text()
+        assert row["utility_chance"] is not None
         assert "its SuperNode is cut off" in stdout
         assert "Failed to activate SuperNode" not in (tmp_path / "devices" / "cam-0.log"
                                                       ).read_text()

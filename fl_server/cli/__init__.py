@@ -21,6 +21,7 @@ from fl_server.cli.device import device_app
 from fl_server.cli.errors import EXIT_BAD_INPUT
 from fl_server.cli.eval import eval_command
 from fl_server.cli.fleet import fleet_app
+from fl_server.cli.footage import footage_app
 from fl_server.cli.leakage import leakage_app
 from fl_server.cli.monitor import monitor
 from fl_server.cli.pki import pki_app
@@ -49,6 +50,7 @@ app.add_typer(fleet_app, name="fleet")
 app.add_typer(pki_app, name="pki")
 app.add_typer(superlink_app, name="superlink")
 app.add_typer(device_app, name="device")
+app.add_typer(footage_app, name="footage")
 app.add_typer(budget_app, name="budget")
 app.add_typer(leakage_app, name="leakage")
 app.command("run")(run)

@@ -23,9 +23,15 @@ def device_start(
     = None,
     superlink: Annotated[str | None, typer.Option(
         help="Override the bundle's SuperLink address.")] = None,
+    footage: Annotated[Path | None, typer.Option(
+        help="The device's own footage: a folder of video files or frame-image folders "
+        "(default: the bundle's `footage` entry; none: the synthetic fleet).")] = None,
 ) -> None:
     """Run flower-supernode for a device: its key, CA, own FLWR_HOME and port."""
     bundle = deployment.Bundle.load(bundle_dir)
     console.print(f"device {bundle.info['device_id']} ({bundle.info['name']}) -> "
                   f"{superlink or bundle.info['superlink']}", highlight=False)
-    deployment.exec_supernode(bundle, port, superlink)
+    folder = bundle.footage(footage)
+    if folder is not None:
+        console.print(f"footage: {folder}", highlight=False)
+    deployment.exec_supernode(bundle, port, superlink, folder)

@@ -14,6 +14,7 @@ import inspect
 import types
 import typing
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -89,6 +90,10 @@ def config_from_options(values: Mapping[str, Any]) -> RunConfig:
         value, unset = values[f.name], _run_option(f).unset
         settings[f.name] = None if unset is not None and value == unset else value
     settings.update(dp_sgd=mode in ("local", "both"), central_dp=mode in ("central", "both"))
+    if settings["eval_dataset"]:
+        settings["eval_dataset"] = str(Path(settings["eval_dataset"]).expanduser().resolve())
+    if settings["dataset"]:
+        _follow_the_manifest(settings)
     with options_named():
         return RunConfig(**settings).validate()
 
@@ -110,3 +115,20 @@ def given_with_resume(ctx: click.Context) -> list[str]:
     return sorted(option for name, option in OPTION_NAMES.items()
                   if name not in _RESUME_MAY_GIVE
                   and ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None))
+
+
+def _follow_the_manifest(settings: dict[str, Any]) -> None:
+    """A --dataset run: the manifests' paths made absolute (the engine's workers run
+    elsewhere), one device per manifest device unless --devices says otherwise (then the
+    validation names the mismatch), self-supervised unless a --utility-label is given."""
+    from privacy.footage_manifest import ManifestError, read_manifest
+
+    defaults = RunConfig()
+    settings["dataset"] = str(Path(settings["dataset"]).expanduser().resolve())
+    if settings["devices"] == defaults.devices:
+        try:
+            settings["devices"] = len(read_manifest(settings["dataset"]).devices())
+        except ManifestError as exc:
+            raise ConfigError("--dataset", str(exc)) from None
+    if not settings["utility_label"] and settings["utility"] == defaults.utility:
+        settings["utility"] = "ssl"

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord
 from privacy.encoder import EncoderConfig
 from privacy.synthetic import FleetSpec
 from privacy.wire.keys import ECHO_KEYS
-from privacy.wire.records import config_float, config_int
+from privacy.wire.records import config_float, config_int, config_str
 from privacy.wire.train import TrainConfig
 
 
@@ -34,10 +34,17 @@ class Instructions:
     #: Central DP-FedAvg: clip the model update (new - global, all arrays) to this L2 norm
     #: on the device before it leaves (fl_client/device_budget.py); 0 = no clipping.
     update_clip: float = 0.0
+    #: A simulation over a footage manifest: its path (the device plays the manifest device
+    #: at its index; a real device never lets the server choose its footage). "" = the
+    #: synthetic fleet.
+    dataset: str = ""
+    #: The manifest label column supervised training uses ("" with `dataset`: self-supervised).
+    utility_label: str = ""
 
     def to_record(self) -> ConfigRecord:
         flat: dict[str, Any] = {"server-round": self.server_round, "train-days": self.train_days,
-                                "update-clip": float(self.update_clip)}
+                                "update-clip": float(self.update_clip),
+                                "dataset": self.dataset, "utility-label": self.utility_label}
         for prefix, part in (("fleet", self.fleet), ("model", self.model), ("train", self.train)):
             for key, value in dataclasses.asdict(part).items():
                 flat[f"{prefix}.{key}"] = value
@@ -61,6 +68,8 @@ class Instructions:
             server_round = config_int(record, "server-round")
             train_days = config_int(record, "train-days")
             update_clip = config_float(record, "update-clip")
+            dataset = config_str(record, "dataset")
+            utility_label = config_str(record, "utility-label")
         except (KeyError, ValueError) as exc:
             raise ValueError(f"malformed instructions from the server: {exc}") from exc
         try:
@@ -71,6 +80,8 @@ class Instructions:
                 train=TrainConfig(**parts["train"]),
                 train_days=train_days,
                 update_clip=update_clip,
+                dataset=dataset,
+                utility_label=utility_label,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed instructions from the server: {exc}") from exc
