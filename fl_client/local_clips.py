@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context
 
-from fl_client.clip_source import ClipSource, SyntheticSource
+from fl_client.clip_source import ClipSource, SyntheticSource, source_for
 from fl_client.node import device_index
 from privacy.clips import ClipBatch
-from privacy.footage import DecodeParams
 from privacy.footage_manifest import LABEL_FIELDS, read_manifest
+from privacy.footage_spec import FootageSpec
 from privacy.synthetic import FleetSpec
 from privacy.wire.instructions import Instructions
 
@@ -50,44 +50,39 @@ def local_clips(spec: FleetSpec, device: int, days: range) -> ClipBatch:
     return SyntheticSource(spec, device).clips(days)
 
 
-def _version(path: str) -> tuple[str, int, int]:
-    """(path, size, mtime): a changed file is a new cache key."""
-    st = os.stat(path)
-    return path, st.st_size, st.st_mtime_ns
-
-
 @lru_cache(maxsize=16)
-def _manifest_source(version: tuple[str, int, int], device: int,
-                     params: DecodeParams) -> ClipSource:
-    from fl_client.manifest_source import ManifestSource
-
-    manifest = read_manifest(version[0])
-    names = manifest.devices()
-    if not 0 <= device < len(names):
-        raise ValueError(f"device index {device} is not among the {len(names)} devices of "
-                         f"manifest {version[0]}")
-    return ManifestSource(manifest, names[device], params=params, device=device)
+def _cached_source(spec: FootageSpec, device: int, version: tuple[int, int]) -> ClipSource:
+    """One source per (footage, device), rebuilt when the manifest or folder changes
+    (`version`); decoded recordings are cached by the sources themselves."""
+    return source_for(spec, device=device)
 
 
-@lru_cache(maxsize=4)
-def _folder_source(folder: str, device: int, params: DecodeParams) -> ClipSource:
-    from fl_client.folder_source import FolderSource
-
-    return FolderSource(folder, params=params, device=device)
+def _version(path: str) -> tuple[int, int]:
+    """(size, mtime) of a manifest or folder: a changed one (a folder: an entry added or
+    removed) is a new cache key."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def own_source(instructions: Instructions, context: Context) -> ClipSource:
     """This node's footage (see the module docstring for which)."""
     device = device_index(context)
-    params = DecodeParams(instructions.model.frames, instructions.model.image_size)
+    frames, size = instructions.model.frames, instructions.model.image_size
     folder = context.node_config.get(FOOTAGE_KEY)
     if isinstance(folder, str) and folder:
-        return _folder_source(str(Path(folder).expanduser().resolve()), device, params)
+        path = str(Path(folder).expanduser().resolve())
+        return _cached_source(FootageSpec("folder", path, frames=frames, image_size=size), device, _version(path))
     if instructions.dataset:
         if "partition-id" not in context.node_config:
             raise PermissionError("the server named a footage manifest; a real device trains "
                                   "only on its own footage (--node-config footage=DIR)")
-        return _manifest_source(_version(instructions.dataset), device, params)
+        names = read_manifest(instructions.dataset).devices()
+        if not 0 <= device < len(names):
+            raise ValueError(f"device index {device} is not among the {len(names)} devices "
+                             f"of manifest {instructions.dataset}")
+        spec = FootageSpec("manifest", instructions.dataset, names[device], frames=frames,
+                           image_size=size)
+        return _cached_source(spec, device, _version(instructions.dataset))
     return SyntheticSource(instructions.fleet, device)
 
 
