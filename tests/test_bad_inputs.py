@@ -226,3 +226,17 @@ def test_a_bad_checkpoint_is_named_and_the_previous_one_used(tmp_path, case, nee
     np.testing.assert_array_equal(ckpt.arrays["w"], np.ones(4, dtype=np.float32))
     assert len(skipped) == 1 and "round-0002" in skipped[0] and needle in skipped[0], skipped
     assert "\n" not in skipped[0]
+
+
+def test_a_partial_ledger_report_at_check_in_is_refused_not_read_as_none() -> None:
+    """A device that drops `ledger_epsilon` but keeps the rest of its report must not pass
+    as a device without a ledger (the server would then skip the comparison)."""
+    from privacy.wire.budget import LedgerReport
+    from privacy.wire.checkin import CheckinAnswer
+
+    full = CheckinAnswer(device=0, in_fleet=True, num_clips=4,
+                         ledger=LedgerReport(1.5, 1e-5, 3)).to_record()
+    assert CheckinAnswer.from_record(full).ledger == LedgerReport(1.5, 1e-5, 3)
+    partial = {k: v for k, v in full.items() if k != "ledger_epsilon"}
+    with pytest.raises(ValueError, match="missing ledger_epsilon"):
+        CheckinAnswer.from_record(partial)

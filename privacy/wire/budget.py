@@ -104,10 +104,18 @@ class LedgerReport:
         return {"ledger_epsilon": self.epsilon, "ledger_delta": self.delta,
                 "ledger_events": self.events}
 
+    #: The record keys of a report (all three or none travel).
+    KEYS = ("ledger_epsilon", "ledger_delta", "ledger_events")
+
+    @classmethod
+    def present_in(cls, record: Mapping[str, Any]) -> bool:
+        """Whether `record` carries a report, even a partial one (which `from_config` then
+        refuses, naming what is missing, rather than reading as "no report")."""
+        return any(k in record for k in cls.KEYS)
+
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> LedgerReport:
-        missing = [k for k in ("ledger_epsilon", "ledger_delta", "ledger_events")
-                   if k not in record]
+        missing = [k for k in cls.KEYS if k not in record]
         if missing:
             raise ValueError(f"device ledger report is missing {', '.join(missing)}")
         return cls(epsilon=record["ledger_epsilon"], delta=record["ledger_delta"],

@@ -89,7 +89,7 @@ class CheckinAnswer:
     def from_record(cls, record: Mapping[str, Any]) -> CheckinAnswer:
         """Rebuild and validate; ValueError naming a missing or malformed field."""
         try:
-            ledger = LedgerReport.from_config(record) if "ledger_epsilon" in record else None
+            ledger = LedgerReport.from_config(record) if LedgerReport.present_in(record) else None
             declined = record.get(DECLINED_KEY)
             return cls(
                 device=int(record["device"]), in_fleet=bool(record["in-fleet"]),
