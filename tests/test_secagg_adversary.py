@@ -383,3 +383,46 @@ def test_real_device_without_credentials_refuses_server_seeded_keys(task_identit
                    run_config={})
     with pytest.raises(MissingCredentials, match="own enrollment key"):
         advertise(msg, real)
+
+
+# -- item: a one-device draw under central DP is never aggregated in plaintext ------------
+
+
+class _RecordingGrid:
+    """Stands in for Flower's Grid in this unit test of the aggregator choice: it records
+    every message the server would push or send."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        self.sent.extend(messages)
+        return []
+
+    def send_and_receive(self, messages, timeout=None):  # noqa: ANN001, ANN201
+        self.sent.extend(messages)
+        return []
+
+
+@pytest.mark.parametrize("sampled", [0, 1])
+def test_a_secure_round_with_one_sampled_device_releases_nothing_and_sends_nothing(
+        sampled: int) -> None:
+    from types import SimpleNamespace
+
+    from fl_server.aggregators import AbortedAggregator
+    from fl_server.config import RunConfig
+    from fl_server.federation import _aggregator
+
+    cfg = RunConfig(devices=4, rounds=1, secure_aggregation=True, central_dp=True, run_id="r1",
+                    client_sample_rate=0.5, central_noise_multiplier=1.0,
+                    central_clip_norm=1.0)
+    fed = SimpleNamespace(cfg=cfg, strategy=None)
+    agg = _aggregator(fed, None, None, {0: 0}, {}, 1, sampled)  # type: ignore[arg-type]
+    assert isinstance(agg, AbortedAggregator)
+    grid = _RecordingGrid()
+    outcome = agg.train(grid, 1, [], {0: 0}, {})  # type: ignore[arg-type]
+    assert outcome.arrays is None and outcome.replies == [] and grid.sent == []
+    assert "at least 2 devices" in (outcome.aborted or "")
+    # The control: with two sampled devices the round is secure, not aborted.
+    assert not isinstance(_aggregator(fed, None, None, {0: 0, 1: 1}, {}, 1, 2),  # type: ignore[arg-type]
+                          AbortedAggregator)
