@@ -1,7 +1,7 @@
 """Representation upload: what a device sends when the server asks for its representations.
 
 Per clip only three things leave the device: one payload-v1 (`privacy.payload`: the
-quantised z, fixed size), the capture time (synthetic day and hour) and the clip id.
+quantised z, fixed size), the capture time (day, and hour where the footage gives one) and the clip id.
 Frames, mu and logvar never do.
 
 **z is a sample of q(z|x)**, drawn with noise from the OS CSPRNG and then quantised. The KL
@@ -78,11 +78,16 @@ def privatize(model_cfg: EncoderConfig, arrays: Mapping[str, np.ndarray], captur
     return Privatized(payloads[:real], dummy, kl_bits(mu[:real], logvar[:real]))
 
 
+def _hour(hour: int) -> int | None:
+    """A clip's hour of capture for the batch; footage that gives none (-1) says unknown."""
+    return None if int(hour) < 0 else int(hour)
+
+
 def assemble(privatized: Privatized, capture: Capture, clips: int, sent: int, charge: int,
              before: int, version: str) -> Batch:
     """The batch: the first `sent` real clips, then dummies up to `clips` records."""
     records = [UploadRecord(privatized.payloads[i], int(capture.days[i]),
-                            int(capture.hours[i]), str(capture.clip_ids[i]), True)
+                            _hour(capture.hours[i]), str(capture.clip_ids[i]), True)
                for i in range(sent)]
     records += [UploadRecord(privatized.dummy, 0, 0, "", False)] * (clips - sent)
     return Batch(tuple(records), version, charge, before, sent < len(capture.clip_ids))

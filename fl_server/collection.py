@@ -28,14 +28,11 @@ ledger has one row per (device, run, round), and devices already charged are ski
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,17 @@ from sqlalchemy import select
 from fl_server import information_ledger as ledger
 from fl_server.checkin import checkin
 from fl_server.config import ConfigError, RunConfig
+from fl_server.evaluation import HeldOut
+from fl_server.leakage_tracker import (
+    Tracked,
+    eval_observed,
+    observed_synthetic,
+    observed_uploads,
+    synthetic_held_out,
+    synthetic_labels,
+    track_synthetic,
+    track_uploads,
+)
 from fl_server.registry import audit
 from fl_server.registry.db import resolve_url, session_scope
 from fl_server.registry.devices import device_ids_for_indices
@@ -56,15 +64,13 @@ from fl_server.representations import (
     NewRepresentation,
     RepresentationQuery,
     RepresentationStore,
-    StoredRepresentation,
     default_store,
 )
 from fl_server.round_plan import Plan
 from privacy.atomic_write import write_text_atomic
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
-from privacy.evaluation.leakage import DEFAULT_KS, Observed, evaluate_leakage
+from privacy.evaluation.leakage import Observed
 from privacy.payload import decode_payload, encode_payload
-from privacy.synthetic import FleetSpec, device_metas, fleet_batch
 from privacy.vib import kl_bits
 from privacy.wire.arrays import record_bytes, record_of
 from privacy.wire.keys import ARRAYS_KEY, BATCH_KEY, CONFIG_KEY, UPLOAD, UPLOAD_KEY
@@ -76,8 +82,6 @@ log = logging.getLogger("fedmsr.collection")
 PAYLOAD_DTYPE = "int8"
 UPLOAD_TIMEOUT_S = 120.0
 LEAKAGE_FILE = "leakage.json"
-LEAKAGE_REPEATS = 10
-_SYNTHETIC_ID = re.compile(r"^d(\d{5})-day(\d{3,})-c(\d{3,})$")
 
 
 @dataclass(frozen=True)
@@ -103,28 +107,37 @@ class Collected:
 
 @dataclass(frozen=True)
 class Attacker:
-    """The attacker's own labelled representations, and the rate they show."""
+    """The attacker's own labelled representations (synthetic fleet: the run devices'
+    held-out days; real footage: the operator's eval set, fit and test days), and the
+    rate they show."""
 
-    observed: Observed
+    observed: Observed | None
+    eval_set: tuple[Observed, Observed] | None
     mean_rate_bits: float
 
 
 class Collector:
-    """Asks devices for their representations every `collect_every` rounds (see module doc)."""
+    """Asks devices for their representations every `collect_every` rounds (see module doc).
 
-    def __init__(self, cfg: RunConfig, url: str, store: RepresentationStore | None = None):
+    `eval_set`: the server's own labelled clips on a run over real footage (None: the
+    synthetic fleet's, which the tracker reads from the generator).
+    """
+
+    def __init__(self, cfg: RunConfig, url: str, store: RepresentationStore | None = None,
+                 eval_set: HeldOut | None = None):
         self.cfg, self.url = cfg, url
         self.store = store or default_store()
+        self.eval_set = eval_set
 
     @classmethod
-    def for_config(cls, cfg: RunConfig) -> Collector | None:
+    def for_config(cls, cfg: RunConfig, held_out: HeldOut | None = None) -> Collector | None:
         """A collector when the run collects; collection needs the registry's fleet."""
         if cfg.collect_every == 0:
             return None
         if cfg.device_indices is None:
             raise ConfigError("collect_every", "collection stores representations in the "
                               "registry: run `fedmsr db upgrade` and enroll the fleet first")
-        return cls(cfg, resolve_url())
+        return cls(cfg, resolve_url(), eval_set=held_out if cfg.eval_dataset else None)
 
     def due(self, server_round: int) -> bool:
         return self.cfg.collect_every > 0 and server_round % self.cfg.collect_every == 0
@@ -168,17 +181,29 @@ class Collector:
 
     def _attacker(self, plan: Plan, arrays: dict[str, np.ndarray], server_round: int
                   ) -> Attacker:
-        """Every run device's held-out days through the current encoder and the upload
-        channel (a sample of q(z|x), quantised), with the attacker's own noise."""
-        batch = _held_out(plan.fleet, tuple(self.cfg.device_indices or ()), plan.train_days)
+        """The attacker's clips through the current encoder and the upload channel (a
+        sample of q(z|x), quantised), with the attacker's own noise: every run device's
+        held-out days (synthetic fleet), or the operator's eval set (real footage)."""
         model = build_model(plan.model)
         load_numpy_state(model, arrays)
-        mu, logvar = encode(model, batch.x)
         rng = np.random.default_rng([self.cfg.seed, server_round, 0xA77])
-        z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
-        released = np.stack([decode_payload(encode_payload(row, PAYLOAD_DTYPE)) for row in z])
-        labels = {k: batch.labels[k] for k in ("device", "wearer", "location", "hour", "day")}
-        return Attacker(Observed(released, labels), float(np.mean(kl_bits(mu, logvar))))
+
+        def release(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            mu, logvar = encode(model, x)
+            z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
+            quantised = [decode_payload(encode_payload(row, PAYLOAD_DTYPE)) for row in z]
+            return np.stack(quantised).astype(np.float32), kl_bits(mu, logvar)
+
+        if self.eval_set is None:
+            batch = synthetic_held_out(plan.fleet, tuple(self.cfg.device_indices or ()),
+                                       plan.train_days)
+            released, bits = release(batch.x)
+            return Attacker(Observed(released, synthetic_labels(batch)), None,
+                            float(np.mean(bits)))
+        (z_fit, bits_fit), (z_test, bits_test) = (release(self.eval_set.fit.x),
+                                                  release(self.eval_set.test.x))
+        return Attacker(None, eval_observed(self.eval_set, z_fit, z_test),
+                        float(np.mean(np.concatenate([bits_fit, bits_test]))))
 
     def _targets(self, admitted: Mapping[int, int], server_round: int, expected: int
                  ) -> tuple[list[Target], dict[int, str], dict[int, str]]:
@@ -273,23 +298,32 @@ class Collector:
         with session_scope(self.url) as session:
             rows = self.store.select(session, RepresentationQuery(version, run_id=self.cfg.run_id))
             index_of = dict(session.execute(select(Device.id, Device.device_index)).all())
-        target = _observed(rows, index_of, plan.fleet)
-        report, reason = _curves(attacker.observed, target, self.cfg.seed + server_round)
+        seed = self.cfg.seed + server_round
+        if attacker.observed is not None:
+            tracked = track_synthetic(attacker.observed,
+                                      observed_synthetic(rows, index_of, plan.fleet), seed)
+        else:
+            tracked = track_uploads(observed_uploads(rows, index_of), attacker.eval_set, seed)
+        extra: dict[str, Any] = ({} if tracked.eval_attributes is None else
+                                 {"leakage_eval_attributes": tracked.eval_attributes})
+        report = tracked.report
         if report is None:
-            log.info("round %d: no leakage curve (%s)", server_round, reason)
-            return {"leakage": None, "leakage_skipped": reason}
+            log.info("round %d: no leakage curve (%s)", server_round, tracked.skipped)
+            return {"leakage": None, "leakage_skipped": tracked.skipped, **extra}
+        if tracked.eval_attributes is not None:
+            report = {**report, "eval_attributes": tracked.eval_attributes}
         max_gain = max((max(g.values()) for g in report["gain"].values() if g), default=0.0)
         flagged = max_gain >= self.cfg.leakage_alert
-        self._save_report(server_round, version, target, report, max_gain, flagged)
+        self._save_report(server_round, version, tracked, report, max_gain, flagged)
         curves = {name: {str(k): v for k, v in curve.items()}
                   for name, curve in report["curves"].items() if 1 in curve}
         return {"leakage": curves, "leakage_gain": max_gain, "leakage_flagged": flagged,
-                "leakage_chance": report["device_chance"]}
+                "leakage_chance": report["device_chance"], **extra}
 
-    def _save_report(self, server_round: int, version: str, target: Observed,
+    def _save_report(self, server_round: int, version: str, tracked: Tracked,
                      report: dict[str, Any], max_gain: float, flagged: bool) -> None:
         text = json.dumps(report, sort_keys=True, default=float)
-        devices = len(np.unique(target.labels["device"]))
+        devices, clips = tracked.devices, tracked.clips
         with session_scope(self.url) as session:
             previous = session.scalars(select(LeakageReport).where(
                 LeakageReport.run_id == self.cfg.run_id,
@@ -300,7 +334,7 @@ class Collector:
                     LeakageReport.collection_round == server_round)).first() is None:
                 session.add(LeakageReport(
                     run_id=self.cfg.run_id, collection_round=server_round,
-                    encoder_version=version, devices=devices, clips=len(target.z),
+                    encoder_version=version, devices=devices, clips=clips,
                     max_gain=max_gain, flagged=flagged, report=text))
             if flagged and (previous is None or not previous.flagged):
                 self._audit(session, "leakage.threshold", None,
@@ -308,7 +342,7 @@ class Collector:
                              "alert": self.cfg.leakage_alert, "encoder_version": version})
         _append_run_file(self.cfg.run_dir() / LEAKAGE_FILE, {
             "round": server_round, "encoder_version": version, "devices": devices,
-            "clips": len(target.z), "max_gain": max_gain, "flagged": flagged,
+            "clips": clips, "max_gain": max_gain, "flagged": flagged,
             "report": json.loads(text)})
 
 
@@ -380,60 +414,6 @@ def _check(batch: Any, size: int, expected_size: int, clips: int, version: str) 
         raise ValueError("real records need distinct, non-empty clip ids")
     if any(r.day >= 2 ** 31 for r in batch.real) or batch.device_bits_before >= 2 ** 63:
         raise ValueError("a capture day or a ledger total out of range")
-
-
-@lru_cache(maxsize=2)
-def _held_out(spec: FleetSpec, indices: tuple[int, ...], train_days: int) -> Any:
-    """The attacker's split: the run devices' held-out days (cached for the run)."""
-    return fleet_batch(spec, list(indices), range(train_days, spec.days))
-
-
-def _observed(rows: list[StoredRepresentation], index_of: dict[int, int | None],
-              spec: FleetSpec) -> Observed:
-    """Stored representations with the evaluator's ground truth (synthetic clips only:
-    the clip id names the slot of the device's stream, from which the generator gives
-    the wearer and place; the hour and day are the uploaded timestamp)."""
-    z: list[np.ndarray] = []
-    labels: dict[str, list[int]] = {k: [] for k in ("device", "wearer", "location", "hour", "day")}
-    for row in rows:
-        match = _SYNTHETIC_ID.match(row.clip_id)
-        index = index_of.get(row.device_id)
-        if match is None or index is None or int(match.group(1)) != index:
-            continue
-        day, slot = int(match.group(2)), int(match.group(3))
-        meta = _metas(spec, index, day)[slot]
-        z.append(decode_payload(row.payload))
-        for key, value in (("device", index), ("wearer", meta.wearer),
-                           ("location", meta.location_id), ("hour", row.captured_hour),
-                           ("day", row.captured_day)):
-            labels[key].append(value)
-    width = len(z[0]) if z else 0
-    return Observed(np.asarray(z, np.float32).reshape(len(z), width),
-                    {k: np.asarray(v, np.int64) for k, v in labels.items()})
-
-
-@lru_cache(maxsize=4096)
-def _metas(spec: FleetSpec, index: int, day: int) -> tuple[Any, ...]:
-    return tuple(device_metas(dataclasses.replace(spec, days=max(spec.days, day + 1)),
-                              index, [day]))
-
-
-def _curves(fit: Observed, test: Observed, seed: int) -> tuple[dict[str, Any] | None, str]:
-    """evaluate_leakage on the stored representations, or why it cannot run yet."""
-    devices, counts = np.unique(test.labels["device"], return_counts=True)
-    if len(devices) < 2:
-        return None, f"{len(devices)} device(s) with stored representations; need 2"
-    keep = np.isin(fit.labels["device"], devices)
-    fit = Observed(fit.z[keep], {k: np.asarray(v)[keep] for k, v in fit.labels.items()})
-    ks = [k for k in DEFAULT_KS if k <= int(counts.min())]
-    # Linkage compares sets from disjoint days: only once two days are stored.
-    pop = fit if len(np.unique(test.labels["day"])) >= 2 else None
-    try:
-        report = evaluate_leakage(fit, test, pop, ks=ks, repeats=LEAKAGE_REPEATS, seed=seed,
-                                  probes=("linear",))
-    except ValueError as exc:  # e.g. one class only in the attacker's labels
-        return None, f"attack could not be fitted: {exc}"
-    return report, ""
 
 
 def _append_run_file(path: Path, entry: dict[str, Any]) -> None:

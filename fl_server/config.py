@@ -447,8 +447,7 @@ def _validate_dataset(cfg: RunConfig) -> None:
     """Real footage. `eval_dataset`: the server's probes read that manifest (which must
     hold the probe's label and two days at least). `dataset`: a simulation with one device
     per `device` value of the manifest; it needs an eval manifest, and its utility label
-    (if any) must be in both with two values at least. No collection over a dataset (its
-    attacker uses the synthetic fleet's labels)."""
+    (if any) must be in both with two values at least."""
     from privacy.footage_manifest import ManifestError, read_manifest
 
     if cfg.utility_label and not cfg.dataset:
@@ -499,6 +498,3 @@ def _validate_simulated_fleet(cfg: RunConfig, manifest: Manifest) -> None:
     elif cfg.utility != "ssl":
         raise ConfigError("utility", f"--utility {cfg.utility} needs labels: name the column "
                           "with --utility-label (without one a --dataset run is self-supervised)")
-    if cfg.collect_every:
-        raise ConfigError("collect_every", "collection is not available on a --dataset run: "
-                          "its attacker probes with the synthetic fleet's labels")

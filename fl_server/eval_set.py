@@ -30,7 +30,13 @@ from privacy.footage import (
     unknown_meta,
     warn_skipped,
 )
-from privacy.footage_manifest import Manifest, ManifestRow, Vocabulary, read_manifest
+from privacy.footage_manifest import (
+    LABEL_FIELDS,
+    Manifest,
+    ManifestRow,
+    Vocabulary,
+    read_manifest,
+)
 
 __all__ = ["eval_days_split", "held_out_from_manifest", "probe_label"]
 
@@ -60,12 +66,19 @@ def _clips(rows: Sequence[ManifestRow], params: DecodeParams, activity: Vocabula
         except UnreadableFootage as exc:
             skipped[row.rel_path] = str(exc)
             continue
+        device = devices.index(row.device)
         wearer = (identities.id_of("identity", row.labels.get("identity")) if has_identity
-                  else devices.index(row.device))
+                  else device)
         label = activity.id_of(column, row.labels.get(column))
-        out += [Clip(frames, unknown_meta(f"eval-{row.row}-f{int(start):06d}",
+        # every other label column rides along for the leakage tracker's attribute probes
+        extra = tuple((c, identities.id_of(c, v)) for c, v in sorted(row.labels.items())
+                      if c != column and c not in LABEL_FIELDS)
+        out += [Clip(frames, unknown_meta(f"eval-{row.row}-f{int(start):06d}", device=device,
                                           day=row.day, hour=row.hour, wearer=wearer,
-                                          activity_id=label))
+                                          activity_id=label,
+                                          location_id=identities.id_of(
+                                              "location", row.labels.get("location"))),
+                     extra)
                 for frames, start in zip(decoded.clips, decoded.starts, strict=True)]
     return out
 

@@ -137,7 +137,7 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
         fed.dp.commit_checkpointed(ckpt.server_round)  # (fault point "commit")
         console.print(f"[bold]resuming[/] {cfg.run_id} after round {ckpt.server_round} "
                       f"of {cfg.rounds}")
-    collector = Collector.for_config(cfg)  # representation uploads (off by default)
+    collector = Collector.for_config(cfg, fed.held_out)  # representation uploads (off by default)
     arrays = ckpt.arrays
     history = [RoundRecord.from_json(r) for r in ckpt.history]
     for observer in observers:

@@ -53,7 +53,7 @@ class NewRepresentation:
     collection_round: int
     clip_id: str
     captured_day: int
-    captured_hour: int
+    captured_hour: int | None  # None: the footage gave no hour of capture
     payload: bytes
     encoder_version: str
 

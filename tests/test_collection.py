@@ -150,3 +150,86 @@ def test_the_server_stores_only_the_batch_it_asked_for(tmp_path) -> None:
         _check(batch, len(blob), batch_size(8, model.latent_dim, "int8"), 8, version)
     with pytest.raises(ValueError, match="checksum"):
         decode_batch(blob[:100] + bytes([blob[100] ^ 1]) + blob[101:])
+
+
+def test_an_unknown_capture_hour_travels_and_is_stored_as_unknown(tmp_path) -> None:
+    """Footage with a day but no hour: the record says unknown (not a made-up hour), the
+    registry keeps NULL, and an hour outside 0..23 is refused at both ends."""
+    from fl_server.registry.db import RegistryError, session_scope
+    from fl_server.representations import DatabaseStore, NewRepresentation, RepresentationQuery
+    from privacy.payload import encode_payload
+    from privacy.wire.upload import Batch, UploadRecord, encode_batch
+
+    payload = encode_payload(np.zeros(4, np.float32), "int8")
+    records = (UploadRecord(payload, 3, None, "a", True), UploadRecord(payload, 3, 7, "b", True))
+    decoded = decode_batch(encode_batch(Batch(records, "00" * 32, 2, 0, False)))
+    assert [r.hour for r in decoded.records] == [None, 7]
+    with pytest.raises(ValueError, match="hour must be 0..23 or None"):
+        encode_batch(Batch((UploadRecord(payload, 3, 24, "a", True),), "00" * 32, 1, 0, False))
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    db.upgrade(url)
+    enroll(url, [DeviceSpec("d-0")], BundleOptions(bundles_dir=tmp_path / "devices"))
+    store = DatabaseStore()
+
+    def row(clip: str, hour: int | None) -> NewRepresentation:
+        return NewRepresentation(device_id=1, run_id="r", collection_round=1, clip_id=clip,
+                                 captured_day=3, captured_hour=hour, payload=payload,
+                                 encoder_version="v")
+
+    with session_scope(url) as session:
+        store.add(session, [row("a", None), row("b", 7)])
+    with session_scope(url) as session:
+        stored = store.select(session, RepresentationQuery("v", run_id="r"))
+    assert sorted((r.clip_id, r.captured_hour) for r in stored) == [("a", None), ("b", 7)]
+    with pytest.raises(RegistryError, match="captured_hour"), session_scope(url) as session:
+        store.add(session, [row("c", 24)])
+
+
+def _stored(separable: bool, hours: bool, seed: int = 0):
+    """3 devices x 2 days x 16 clips of 8-d representations: each device's own mean (+
+    noise) when `separable`, else one distribution for all."""
+    from privacy.evaluation.leakage import Observed
+
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 3.0, (3, 8)) if separable else np.zeros((3, 8))
+    dev = np.repeat(np.arange(3), 32)
+    day = np.tile(np.repeat([5, 6], 16), 3)
+    hour = np.tile(np.arange(32) % 24, 3) if hours else np.full(96, -1)
+    z = (means[dev] + rng.normal(0, 1.0, (96, 8))).astype(np.float32)
+    return Observed(z, {"device": dev, "day": day, "hour": hour})
+
+
+def test_the_upload_tracker_reidentifies_separable_devices_and_not_mixed_ones() -> None:
+    from fl_server.leakage_tracker import track_uploads
+
+    separable = track_uploads(_stored(True, hours=False), None, seed=0)
+    mixed = track_uploads(_stored(False, hours=False), None, seed=0)
+    assert separable.report is not None and mixed.report is not None
+    assert separable.report["split"] == "capture days" and separable.devices == 3
+    assert separable.report["curves"]["identity_set"][4] >= 0.9
+    assert max(separable.report["curves"]["linkage_auc"].values()) >= 0.9
+    # the same attack on devices whose representations do not differ: about chance (1/3)
+    assert mixed.report["curves"]["identity_set"][4] <= 0.6
+    assert min(mixed.report["curves"]["linkage_auc"].values()) <= 0.7
+    # unknown hours: no routine attack; known hours spanning the day: routine is attacked
+    assert "routine" not in separable.report["curves"]
+    assert "routine" in track_uploads(_stored(True, hours=True), None, 0).report["curves"]
+
+
+def test_eval_set_attributes_are_probed_against_chance() -> None:
+    from fl_server.leakage_tracker import eval_attributes
+    from privacy.evaluation.leakage import Observed
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 25)
+    z = np.eye(4, 6)[y] * 4 + rng.normal(0, 0.5, (100, 6))
+    noise = rng.integers(0, 4, 100)
+    obs = Observed(z.astype(np.float32), {"device": y, "day": np.zeros(100, int), "wearer": y,
+                                          "place": noise, "activity": y})
+    half = np.arange(100) % 2 == 0
+    fit = Observed(obs.z[half], {k: v[half] for k, v in obs.labels.items()})
+    test = Observed(obs.z[~half], {k: v[~half] for k, v in obs.labels.items()})
+    out = eval_attributes(fit, test, seed=0)
+    assert set(out) == {"identity", "place"}  # not the utility label, not the camera
+    assert out["identity"]["linear"] >= 0.95 and out["identity"]["chance"] <= 0.3
+    assert out["place"]["linear"] <= 0.5  # labels independent of z: near chance (1/4)

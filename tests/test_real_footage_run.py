@@ -6,6 +6,7 @@ node trains on."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,44 @@ def footage(tmp_path_factory) -> tuple[Path, Path]:
 def _config(train: Path, evaluation: Path, **changes) -> RunConfig:
     return RunConfig(devices=3, rounds=1, dataset=str(train), eval_dataset=str(evaluation),
                      **changes).validate()
+
+
+@pytest.mark.slow
+def test_collection_over_real_footage_tracks_what_the_server_knows(footage, tmp_path) -> None:
+    """Uploads of a --dataset run are tracked by device id (re-identification; routine from
+    the upload hours) and attributes are probed only on the operator's eval set."""
+    from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
+    from fl_server.registry import db
+
+    train, evaluation = footage
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    db.upgrade(url)
+    enroll(url, [DeviceSpec(f"cam-{i}") for i in range(3)],
+           BundleOptions(bundles_dir=tmp_path / "devices"))
+    result = fedmsr("--db", url, "run", "--dataset", str(train), "--eval-dataset",
+                    str(evaluation), "--rounds", "2", "--collect-every", "1",
+                    "--collect-clips", "4", "--runs-dir", str(tmp_path / "runs"),
+                    "--run-id", "col", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = history(tmp_path / "runs" / "col")[-1]
+    uploaded = last["collection"]["uploaded"]
+    assert sorted(uploaded) == ["0", "1", "2"] and all(n > 0 for n in uploaded.values())
+    curves = last["leakage"]
+    assert curves is not None, last.get("leakage_skipped")
+    # what the server knows of an upload: its device (set statistics) and hour; these
+    # clips were all filmed 08:00-10:59 (one routine bin), so routine is not attacked, and
+    # no wearer or place of a device's clip is known, so neither is attacked on uploads
+    assert {"identity_set", "identity_best"} <= set(curves)
+    assert not {"identity", "location", "routine"} & set(curves)
+    assert all(0.0 <= v <= 1.0 for c in curves.values() for v in c.values())
+    # attribute leakage from the eval set alone: its identity column, with chance
+    attributes = last["leakage_eval_attributes"]
+    assert set(attributes) == {"identity"}
+    assert 0.0 <= attributes["identity"]["linear"] <= 1.0
+    assert 0.0 < attributes["identity"]["chance"] <= 1.0
+    entry = json.loads((tmp_path / "runs" / "col" / "leakage.json").read_text())[-1]
+    assert entry["devices"] == 3 and entry["report"]["split"] == "clips of one capture day"
+    assert entry["report"]["eval_attributes"] == attributes
 
 
 @pytest.mark.slow
@@ -119,7 +158,6 @@ def _write(path: Path, rows: list[list[str]]) -> Path:
     (["--utility-label", "colour"], "error: --utility-label: 'colour' is not a label column"),
     (["--devices", "5"], "error: --devices: the manifest"),
     (["--utility", "both"], "error: --utility: --utility both needs labels"),
-    (["--collect-every", "1"], "error: --collect-every: collection is not available"),
 ])
 def test_bad_dataset_runs_are_one_line(footage, tmp_path, capsys, extra, says) -> None:
     train, evaluation = footage

@@ -273,7 +273,8 @@ class Representation(Base):
         UniqueConstraint("device_id", "run_id", "collection_round", "clip_id"),
         CheckConstraint("collection_round >= 1", name="collection_round"),
         CheckConstraint("captured_day >= 0", name="captured_day"),
-        CheckConstraint("captured_hour >= 0 AND captured_hour <= 23", name="captured_hour"),
+        CheckConstraint("captured_hour IS NULL OR (captured_hour >= 0 AND captured_hour <= 23)",
+                        name="captured_hour"),
         CheckConstraint("payload_version >= 1", name="payload_version"),
         Index(None, "encoder_version", "device_id"),
     )
@@ -284,7 +285,7 @@ class Representation(Base):
     collection_round: Mapped[int] = mapped_column(Integer)
     clip_id: Mapped[str] = mapped_column(String(64))
     captured_day: Mapped[int] = mapped_column(Integer)
-    captured_hour: Mapped[int] = mapped_column(Integer)
+    captured_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: unknown
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     payload_version: Mapped[int] = mapped_column(Integer)
     encoder_version: Mapped[str] = mapped_column(String(64))

@@ -16,7 +16,7 @@ BATCH format version 1 (integers little-endian)::
     12       4        bits charged for the R real clips (u32, whole bits, rounded up)
     16       8        the device's information total before this batch (u64, bits)
     24       32       encoder version (SHA-256 digest, see `encoder_version`)
-    56       M*(P+40) records: payload (P) | day (u32) | hour (u8) | real (u8) |
+    56       M*(P+40) records: payload (P) | day (u32) | hour (u8; 255: unknown) | real (u8) |
                       reserved (u16, 0) | clip id (32 bytes, UTF-8, NUL-padded; a
                       longer id is replaced by "h-" + 30 hex digits of its SHA-256)
     end      4        CRC-32 of every preceding byte (u32)
@@ -47,6 +47,7 @@ MAGIC = b"MSRB"
 BATCH_VERSION = 1
 FLAG_CAPPED = 0x01
 CLIP_ID_BYTES = 32
+UNKNOWN_HOUR = 255  # a record's hour byte when the footage gives no hour of capture
 MAX_CLIPS = 1024  # per batch: keeps one reply well under Flower's message limits
 _HEADER = struct.Struct("<4sBBHHHIQ32s")
 _RECORD_TAIL = struct.Struct(f"<IBBH{CLIP_ID_BYTES}s")
@@ -138,7 +139,7 @@ class UploadRecord:
 
     payload: bytes
     day: int
-    hour: int
+    hour: int | None  # None: the footage does not say at what hour it was filmed
     clip_id: str
     real: bool
 
@@ -169,6 +170,15 @@ def fixed_clip_id(clip_id: str) -> bytes:
     return raw.ljust(CLIP_ID_BYTES, b"\0")
 
 
+def _hour_byte(hour: int | None) -> int:
+    """The hour's byte on the wire: 0..23, or UNKNOWN_HOUR."""
+    if hour is None:
+        return UNKNOWN_HOUR
+    if not 0 <= hour <= 23:
+        raise ValueError(f"a record's hour must be 0..23 or None (unknown), got {hour}")
+    return hour
+
+
 def encode_batch(batch: Batch) -> bytes:
     records = batch.records
     if not 1 <= len(records) <= MAX_CLIPS:
@@ -182,7 +192,7 @@ def encode_batch(batch: Batch) -> bytes:
     head = _HEADER.pack(MAGIC, BATCH_VERSION, FLAG_CAPPED if batch.capped else 0, len(records),
                         real, sizes.pop(), batch.bits, batch.device_bits_before,
                         bytes.fromhex(batch.encoder_version))
-    body = b"".join(r.payload + _RECORD_TAIL.pack(r.day, r.hour, int(r.real), 0,
+    body = b"".join(r.payload + _RECORD_TAIL.pack(r.day, _hour_byte(r.hour), int(r.real), 0,
                                                   fixed_clip_id(r.clip_id)) for r in records)
     blob = head + body
     return blob + _CRC.pack(zlib.crc32(blob) & 0xFFFFFFFF)
@@ -219,8 +229,9 @@ def decode_batch(blob: bytes) -> Batch:
             raise ValueError(f"batch record {i}: real flag {is_real} disagrees with the header")
         if is_real:
             decode_payload(payload)  # ValueError on any defect of a payload
-            if not 0 <= hour <= 23:
-                raise ValueError(f"batch record {i}: hour {hour} is not 0..23")
-        records.append(UploadRecord(payload, day, hour, raw_id.rstrip(b"\0").decode("utf-8"),
-                                    bool(is_real)))
+            if not (0 <= hour <= 23 or hour == UNKNOWN_HOUR):
+                raise ValueError(f"batch record {i}: hour {hour} is not 0..23 "
+                                 f"(or {UNKNOWN_HOUR}: unknown)")
+        records.append(UploadRecord(payload, day, None if hour == UNKNOWN_HOUR else hour,
+                                    raw_id.rstrip(b"\0").decode("utf-8"), bool(is_real)))
     return Batch(tuple(records), digest.hex(), bits, before, bool(flags & FLAG_CAPPED))
