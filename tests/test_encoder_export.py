@@ -228,3 +228,19 @@ def test_bad_inputs_are_one_line_exit_2(exported, root: Path, video: Path, capsy
     code, _, err = _cli(capsys, "privatize", video, "--model", tmp_path, "--out", out)
     assert CARD_FILE in _one_line_error(code, err, "--model")
     assert not out.exists()
+
+
+def test_card_figures_without_run_json_or_history(root: Path, tmp_path):
+    from fl_server.encoder_export import ExportInputError, read_run
+
+    run = tmp_path / "bare"
+    run.mkdir()
+    source = root / "run-32-dp"
+    for name in ("final_model.npz", "final_model.json"):
+        (run / name).write_bytes((source / name).read_bytes())
+    facts = read_run(run)
+    assert facts.epsilon.epsilon is None and "run.json is missing" in facts.epsilon.how
+    assert facts.kl_rate.bits_per_clip is None and "no finished round" in facts.kl_rate.measured_on
+    (run / "history.json").write_text("[{\"round\": 1}]")
+    with pytest.raises(ExportInputError, match="history.json"):
+        read_run(run)
