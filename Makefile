@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python bench/accounting.py
 	$(BIN)/python bench/secagg.py
 	$(BIN)/python bench/enroll_bulk.py
+	$(BIN)/python bench/export_latency.py
 	$(BIN)/python bench/ledger_epsilon.py
 
 clean:

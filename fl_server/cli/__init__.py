@@ -1,5 +1,6 @@
 """The `fedmsr` command line: one module per command group (`run`, `eval`, `monitor`,
-`db`, `fleet`, `pki`, `superlink`, `device`, `budget`, `leakage`).
+`db`, `fleet`, `pki`, `superlink`, `device`, `footage`, `budget`, `leakage`, `encoder`,
+`privatize`).
 
 Errors are one line on stderr, `error: <option>: <what is wrong>`, with a non-zero exit:
 2 for bad input (nothing was started or written), 1 for a run that failed, 3 for a run
@@ -18,6 +19,7 @@ import typer
 from fl_server.cli.budget import budget_app
 from fl_server.cli.db import db_app
 from fl_server.cli.device import device_app
+from fl_server.cli.encoder import encoder_app
 from fl_server.cli.errors import EXIT_BAD_INPUT
 from fl_server.cli.eval import eval_command
 from fl_server.cli.fleet import fleet_app
@@ -25,6 +27,7 @@ from fl_server.cli.footage import footage_app
 from fl_server.cli.leakage import leakage_app
 from fl_server.cli.monitor import monitor
 from fl_server.cli.pki import pki_app
+from fl_server.cli.privatize import privatize_command
 from fl_server.cli.run import run
 from fl_server.cli.superlink import superlink_app
 from fl_server.config import ConfigError
@@ -51,11 +54,13 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(superlink_app, name="superlink")
 app.add_typer(device_app, name="device")
 app.add_typer(footage_app, name="footage")
+app.add_typer(encoder_app, name="encoder")
 app.add_typer(budget_app, name="budget")
 app.add_typer(leakage_app, name="leakage")
 app.command("run")(run)
 app.command("monitor")(monitor)
 app.command("eval")(eval_command)
+app.command("privatize")(privatize_command)
 
 
 def main(argv: list[str] | None = None) -> int:
