@@ -33,6 +33,7 @@ from privacy.wire.checkin import Challenge, CheckinAnswer
 from privacy.wire.dp_event import dp_event_to_record
 from privacy.wire.instructions import Instructions
 from privacy.wire.keys import (
+    ACTIVITY_CLIPS_KEY,
     ARRAYS_KEY,
     BATCH_KEY,
     CHALLENGE_KEY,
@@ -131,6 +132,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if labels is not None and (labelled := labels >= 0).any():  # a device without the
         # label reports no accuracy; real footage may hold clips without it
         metrics["activity_acc"] = float(np.mean(predicted[labelled] == labels[labelled]))
+        metrics[ACTIVITY_CLIPS_KEY] = int(labelled.sum())
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 

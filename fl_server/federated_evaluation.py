@@ -14,8 +14,8 @@ from flwr.serverapp import Grid
 from fl_server.checkin import QUERY_TIMEOUT_S
 from fl_server.round_plan import Plan
 from privacy.wire.arrays import record_of
-from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY
-from privacy.wire.records import metric_float
+from privacy.wire.keys import ACTIVITY_CLIPS_KEY, ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
+from privacy.wire.records import metric_float, metric_record
 from strategies.messaging import send_and_collect
 from strategies.seeded_fedavg import SeededFedAvg
 
@@ -31,4 +31,33 @@ def federated_evaluate(grid: Grid, plan: Plan, strategy: SeededFedAvg, server_ro
                 for node in node_ids]
     replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
     metrics = strategy.aggregate_evaluate(server_round, replies)
-    return {} if metrics is None else {k: metric_float(metrics, k) for k in metrics}
+    out = {} if metrics is None else {k: metric_float(metrics, k) for k in metrics}
+    out.pop(ACTIVITY_CLIPS_KEY, None)
+    # A device without the utility label reports no accuracy: the mean is over the devices
+    # that do, weighted by their labelled clips (a mean over every reply's clips would count
+    # the unlabelled devices as wrong).
+    accuracy = labelled_mean(replies)
+    if accuracy is None:
+        out.pop("activity_acc", None)
+    else:
+        out["activity_acc"] = accuracy
+    return out
+
+
+
+def labelled_mean(replies: list[Message]) -> float | None:
+    """The activity accuracy over every labelled clip the answering devices hold."""
+    total = correct = 0.0
+    for reply in replies:
+        if reply.has_error() or METRICS_KEY not in reply.content:
+            continue
+        try:
+            record = metric_record(reply.content, METRICS_KEY)
+            if "activity_acc" not in record or ACTIVITY_CLIPS_KEY not in record:
+                continue
+            clips, acc = metric_float(record, ACTIVITY_CLIPS_KEY), metric_float(record, "activity_acc")
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed reply counts for nothing
+        if clips > 0 and 0.0 <= acc <= 1.0:
+            total, correct = total + clips, correct + clips * acc
+    return correct / total if total else None

@@ -180,3 +180,24 @@ def test_bad_manifests_name_row_and_column(footage, tmp_path, capsys) -> None:
                                           ["train/cam-0/day0-0.avi", "a", "0", "left"]])
     assert main(["run", "--dataset", str(train), "--eval-dataset", str(one_day)]) == 2
     assert "spans 1 day(s)" in capsys.readouterr().err
+
+
+def test_device_accuracy_is_a_mean_over_the_devices_that_have_the_label(task_identity) -> None:
+    """A mixed fleet: a device without the utility label reports no accuracy, and the
+    fleet's figure is over labelled clips only (not dragged down by the others' clips)."""
+    from flwr.app import MessageType, MetricRecord
+
+    from fl_server.federated_evaluation import labelled_mean
+    from privacy.wire.keys import ACTIVITY_CLIPS_KEY, METRICS_KEY, WEIGHT_KEY
+
+    def reply(clips: int, acc: float | None = None, labelled: int = 0) -> Message:
+        metrics = {"kl_bits": 1.0, WEIGHT_KEY: clips}
+        if acc is not None:
+            metrics |= {"activity_acc": acc, ACTIVITY_CLIPS_KEY: labelled}
+        return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), dst_node_id=1,
+                       message_type=MessageType.EVALUATE)
+
+    replies = [reply(10, 0.5, 10), reply(30, 1.0, 10), reply(100)]  # the last: no label
+    assert labelled_mean(replies) == pytest.approx((0.5 * 10 + 1.0 * 10) / 20)
+    assert labelled_mean([reply(100)]) is None
+    assert labelled_mean([reply(10, 7.0, 10), reply(10, 0.25, 4)]) == pytest.approx(0.25)

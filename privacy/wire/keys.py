@@ -57,6 +57,9 @@ DP_EVENT_KEY = "dp_event"
 DEVICE_KEY = "device"
 #: The metric a reply's aggregation weight travels under (Flower's `weighted_by_key`).
 WEIGHT_KEY = "num-examples"
+#: An evaluate reply's held-out clips that carry the utility label (the weight of its
+#: `activity_acc`: devices without the label report neither).
+ACTIVITY_CLIPS_KEY = "activity_clips"
 #: ConfigRecord: the server's signed-check-in challenge (registry-backed runs).
 CHALLENGE_KEY = "challenge"
 #: ConfigRecord: an upload request; and the reply's record (and key) holding the batch.
