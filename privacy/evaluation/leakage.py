@@ -44,8 +44,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from privacy.evaluation.dtp import PROBES, chance, fit_probe, probe_accuracy
+from privacy.evaluation.tasks import HOUR_BIN, attribute
 
-HOUR_BIN = 4  # hours per routine bin
+__all__ = ["DEFAULT_KS", "HOUR_BIN", "MAX_DIMS", "SMOOTHING", "Observed", "accumulation_gain",
+           "day_halves", "device_profiles", "evaluate_leakage", "fused_accuracy", "fusion_curve",
+           "linkage_auc", "linkage_curve", "linkage_projection", "profile_loglik", "reducer",
+           "set_curve", "set_statistics", "single_clip", "subsets"]
+
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 SMOOTHING = 0.5  # Laplace pseudo-count per profile cell
 MAX_DIMS = 64  # attacker-side PCA before set / linkage attacks on wide (pixel) features
@@ -55,7 +60,9 @@ MAX_DIMS = 64  # attacker-side PCA before set / linkage attacks on wide (pixel) 
 class Observed:
     """Released representations of some clips and the labels an evaluator knows about them.
 
-    ``labels`` holds int arrays ``device``, ``wearer``, ``location``, ``hour``, ``day``.
+    ``labels`` holds int arrays ``device`` and ``day`` and one per attacked attribute
+    (the synthetic fleet's ``wearer``, ``location``, ``hour``; a manifest's label columns),
+    read through :func:`privacy.evaluation.tasks.attribute`.
     """
 
     z: np.ndarray
@@ -63,18 +70,15 @@ class Observed:
 
     def __post_init__(self) -> None:
         n = len(self.z)
-        for key in ("device", "wearer", "location", "hour", "day"):
+        for key in ("device", "day"):
             if key not in self.labels:
                 raise ValueError(f"Observed.labels is missing {key!r}")
-            if len(self.labels[key]) != n:
-                raise ValueError(f"Observed.labels[{key!r}] has {len(self.labels[key])} rows, z has {n}")
+        for key, values in self.labels.items():
+            if len(values) != n:
+                raise ValueError(f"Observed.labels[{key!r}] has {len(values)} rows, z has {n}")
 
     def label(self, key: str) -> np.ndarray:
-        if key == "routine":
-            return np.asarray(self.labels["hour"]) // HOUR_BIN
-        if key == "identity":
-            return np.asarray(self.labels["wearer"])
-        return np.asarray(self.labels[key])
+        return attribute(self.labels, key)
 
 
 # ------------------------------------------------------------------ single clip
@@ -286,16 +290,21 @@ def accumulation_gain(curve: Mapping[int, float]) -> dict[int, float]:
 
 def evaluate_leakage(fit: Observed, test: Observed, pop: Observed | None, *,
                      ks: Sequence[int] = DEFAULT_KS, repeats: int = 20, seed: int = 0,
-                     probes: Sequence[str] = PROBES) -> dict:
-    """Single-clip inference, PL(k) curves with gains, and linkage AUC(k) of one representation."""
+                     probes: Sequence[str] = PROBES,
+                     attributes: Sequence[str] = ("identity", "location", "routine"),
+                     identity: str = "identity") -> dict:
+    """Single-clip inference, PL(k) curves with gains, and linkage AUC(k) of one representation.
+
+    ``attributes`` are attacked single clip and by profile fusion; ``identity_best`` is the
+    better of the ``identity`` attribute's fusion curve and the set-statistics attack."""
     n_dev = len(np.unique(test.label("device")))
-    single = {t: single_clip(fit, test, t, seed, probes) for t in ("identity", "location", "routine")}
+    single = {t: single_clip(fit, test, t, seed, probes) for t in attributes}
     curves: dict[str, dict[int, float]] = {
-        t: fusion_curve(fit, test, t, ks, repeats, seed) for t in ("identity", "location", "routine")
+        t: fusion_curve(fit, test, t, ks, repeats, seed) for t in attributes
     }
     curves["identity_set"] = set_curve(fit, test, ks, repeats, seed)
     curves["identity_best"] = {k: max(v, curves["identity_set"].get(k, 0.0))
-                               for k, v in curves["identity"].items()}
+                               for k, v in curves[identity].items()}
     if pop is not None:
         curves["linkage_auc"] = linkage_curve(pop, test, ks, repeats, seed)
     return {
