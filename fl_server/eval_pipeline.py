@@ -7,10 +7,12 @@ not pay for them.
 
 What it does, in order:
 
-1. builds the synthetic benchmark: ``targets`` devices (whose clips are trained on,
-   probed and attacked) plus ``pop`` other devices (the attacker's own population), with
-   days split into *train* (encoder training), *fit* (the attacker's labelled data about
-   the targets and the probes' training set) and *test* (the targets' releases);
+1. builds the data splits (:mod:`fl_server.eval_splits`): the synthetic benchmark's
+   ``targets`` devices (whose clips are trained on, probed and attacked) plus ``pop``
+   other devices (the attacker's own population), with days split into *train* (encoder
+   training), *fit* (the attacker's labelled data about the targets and the probes'
+   training set) and *test* (the targets' releases); or the same splits of an operator's
+   labelled manifest (``--dataset``), decoded once with progress shown per device;
 2. trains the compared encoders **centrally** on the targets' train days with the
    device trainer (``fl_client.trainer.train_local``: the same VIB loss, Adam and, for the
    DP row, the same Opacus DP-SGD, over the pooled clips, for a few epochs). This is a
