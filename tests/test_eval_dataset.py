@@ -159,3 +159,37 @@ def test_plan_gives_a_third_of_six_devices_to_the_population(tmp_path: Path):
     assert plan.days["cam-0"].train == (0,) and plan.days["cam-0"].fit == (1,)
     assert plan.days["cam-0"].test == (2, 3, 4)
     assert plan.tasks.private == ("identity", "device") and plan.tasks.identity == "identity"
+
+
+def test_synthetic_table_columns_are_unchanged_and_manifest_ones_follow_the_tasks():
+    from privacy.evaluation.report import columns
+    from privacy.evaluation.tasks import SYNTHETIC, Tasks
+
+    assert columns(SYNTHETIC) == (
+        "name", "family", "beta", "dp_sgd", "kl_bits",
+        "activity_linear", "activity_mlp", "indoor_linear", "objects_auc_linear",
+        "identity_single", "identity_chance", "location_single", "routine_single",
+        "identity_pl_kmax", "kmax", "identity_gain_kmax", "linkage_auc_kmax",
+        "rr_psnr", "rr_ssim", "rr_attack")
+    tasks = Tasks(utility="scene", unseen=(), multilabel=(), private=("device", "room"), identity="device")
+    cols = columns(tasks)
+    assert cols[5:10] == ("scene_linear", "scene_mlp", "identity_single", "identity_chance", "room_single")
+
+
+def test_tasks_refuse_inconsistent_names_and_attributes_resolve():
+    import numpy as np
+
+    from privacy.evaluation.tasks import Tasks, attribute
+
+    with pytest.raises(ValueError, match="identity"):
+        Tasks(private=("location",), identity="identity")
+    with pytest.raises(ValueError, match="utility"):
+        Tasks(utility="room", private=("room",), identity="room")
+    with pytest.raises(ValueError, match="linkage_auc"):
+        Tasks(private=("identity", "linkage_auc"))
+    labels = {"wearer": np.array([3, 4]), "hour": np.array([7, 13]), "room": np.array([1, 0])}
+    assert attribute(labels, "identity").tolist() == [3, 4]
+    assert attribute(labels, "routine").tolist() == [1, 3]
+    assert attribute(labels, "room").tolist() == [1, 0]
+    with pytest.raises(KeyError, match="location"):
+        attribute(labels, "location")
