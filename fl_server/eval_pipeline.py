@@ -7,10 +7,12 @@ not pay for them.
 
 What it does, in order:
 
-1. builds the synthetic benchmark: ``targets`` devices (whose clips are trained on,
-   probed and attacked) plus ``pop`` other devices (the attacker's own population), with
-   days split into *train* (encoder training), *fit* (the attacker's labelled data about
-   the targets and the probes' training set) and *test* (the targets' releases);
+1. builds the data splits (:mod:`fl_server.eval_splits`): the synthetic benchmark's
+   ``targets`` devices (whose clips are trained on, probed and attacked) plus ``pop``
+   other devices (the attacker's own population), with days split into *train* (encoder
+   training), *fit* (the attacker's labelled data about the targets and the probes'
+   training set) and *test* (the targets' releases); or the same splits of an operator's
+   labelled manifest (``--dataset``), decoded once with progress shown per device;
 2. trains the compared encoders **centrally** on the targets' train days with the
    device trainer (``fl_client.trainer.train_local``: the same VIB loss, Adam and, for the
    DP row, the same Opacus DP-SGD, over the pooled clips, for a few epochs). This is a
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from fl_server.eval_splits import EvalSplits, ManifestPlan
     from privacy.encoder import EncoderConfig
 
 
@@ -111,12 +114,12 @@ def load_run_model(run_dir: Path) -> RunModel:
     return RunModel(f"run {run_dir.name}", cfg, arrays, beta)
 
 
-def load_clips(path: str, run_model: RunModel | None) -> np.ndarray:
+def load_clips(path: str, run_model: RunModel | None, image_size: int | None = None) -> np.ndarray:
     """Real footage as clips shaped for the evaluated encoders (at least 4: 2 for the
     attacker, 2 for the target)."""
     from privacy.footage import load_footage
 
-    size = run_model.encoder.image_size if run_model else 32
+    size = image_size or (run_model.encoder.image_size if run_model else 32)
     frames = run_model.encoder.frames if run_model else 8
     try:
         loaded = load_footage(path, frames=frames, image_size=size, max_clips=200)
@@ -133,35 +136,14 @@ def load_clips(path: str, run_model: RunModel | None) -> np.ndarray:
 # ------------------------------------------------------------------------------ the run
 
 
-def _data(scale: Scale, seed: int, size: int, frames: int):
-    from privacy.evaluation.harness import EvalData, Split
-    from privacy.synthetic import FleetSpec, fleet_batch
-
-    days = scale.train_days + scale.fit_days + scale.test_days
-    spec = FleetSpec(seed=seed, num_devices=scale.targets + scale.pop, days=days,
-                     clips_per_day=scale.clips_per_day, frames=frames, image_size=size)
-    targets = range(scale.targets)
-    pop = range(scale.targets, scale.targets + scale.pop)
-    train = fleet_batch(spec, targets, range(scale.train_days))
-    fit_days = range(scale.train_days, scale.train_days + scale.fit_days)
-    test_days = range(scale.train_days + scale.fit_days, days)
-    fit, test = fleet_batch(spec, targets, fit_days), fleet_batch(spec, targets, test_days)
-    pop_split = None
-    if scale.pop:
-        p = fleet_batch(spec, pop, range(scale.train_days, days))
-        pop_split = Split(p.x, p.labels)
-    data = EvalData(Split(fit.x, fit.labels), Split(test.x, test.labels), pop_split)
-    return spec, train, data
-
-
-def _train(cfg, train, beta: float, dp: bool, scale: Scale, seed: int):
+def _train(cfg: EncoderConfig, splits: EvalSplits, beta: float, dp: bool, scale: Scale, seed: int):
     from fl_client.trainer import TrainConfig, train_local
     from privacy.encoder import build_model, load_numpy_state, state_to_numpy
 
     init = state_to_numpy(build_model(cfg, seed=seed))
     tc = TrainConfig(epochs=scale.epochs, batch_size=16, lr=2e-3, beta=beta, utility="supervised",
                      dp_sgd=dp, noise_multiplier=scale.dp_noise, clip_norm=scale.dp_clip, seed=seed)
-    result = train_local(cfg, init, train.x, train.labels["activity"], tc)
+    result = train_local(cfg, init, splits.train_x, splits.train_y, tc)
     model = build_model(cfg, seed=seed)
     load_numpy_state(model, result.arrays)
     return model
@@ -202,11 +184,18 @@ def dp_sgd_update(model, x, y, *, beta: float, noise_multiplier: float, clip_nor
 
 
 def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel | None,
-                   footage: np.ndarray | None) -> None:
-    """Train, evaluate and attack every representation; write the report into `out_dir`."""
+                   footage: np.ndarray | None, *, dataset: ManifestPlan | None = None,
+                   image_size: int | None = None) -> None:
+    """Train, evaluate and attack every representation; write the report into `out_dir`.
+
+    The data are the synthetic fleet of `scale`, or the labelled manifest `dataset`
+    (checked by :func:`fl_server.eval_splits.plan_manifest`); `image_size` overrides the
+    encoder's (default: the run model's, else 32)."""
     import torch
     from rich.console import Console
 
+    from fl_server.eval_progress import Stages
+    from fl_server.eval_splits import manifest_splits, synthetic_splits
     from privacy.encoder import EncoderConfig, build_model, load_numpy_state
     from privacy.evaluation.baselines import (
         EncoderRepresentation,
@@ -225,87 +214,134 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
     from privacy.evaluation.harness import Split as _Split
     from privacy.evaluation.reconstruction import decoder_attack
     from privacy.evaluation.report import write_report
+    from privacy.footage import DecodeParams
 
     console = Console(stderr=False)
     torch.manual_seed(seed)
     cfg = run_model.encoder if run_model else EncoderConfig()
-    _spec, train, data = _data(scale, seed, cfg.image_size, cfg.frames)
-    console.print(f"eval ({scale.name}, seed {seed}): {scale.targets} target + {scale.pop} population "
-                  f"devices, {len(train)} training / {len(data.fit.x)} attacker / {len(data.test.x)} "
-                  f"target clips")
-    reps: list = list(default_pixel_baselines(cfg.image_size))
+    if image_size is not None:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
     plan = [(0.0, False)] + [(b, False) for b in scale.betas] + [(0.01, True)]
-    for beta, dp in plan:
-        name = ("non-private (beta=0)" if beta == 0 else f"MSR beta={beta:g}") + (" + DP-SGD" if dp else "")
-        console.print(f"training {name} ({scale.epochs} epochs, central)")
-        reps.append(EncoderRepresentation(name, _train(cfg, train, beta, dp, scale, seed), beta, dp))
-    if run_model:
-        model = build_model(run_model.encoder, seed=seed)
-        load_numpy_state(model, run_model.arrays)
-        reps.append(EncoderRepresentation(run_model.name, model, run_model.beta, False))
-    hc = HarnessConfig(seed=seed, ks=scale.ks, repeats=scale.repeats, decoder_epochs=scale.decoder_epochs,
-                       inversion_steps=scale.attack_steps, gi_steps=scale.gi_steps,
-                       gi_targets=scale.gi_targets)
-    rows = []
-    for rep in reps:
-        console.print(f"evaluating {rep.name}")
-        rows.append(evaluate_representation(rep, data, hc))
-    msr = min((r for r in reps if r.family == "encoder" and r.beta > 0 and not r.dp_sgd
-               and r.name.startswith("MSR")), key=lambda r: abs(r.beta - 0.01))
-    # the update attacked: a device's first round (global model = the initial weights, the
-    # most exposed point of training) and a late round (the trained MSR)
-    gi: dict = {"dp": {"noise_multiplier": scale.dp_noise, "clip_norm": scale.dp_clip, "batch": 1},
-                "_recon": {}}
-    for label, net in (("round 1 (initial model)", build_model(cfg, seed=seed)), (msr.name, msr.model)):
-        console.print(f"gradient inversion on {label}")
-        study = gradient_inversion_study(
-            net, msr.beta, data.test.x, data.test.labels["activity"], hc,
-            dp_update=lambda m, x, y: dp_sgd_update(m, x, y, beta=msr.beta, noise_multiplier=scale.dp_noise,
-                                                    clip_norm=scale.dp_clip, seed=seed))
-        gi[label] = {k: v for k, v in study.items() if not k.startswith("_")}
-        gi["_recon"].update({f"{k} ({label})": v for k, v in study["_recon"].items()})
-    efficiency: dict[str, Any] = {**encoder_size(msr.model), **bytes_per_clip(data.test.x[:32], cfg.latent_dim)}
-    timings: dict[str, Any] = dict(latency_per_clip(msr.model, data.test.x[:32], seed=seed))
-    real: dict[str, Any] = {}
-    if footage is not None:
-        half = len(footage) // 2
-        real_truth_fit, real_truth_test = mean_frames(footage[:half]), mean_frames(footage[half:])
+    n_reps = 4 + len(plan) + (1 if run_model else 0)
+    decode_steps = len(dataset.devices) if dataset else 0
+    total = decode_steps + len(plan) + n_reps + 2 + 1 + (1 if footage is not None else 0) + 1
+    with Stages(total, console) as stages:
+        if dataset is None:
+            stages.start("building the synthetic fleet")
+            splits = synthetic_splits(scale.targets, scale.pop, scale.clips_per_day, scale.train_days,
+                                      scale.fit_days, scale.test_days, seed, cfg.image_size, cfg.frames)
+            where = (f"{scale.targets} target + {scale.pop} population devices")
+        else:
+            stages.start(f"decoding {dataset.manifest.source.name}")
+            splits = manifest_splits(dataset, DecodeParams(cfg.frames, cfg.image_size),
+                                     on_device=lambda name: stages.done())
+            cfg = dataclasses.replace(cfg, num_activities=splits.classes)
+            where = (f"manifest {dataset.manifest.source}: {len(dataset.targets)} target + "
+                     f"{len(dataset.pop)} population devices")
+        data, tasks = splits.data, splits.tasks
+        stages.log(f"eval ({scale.name}, seed {seed}): {where}, {len(splits.train_x)} training / "
+                   f"{len(data.fit.x)} attacker / {len(data.test.x)} target clips")
+        reps: list = list(default_pixel_baselines(cfg.image_size))
+        for beta, dp in plan:
+            name = ("non-private (beta=0)" if beta == 0 else f"MSR beta={beta:g}") + (" + DP-SGD" if dp else "")
+            stages.start(f"training {name}", f"training {name} ({scale.epochs} epochs, central)")
+            reps.append(EncoderRepresentation(name, _train(cfg, splits, beta, dp, scale, seed), beta, dp))
+            stages.done()
+        if run_model:
+            model = build_model(run_model.encoder, seed=seed)
+            load_numpy_state(model, run_model.arrays)
+            reps.append(EncoderRepresentation(run_model.name, model, run_model.beta, False))
+        hc = HarnessConfig(seed=seed, ks=scale.ks, repeats=scale.repeats, decoder_epochs=scale.decoder_epochs,
+                           inversion_steps=scale.attack_steps, gi_steps=scale.gi_steps,
+                           gi_targets=scale.gi_targets, tasks=tasks)
+        rows = []
         for rep in reps:
-            a = release(rep, _Split(footage[:half], {}), seed, "fit")
-            b = release(rep, _Split(footage[half:], {}), seed, "test")
-            dec = decoder_attack(a, real_truth_fit, b, real_truth_test, seed, scale.decoder_epochs)
-            real[rep.name] = {"psnr": dec["psnr"], "ssim": dec["ssim"], "decoder": dec["decoder"]}
-        efficiency["real_clip_bytes"] = bytes_per_clip(footage[:32], cfg.latent_dim)
-        timings["real_clip_latency"] = latency_per_clip(msr.model, footage[:16], seed=seed)
-    results: dict[str, Any] = {
-        "settings": {"scale": scale.name, "seed": seed, **dataclasses.asdict(scale),
-                     "data": f"synthetic fleet seed {seed}: {scale.targets} target devices "
-                             f"(days 0-{scale.train_days - 1} train, next {scale.fit_days} attacker/probe "
-                             f"fit, last {scale.test_days} target) + {scale.pop} attacker-population "
-                             f"devices, {scale.clips_per_day} clips/day, {cfg.frames}x{cfg.image_size}px",
-                     "training": f"central train_local, {scale.epochs} epochs, batch 16, Adam 2e-3, "
-                                 f"supervised utility (activity); DP-SGD sigma={scale.dp_noise}, C={scale.dp_clip}",
-                     "clips": "given" if footage is not None else None},
-        "representations": rows,
-        "gradient_inversion": gi,
-        "efficiency": efficiency,
-        "real_clips": real,
-        "references": references(data),
-        "operating_point": operating_points(rows),
-    }
-    n = min(6, len(data.test.x))
-    recon_rows = []
-    for r in rows:
-        best = r["rr"]["best"]["attack"]
-        recon_rows.append((f"{r['name']} ({best})", r["_recon"][best][:n]))
-    for key, imgs in gi["_recon"].items():
-        recon_rows.append((f"gradient inversion: {key}", imgs))
-    _write_atomically(out_dir, lambda tmp: write_report(
-        results, timings, tmp, truth=mean_frames(data.test.x[:n]), recon_rows=recon_rows))
+            stages.start(f"evaluating {rep.name}", f"evaluating {rep.name}")
+            rows.append(evaluate_representation(rep, data, hc))
+            stages.done()
+        msr = min((r for r in reps if r.family == "encoder" and r.beta > 0 and not r.dp_sgd
+                   and r.name.startswith("MSR")), key=lambda r: abs(r.beta - 0.01))
+        # the update attacked: a device's first round (global model = the initial weights, the
+        # most exposed point of training) and a late round (the trained MSR)
+        gi: dict = {"dp": {"noise_multiplier": scale.dp_noise, "clip_norm": scale.dp_clip, "batch": 1},
+                    "_recon": {}}
+        y_test = data.test.labels[tasks.utility]
+        for label, net in (("round 1 (initial model)", build_model(cfg, seed=seed)), (msr.name, msr.model)):
+            stages.start(f"gradient inversion on {label}", f"gradient inversion on {label}")
+            study = gradient_inversion_study(
+                net, msr.beta, data.test.x, y_test, hc,
+                dp_update=lambda m, x, y: dp_sgd_update(m, x, y, beta=msr.beta, noise_multiplier=scale.dp_noise,
+                                                        clip_norm=scale.dp_clip, seed=seed))
+            gi[label] = {k: v for k, v in study.items() if not k.startswith("_")}
+            gi["_recon"].update({f"{k} ({label})": v for k, v in study["_recon"].items()})
+            stages.done()
+        stages.start("system efficiency")
+        efficiency: dict[str, Any] = {**encoder_size(msr.model), **bytes_per_clip(data.test.x[:32], cfg.latent_dim)}
+        timings: dict[str, Any] = dict(latency_per_clip(msr.model, data.test.x[:32], seed=seed))
+        stages.done()
+        real: dict[str, Any] = {}
+        if footage is not None:
+            stages.start("reconstruction on the given clips")
+            half = len(footage) // 2
+            real_truth_fit, real_truth_test = mean_frames(footage[:half]), mean_frames(footage[half:])
+            for rep in reps:
+                a = release(rep, _Split(footage[:half], {}), seed, "fit")
+                b = release(rep, _Split(footage[half:], {}), seed, "test")
+                dec = decoder_attack(a, real_truth_fit, b, real_truth_test, seed, scale.decoder_epochs)
+                real[rep.name] = {"psnr": dec["psnr"], "ssim": dec["ssim"], "decoder": dec["decoder"]}
+            efficiency["real_clip_bytes"] = bytes_per_clip(footage[:32], cfg.latent_dim)
+            timings["real_clip_latency"] = latency_per_clip(msr.model, footage[:16], seed=seed)
+            stages.done()
+        stages.start("writing the report")
+        results: dict[str, Any] = {
+            "settings": _settings(scale, seed, splits, dataset, cfg, footage is not None),
+            "representations": rows,
+            "gradient_inversion": gi,
+            "efficiency": efficiency,
+            "real_clips": real,
+            "references": references(data, tasks),
+            "operating_point": operating_points(rows, tasks),
+        }
+        n = min(6, len(data.test.x))
+        recon_rows = []
+        for r in rows:
+            best = r["rr"]["best"]["attack"]
+            recon_rows.append((f"{r['name']} ({best})", r["_recon"][best][:n]))
+        for key, imgs in gi["_recon"].items():
+            recon_rows.append((f"gradient inversion: {key}", imgs))
+        _write_atomically(out_dir, lambda tmp: write_report(
+            results, timings, tmp, truth=mean_frames(data.test.x[:n]), recon_rows=recon_rows, tasks=tasks))
+        stages.done()
     op = results["operating_point"]
     console.print(f"report written to {out_dir}/ (report.md, table.csv, metrics.json, timings.json, "
                   f"frontier.png, pl_curves.png, reconstructions.png); operating point met by: "
                   f"{', '.join(op.get('met_by', [])) or 'none'}")
+
+
+#: Scale fields that shape the synthetic fleet (a manifest decides its own devices and days)
+_FLEET_FIELDS = ("targets", "pop", "clips_per_day", "train_days", "fit_days", "test_days")
+
+
+def _settings(scale: Scale, seed: int, splits: EvalSplits, dataset: ManifestPlan | None,
+              cfg: EncoderConfig, clips_given: bool) -> dict[str, Any]:
+    """The report's ``settings``: the scale, the data, how the encoders were trained."""
+    utility = "activity" if dataset is None else f"the utility label {splits.tasks.utility!r}"
+    out: dict[str, Any] = {
+        "scale": scale.name, "seed": seed, **dataclasses.asdict(scale),
+        "data": splits.description,
+        "training": f"central train_local, {scale.epochs} epochs, batch 16, Adam 2e-3, "
+                    f"supervised utility ({utility}); DP-SGD sigma={scale.dp_noise}, C={scale.dp_clip}",
+        "clips": "given" if clips_given else None,
+    }
+    if dataset is not None:
+        for key in _FLEET_FIELDS:
+            del out[key]
+        out["image_size"] = cfg.image_size
+        out["dataset"] = {"manifest": str(dataset.manifest.source), "targets": list(dataset.targets),
+                          "population": list(dataset.pop), "rows_left_out": dataset.left_out,
+                          "days": {d: dataclasses.asdict(s) for d, s in dataset.days.items()}}
+        out["tasks"] = dataclasses.asdict(splits.tasks)
+    return out
 
 
 def _write_atomically(out_dir: Path, write) -> None:

@@ -230,7 +230,7 @@ def curves(fit: Observed, test: Observed, seed: int, targets: tuple[str, ...]
     pop = fit if len(np.unique(test.labels["day"])) >= 2 else None
     try:
         report = evaluate_leakage(fit, test, pop, ks=ks, repeats=LEAKAGE_REPEATS, seed=seed,
-                                  probes=("linear",), targets=targets)
+                                  probes=("linear",), attributes=targets)
     except ValueError as exc:  # e.g. one class only in the attacker's labels
         return None, f"attack could not be fitted: {exc}"
     return report, ""

@@ -2,7 +2,9 @@
 
 The command checks its options and hands over to :mod:`fl_server.eval_pipeline`
 (docs/evaluation.md); ``--reduced`` is the CI-sized scale, the other numeric options
-override single settings of the chosen scale.
+override single settings of the chosen scale. ``--dataset MANIFEST`` evaluates on an
+operator's labelled footage manifest instead of the synthetic fleet
+(:mod:`fl_server.eval_splits` checks it before anything is decoded or written).
 """
 
 from __future__ import annotations
@@ -26,9 +28,18 @@ def eval_command(
     clips_per_day: Annotated[int | None, typer.Option(help="Override: clips per device per day.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override: encoder training epochs.")] = None,
     attack_steps: Annotated[int | None, typer.Option(help="Override: optimisation steps of the inversion attacks.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="A labelled footage manifest (CSV) to evaluate on instead of the synthetic fleet.")] = None,
+    utility_label: Annotated[str | None, typer.Option(
+        help="With --dataset: the label column the encoders are trained for (default: activity).")] = None,
+    privacy_labels: Annotated[str | None, typer.Option(
+        help="With --dataset: comma-separated labels to attack (default: every other label + device).")] = None,
+    image_size: Annotated[int | None, typer.Option(
+        help="Frame size in pixels, 32 or 64 (default: the --model's, else 32).")] = None,
 ) -> None:
     """Evaluate encoders and baselines on DTP / PL / RR / SE and write the report."""
     from fl_server import eval_pipeline as pipeline
+    from fl_server.eval_splits import DatasetProblem, plan_manifest
 
     if seed < 0:
         fail("--seed", f"must be >= 0, got {seed}")
@@ -38,12 +49,33 @@ def eval_command(
             fail(option, f"must be >= 1, got {value}")
     if devices is not None and devices < 2:
         fail("--devices", f"needs at least 2 target devices to attack identity, got {devices}")
+    if dataset is None:
+        for option, given in (("--utility-label", utility_label), ("--privacy-labels", privacy_labels)):
+            if given is not None:
+                fail(option, "applies to a labelled manifest only; pass --dataset MANIFEST")
+    else:
+        for option, value in (("--devices", devices), ("--clips-per-day", clips_per_day)):
+            if value is not None:
+                fail(option, "a --dataset manifest decides its own devices and clips; drop the option")
+    if image_size is not None and image_size not in (32, 64):
+        fail("--image-size", f"must be 32 or 64, got {image_size}")
     if clips is not None and not Path(clips).exists():
         fail("--clips", f"{clips} does not exist; pass a video file or a folder of videos/frames")
     try:
         run_model = pipeline.load_run_model(Path(model)) if model is not None else None
     except pipeline.EvalInputError as exc:
         fail("--model", str(exc))
+    if run_model is not None and image_size is not None and image_size != run_model.encoder.image_size:
+        fail("--image-size", f"{image_size} differs from the --model's {run_model.encoder.image_size} px")
+    plan = None
+    if dataset is not None:
+        privacy = None if privacy_labels is None else [p.strip() for p in privacy_labels.split(",")]
+        if privacy is not None and not all(privacy):
+            fail("--privacy-labels", f"{privacy_labels!r} has an empty name; give labels as a,b,c")
+        try:
+            plan = plan_manifest(dataset, utility_label, privacy)
+        except DatasetProblem as exc:
+            fail(exc.option, str(exc))
     out_dir = Path(out)
     if out_dir.exists() and (not out_dir.is_dir() or
                              (any(out_dir.iterdir()) and not (out_dir / "metrics.json").exists())):
@@ -55,7 +87,11 @@ def eval_command(
         scale = dataclasses.replace(scale, attack_steps=attack_steps, gi_steps=attack_steps,
                                     decoder_epochs=min(scale.decoder_epochs, attack_steps))
     try:
-        footage = pipeline.load_clips(clips, run_model) if clips is not None else None
+        footage = pipeline.load_clips(clips, run_model, image_size) if clips is not None else None
     except pipeline.EvalInputError as exc:
         fail("--clips", str(exc))
-    pipeline.run_evaluation(scale, seed, out_dir, run_model, footage)
+    try:
+        pipeline.run_evaluation(scale, seed, out_dir, run_model, footage, dataset=plan,
+                                image_size=image_size)
+    except DatasetProblem as exc:  # found while decoding: nothing is written
+        fail(exc.option, str(exc))

@@ -5,16 +5,18 @@ Probes (standardised features):
 * ``linear``: multinomial logistic regression (L2, C = 1);
 * ``mlp``: one hidden layer of 64 ReLU units, L2 1e-3, Adam (200 epochs at most), fixed seed.
 
-Tasks: ``activity`` (what the encoders are trained for) and two they are never trained
-for: ``indoor`` (binary) and ``objects`` (multi-label, 8 object classes; scored by the
-macro ROC AUC over the object classes present and absent in both splits, chance 0.5).
+Tasks (named by :class:`.tasks.Tasks`; on the synthetic benchmark): ``activity`` (what the
+encoders are trained for) and two they are never trained for: ``indoor`` (binary) and
+``objects`` (multi-label, 8 object classes; scored by the macro ROC AUC over the object
+classes present and absent in both splits, chance 0.5). On a labelled manifest: its
+utility label.
 Accuracies come with the chance level (always guessing the fit split's majority class).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -88,16 +90,20 @@ def multilabel_auc(kind: str, z_fit: np.ndarray, y_fit: np.ndarray, z_test: np.n
 
 def evaluate_dtp(z_fit: np.ndarray, labels_fit: Mapping[str, np.ndarray], z_test: np.ndarray,
                  labels_test: Mapping[str, np.ndarray], seed: int = 0,
-                 probes: tuple[str, ...] = PROBES) -> dict[str, float]:
-    """``activity_{probe}``, ``indoor_{probe}``, ``objects_auc_{probe}`` + chance levels."""
+                 probes: tuple[str, ...] = PROBES, tasks: Sequence[str] = ("activity", "indoor"),
+                 multilabel: Sequence[str] = ("objects",)) -> dict[str, float]:
+    """``{task}_{probe}`` + ``{task}_chance`` for every single-label task, and
+    ``{name}_auc_{probe}`` + ``{name}_auc_chance`` (0.5) for every multi-label one
+    (defaults: the synthetic benchmark's activity, indoor and objects)."""
     out: dict[str, float] = {}
-    for task in ("activity", "indoor"):
+    for task in tasks:
         for kind in probes:
             out[f"{task}_{kind}"] = probe_accuracy(kind, z_fit, labels_fit[task], z_test,
                                                    labels_test[task], seed)
         out[f"{task}_chance"] = chance(labels_fit[task], labels_test[task])
-    for kind in probes:
-        out[f"objects_auc_{kind}"] = multilabel_auc(kind, z_fit, labels_fit["objects"], z_test,
-                                                    labels_test["objects"], seed)
-    out["objects_auc_chance"] = 0.5
+    for name in multilabel:
+        for kind in probes:
+            out[f"{name}_auc_{kind}"] = multilabel_auc(kind, z_fit, labels_fit[name], z_test,
+                                                       labels_test[name], seed)
+        out[f"{name}_auc_chance"] = 0.5
     return out

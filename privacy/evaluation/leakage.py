@@ -44,23 +44,25 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from privacy.evaluation.dtp import PROBES, chance, fit_probe, probe_accuracy
+from privacy.evaluation.tasks import HOUR_BIN, attribute
 
-HOUR_BIN = 4  # hours per routine bin
+__all__ = ["DEFAULT_KS", "HOUR_BIN", "MAX_DIMS", "SMOOTHING", "Observed", "accumulation_gain",
+           "day_halves", "device_profiles", "evaluate_leakage", "fused_accuracy", "fusion_curve",
+           "linkage_auc", "linkage_curve", "linkage_projection", "profile_loglik", "reducer",
+           "set_curve", "set_statistics", "single_clip", "subsets"]
+
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 SMOOTHING = 0.5  # Laplace pseudo-count per profile cell
 MAX_DIMS = 64  # attacker-side PCA before set / linkage attacks on wide (pixel) features
-REQUIRED_LABELS = ("device", "day")
-ATTRIBUTES = ("identity", "location", "routine")  # the single-clip / fusion targets
-TARGET_LABEL = {"identity": "wearer", "routine": "hour"}  # target -> the label it reads
 
 
 @dataclass(frozen=True)
 class Observed:
     """Released representations of some clips and the labels an evaluator knows about them.
 
-    ``labels`` holds int arrays: always ``device`` and ``day``; ``wearer``, ``location``
-    and ``hour`` where the evaluator knows them (the synthetic benchmark knows all of
-    them; a server holding real uploads knows only the device, the day and the hour).
+    ``labels`` holds int arrays ``device`` and ``day`` and one per attacked attribute
+    (the synthetic fleet's ``wearer``, ``location``, ``hour``; a manifest's label columns),
+    read through :func:`privacy.evaluation.tasks.attribute`.
     """
 
     z: np.ndarray
@@ -68,7 +70,7 @@ class Observed:
 
     def __post_init__(self) -> None:
         n = len(self.z)
-        for key in REQUIRED_LABELS:
+        for key in ("device", "day"):
             if key not in self.labels:
                 raise ValueError(f"Observed.labels is missing {key!r}")
         for key, values in self.labels.items():
@@ -76,15 +78,15 @@ class Observed:
                 raise ValueError(f"Observed.labels[{key!r}] has {len(values)} rows, z has {n}")
 
     def label(self, key: str) -> np.ndarray:
-        source = TARGET_LABEL.get(key, key)
-        if source not in self.labels:
-            raise ValueError(f"no {source!r} labels to attack {key!r} with")
-        values = np.asarray(self.labels[source])
-        return values // HOUR_BIN if key == "routine" else values
+        return attribute(self.labels, key)
 
-    def knows(self, target: str) -> bool:
-        """Whether the labels a ``target`` attack needs are here."""
-        return TARGET_LABEL.get(target, target) in self.labels
+    def knows(self, key: str) -> bool:
+        """Whether attribute ``key`` can be read from these labels."""
+        try:
+            attribute(self.labels, key)
+        except KeyError:
+            return False
+        return True
 
 
 # ------------------------------------------------------------------ single clip
@@ -297,29 +299,29 @@ def accumulation_gain(curve: Mapping[int, float]) -> dict[int, float]:
 def evaluate_leakage(fit: Observed, test: Observed, pop: Observed | None, *,
                      ks: Sequence[int] = DEFAULT_KS, repeats: int = 20, seed: int = 0,
                      probes: Sequence[str] = PROBES,
-                     targets: Sequence[str] = ATTRIBUTES) -> dict:
+                     attributes: Sequence[str] = ("identity", "location", "routine"),
+                     identity: str = "identity") -> dict:
     """Single-clip inference, PL(k) curves with gains, and linkage AUC(k) of one representation.
 
-    ``targets``: the attributes attacked one clip at a time and by profile fusion (each
-    needs its labels in both ``fit`` and ``test``). The set-statistics identity attack and
-    linkage need only the device, so they always run.
-    """
-    for target in targets:
-        if target not in ATTRIBUTES:
-            raise ValueError(f"unknown target {target!r}; choose from {', '.join(ATTRIBUTES)}")
-        if not (fit.knows(target) and test.knows(target)):
-            raise ValueError(f"target {target!r} needs {TARGET_LABEL.get(target, target)!r} "
-                             "labels in both the fit and the test representations")
+    ``attributes`` are attacked single clip and by profile fusion (each needs its labels in
+    both ``fit`` and ``test``); ``identity_best`` is the better of the ``identity``
+    attribute's fusion curve and the set-statistics attack, or the latter alone when
+    ``identity`` is not attacked (a server that knows only which device sent what). The
+    set-statistics attack and linkage need only the device, so they always run."""
+    for name in attributes:
+        if not (fit.knows(name) and test.knows(name)):
+            raise ValueError(f"attribute {name!r} has no labels in the fit or the test "
+                             "representations")
     n_dev = len(np.unique(test.label("device")))
-    single = {t: single_clip(fit, test, t, seed, probes) for t in targets}
+    single = {t: single_clip(fit, test, t, seed, probes) for t in attributes}
     curves: dict[str, dict[int, float]] = {
-        t: fusion_curve(fit, test, t, ks, repeats, seed) for t in targets
+        t: fusion_curve(fit, test, t, ks, repeats, seed) for t in attributes
     }
     curves["identity_set"] = set_curve(fit, test, ks, repeats, seed)
-    if "identity" in curves:
+    if identity in curves:
         curves["identity_best"] = {k: max(v, curves["identity_set"].get(k, 0.0))
-                                   for k, v in curves["identity"].items()}
-    else:  # the wearer is unknown: the device is named from its representations alone
+                                   for k, v in curves[identity].items()}
+    else:
         curves["identity_best"] = dict(curves["identity_set"])
     if pop is not None:
         curves["linkage_auc"] = linkage_curve(pop, test, ks, repeats, seed)

@@ -26,14 +26,26 @@ from typing import Any, cast
 
 import numpy as np
 
-COLUMNS = (
-    "name", "family", "beta", "dp_sgd", "kl_bits",
-    "activity_linear", "activity_mlp", "indoor_linear", "objects_auc_linear",
-    "identity_single", "identity_chance", "location_single", "routine_single",
-    "identity_pl_kmax", "kmax", "identity_gain_kmax", "linkage_auc_kmax",
-    "rr_psnr", "rr_ssim", "rr_attack",
-)
+from privacy.evaluation.tasks import SYNTHETIC, Tasks
+
 PNG_META = {"Software": None}
+#: PL(k) panel titles of the synthetic attributes (any other attribute: "NAME PL(k)")
+_PANEL_TITLES = {"location": "location (home/haunts) PL(k)", "routine": "routine (hour pattern) PL(k)"}
+
+
+def columns(tasks: Tasks = SYNTHETIC) -> tuple[str, ...]:
+    """The table's columns: the utility task's probes, the unseen tasks' linear probes, the
+    identity attribute's single-clip attack (as ``identity_*``), the other attributes'."""
+    return (
+        "name", "family", "beta", "dp_sgd", "kl_bits",
+        f"{tasks.utility}_linear", f"{tasks.utility}_mlp",
+        *(f"{t}_linear" for t in tasks.unseen), *(f"{t}_auc_linear" for t in tasks.multilabel),
+        "identity_single", "identity_chance",
+        *(f"{a}_single" for a in tasks.private if a != tasks.identity),
+        "identity_pl_kmax", "kmax", "identity_gain_kmax", "linkage_auc_kmax",
+        "rr_psnr", "rr_ssim", "rr_attack",
+    )
+
 
 
 def _last(curve: dict) -> tuple[int | None, float | None]:
@@ -43,24 +55,38 @@ def _last(curve: dict) -> tuple[int | None, float | None]:
     return k, curve[k] if k in curve else curve[str(k)]
 
 
-def table_row(row: dict) -> dict:
+def table_row(row: dict, tasks: Tasks = SYNTHETIC) -> dict:
     pl, dtp, rr = row["pl"], row["dtp"], row["rr"]
     kmax, ident = _last(pl["curves"]["identity_best"])
     _, gain = _last(pl["gain"]["identity_best"])
     _, link = _last(pl["curves"].get("linkage_auc", {}))
-    return {
-        "name": row["name"], "family": row["family"], "beta": row.get("beta"),
-        "dp_sgd": row.get("dp_sgd"), "kl_bits": row.get("kl_bits"),
-        "activity_linear": dtp.get("activity_linear"), "activity_mlp": dtp.get("activity_mlp"),
-        "indoor_linear": dtp.get("indoor_linear"), "objects_auc_linear": dtp.get("objects_auc_linear"),
-        "identity_single": pl["single"]["identity"]["best"],
-        "identity_chance": pl["single"]["identity"]["chance"],
-        "location_single": pl["single"]["location"]["best"],
-        "routine_single": pl["single"]["routine"]["best"],
+    out = {"name": row["name"], "family": row["family"], "beta": row.get("beta"),
+           "dp_sgd": row.get("dp_sgd"), "kl_bits": row.get("kl_bits")}
+    out.update({c: dtp.get(c) for c in columns(tasks) if c.endswith(("_linear", "_mlp"))})
+    out.update({
+        "identity_single": pl["single"][tasks.identity]["best"],
+        "identity_chance": pl["single"][tasks.identity]["chance"],
+        **{f"{a}_single": pl["single"][a]["best"] for a in tasks.private if a != tasks.identity},
         "identity_pl_kmax": ident, "kmax": kmax, "identity_gain_kmax": gain,
         "linkage_auc_kmax": link,
         "rr_psnr": rr["best"]["psnr"], "rr_ssim": rr["best"]["ssim"], "rr_attack": rr["best"]["attack"],
-    }
+    })
+    return out
+
+
+def _column_note(tasks: Tasks) -> str:
+    if tasks == SYNTHETIC:
+        return ("Columns: activity / indoor = probe accuracy (indoor and objects are tasks no encoder "
+                "was trained for); identity/location/routine_single = best single-clip attack accuracy; "
+                "identity_pl_kmax = PL(k) at the largest k measured, identity_gain_kmax = PL(k) - PL(1); "
+                "rr_* = best reconstruction attack (PSNR dB / SSIM of the temporal mean frame).")
+    others = [a for a in tasks.private if a != tasks.identity]
+    return (f"Columns: {tasks.utility}_* = probe accuracy on the utility label; identity_* = "
+            f"best single-clip attack accuracy on {tasks.identity!r}"
+            + (f", {' / '.join(others)}_single on those labels" if others else "")
+            + "; identity_pl_kmax = device re-identification PL(k) at the largest k measured "
+            "(best of the identity fusion and set attacks), identity_gain_kmax = PL(k) - PL(1); "
+            "rr_* = best reconstruction attack (PSNR dB / SSIM of the temporal mean frame).")
 
 
 def _fmt(v: object) -> str:
@@ -91,17 +117,15 @@ def _clean(obj: object) -> object:
     return obj
 
 
-def markdown(results: dict, rows: Sequence[dict], timings: dict) -> str:
+def markdown(results: dict, rows: Sequence[dict], timings: dict, tasks: Tasks = SYNTHETIC) -> str:
+    cols = columns(tasks)
     out = [f"# fedmsr evaluation ({results['settings']['scale']}, seed {results['settings']['seed']})", ""]
     s = results["settings"]
     out += [f"Data: {s['data']}. Encoders: {s['training']}.", ""]
     out += ["## Privacy-utility table", "",
-            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
-    out += ["", ("Columns: activity / indoor = probe accuracy (indoor and objects are tasks no encoder "
-            "was trained for); identity/location/routine_single = best single-clip attack accuracy; "
-            "identity_pl_kmax = PL(k) at the largest k measured, identity_gain_kmax = PL(k) - PL(1); "
-            "rr_* = best reconstruction attack (PSNR dB / SSIM of the temporal mean frame)."), ""]
+            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    out += ["", _column_note(tasks), ""]
     out += ["## PL(k): accumulated over k representations of one device", ""]
     for rep in results["representations"]:
         curves = rep["pl"]["curves"]
@@ -127,8 +151,9 @@ def markdown(results: dict, rows: Sequence[dict], timings: dict) -> str:
     ref = results.get("references")
     if ref:
         out += ["## References", "",
-                (f"* identity inferred from the true activity label alone: {_fmt(ref['identity_from_activity'])} "
-                f"(chance {_fmt(ref['identity_chance'])}): the floor for any encoder that keeps activity;"),
+                (f"* {_identity_word(tasks)} inferred from the true {tasks.utility} label alone: "
+                 f"{_fmt(ref['identity_from_activity'])} (chance {_fmt(ref['identity_chance'])}): the floor "
+                 f"for any encoder that keeps {tasks.utility};"),
                 (f"* PSNR of answering the attacker's mean frame (no information about the clip): "
                 f"{_fmt(ref['prior_psnr'])} dB."), ""]
     eff = results.get("efficiency", {})
@@ -147,7 +172,8 @@ def markdown(results: dict, rows: Sequence[dict], timings: dict) -> str:
     else:
         out.append(f"Reference: {op['reference']}; blur PSNR {op['blur_psnr']:.2f} dB. Met by: "
                    f"{', '.join(op['met_by']) or 'none'}.")
-        out += ["", "| encoder | activity (needed) | identity (allowed) | PSNR (allowed) | meets |",
+        out += ["", f"| encoder | {tasks.utility} (needed) | {_identity_word(tasks)} (allowed) | "
+                "PSNR (allowed) | meets |",
                 "|---|---|---|---|---|"]
         for c in op["candidates"]:
             out.append(f"| {c['name']} | {c['activity']:.3f} ({c['activity_needed']:.3f}) | "
@@ -169,18 +195,23 @@ def _figure():
     return plt
 
 
-def plot_frontier(rows: Sequence[dict], path: Path) -> None:
+def _identity_word(tasks: Tasks) -> str:
+    return "identity" if tasks.identity == "identity" else f"identity ({tasks.identity})"
+
+
+def plot_frontier(rows: Sequence[dict], path: Path, tasks: Tasks = SYNTHETIC) -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    util = f"{tasks.utility}_linear"
     for r in rows:
         marker = "o" if r["family"] == "encoder" else "s"
-        ax.scatter(r["identity_single"], r["activity_linear"], marker=marker)
-        ax.annotate(r["name"], (r["identity_single"], r["activity_linear"]), fontsize=7,
+        ax.scatter(r["identity_single"], r[util], marker=marker)
+        ax.annotate(r["name"], (r["identity_single"], r[util]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     if rows:
         ax.axvline(rows[0]["identity_chance"], color="grey", ls=":", lw=1, label="identity chance")
-    ax.set_xlabel("identity inference, single clip (accuracy; lower = more private)")
-    ax.set_ylabel("activity probe accuracy (higher = more useful)")
+    ax.set_xlabel(f"{_identity_word(tasks)} inference, single clip (accuracy; lower = more private)")
+    ax.set_ylabel(f"{tasks.utility} probe accuracy (higher = more useful)")
     ax.set_title("privacy-utility frontier")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -188,12 +219,16 @@ def plot_frontier(rows: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_pl_curves(reps: Sequence[dict], path: Path) -> None:
+def plot_pl_curves(reps: Sequence[dict], path: Path, tasks: Tasks = SYNTHETIC) -> None:
     plt = _figure()
-    panels = (("identity_best", "identity PL(k)"), ("location", "location (home/haunts) PL(k)"),
-              ("routine", "routine (hour pattern) PL(k)"), ("linkage_auc", "cross-day linkage AUC(k)"))
-    fig, axes = plt.subplots(2, 2, figsize=(9, 7), dpi=100)
-    for ax, (key, title) in zip(axes.ravel(), panels, strict=True):
+    panels = [("identity_best", f"{_identity_word(tasks)} PL(k)"),
+              *((a, _PANEL_TITLES.get(a, f"{a} PL(k)")) for a in tasks.private if a != tasks.identity),
+              ("linkage_auc", "cross-day linkage AUC(k)")]
+    rows_n = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(rows_n, 2, figsize=(9, 3.5 * rows_n), dpi=100, squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, (key, title) in zip(axes.ravel(), panels, strict=False):
         for rep in reps:
             c = rep["pl"]["curves"].get(key, {})
             if c:
@@ -243,26 +278,28 @@ def plot_reconstructions(truth: np.ndarray, rows: Sequence[tuple[str, np.ndarray
 
 
 def write_report(results: dict, timings: dict, out_dir: Path, *, truth: np.ndarray,
-                 recon_rows: Sequence[tuple[str, np.ndarray]]) -> list[Path]:
+                 recon_rows: Sequence[tuple[str, np.ndarray]],
+                 tasks: Tasks = SYNTHETIC) -> list[Path]:
     """Write every report file into ``out_dir`` (which must exist); returns the paths."""
     clean = cast(dict[str, Any], _clean(results))
-    rows = [table_row(r) for r in clean["representations"]]
+    rows = [table_row(r, tasks) for r in clean["representations"]]
+    cols = columns(tasks)
     files = {
         "metrics.json": json.dumps(clean, indent=2, sort_keys=True) + "\n",
         "timings.json": json.dumps(_clean(timings), indent=2, sort_keys=True) + "\n",
-        "report.md": markdown(clean, rows, cast(dict[str, Any], _clean(timings))),
+        "report.md": markdown(clean, rows, cast(dict[str, Any], _clean(timings)), tasks),
     }
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
-    writer.writerows([{c: _fmt(r[c]) if isinstance(r[c], float) else r[c] for c in COLUMNS} for r in rows])
+    writer.writerows([{c: _fmt(r[c]) if isinstance(r[c], float) else r[c] for c in cols} for r in rows])
     files["table.csv"] = buf.getvalue()
     paths = []
     for name, text in files.items():
         (out_dir / name).write_text(text)
         paths.append(out_dir / name)
-    plot_frontier(rows, out_dir / "frontier.png")
-    plot_pl_curves(clean["representations"], out_dir / "pl_curves.png")
+    plot_frontier(rows, out_dir / "frontier.png", tasks)
+    plot_pl_curves(clean["representations"], out_dir / "pl_curves.png", tasks)
     plot_reconstructions(truth, recon_rows, out_dir / "reconstructions.png")
     paths += [out_dir / n for n in ("frontier.png", "pl_curves.png", "reconstructions.png")]
     return paths
