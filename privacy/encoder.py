@@ -2,14 +2,20 @@
 
 Architecture (per clip ``x``: T frames of H x W RGB):
 
+* motion first: each frame is given with its difference from the frame before (6
+  channels), so the first conv already sees what moved;
 * a per-frame convolutional stem + 2 conv stages, every conv followed by GroupNorm
   (never BatchNorm: per-frame statistics only, nothing shared across clips) and SiLU.
   All T frames of all clips go through each conv as *one* batch of N*T images
   (``FrameConv2d`` / ``FrameGroupNorm`` take ``[N, T, C, H, W]``); the stem's stride is
-  ``image_size // 16`` so 32x32 and 64x64 clips both reach the stages at 16x16;
-* spatial mean pooling per frame, then temporal mean pooling over the T frames;
-* an MLP to ``(mu, logvar)`` of a ``latent_dim`` Gaussian (``logvar`` softly bounded to
-  ``[-8, 8]``);
+  ``image_size // 16`` so 32x32 and 64x64 clips both reach the stages at 16x16, and the
+  stages end on a 4x4 grid of cells;
+* a temporal convolution (kernel 3, shared by every cell, residual) over each cell's
+  per-frame features, then the temporal mean: the spatial layout is kept (where in the
+  frame something happens) up to the posterior head, and only the order of frames beyond
+  the temporal kernel is pooled away;
+* an MLP from the 16 cells' features to ``(mu, logvar)`` of a ``latent_dim`` Gaussian
+  (``logvar`` softly bounded to ``[-8, 8]``, starting at ``LOGVAR_INIT``);
 * heads on the sampled ``z``: an activity classifier; an SSL projector + predictor.
 
 DP-SGD: Opacus computes per-example gradients per layer from the layer's input and
@@ -24,6 +30,7 @@ clip's T frames), which is what keeps a DP step cheap on CPU. There is no bare
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import cast
 
@@ -36,6 +43,11 @@ from privacy.checks import is_int
 from privacy.vib import VIBOutput
 
 LOGVAR_BOUND = 8.0
+#: side of the spatial grid the frame convs end on, kept up to the posterior head
+GRID = 4
+#: initial log-variance of the posterior: a start near deterministic codes, so the first
+#: steps at small beta learn from mu rather than from noise
+LOGVAR_INIT = -4.0
 
 
 @dataclass(frozen=True)
@@ -146,26 +158,50 @@ def _groups(channels: int) -> int:
     return 1
 
 
+class TemporalConv(nn.Linear):
+    """A temporal convolution of kernel 3 over per-frame features, shared by every cell.
+
+    ``[N, T, S, C] -> [N, T, S, C']``: frame t of cell s sees frames t-1, t, t+1 of that
+    cell (zeros past either end). It is an ``nn.Linear`` on the three frames' features
+    concatenated, so Opacus' Linear sampler gives per-clip gradients with the clip on dim 0
+    (it sums every other leading dimension: frames and cells).
+    """
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__(3 * channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        pad = F.pad(x, (0, 0, 0, 0, 1, 1))  # one zero frame at each end of T
+        window = torch.cat([pad[:, :-2], pad[:, 1:-1], pad[:, 2:]], dim=-1)
+        return super().forward(window)
+
+
 class FrameEncoder(nn.Module):
-    """Per-frame conv net + spatial and temporal mean pooling: ``[N,T,3,H,W] -> [N, F]``."""
+    """Frames and frame differences -> per-frame 4x4 feature grid -> temporal conv ->
+    temporal mean, keeping the grid: ``[N, T, 3, H, W] -> [N, 16 * 2w]``."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         w = cfg.width
         stride = cfg.image_size // 16  # 2 at 32x32, 4 at 64x64: stages always see 16x16
-        self.stem = FrameConv2d(3, w, kernel_size=stride + 1, stride=stride, padding=stride // 2)
+        self.stem = FrameConv2d(6, w, kernel_size=stride + 1, stride=stride, padding=stride // 2)
         self.norm0 = FrameGroupNorm(_groups(w), w)
         self.conv1 = FrameConv2d(w, 2 * w, kernel_size=3, stride=2, padding=1)  # -> 8x8
         self.norm1 = FrameGroupNorm(_groups(2 * w), 2 * w)
         self.conv2 = FrameConv2d(2 * w, 2 * w, kernel_size=3, stride=2, padding=1)  # -> 4x4
         self.norm2 = FrameGroupNorm(_groups(2 * w), 2 * w)
-        self.out_features = 2 * w
+        self.temporal = TemporalConv(2 * w, 2 * w)
+        self.out_features = GRID * GRID * 2 * w
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.silu(self.norm0(self.stem(x)))
+        # motion: each frame minus the one before (the first frame's difference is zero)
+        diff = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+        h = F.silu(self.norm0(self.stem(torch.cat([x, diff], dim=2))))
         h = F.silu(self.norm1(self.conv1(h)))
-        h = F.silu(self.norm2(self.conv2(h)))
-        return h.mean(dim=(3, 4)).mean(dim=1)
+        h = F.silu(self.norm2(self.conv2(h)))  # [N, T, C, 4, 4]
+        h = h.flatten(3).transpose(2, 3)  # [N, T, 16, C]: one feature vector per cell
+        h = h + F.silu(self.temporal(h))
+        return h.mean(dim=1).flatten(1)  # temporal mean; the grid stays
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -180,7 +216,11 @@ class VIBModel(nn.Module):
         self.cfg = cfg
         self.encoder = FrameEncoder(cfg)
         f = self.encoder.out_features
-        self.posterior_head = _mlp(f, f, 2 * cfg.latent_dim)
+        hidden = 4 * cfg.width
+        self.posterior_head = _mlp(f, hidden, 2 * cfg.latent_dim)
+        with torch.no_grad():
+            last = cast(nn.Linear, self.posterior_head[2])
+            last.bias[cfg.latent_dim:] = LOGVAR_BOUND * math.atanh(LOGVAR_INIT / LOGVAR_BOUND)
         self.activity_head = nn.Linear(cfg.latent_dim, cfg.num_activities)
         hidden = max(cfg.proj_dim, cfg.latent_dim) * 2
         self.projector = _mlp(cfg.latent_dim, hidden, cfg.proj_dim)
@@ -319,6 +359,7 @@ __all__ = [
     "FrameConv2d",
     "FrameEncoder",
     "FrameGroupNorm",
+    "TemporalConv",
     "VIBModel",
     "build_model",
     "check_clips",

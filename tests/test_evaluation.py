@@ -250,9 +250,19 @@ def test_gradient_inversion_plain_beats_dp_sgd(fleet):
     rec_plain = reconstruction.gradient_inversion(model, plain, [int(y[0])], **kw)
     rec_dp = reconstruction.gradient_inversion(model, dp, [int(y[0])], **kw)
     p_plain, p_dp = reconstruction.psnr(rec_plain, truth), reconstruction.psnr(rec_dp, truth)
-    flat = reconstruction.psnr(np.full_like(truth, truth.mean()), truth)
     assert p_plain > p_dp + 2.0
-    assert p_plain > flat  # better than the best constant guess
+
+    # The attack recovers the clip's picture from the plain update, up to brightness and
+    # contrast (which the sign-gradient attack does not pin down, so PSNR understates it):
+    # the reconstruction correlates with this clip's frame, far more than with any other
+    # clip of the target days; from the DP-SGD update it correlates with nothing.
+    def corr(a, b):
+        return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+    others = [baselines.mean_frames(test.x[i:i + 1]) for i in range(len(test.x)) if i != 3]
+    assert corr(rec_plain, truth) > 0.6
+    assert corr(rec_plain, truth) > max(corr(rec_plain, o) for o in others) + 0.1
+    assert abs(corr(rec_dp, truth)) < 0.3
 
 
 # ------------------------------------------------------------------ SE
@@ -262,7 +272,7 @@ def test_efficiency_figures_against_independent_counts(fleet):
     _, test, _ = fleet
     model = build_model(EncoderConfig(), seed=0)
     size = efficiency.encoder_size(model)
-    assert size["model_params"] == num_parameters(model) == 73608
+    assert size["model_params"] == num_parameters(model) == 217960
     assert size["device_params"] == sum(p.numel() for n, p in model.named_parameters()
                                         if n.startswith(("encoder.", "posterior_head.")))
     assert size["device_bytes"] == 4 * size["device_params"]
