@@ -55,6 +55,7 @@ from torch import nn
 from privacy.dp_event import PoissonGaussianEvent
 from privacy.encoder import (
     EncoderConfig,
+    FrameConv2d,
     VIBModel,
     build_model,
     check_clips,
@@ -172,6 +173,7 @@ class DPStepper:
         register_grad_samplers()
         ModuleValidator.validate(model, strict=True)  # training mode, no BatchNorm etc.
         self.mode = grad_sample_mode
+        self._frame_convs: list[FrameConv2d] = []
         self.criterion = criterion
         self.sup, self.ssl = uses_supervised(criterion.utility), uses_ssl(criterion.utility)
         kw: dict[str, Any] = {
@@ -189,6 +191,10 @@ class DPStepper:
             self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True,
                                            force_functorch=grad_sample_mode == "functorch")
             self.module.forbid_grad_accumulation()
+            if grad_sample_mode == "hooks":
+                self._frame_convs = [m for m in model.modules() if isinstance(m, FrameConv2d)]
+                for m in self._frame_convs:
+                    m.per_clip_grads_only = True
             self.optimizer = DPOptimizer(optimizer, **kw)
             self.dp_loss = criterion
         # Opacus' optimizers divide by this; it must be the *expected* Poisson batch size.
@@ -218,6 +224,8 @@ class DPStepper:
 
     def close(self) -> None:
         self.module.remove_hooks()
+        for m in self._frame_convs:
+            m.per_clip_grads_only = False
 
 
 def make_batch(x: torch.Tensor, y: torch.Tensor | None, *, latent_dim: int, utility: str,

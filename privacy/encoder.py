@@ -77,16 +77,54 @@ class EncoderConfig:
 # --------------------------------------------------------------------------------------
 
 
+class _ConvInputGradOnly(torch.autograd.Function):
+    """A convolution whose backward gives the input's gradient only.
+
+    Under DP-SGD with Opacus' hooks the weight's gradient of the whole batch is never used:
+    the per-clip sampler computes every clip's own gradient from the layer's input and
+    output gradient, and the optimiser clips and sums those. Skipping the batch weight
+    gradient saves one full weight-gradient convolution per layer and step.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+                layer: FrameConv2d) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.layer = layer
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        layer = ctx.layer
+        grad_in = None
+        if ctx.needs_input_grad[0]:
+            grad_in = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, list(layer.stride), list(layer.padding),
+                list(layer.dilation), False, [0, 0], layer.groups, [True, False, False])[0]
+        return grad_in, None, None, None
+
+
 class FrameConv2d(nn.Conv2d):
-    """``nn.Conv2d`` applied to every frame: ``[N, T, C, H, W] -> [N, T, C', H', W']``."""
+    """``nn.Conv2d`` applied to every frame: ``[N, T, C, H, W] -> [N, T, C', H', W']``.
+
+    ``per_clip_grads_only`` (set by the DP-SGD stepper for Opacus' hooks mode) leaves the
+    parameters' batch gradients out of the backward pass: only the per-clip gradients of
+    the registered sampler are computed, which is all DP-SGD uses.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.per_clip_grads_only = False
 
     def forward(self, x: Tensor) -> Tensor:
         n, t = x.shape[:2]
-        y = self._conv_forward(x.reshape(n * t, *x.shape[2:]), self.weight, self.bias)
+        flat = x.reshape(n * t, *x.shape[2:])
+        if self.per_clip_grads_only:
+            y = _ConvInputGradOnly.apply(flat, self.weight, self.bias, self)
+        else:
+            y = self._conv_forward(flat, self.weight, self.bias)
         return y.view(n, t, *y.shape[1:])
 
 
