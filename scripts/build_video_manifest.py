@@ -56,7 +56,7 @@ import numpy as np
 #: the bundled file this script uses, and what it is
 SOURCE = "bigbuckbunny.mp4"
 CREDIT = "Big Buck Bunny, (c) Blender Foundation, www.bigbuckbunny.org, CC BY 3.0"
-#: frames are shrunk to this before windows are cut (the windows are then whole-frame parts)
+#: frames are shrunk to this before the cameras' windows are cut from them
 WORK_SIZE = (320, 180)
 #: side of a window in the shrunk frame, and of a written recording
 WINDOW = 96
@@ -109,8 +109,9 @@ def decode(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def windows(count: int, offset: int) -> list[tuple[int, int]]:
-    """`count` window corners (y, x), spread over the frame; `offset` shifts the sequence so
-    the eval set's cameras look elsewhere than the training set's."""
+    """`count` window corners (y, x) from a 7 x 3 grid over the frame, 5 places apart;
+    `offset` shifts the sequence so that the eval set's cameras sit at other places than the
+    first 9 of the training set's (more cameras than the 21 places share places)."""
     w, h = WORK_SIZE
     xs = np.linspace(0, w - WINDOW, 7).round().astype(int)
     ys = np.linspace(0, h - WINDOW, 3).round().astype(int)
@@ -151,13 +152,13 @@ def write_set(root: Path, video: np.ndarray, devices: int, days: int, per_day: i
                                    for f in video[start:start + length]])
                 rel = f"{name}/day{day}-{j}.avi"
                 _write(root / rel, frames)
-                hour = 8 + 3 * j
+                hour = (8 + 3 * j) % 24
                 when = now - (days - day) * 86400 + hour * 3600
                 os.utime(root / rel, (when, when))
                 # measured on what a device will decode: the written file
                 written = decode(root / rel)
                 motion, brightness = _measure(written)
-                out.append(Recording(rel, name, day, hour % 24, motion, brightness))
+                out.append(Recording(rel, name, day, hour, motion, brightness))
     return out
 
 
