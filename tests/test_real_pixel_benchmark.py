@@ -80,6 +80,19 @@ def test_manifest_reads_and_splits_as_designed(built: Path):
         assert all(SPEC.test_day(day) for day in split.test)
 
 
+@pytest.mark.parametrize("days", [4, 5, 6, 7, 9])
+def test_scene_shift_days_are_the_attacked_days(days: int, tmp_path: Path):
+    """BenchmarkSpec.test_day agrees with fedmsr eval's own day split for any day count."""
+    from fl_server.eval_splits import plan_manifest
+
+    lines = ["path,device,day,activity"] + [f"p{d}-{day}-{a},p{d},{day},{a}" for d in range(2)
+                                            for day in range(days) for a in ("left", "right")]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    plan = plan_manifest(tmp_path / "m.csv", "activity", ["device"])
+    spec = replace(SPEC, days=days)
+    assert list(plan.days["p0"].test) == [day for day in range(days) if spec.test_day(day)]
+
+
 def _background_mask(frame: np.ndarray) -> np.ndarray:
     """uint8 mask of `frame` (BGR) without the sprite: pixels near any tint (in either
     light) and a rim around them, where the sprite's shadow darkens the scene, are 0."""
