@@ -23,7 +23,8 @@ Design, per device (= one person, filmed by their own camera):
 * ``device`` ``person-NN``: one particular handwritten digit sample (8x8, smoothly
   upscaled to a sprite about a third of the frame wide) in a tint, with a dark rim so it
   shows on any scene, composited over the scene. The sprite is the person: the same
-  pixels every day. People of the same digit class get different tints.
+  pixels every day. Devices take the 6 tints in turn, so the first 6 people differ in
+  colour too (a later one may share a tint and a digit class with an earlier one).
 * ``digit`` (a private attribute several people share, like a soft biometric): the digit
   class of the person's sample. Devices take ``--digits`` classes in turn, so each class
   is held by several people and attacking it is digit recognition, not identity.
@@ -71,7 +72,7 @@ from privacy.footage_samples import photographs  # noqa: E402
 
 #: the activity labels (the utility task), in the order their motions are defined below
 ACTIVITIES: tuple[str, ...] = ("still", "left", "right", "up", "down", "jitter", "circle")
-#: sprite tints (RGB): people differ in colour as well as handwriting
+#: sprite tints (RGB), one per person in turn: people differ in colour as well as handwriting
 TINTS: tuple[tuple[int, int, int], ...] = ((235, 50, 45), (45, 205, 70), (50, 95, 240),
                                            (245, 205, 35), (200, 60, 220), (40, 215, 225))
 FRAMES = 8
@@ -147,7 +148,7 @@ def _people(spec: BenchmarkSpec, rng: np.random.Generator) -> list[Person]:
                         0.0, 1.0)
         shadow = 0.6 * cv2.GaussianBlur(cv2.dilate(alpha, np.ones((3, 3), np.uint8)), (3, 3), 0)
         people.append(Person(f"person-{d:02d}", digit, sample, alpha, shadow,
-                             TINTS[(d // spec.digits) % len(TINTS)]))
+                             TINTS[d % len(TINTS)]))
     return people
 
 
