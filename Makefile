@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fedmsr-installed
 # Ray must bind loopback only (DESIGN.md); exported for every recipe.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test typecheck bench clean
+.PHONY: setup demo test typecheck bench real-pixel-table clean
 
 # torch 2.13.0 first: it is the local CPU wheel; letting pip resolve torch from
 # flwr/opacus' ranges could pull a multi-GB CUDA build instead.
@@ -42,6 +42,10 @@ bench: setup
 	$(BIN)/python bench/enroll_bulk.py
 	$(BIN)/python bench/export_latency.py
 	$(BIN)/python bench/ledger_epsilon.py
+
+# The real-pixel benchmark's table (docs/evaluation.md): build it, evaluate it, print it.
+real-pixel-table: setup
+	$(BIN)/python scripts/real_pixel_table.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
