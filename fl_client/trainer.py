@@ -69,6 +69,7 @@ from privacy.vib import (
     VIBCriterion,
     VIBTarget,
     augment_clips,
+    augment_labelled_clips,
     uses_ssl,
     uses_supervised,
 )
@@ -241,7 +242,7 @@ def make_batch(x: torch.Tensor, y: torch.Tensor | None, *, latent_dim: int, util
         with torch.no_grad():
             target.target_proj = target_model.target_projection(other)
     else:
-        view = x
+        view = augment_labelled_clips(x, aug_gen)
     eps = torch.randn(n, latent_dim, generator=eps_gen)
     return Batch(view=view, eps=eps, target=target)
 

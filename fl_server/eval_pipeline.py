@@ -73,10 +73,10 @@ class Scale:
 
 
 FULL = Scale("full", targets=8, pop=4, clips_per_day=16, train_days=4, fit_days=4, test_days=4,
-             epochs=30, betas=(0.01, 0.03, 0.05, 0.1), ks=(1, 2, 4, 8, 16, 32, 64), repeats=20,
+             epochs=60, betas=(0.01, 0.03, 0.05, 0.1), ks=(1, 2, 4, 8, 16, 32, 64), repeats=20,
              decoder_epochs=60, attack_steps=200, gi_steps=250, gi_targets=3)
 REDUCED = Scale("reduced", targets=6, pop=3, clips_per_day=8, train_days=4, fit_days=2, test_days=2,
-                epochs=12, betas=(0.01, 0.1), ks=(1, 2, 4, 8, 16), repeats=10,
+                epochs=40, betas=(0.01, 0.1), ks=(1, 2, 4, 8, 16), repeats=10,
                 decoder_epochs=25, attack_steps=100, gi_steps=150, gi_targets=2)
 
 

@@ -87,14 +87,14 @@ class _ConvInputGradOnly(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 layer: FrameConv2d) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.layer = layer
         return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         layer = ctx.layer
         grad_in = None
@@ -208,7 +208,7 @@ class TemporalConv(nn.Linear):
     def __init__(self, channels: int, out_channels: int):
         super().__init__(3 * channels, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor) -> Tensor:
         pad = F.pad(x, (0, 0, 0, 0, 1, 1))  # one zero frame at each end of T
         window = torch.cat([pad[:, :-2], pad[:, 1:-1], pad[:, 2:]], dim=-1)
         return super().forward(window)

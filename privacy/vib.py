@@ -145,6 +145,36 @@ class VIBCriterion(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
+def augment_labelled_clips(x: Tensor, generator: torch.Generator) -> Tensor:
+    """One random, label-preserving view per clip for the supervised utility.
+
+    ``x``: float [N, T, 3, H, W] in [0, 1]. What changes between cameras, places and days
+    but not what a clip shows being done: lighting and white balance (brightness and
+    contrast x0.6..1.4, per-channel gain x0.8..1.2) and where the action sits in the frame
+    (the whole clip translated by up to an eighth of the frame, reflect-padded). No flip
+    and no temporal crop: a label may name a direction or a speed (left vs right, walk vs
+    run). Parameters are drawn per clip from ``generator``; nothing is computed across
+    clips, so DP-SGD's per-clip bound holds.
+    """
+    if x.dim() != 5:
+        raise ValueError(f"clips must be [N, T, 3, H, W], got {tuple(x.shape)}")
+    n, t, c, h, w = x.shape
+    if n == 0:
+        return x.clone()
+    u = torch.rand(n, 7, generator=generator).to(x.device)
+    bright = (0.6 + 0.8 * u[:, 0]).view(n, 1, 1, 1, 1)
+    contrast = (0.6 + 0.8 * u[:, 1]).view(n, 1, 1, 1, 1)
+    gain = (0.8 + 0.4 * u[:, 2:5]).view(n, 1, 3, 1, 1)
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    view = (((x - mean) * contrast + mean) * bright * gain).clamp(0.0, 1.0)
+    pad = max(1, h // 8)
+    padded = F.pad(view.reshape(n, t * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    dy = torch.floor(u[:, 5] * (2 * pad + 1)).clamp(max=2 * pad).long().tolist()
+    dx = torch.floor(u[:, 6] * (2 * pad + 1)).clamp(max=2 * pad).long().tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return out.reshape(n, t, c, h, w).contiguous()
+
+
 def augment_clips(x: Tensor, generator: torch.Generator) -> Tensor:
     """One random view per clip. ``x``: float [N, T, 3, H, W] in [0, 1].
 
