@@ -192,12 +192,12 @@ class DPStepper:
             self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True,
                                            force_functorch=grad_sample_mode == "functorch")
             self.module.forbid_grad_accumulation()
-            if grad_sample_mode == "hooks":
+            self.optimizer = DPOptimizer(optimizer, **kw)
+            self.dp_loss = criterion
+            if grad_sample_mode == "hooks":  # last: nothing below can fail and leave it set
                 self._frame_convs = [m for m in model.modules() if isinstance(m, FrameConv2d)]
                 for m in self._frame_convs:
                     m.per_clip_grads_only = True
-            self.optimizer = DPOptimizer(optimizer, **kw)
-            self.dp_loss = criterion
         # Opacus' optimizers divide by this; it must be the *expected* Poisson batch size.
         self.optimizer.expected_batch_size = expected_batch_size
 
@@ -224,9 +224,13 @@ class DPStepper:
         self.optimizer.zero_grad(set_to_none=True)
 
     def close(self) -> None:
-        self.module.remove_hooks()
-        for m in self._frame_convs:
-            m.per_clip_grads_only = False
+        """Remove Opacus' hooks and give the frame convs their batch gradients back (plain
+        training of the same model after a DP round must update them)."""
+        try:
+            self.module.remove_hooks()
+        finally:
+            for m in self._frame_convs:
+                m.per_clip_grads_only = False
 
 
 def make_batch(x: torch.Tensor, y: torch.Tensor | None, *, latent_dim: int, utility: str,

@@ -201,8 +201,10 @@ class TemporalConv(nn.Linear):
 
     ``[N, T, S, C] -> [N, T, S, C']``: frame t of cell s sees frames t-1, t, t+1 of that
     cell (zeros past either end). It is an ``nn.Linear`` on the three frames' features
-    concatenated, so Opacus' Linear sampler gives per-clip gradients with the clip on dim 0
-    (it sums every other leading dimension: frames and cells).
+    concatenated. Its type is not one Opacus has a sampler for, so Opacus computes its
+    per-clip gradients with its functorch fallback (the layer's own forward, vmapped over
+    the clip dimension): every frame and cell of a clip is summed into that clip's
+    gradient, and clips never mix (``test_whole_model_per_clip_gradients_match_autograd``).
     """
 
     def __init__(self, channels: int, out_channels: int):

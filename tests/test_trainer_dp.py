@@ -152,6 +152,38 @@ def test_ghost_and_hooks_agree():
         assert np.allclose(a.arrays[k], b.arrays[k], atol=1e-5), k
 
 
+def test_hooks_mode_skips_batch_conv_grads_only_while_the_stepper_is_open():
+    """In hooks mode the frame convs compute no batch weight gradient (DP-SGD uses the
+    per-clip sampler's only); after ``close`` plain training of the same model updates
+    them again."""
+    from fl_client.trainer import DPStepper, make_batch
+    from privacy.encoder import FrameConv2d, frames_to_tensor
+
+    model = build_model(TINY, seed=0).train()
+    convs = [m for m in model.modules() if isinstance(m, FrameConv2d)]
+    x, y = fake_clips(4, seed=1)
+    batch = make_batch(frames_to_tensor(x), torch.as_tensor(y), latent_dim=TINY.latent_dim,
+                       utility="supervised", target_model=None,
+                       eps_gen=torch.Generator().manual_seed(0),
+                       aug_gen=torch.Generator().manual_seed(0))
+    params = [p for n, p in model.named_parameters() if not n.startswith(("projector", "predictor"))]
+    stepper = DPStepper(model, torch.optim.SGD(params, lr=0.1), VIBCriterion(0.01, "supervised"),
+                        noise_multiplier=1.0, clip_norm=1.0, expected_batch_size=4.0,
+                        noise_generator=torch.Generator().manual_seed(0))
+    try:
+        assert all(m.per_clip_grads_only for m in convs)
+        before = convs[0].weight.detach().clone()
+        stepper.step(batch)
+        assert not torch.equal(before, convs[0].weight)  # clipped + noised per-clip sum applied
+    finally:
+        stepper.close()
+    assert not any(m.per_clip_grads_only for m in convs)
+    model.zero_grad(set_to_none=True)
+    out = model(batch.view, batch.eps)
+    torch.nn.functional.cross_entropy(out.logits, torch.as_tensor(y)).backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in convs)
+
+
 # --------------------------------------------------------------------------------------
 # The reported DP event, keys, determinism
 # --------------------------------------------------------------------------------------

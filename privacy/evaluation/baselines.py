@@ -47,8 +47,9 @@ def _check_clips(x: np.ndarray) -> np.ndarray:
 def mean_frames(x: np.ndarray) -> np.ndarray:
     """float32 [N, H, W, 3] in [0, 1]: each clip's temporal mean frame.
 
-    The reconstruction target everywhere: the encoder pools frames by their temporal mean,
-    so the order of frames is not recoverable from any of its outputs, but the scene is.
+    The reconstruction target everywhere: beyond its kernel-3 temporal convolution the
+    encoder pools frames by their temporal mean, so a clip's frame-by-frame sequence is
+    not what its outputs keep, but the scene is.
     """
     return _check_clips(x).astype(np.float32).mean(axis=1) / 255.0
 
