@@ -153,7 +153,9 @@ def _privacy_labels(manifest: Manifest, utility: str, privacy: Sequence[str] | N
     return tuple(privacy)
 
 
-def _day_split(days: Sequence[int]) -> DaySplit:
+def day_split(days: Sequence[int]) -> DaySplit:
+    """A target device's own days, in order: the first third train, the next third fit,
+    the rest test (``n // 3``, ``n // 3``, the remainder)."""
     d = sorted(set(days))
     a = len(d) // 3
     return DaySplit(tuple(d[:a]), tuple(d[a:2 * a]), tuple(d[2 * a:]))
@@ -213,7 +215,7 @@ def plan_manifest(path: str | Path, utility_label: str | None = None,
                                               f"footage ({len(short)} of {len(targets)} target devices "
                                               f"have too few); each needs >= {MIN_TARGET_DAYS} (train, "
                                               "attacker fit, 2 test days for cross-day linkage)")
-        days[d] = _day_split(sorted(own))
+        days[d] = day_split(sorted(own))
     fit_rows = [r for r in rows if r.device in days and r.day in days[r.device].fit]
     for c in (*wanted, *(["device"] if "device" in private else [])):
         values = {r.device if c == "device" else r.labels[c] for r in fit_rows}

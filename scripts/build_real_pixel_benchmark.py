@@ -68,6 +68,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fl_server.eval_splits import day_split  # noqa: E402
 from privacy.footage_samples import photographs  # noqa: E402
 
 #: the activity labels (the utility task), in the order their motions are defined below
@@ -107,10 +108,9 @@ class BenchmarkSpec:
             raise ValueError(f"digits must be in 2..10, got {self.digits}")
 
     def test_day(self, day: int) -> bool:
-        """Whether `day` is attacked by `fedmsr eval --dataset` (fl_server.eval_splits: the
-        first third of a device's days train, the next third fit, the rest are the test
-        days); every device here has the same days."""
-        return day >= 2 * (self.days // 3)
+        """Whether `day` is attacked by `fedmsr eval --dataset` (its own day split,
+        :func:`fl_server.eval_splits.day_split`); every device here has the same days."""
+        return day in day_split(range(self.days)).test
 
     def shifted(self, day: int) -> bool:
         """Whether `day` is filmed on the other photograph, in the other light."""
