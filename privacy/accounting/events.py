@@ -10,8 +10,11 @@ but an auditor does:
   per-step sampling rate of its clips, ``steps`` its optimizer steps in the round.
 * ``central-dp-fedavg`` — user-level DP-FedAvg: ``q`` is the Poisson client-sampling rate,
   ``sigma`` the server noise relative to the client clipping norm, one step per round.
+* ``randomized-release`` — a device's upload of representations through the Gaussian
+  mechanism (``privacy.release_mechanism``): ``q = 1``, ``sigma`` the noise relative to the
+  replace-one sensitivity, one step per released clip.
 
-Both kinds are charged to the same per-device (epsilon, delta) budget: a user-level
+All kinds are charged to the same per-device (epsilon, delta) budget: a user-level
 guarantee implies the same example-level guarantee, so composing them as example-level
 releases is valid (and conservative).
 
@@ -36,6 +39,7 @@ class EventKind(str, Enum):
 
     LOCAL_DP_SGD = "local-dp-sgd"
     CENTRAL_DP_FEDAVG = "central-dp-fedavg"
+    RANDOMIZED_RELEASE = "randomized-release"
 
 
 _FIELDS = ("kind", "sample_rate", "noise_multiplier", "steps")
