@@ -70,6 +70,10 @@ class Scale:
     gi_targets: int
     dp_noise: float = 1.0
     dp_clip: float = 1.0
+    #: noise multipliers of the randomized releases evaluated (relative to the replace-one
+    #: sensitivity 2C); every beta = 0 / MSR encoder is also released through each
+    release_noise: tuple[float, ...] = (0.5, 2.0)
+    release_delta: float = 1e-5
 
 
 FULL = Scale("full", targets=8, pop=4, clips_per_day=16, train_days=4, fit_days=4, test_days=4,
@@ -199,6 +203,7 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
     from privacy.encoder import EncoderConfig, build_model, load_numpy_state
     from privacy.evaluation.baselines import (
         EncoderRepresentation,
+        RandomizedRepresentation,
         default_pixel_baselines,
         mean_frames,
     )
@@ -207,10 +212,10 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
         HarnessConfig,
         evaluate_representation,
         gradient_inversion_study,
-        operating_points,
         references,
         release,
     )
+    from privacy.release_mechanism import GaussianRelease
     from privacy.evaluation.harness import Split as _Split
     from privacy.evaluation.reconstruction import decoder_attack
     from privacy.evaluation.report import write_report
@@ -222,9 +227,9 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
     if image_size is not None:
         cfg = dataclasses.replace(cfg, image_size=image_size)
     plan = [(0.0, False)] + [(b, False) for b in scale.betas] + [(0.01, True)]
-    n_reps = 4 + len(plan) + (1 if run_model else 0)
+    n_reps = 4 + len(plan) + len(scale.release_noise) * (len(plan) - 1) + (1 if run_model else 0)
     decode_steps = len(dataset.devices) if dataset else 0
-    total = decode_steps + len(plan) + n_reps + 2 + 1 + (1 if footage is not None else 0) + 1
+    total = decode_steps + len(plan) + n_reps + 2 + 1 + (1 if footage is not None else 0) + 2
     with Stages(total, console) as stages:
         if dataset is None:
             stages.start("building the synthetic fleet")
@@ -247,6 +252,11 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
             stages.start(f"training {name}", f"training {name} ({scale.epochs} epochs, central)")
             reps.append(EncoderRepresentation(name, _train(cfg, splits, beta, dp, scale, seed), beta, dp))
             stages.done()
+        for base in [r for r in reps if r.family == "encoder" and not r.dp_sgd]:
+            clip = release_clip(base, data.fit.x)
+            for noise in scale.release_noise:
+                reps.append(RandomizedRepresentation(f"{base.name} + release sigma={noise:g}", base,
+                                                     GaussianRelease(clip, noise)))
         if run_model:
             model = build_model(run_model.encoder, seed=seed)
             load_numpy_state(model, run_model.arrays)
@@ -292,6 +302,9 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
             efficiency["real_clip_bytes"] = bytes_per_clip(footage[:32], cfg.latent_dim)
             timings["real_clip_latency"] = latency_per_clip(msr.model, footage[:16], seed=seed)
             stages.done()
+        stages.start("operating points (the attacker links before it accumulates)")
+        points = release_points(rows, data, hc, scale)
+        stages.done()
         stages.start("writing the report")
         results: dict[str, Any] = {
             "settings": _settings(scale, seed, splits, dataset, cfg, footage is not None),
@@ -300,7 +313,7 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
             "efficiency": efficiency,
             "real_clips": real,
             "references": references(data, tasks),
-            "operating_point": operating_points(rows, tasks),
+            "operating_points": points,
         }
         n = min(6, len(data.test.x))
         recon_rows = []
@@ -312,10 +325,69 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
         _write_atomically(out_dir, lambda tmp: write_report(
             results, timings, tmp, truth=mean_frames(data.test.x[:n]), recon_rows=recon_rows, tasks=tasks))
         stages.done()
-    op = results["operating_point"]
+    near = points["nearest"]
     console.print(f"report written to {out_dir}/ (report.md, table.csv, metrics.json, timings.json, "
-                  f"frontier.png, pl_curves.png, reconstructions.png); operating point met by: "
-                  f"{', '.join(op.get('met_by', [])) or 'none'}")
+                  f"frontier.png, pareto.png, pl_curves.png, reconstructions.png); targets met by: "
+                  f"{', '.join(points['met_by']) or 'none'}"
+                  + (f" (nearest: {near['name']})" if near and not points["met_by"] else ""))
+
+
+def release_clip(rep: Any, fit_x: np.ndarray) -> float:
+    """The randomized release's clipping norm for an encoder: the median L2 norm of its
+    posterior means on the attacker's fit clips (public-side data, never the targets'), so
+    about half the released means are clipped."""
+    import numpy as np
+
+    mu, _ = rep.posterior(fit_x)
+    return float(np.median(np.linalg.norm(mu, axis=1)))
+
+
+def release_points(rows: list[dict], data: Any, hc: Any, scale: Scale) -> dict[str, Any]:
+    """Every encoder row as a linkable and as an unlinkable release (the attacker links the
+    shuffled vectors before it accumulates), with the randomized releases' epsilon for one
+    device's attacked clips, and the targets (privacy/evaluation/operating_points.py)."""
+    import numpy as np
+
+    from privacy.accounting.pld import pld_epsilon
+    from privacy.evaluation.leakage import Observed
+    from privacy.evaluation.linking import linked_curves
+    from privacy.evaluation.operating_points import (
+        identity_via_utility,
+        point,
+        summarise,
+        utility_accuracy,
+    )
+    from privacy.release_mechanism import GaussianRelease
+
+    tasks = hc.tasks
+    ref = next(r for r in rows if r["family"] == "encoder" and r.get("beta") == 0.0
+               and not r.get("dp_sgd") and "release" not in r)
+    blur = next(r for r in rows if r["family"] == "pixels" and r["name"] == "blur")
+    ref_act, blur_psnr = utility_accuracy(ref, tasks), float(blur["rr"]["best"]["psnr"])
+    per_device = int(np.max(np.unique(data.test.labels["device"], return_counts=True)[1]))
+    points = []
+    for r in rows:
+        if r["family"] != "encoder":
+            continue
+        z_fit, z_test, z_pop = r["_released"]
+        epsilon = None
+        if "release" in r:
+            mech = GaussianRelease(r["release"]["clip_norm"], r["release"]["noise_multiplier"])
+            epsilon = pld_epsilon([mech.event(per_device)], scale.release_delta)
+        via = identity_via_utility(z_fit, z_test, data.fit.labels, data.test.labels, tasks, hc.seed)
+        encoder = r["name"].split(" + release")[0]
+        common = {"encoder": encoder, "ref_activity": ref_act, "blur_psnr": blur_psnr,
+                  "tasks": tasks, "via_activity": via, "epsilon": epsilon}
+        points.append(point(r, unlinkable=False, **common))
+        pop = None if z_pop is None else Observed(z_pop, data.pop.labels)
+        linked = linked_curves(Observed(z_fit, data.fit.labels), Observed(z_test, data.test.labels),
+                               pop, hc.ks, hc.repeats, hc.seed)
+        r["pl"]["linked"] = linked
+        points.append(point(r, unlinkable=True, linked=linked, **common))
+    out = summarise(points)
+    out["epsilon_window_clips"] = per_device
+    out["delta"] = scale.release_delta
+    return out
 
 
 #: Scale fields that shape the synthetic fleet (a manifest decides its own devices and days)

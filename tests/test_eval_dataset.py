@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import fedmsr
+from tests.test_evaluation_cli import assert_operating_points
 
 FILES = ("metrics.json", "timings.json", "table.csv", "report.md", "frontier.png", "pl_curves.png",
-         "reconstructions.png")
+         "reconstructions.png", "pareto.png")
 TINY = ["--reduced", "--epochs", "1", "--attack-steps", "1"]
 
 
@@ -78,7 +79,7 @@ def test_manifest_eval_writes_every_report_file_with_finite_metrics(report: Path
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows] == [r["name"] for r in reps]
     assert {"activity_linear", "identity_single", "device_single", "linkage_auc_kmax"} <= set(rows[0])
-    assert metrics["operating_point"]["available"] is True
+    assert_operating_points(metrics)
     assert "latency_s_median" in json.loads((report / "timings.json").read_text())
 
 

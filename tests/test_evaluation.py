@@ -12,7 +12,7 @@ import torch
 
 from privacy.encoder import EncoderConfig, build_model, frames_to_tensor, num_parameters
 from privacy.evaluation import baselines, dtp, efficiency, leakage, reconstruction
-from privacy.evaluation.harness import EvalData, Split, operating_points, references
+from privacy.evaluation.harness import EvalData, Split, references
 from privacy.payload import INT8_STEP, Z_CLIP
 from privacy.synthetic import FleetSpec, fleet_batch
 
@@ -291,26 +291,8 @@ def test_efficiency_figures_against_independent_counts(fleet):
 # ------------------------------------------------------------------ operating point, layering
 
 
-def _row(name, family, act, ident, psnr, beta=None, dp=False):
-    return {"name": name, "family": family, "beta": beta, "dp_sgd": dp,
-            "dtp": {"activity_linear": act, "activity_mlp": act - 0.01, "activity_chance": 0.2},
-            "pl": {"single": {"identity": {"best": ident, "chance": 0.125}}},
-            "rr": {"best": {"psnr": psnr}}}
-
-
-def test_operating_point_thresholds():
-    rows = [_row("blur", "pixels", 0.5, 0.9, 20.0), _row("ref", "encoder", 0.8, 0.6, 16.0, 0.0),
-            _row("good", "encoder", 0.73, 0.22, 15.0, 0.1), _row("leaky", "encoder", 0.79, 0.3, 21.0, 0.01)]
-    op = operating_points(rows)
-    assert op["met_by"] == ["good"]
-    leaky = next(c for c in op["candidates"] if c["name"] == "leaky")
-    assert leaky["identity_miss"] == pytest.approx(0.3 - 0.225)
-    assert leaky["psnr_miss"] == pytest.approx(1.0)
-    assert leaky["activity_miss"] == 0.0
-
-
 def test_privacy_evaluation_imports_no_platform_package():
-    code = ("import sys, privacy.evaluation.harness, privacy.evaluation.report, privacy.evaluation.efficiency; "
+    code = ("import sys, privacy.evaluation.harness, privacy.evaluation.report, privacy.evaluation.efficiency, privacy.evaluation.linking, privacy.evaluation.operating_points; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fl_client', 'fl_server', 'strategies', 'monitoring')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fl_server.eval_pipeline import REDUCED
 from tests.helpers import fedmsr
 
+REDUCED_NOISE = REDUCED.release_noise
+
 FILES = ("metrics.json", "timings.json", "table.csv", "report.md", "frontier.png", "pl_curves.png",
-         "reconstructions.png")
+         "reconstructions.png", "pareto.png")
 #: the reduced scale, shrunk further so one run takes well under a minute
 TINY = ["--reduced", "--devices", "3", "--clips-per-day", "4", "--epochs", "1", "--attack-steps", "10"]
 ENCODERS = ["non-private (beta=0)", "MSR beta=0.01", "MSR beta=0.1", "MSR beta=0.01 + DP-SGD"]
 PIXELS = ["raw pixels", "blur", "pixelation", "pixel noise"]
+
+
+def releases(noise: tuple[float, ...]) -> list[str]:
+    """The randomized releases: every non-DP encoder through each noise multiplier."""
+    return [f"{e} + release sigma={n:g}" for e in ENCODERS if "DP-SGD" not in e for n in noise]
 
 
 def _video(path: Path, frames: int = 40) -> Path:
@@ -60,11 +68,11 @@ def report(tmp_path_factory) -> Path:
 def test_eval_writes_every_output(report: Path):
     for name in FILES:
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
-    for name in ("frontier.png", "pl_curves.png", "reconstructions.png"):
+    for name in ("frontier.png", "pl_curves.png", "reconstructions.png", "pareto.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((report / "metrics.json").read_text())
     names = [r["name"] for r in metrics["representations"]]
-    assert names == PIXELS + ENCODERS + ["run r1"]
+    assert names == PIXELS + ENCODERS + releases(REDUCED_NOISE) + ["run r1"]
     with (report / "table.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows] == names
@@ -139,8 +147,27 @@ def test_reduced_eval_as_ci_runs_it(tmp_path: Path):
     for name in FILES:
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["name"] for r in metrics["representations"]] == PIXELS + ENCODERS
+    assert [r["name"] for r in metrics["representations"]] == PIXELS + ENCODERS + releases(REDUCED_NOISE)
     raw = metrics["representations"][0]
     # raw pixels of distinct wearers: re-identified from 16 clips, linked across days
     assert raw["pl"]["curves"]["identity_best"]["16"] == 1.0
-    assert metrics["operating_point"]["available"] is True
+    assert_operating_points(metrics)
+
+
+def assert_operating_points(metrics: dict) -> None:
+    """Every encoder row is an operating point twice (linkable, unlinkable), with the fields
+    the report promises; randomized releases carry their epsilon, the others none."""
+    ops = metrics["operating_points"]
+    encoders = [r["name"] for r in metrics["representations"] if r["family"] == "encoder"]
+    points = {p["name"]: p for p in ops["points"]}
+    assert set(points) == {n for e in encoders for n in (e, f"{e} + unlinkable")}
+    fields = {"name", "activity_acc", "activity_ref", "identity_k1", "identity_kmax", "kmax",
+              "identity_chance", "linkage_auc_kmax", "psnr", "psnr_blur", "epsilon_per_device"}
+    for name, p in points.items():
+        assert fields <= set(p), name
+        assert (p["epsilon_per_device"] is not None) == ("release sigma" in name), name
+        assert p["epsilon_per_device"] is None or p["epsilon_per_device"] > 0
+        for key in ("activity_acc", "identity_k1", "identity_kmax", "linkage_auc_kmax"):
+            assert 0.0 <= p[key] <= 1.0, (name, key)
+    assert set(ops["pareto"]) <= set(points) and ops["pareto"]
+    assert set(ops["misses"]) == set(points)

@@ -23,6 +23,7 @@ import numpy as np
 
 from privacy.encoder import VIBModel, encode
 from privacy.payload import decode_payload, encode_payload
+from privacy.release_mechanism import GaussianRelease
 from privacy.vib import kl_bits
 
 PIXEL_KINDS = ("raw", "blur", "pixelate", "noise")
@@ -156,6 +157,40 @@ class EncoderRepresentation:
     def mean_kl_bits(self, x: np.ndarray) -> float:
         mu, logvar = self.posterior(x)
         return float(np.mean(kl_bits(mu, logvar)))
+
+
+@dataclass(frozen=True)
+class RandomizedRepresentation:
+    """An encoder behind the randomized release: per clip, the Gaussian mechanism on its
+    clipped posterior mean (:class:`privacy.release_mechanism.GaussianRelease`), quantised
+    like the payload. ``clips`` is how many releases of one device the reported epsilon
+    composes (the accumulation horizon attacked)."""
+
+    name: str
+    base: EncoderRepresentation
+    mechanism: GaussianRelease
+    family: str = field(default="encoder", init=False)
+
+    @property
+    def model(self) -> VIBModel:
+        return self.base.model
+
+    @property
+    def beta(self) -> float:
+        return self.base.beta
+
+    @property
+    def dp_sgd(self) -> bool:
+        return self.base.dp_sgd
+
+    def features(self, x: np.ndarray, seed: int) -> np.ndarray:
+        mu, _ = self.base.posterior(x)
+        noise = np.random.default_rng(seed).standard_normal(mu.shape)
+        return quantize_like_payload(self.mechanism.apply(mu, noise))
+
+    def mean_kl_bits(self, x: np.ndarray) -> float:
+        """The release's information bound per clip (it does not depend on the clip)."""
+        return self.mechanism.information_bits(self.base.model.cfg.latent_dim)
 
 
 def default_pixel_baselines(image_size: int) -> list[PixelRepresentation]:

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from privacy.encoder import VIBModel, frames_to_tensor
-from privacy.evaluation.baselines import EncoderRepresentation, PixelRepresentation, mean_frames
+from privacy.evaluation.baselines import (
+    EncoderRepresentation,
+    PixelRepresentation,
+    RandomizedRepresentation,
+    mean_frames,
+)
 from privacy.evaluation.dtp import PROBES, chance, evaluate_dtp, probe_accuracy
 from privacy.evaluation.leakage import DEFAULT_KS, Observed, evaluate_leakage
 from privacy.evaluation.reconstruction import (
@@ -36,7 +41,7 @@ from privacy.evaluation.reconstruction import (
 )
 from privacy.evaluation.tasks import SYNTHETIC, Tasks, attribute
 
-Representation = PixelRepresentation | EncoderRepresentation
+Representation = PixelRepresentation | EncoderRepresentation | RandomizedRepresentation
 DPUpdate = Callable[[VIBModel, np.ndarray, np.ndarray], dict[str, torch.Tensor]]
 _SPLIT_TAG = {"fit": 1, "test": 2, "pop": 3}
 
@@ -103,6 +108,12 @@ def evaluate_representation(rep: Representation, data: EvalData, cfg: HarnessCon
         row["kl_bits"] = rep.mean_kl_bits(data.test.x)
         row["beta"] = rep.beta
         row["dp_sgd"] = rep.dp_sgd
+    if isinstance(rep, RandomizedRepresentation):
+        row["release"] = {"clip_norm": rep.mechanism.clip_norm,
+                          "noise_multiplier": rep.mechanism.noise_multiplier}
+    elif isinstance(rep, EncoderRepresentation):
+        # white-box inversion matches the encoder's own sample; a randomized release is
+        # attacked by the learned decoder only (its outputs are not the encoder's scale)
         n = min(cfg.inversion_targets, len(z_test))
         inv = invert_encoder(rep.model, z_test[:n], truth_fit.mean(axis=0), steps=cfg.inversion_steps)
         rr["inversion"] = quality(inv, truth_test[:n])
@@ -111,6 +122,7 @@ def evaluate_representation(rep: Representation, data: EvalData, cfg: HarnessCon
     rr["best"] = {"attack": best, "psnr": rr[best]["psnr"], "ssim": rr[best]["ssim"]}
     row["rr"] = rr
     row["_recon"] = recon  # arrays for the plots (not serialised)
+    row["_released"] = (z_fit, z_test, None if pop is None else pop.z)  # for the linking attack
     return row
 
 
@@ -170,37 +182,3 @@ def references(data: EvalData, tasks: Tasks = SYNTHETIC) -> dict:
         "identity_chance": chance(y_fit, y_test),
         "prior_psnr": psnr(prior, truth),
     }
-
-
-def operating_points(rows: Sequence[dict], tasks: Tasks = SYNTHETIC) -> dict:
-    """Which MSR rows keep >= 90 % of the beta = 0 encoder's utility (activity) accuracy
-    while identity inference is within 10 points of chance and the best reconstruction
-    PSNR is no better than the blur baseline's; for every MSR, by how much it misses each.
-    (The keys say ``activity`` and ``identity`` whatever the tasks name them.)"""
-    def activity(r: dict) -> float:
-        return max(r["dtp"][k] for k in (f"{tasks.utility}_{p}" for p in PROBES) if k in r["dtp"])
-
-    ref = next((r for r in rows if r["family"] == "encoder" and r.get("beta") == 0.0 and not r.get("dp_sgd")), None)
-    blur = next((r for r in rows if r["family"] == "pixels" and r["name"] == "blur"), None)
-    if ref is None or blur is None:
-        return {"available": False, "reason": "needs the beta = 0 encoder and the blur baseline"}
-    target_act = 0.9 * activity(ref)
-    blur_psnr = blur["rr"]["best"]["psnr"]
-    checks = []
-    for r in rows:
-        if r["family"] != "encoder" or r is ref:
-            continue
-        ident = r["pl"]["single"][tasks.identity]
-        c = {
-            "name": r["name"],
-            "activity": activity(r), "activity_needed": target_act,
-            "identity": ident["best"], "identity_allowed": ident["chance"] + 0.10,
-            "psnr": r["rr"]["best"]["psnr"], "psnr_allowed": blur_psnr,
-        }
-        c["activity_miss"] = max(0.0, c["activity_needed"] - c["activity"])
-        c["identity_miss"] = max(0.0, c["identity"] - c["identity_allowed"])
-        c["psnr_miss"] = max(0.0, c["psnr"] - c["psnr_allowed"])
-        c["meets"] = c["activity_miss"] == 0 and c["identity_miss"] == 0 and c["psnr_miss"] == 0
-        checks.append(c)
-    return {"available": True, "reference": ref["name"], "blur_psnr": blur_psnr,
-            "candidates": checks, "met_by": [c["name"] for c in checks if c["meets"]]}

@@ -48,6 +48,7 @@ from privacy.evaluation.tasks import HOUR_BIN, attribute
 
 __all__ = ["DEFAULT_KS", "HOUR_BIN", "MAX_DIMS", "SMOOTHING", "Observed", "accumulation_gain",
            "day_halves", "device_profiles", "evaluate_leakage", "fused_accuracy", "fusion_curve",
+           "fusion_loglik", "set_probe",
            "linkage_auc", "linkage_curve", "linkage_projection", "profile_loglik", "reducer",
            "set_curve", "set_statistics", "single_clip", "subsets"]
 
@@ -150,17 +151,24 @@ def fused_accuracy(loglik: np.ndarray, device_of: np.ndarray, devices: np.ndarra
     return hits / total
 
 
+def fusion_loglik(fit: Observed, z: np.ndarray, target: str, devices: np.ndarray,
+                  seed: int) -> np.ndarray:
+    """[n, D]: each released clip's profile log-likelihood under every device (the fusion
+    attack's per-clip scores on ``target``, learned on the attacker's fit data)."""
+    y_fit = fit.label(target)
+    probe = fit_probe("linear", fit.z, y_fit, seed)
+    classes = probe.classes_
+    posteriors = probe.predict_proba(np.asarray(z, np.float64))
+    prior = np.array([np.mean(y_fit == c) for c in classes])
+    profiles = device_profiles(y_fit, fit.label("device"), classes, devices)
+    return profile_loglik(posteriors, prior, profiles)
+
+
 def fusion_curve(fit: Observed, test: Observed, target: str, ks: Sequence[int], repeats: int,
                  seed: int) -> dict[int, float]:
     """PL(k) of the profile-fusion attack on ``target`` (identity | location | routine)."""
-    y_fit = fit.label(target)
     devices = np.unique(test.label("device"))
-    probe = fit_probe("linear", fit.z, y_fit, seed)
-    classes = probe.classes_
-    posteriors = probe.predict_proba(np.asarray(test.z, np.float64))
-    prior = np.array([np.mean(y_fit == c) for c in classes])
-    profiles = device_profiles(y_fit, fit.label("device"), classes, devices)
-    loglik = profile_loglik(posteriors, prior, profiles)
+    loglik = fusion_loglik(fit, test.z, target, devices, seed)
     rng = np.random.default_rng(seed)
     out: dict[int, float] = {}
     for k in ks:
@@ -211,13 +219,20 @@ def set_curve(fit: Observed, test: Observed, ks: Sequence[int], repeats: int,
     fit, test = Observed(reduce(fit.z), fit.labels), Observed(reduce(test.z), test.labels)
     out: dict[int, float] = {}
     for k in ks:
-        train = _sets(fit, devices, k, repeats, rng)
+        probe = set_probe(fit, devices, k, repeats, rng, seed)
         trial = _sets(test, devices, k, repeats, rng)
-        if train is None or trial is None:
+        if probe is None or trial is None:
             continue
-        probe = fit_probe("linear", train[0], train[1], seed)
         out[int(k)] = float(np.mean(probe.predict(trial[0]) == trial[1]))
     return out
+
+
+def set_probe(fit: Observed, devices: np.ndarray, k: int, repeats: int, rng: np.random.Generator,
+              seed: int):
+    """The set-statistics classifier the attacker trains on k-sets of its fit days (None
+    when some device has fewer than k fit clips). ``fit`` is already reduced."""
+    train = _sets(fit, devices, k, repeats, rng)
+    return None if train is None else fit_probe("linear", train[0], train[1], seed)
 
 
 # ------------------------------------------------------------------ cross-day linkage

@@ -8,7 +8,9 @@ Files written into the output folder:
 * ``report.md``         the table, PL(k) / gains, gradient inversion, SE, operating point;
 * ``frontier.png``      privacy-utility frontier (identity inference vs activity accuracy);
 * ``pl_curves.png``     PL(k) for identity / location / routine and linkage AUC(k);
-* ``reconstructions.png`` originals next to each attacker's reconstructions.
+* ``reconstructions.png`` originals next to each attacker's reconstructions;
+* ``pareto.png``        every release (linkable / unlinkable, with or without randomized
+                        release): activity vs identity at k_max, and the Pareto frontier.
 
 Plots use matplotlib's Agg backend with fixed sizes and no timestamps in the metadata, so
 the same results give the same bytes.
@@ -165,21 +167,35 @@ def markdown(results: dict, rows: Sequence[dict], timings: dict, tasks: Tasks = 
         out += ["## Reconstruction on the given clips", "", "| representation | PSNR | SSIM |", "|---|---|---|"]
         out += [f"| {k} | {_fmt(v['psnr'])} | {_fmt(v['ssim'])} |" for k, v in results["real_clips"].items()]
         out.append("")
-    op = results.get("operating_point", {})
-    out += ["## Operating point", ""]
-    if not op.get("available"):
-        out.append(f"not available: {op.get('reason')}")
-    else:
-        out.append(f"Reference: {op['reference']}; blur PSNR {op['blur_psnr']:.2f} dB. Met by: "
-                   f"{', '.join(op['met_by']) or 'none'}.")
-        out += ["", f"| encoder | {tasks.utility} (needed) | {_identity_word(tasks)} (allowed) | "
-                "PSNR (allowed) | meets |",
-                "|---|---|---|---|---|"]
-        for c in op["candidates"]:
-            out.append(f"| {c['name']} | {c['activity']:.3f} ({c['activity_needed']:.3f}) | "
-                       f"{c['identity']:.3f} ({c['identity_allowed']:.3f}) | {c['psnr']:.2f} "
-                       f"({c['psnr_allowed']:.2f}) | {_fmt(c['meets'])} |")
+    out += operating_points_section(results.get("operating_points"), tasks)
     return "\n".join(out) + "\n"
+
+
+def operating_points_section(ops: dict | None, tasks: Tasks) -> list[str]:
+    """The releases as operating points, the Pareto frontier and the targets."""
+    out = ["## Operating points: every release", ""]
+    if not ops:
+        return [*out, "not measured", ""]
+    t = ops["targets"]
+    out += [(f"Targets: {tasks.utility} >= {t['activity_fraction']:.0%} of beta = 0's, "
+             f"{_identity_word(tasks)} at k = 1 <= chance + {t['identity_k1_over_chance']:.2f}, at "
+             f"k_max <= chance + {t['identity_kmax_over_chance']:.2f}, linkage AUC at k_max <= "
+             f"{t['linkage_auc']:.2f}, reconstruction PSNR <= blur's. Unlinkable releases: the "
+             "attacker links the shuffled vectors itself before it accumulates. epsilon: one "
+             f"device's {ops.get('epsilon_window_clips')} attacked releases composed (PLD, delta "
+             f"{_fmt(ops.get('delta'))})."), ""]
+    out += [f"Met by: {', '.join(ops['met_by']) or 'none'}."
+            + (f" Nearest: {ops['nearest']['name']}." if ops.get("nearest") and not ops["met_by"] else ""),
+            f"Pareto frontier ({tasks.utility} vs identity at k_max): {', '.join(ops['pareto'])}.", ""]
+    cols = ("name", "activity_acc", "activity_ref", "identity_k1", "identity_kmax", "kmax",
+            "identity_chance", "linkage_auc_kmax", "psnr", "psnr_blur", "epsilon_per_device",
+            "identity_via_activity")
+    out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(p[c]) for c in cols) + " |" for p in ops["points"]]
+    out += ["", (f"identity_via_activity: {_identity_word(tasks)} from the {tasks.utility} "
+                 "predicted from the release alone; any release that keeps the utility keeps this "
+                 "much."), ""]
+    return out
 
 
 # ------------------------------------------------------------------ plots
@@ -214,6 +230,34 @@ def plot_frontier(rows: Sequence[dict], path: Path, tasks: Tasks = SYNTHETIC) ->
     ax.set_ylabel(f"{tasks.utility} probe accuracy (higher = more useful)")
     ax.set_title("privacy-utility frontier")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, metadata=PNG_META)
+    plt.close(fig)
+
+
+def plot_pareto(ops: dict | None, path: Path, tasks: Tasks = SYNTHETIC) -> None:
+    """Activity vs identity at k_max for every release; the frontier joined by a line."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    points = (ops or {}).get("points", [])
+    for p in points:
+        if p["identity_kmax"] is None:
+            continue
+        marker = ("^" if p["randomized"] else "o") if not p["unlinkable"] else ("v" if p["randomized"] else "D")
+        ax.scatter(p["identity_kmax"], p["activity_acc"], marker=marker, s=18)
+        ax.annotate(p["name"], (p["identity_kmax"], p["activity_acc"]), fontsize=5,
+                    xytext=(2, 2), textcoords="offset points")
+    front = [p for name in (ops or {}).get("pareto", []) for p in points
+             if p["name"] == name and p["identity_kmax"] is not None]
+    if front:
+        front.sort(key=lambda p: p["identity_kmax"])
+        ax.plot([p["identity_kmax"] for p in front], [p["activity_acc"] for p in front],
+                color="black", lw=1, label="Pareto frontier")
+        ax.axvline(front[0]["identity_chance"], color="grey", ls=":", lw=1, label="chance")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_xlabel(f"{_identity_word(tasks)} at k_max (accumulated; lower = more private)")
+    ax.set_ylabel(f"{tasks.utility} accuracy (higher = more useful)")
+    ax.set_title("releases: o linkable, D unlinkable, ^/v with randomized release")
     fig.tight_layout()
     fig.savefig(path, metadata=PNG_META)
     plt.close(fig)
@@ -301,5 +345,6 @@ def write_report(results: dict, timings: dict, out_dir: Path, *, truth: np.ndarr
     plot_frontier(rows, out_dir / "frontier.png", tasks)
     plot_pl_curves(clean["representations"], out_dir / "pl_curves.png", tasks)
     plot_reconstructions(truth, recon_rows, out_dir / "reconstructions.png")
-    paths += [out_dir / n for n in ("frontier.png", "pl_curves.png", "reconstructions.png")]
+    plot_pareto(clean.get("operating_points"), out_dir / "pareto.png", tasks)
+    paths += [out_dir / n for n in ("frontier.png", "pl_curves.png", "reconstructions.png", "pareto.png")]
     return paths
