@@ -148,7 +148,7 @@ class RunConfig:
         0.0, "Cap on each device's uploaded information, bits (0: registry caps only).")
     info_bits_alert: float = 0.0
     leakage_alert: float = _option(
-        0.2, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")
+        0.1, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")
     # real footage (docs/real-footage.md): simulate one device per distinct `device` of a
     # manifest, each training on its own rows; the server probes on an operator-owned,
     # labelled manifest of its own

@@ -380,6 +380,16 @@ def test_alert_rules_cover_the_issue_and_use_defined_metrics() -> None:
         assert _metric_names(expr) and _metric_names(expr) <= defined, expr
 
 
+def test_the_leakage_alert_rule_fires_where_a_run_flags_by_default() -> None:
+    """The Prometheus alert and `fedmsr run --leakage-alert`'s default name one threshold."""
+    rules = yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())
+    expr = next(r["expr"] for g in rules["groups"] for r in g["rules"]
+                if r["alert"] == "FedmsrLeakageGainHigh")
+    match = re.fullmatch(r"fedmsr_leakage_accumulation_gain_ratio >= ([0-9.]+)", expr)
+    assert match, expr
+    assert float(match.group(1)) == RunConfig().leakage_alert
+
+
 def test_promtool_accepts_the_config_and_the_rules() -> None:
     tool = promtool()
     for args in (["check", "config", "prometheus.yml"], ["check", "rules", "rules.yml"]):
