@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from privacy.shuffle.records import open_outer, outer_context
-from privacy.shuffle.sealed import SealError
+from privacy.shuffle.sealed import SealError, public_bytes
 
 
 class ShuffleRefused(ValueError):
@@ -71,6 +71,11 @@ class Shuffler:
         self._pending: dict[str, _Pending] = {}
         self._closed: set[str] = set()
         self._lock = threading.Lock()
+
+    @property
+    def public_key(self) -> bytes:
+        """What devices seal their outer blobs to (published by the service)."""
+        return public_bytes(self._key)
 
     def submit(self, collection: str, sender: str, blob: bytes) -> Accepted:
         """Open one sender's outer blob for `collection`; ShuffleRefused says why not."""
