@@ -67,8 +67,7 @@ def shuffler_start(
         signal.signal(signum, lambda *_: stop.set())
     thread = threading.Thread(target=server.serve_forever, name="shuffler", daemon=True)
     thread.start()
-    bound = server.server_address
-    print(f"shuffler listening on http://{bound[0]}:{bound[1]} min-crowd {min_crowd} "
+    print(f"shuffler listening on http://{host}:{server.server_address[1]} min-crowd {min_crowd} "
           f"public key {shuffler.public_key.hex()}", flush=True)
     try:
         stop.wait()

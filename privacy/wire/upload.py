@@ -166,6 +166,7 @@ class UploadRequest:
     def from_record(cls, record: ConfigRecord) -> UploadRequest:
         """Rebuild and validate; a missing or bad key raises ValueError naming it."""
         try:
+            analyzer, shuffler, granularity = _unlinkable_fields(record)
             return cls(run_id=config_str(record, "run-id"),
                        server_round=config_int(record, "server-round"),
                        collection=config_int(record, "collection"),
@@ -175,18 +176,18 @@ class UploadRequest:
                        server_bits=config_int(record, "server-bits"),
                        bundles_dir=(config_str(record, "bundles-dir")
                                     if "bundles-dir" in record else ""),
-                       **_unlinkable_fields(record))
+                       analyzer_key=analyzer, shuffler_key=shuffler,
+                       time_granularity_days=granularity)
         except KeyError as exc:
             raise ValueError(f"malformed upload request: missing {exc.args[0]}") from None
 
 
-def _unlinkable_fields(record: ConfigRecord) -> dict[str, bytes | int]:
-    """The keys of an unlinkable request, absent from an ordinary one."""
+def _unlinkable_fields(record: ConfigRecord) -> tuple[bytes, bytes, int]:
+    """(analyzer key, shuffler key, granularity): keys an ordinary request does not have."""
     if "shuffler-key" not in record and "analyzer-key" not in record:
-        return {}
-    return {"analyzer_key": config_bytes(record, "analyzer-key"),
-            "shuffler_key": config_bytes(record, "shuffler-key"),
-            "time_granularity_days": config_int(record, "time-granularity-days")}
+        return b"", b"", 0
+    return (config_bytes(record, "analyzer-key"), config_bytes(record, "shuffler-key"),
+            config_int(record, "time-granularity-days"))
 
 
 # -- the batch --------------------------------------------------------------------------
