@@ -74,7 +74,7 @@ from fl_server.representations import (
     default_store,
 )
 from fl_server.round_plan import Plan
-from fl_server.unlinkable_collection import Routed, UnlinkableRoute
+from fl_server.unlinkable_collection import Routed, UnlinkableRoute, reply_size
 from privacy.atomic_write import write_text_atomic
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.evaluation.leakage import Observed
@@ -206,7 +206,7 @@ class Collector:
         """The one size every device's reply has (a function of the request alone)."""
         clips, latent = self.cfg.collect_clips, plan.model.latent_dim
         if self.unlinkable:
-            return self.unlinkable.reply_size(clips, payload_size(latent, PAYLOAD_DTYPE))
+            return reply_size(clips, payload_size(latent, PAYLOAD_DTYPE))
         return batch_size(clips, latent, PAYLOAD_DTYPE)
 
     def _route(self, received: _Received, targets: list[Target], server_round: int,

@@ -59,6 +59,11 @@ def check_shuffler(cfg: RunConfig) -> ShufflerInfo:
     return info
 
 
+def reply_size(clips: int, payload_bytes: int) -> int:
+    """The only size a device's sealed reply may have: a function of the request alone."""
+    return sealed_size(outer_size(clips, payload_bytes))
+
+
 @dataclass(frozen=True)
 class Routed:
     """What went through the shuffler: rows to store, senders refused, the figures."""
@@ -81,10 +86,6 @@ class UnlinkableRoute:
         if self._shuffler_key is None:
             self._shuffler_key = check_shuffler(self.cfg).public_key
         return public_bytes(self._analyzer), self._shuffler_key
-
-    def reply_size(self, clips: int, payload_bytes: int) -> int:
-        """The only size a device's sealed reply may have."""
-        return sealed_size(outer_size(clips, payload_bytes))
 
     def route(self, collection: int, server_round: int, version: str,
               blobs: Mapping[int, bytes], real_clips: Mapping[int, int]) -> Routed:
