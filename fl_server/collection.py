@@ -172,7 +172,14 @@ class Collector:
         admitted = checkin(grid, plan, server_round, CheckinGate.for_config(self.cfg)).devices
         targets, skipped, stopped = self._targets(admitted, server_round, expected)
         global_record = record_of(arrays)
-        keys = self.unlinkable.request_keys() if self.unlinkable else None
+        keys = None
+        if self.unlinkable:
+            try:
+                keys = self.unlinkable.request_keys()
+            except ConfigError as exc:  # the shuffler is down or too lax: ask no device
+                log.warning("round %d: no unlinkable collection: %s", server_round, exc)
+                skipped.update({t.index: f"shuffler: {exc.problem}" for t in targets})
+                targets = []
         messages = [self._request(plan, global_record, t, server_round, version, keys)
                     for t in targets]
         replies = send_and_collect(grid, messages, UPLOAD_TIMEOUT_S) if messages else []

@@ -18,6 +18,7 @@ the shuffler run on one host (the contents are sealed either way; the sender ids
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -75,9 +76,11 @@ def read_key(path: Path) -> x25519.X25519PrivateKey:
 
 
 def analyzer_key(path: Path) -> x25519.X25519PrivateKey:
-    """The analyzer's key at `path`, generated there on first use."""
+    """The analyzer's key at `path`, generated there on first use (a run that loses the
+    race to create it reads the winner's)."""
     if not path.exists():
-        write_key(path)
+        with contextlib.suppress(FileExistsError):
+            write_key(path)
     return read_key(path)
 
 

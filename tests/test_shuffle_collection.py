@@ -144,3 +144,16 @@ def test_unlinkable_options_are_validated():
         RunConfig(time_granularity_days=-1).validate()
     with pytest.raises(ConfigError, match="min_crowd"):
         RunConfig(min_crowd=1).validate()
+
+
+def test_a_shuffler_that_is_down_is_one_config_error_before_any_request(tmp_path):
+    """The collector fetches the shuffler's key before building any request; a shuffler
+    that is down is a one-line ConfigError there (on which `collect` asks no device)."""
+    from fl_server.collection import Collector
+
+    cfg = RunConfig(collect_every=1, shuffler="http://127.0.0.1:9", min_crowd=2,
+                    runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
+    collector = Collector(cfg, f"sqlite:///{tmp_path / 'r.db'}")
+    assert collector.unlinkable is not None
+    with pytest.raises(ConfigError, match="unreachable"):
+        collector.unlinkable.request_keys()
