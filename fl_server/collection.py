@@ -203,7 +203,7 @@ class Collector:
             },
             "information_bits": {str(i): b for i, b in sorted(totals.items())},
             "information_flagged": flagged,
-            **(self._unlinkable_figures(routed) if routed else
+            **(self._unlinkable(routed, version, server_round) if routed else
                self._track(plan, version, attacker, server_round)),
         }
         figures["collect_s"] = time.perf_counter() - started
@@ -229,14 +229,16 @@ class Collector:
             received.rejected[by_node[node_id].index] = reason
         return routed
 
-    @staticmethod
-    def _unlinkable_figures(routed: Routed) -> dict[str, Any]:
-        """The round's record in unlinkable mode: what the route did, and no per-device
-        leakage curve: the store has no device to accumulate by (measuring what a
-        link-then-accumulate attacker gets is the evaluation's job)."""
-        return {"unlinkable": routed.figures, "leakage": None,
-                "leakage_skipped": "unlinkable store: representations carry no device, so "
-                                   "no device-grouped accumulation curve"}
+    def _unlinkable(self, routed: Routed, version: str, server_round: int) -> dict[str, Any]:
+        """Unlinkable mode: what the route did, and no per-device leakage curve, since the
+        store has no device to accumulate by (what a link-then-accumulate attacker gets is
+        the evaluation's to measure). runs/<id>/leakage.json records that too."""
+        skipped = ("unlinkable store: representations carry no device, so no device-grouped "
+                   "accumulation curve")
+        _append_run_file(self.cfg.run_dir() / LEAKAGE_FILE, {
+            "round": server_round, "encoder_version": version, "unlinkable": True,
+            "skipped": skipped, "stored": routed.figures["stored"]})
+        return {"unlinkable": routed.figures, "leakage": None, "leakage_skipped": skipped}
 
     def _attacker(self, plan: Plan, arrays: dict[str, np.ndarray], server_round: int
                   ) -> Attacker:

@@ -129,7 +129,11 @@ def make_server(shuffler: Shuffler, host: str, port: int) -> ThreadingHTTPServer
                 self._answer(404, {"error": f"no such resource {self.path}"})
                 return
             label = urllib.parse.unquote(parts[2])
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._answer(400, {"error": "Content-Length is not a number"})
+                return
             if not 0 <= length <= MAX_BODY:
                 self._answer(413, {"error": f"body of {length} bytes, at most {MAX_BODY}"})
                 return

@@ -82,6 +82,8 @@ def test_unlinkable_run_stores_rows_without_device(tmp_path, shuffler_url):
     assert unlinkable["senders"] == 3 and unlinkable["stored"] == len(rows)
     assert unlinkable["unopened"] == 0 and "refused" not in unlinkable
     assert record["leakage"] is None and "unlinkable" in record["leakage_skipped"]
+    (entry,) = json.loads((tmp_path / "runs" / "unl" / "leakage.json").read_text())
+    assert entry["unlinkable"] is True and entry["stored"] == len(rows)
     key = tmp_path / "runs" / "analyzer.pem"
     assert (key.stat().st_mode & 0o777) == 0o600
-    assert set(json.loads(json.dumps(record["collection"]["uploaded"]))) == {"0", "1", "2"}
+    assert set(record["collection"]["uploaded"]) == {"0", "1", "2"}

@@ -92,9 +92,9 @@ def outer_size(records: int, payload_bytes: int) -> int:
 def encode_inner(record: InnerRecord) -> bytes:
     if len(record.pseudonym) != PSEUDONYM_BYTES:
         raise ValueError(f"a pseudonym is {PSEUDONYM_BYTES} bytes, got {len(record.pseudonym)}")
-    day = NO_DAY if record.day is None else record.day
-    if not 0 <= day <= NO_DAY or (record.day is not None and day == NO_DAY):
+    if record.day is not None and not 0 <= record.day < NO_DAY:
         raise ValueError(f"inner record day out of range: {record.day}")
+    day = NO_DAY if record.day is None else record.day
     if not 1 <= len(record.payload) <= 0xFFFF:
         raise ValueError(f"inner record payload must be 1..65535 bytes, got "
                          f"{len(record.payload)}")
