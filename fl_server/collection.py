@@ -78,12 +78,11 @@ from fl_server.unlinkable_collection import Routed, UnlinkableRoute, reply_size
 from privacy.atomic_write import write_text_atomic
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.evaluation.leakage import Observed
-from privacy.payload import decode_payload, encode_payload
+from privacy.payload import decode_payload, encode_payload, payload_size
 from privacy.vib import kl_bits
 from privacy.wire.arrays import record_bytes, record_of
 from privacy.wire.keys import ARRAYS_KEY, BATCH_KEY, CONFIG_KEY, UPLOAD, UPLOAD_KEY
 from privacy.wire.records import config_bytes, config_record
-from privacy.payload import payload_size
 from privacy.wire.upload import (
     SealedBatch,
     UploadRequest,

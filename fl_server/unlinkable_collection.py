@@ -78,14 +78,12 @@ class UnlinkableRoute:
         self.cfg = cfg
         self.client = ShufflerClient(cfg.shuffler)
         self._analyzer = analyzer_key(analyzer_key_path(cfg))
-        self._shuffler_key: bytes | None = None
 
     def request_keys(self) -> tuple[bytes, bytes]:
-        """(analyzer public key, shuffler public key) for the upload requests; the shuffler
-        is asked (once) and must still require the run's crowd."""
-        if self._shuffler_key is None:
-            self._shuffler_key = check_shuffler(self.cfg).public_key
-        return public_bytes(self._analyzer), self._shuffler_key
+        """(analyzer public key, shuffler public key) for this collection's requests. The
+        shuffler is asked every collection: a restarted shuffler has a new key, and it must
+        still require the run's crowd (ConfigError otherwise)."""
+        return public_bytes(self._analyzer), check_shuffler(self.cfg).public_key
 
     def route(self, collection: int, server_round: int, version: str,
               blobs: Mapping[int, bytes], real_clips: Mapping[int, int]) -> Routed:
