@@ -76,7 +76,7 @@ from fl_server.representations import (
 from fl_server.round_plan import Plan
 from fl_server.unlinkable_collection import Routed, UnlinkableRoute, reply_size
 from privacy.atomic_write import write_text_atomic
-from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
+from privacy.encoder import build_model, encode, load_numpy_state
 from privacy.evaluation.leakage import Observed
 from privacy.payload import decode_payload, encode_payload, payload_size
 from privacy.vib import kl_bits
