@@ -102,7 +102,7 @@ def device_replies(route: UnlinkableRoute, reals: list[int], collection: int, tm
     return blobs, real
 
 
-def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler):
+def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler, registry_url):
     cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
                     runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
     route = UnlinkableRoute(cfg)
@@ -112,11 +112,10 @@ def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler):
     assert routed.refused == {} and routed.figures["senders"] == 3
     assert routed.figures["stored"] == 5 and routed.figures["dummies"] == 7
     assert {r.window_day for r in routed.rows} <= {0, 7, 14}
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.upgrade(url)
-    with session_scope(url) as session:
+    db.upgrade(registry_url)  # SQLite and PostgreSQL
+    with session_scope(registry_url) as session:
         UnlinkableStore().add(session, routed.rows)
-    with session_scope(url) as session:
+    with session_scope(registry_url) as session:
         stored = UnlinkableStore().select(session, "run-u", VERSION)
     assert sorted(r.pseudonym for r in stored) == sorted(r.pseudonym for r in routed.rows)
     assert not any(hasattr(r, "device_id") for r in stored)
