@@ -21,7 +21,15 @@ the device really had nor what they showed:
 * the device runs the encoder on exactly M clips whatever it holds (dummies on a blank
   clip), so the work, and with it the reply's timing, does not count its real clips.
 
-The request and the batch format are the wire contract: `privacy.wire.upload`.
+**Unlinkable collection.** When the request carries the analyzer's and the shuffler's
+public keys, no record reaches the server readable: each record (payload, capture day
+coarsened to the requested window or dropped, a fresh random pseudonym instead of the clip
+id, the real/dummy flag; no hour) is sealed to the analyzer, and the M sealed records
+together to the shuffler (`privacy.shuffle.records`). The reply is a SEALED batch: the
+outer blob plus the ledger charge the device reports today, nothing else; its size depends
+on (M, latent_dim, dtype) only, and the sealing work is the same M records every time.
+
+The request and the batch formats are the wire contract: `privacy.wire.upload`.
 """
 
 from __future__ import annotations
@@ -35,12 +43,23 @@ from fl_client.clip_source import Capture
 from fl_client.info_ledger import InfoLedger
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.payload import encode_payload
+from privacy.shuffle.records import (
+    InnerRecord,
+    coarsen_day,
+    collection_label,
+    inner_context,
+    new_pseudonym,
+    outer_context,
+    seal_batch,
+)
 from privacy.vib import kl_bits
 from privacy.wire.upload import (
     Batch,
+    SealedBatch,
     UploadRecord,
     UploadRequest,
     encode_batch,
+    encode_sealed,
     encoder_version,
 )
 
@@ -113,4 +132,17 @@ def answer_upload(request: UploadRequest, model_cfg: EncoderConfig,
                          min(caps) if caps else None, floor=request.server_bits)
     batch = assemble(privatized, capture, request.clips, spend.clips, spend.bits,
                      spend.before, version)
-    return encode_batch(batch)
+    return seal(batch, request) if request.unlinkable else encode_batch(batch)
+
+
+def seal(batch: Batch, request: UploadRequest) -> bytes:
+    """The SEALED reply to an unlinkable request: every record stripped of what links it
+    (clip id -> fresh pseudonym, day -> window, hour dropped), sealed twice."""
+    inner = [InnerRecord(r.payload, coarsen_day(r.day, request.time_granularity_days),
+                         new_pseudonym(), r.real) for r in batch.records]
+    outer = seal_batch(inner, request.analyzer_key, request.shuffler_key,
+                       inner_context(request.run_id, request.collection, batch.encoder_version),
+                       outer_context(collection_label(request.run_id, request.collection)))
+    return encode_sealed(SealedBatch(outer, len(batch.records), len(batch.real),
+                                     batch.encoder_version, batch.bits,
+                                     batch.device_bits_before, batch.capped))

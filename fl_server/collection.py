@@ -24,6 +24,11 @@ and before its checkpoint, the federation loop hands the round to :class:`Collec
 
 A redone round (resume after a crash before the checkpoint) asks no device twice: the
 ledger has one row per (device, run, round), and devices already charged are skipped.
+
+**Unlinkable mode** (`--shuffler URL`, `fl_server.unlinkable_collection`): devices answer
+with sealed batches; step 3 stores what the shuffler released and the analyzer opened, in
+`unlinkable_representations`, with no device; step 4 is skipped (nothing can be grouped
+by device) and the round's record says the store is unlinkable.
 """
 
 from __future__ import annotations
@@ -62,26 +67,37 @@ from fl_server.registry.identity import BUNDLES_EXTRA, CheckinGate
 from fl_server.registry.models import AuditEntry, Device, LeakageReport
 from fl_server.representations import (
     NewRepresentation,
+    NewUnlinkable,
     RepresentationQuery,
     RepresentationStore,
+    UnlinkableStore,
     default_store,
 )
 from fl_server.round_plan import Plan
+from fl_server.unlinkable_collection import Routed, UnlinkableRoute, reply_size
 from privacy.atomic_write import write_text_atomic
-from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
+from privacy.encoder import build_model, encode, load_numpy_state
 from privacy.evaluation.leakage import Observed
-from privacy.payload import decode_payload, encode_payload
+from privacy.payload import decode_payload, encode_payload, payload_size
 from privacy.vib import kl_bits
 from privacy.wire.arrays import record_bytes, record_of
 from privacy.wire.keys import ARRAYS_KEY, BATCH_KEY, CONFIG_KEY, UPLOAD, UPLOAD_KEY
 from privacy.wire.records import config_bytes, config_record
-from privacy.wire.upload import UploadRequest, batch_size, decode_batch, encoder_version
+from privacy.wire.upload import (
+    SealedBatch,
+    UploadRequest,
+    batch_size,
+    decode_batch,
+    decode_sealed,
+    encoder_version,
+)
 from strategies.messaging import send_and_collect
 
 log = logging.getLogger("fedmsr.collection")
 PAYLOAD_DTYPE = "int8"
 UPLOAD_TIMEOUT_S = 120.0
 LEAKAGE_FILE = "leakage.json"
+_Blob = bytes  # `_Received.bytes` (a count) shadows the type inside that class
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,7 @@ class Collector:
         self.cfg, self.url = cfg, url
         self.store = store or default_store()
         self.eval_set = eval_set
+        self.unlinkable = UnlinkableRoute(cfg) if cfg.shuffler else None
 
     @classmethod
     def for_config(cls, cfg: RunConfig, held_out: HeldOut | None = None) -> Collector | None:
@@ -154,17 +171,28 @@ class Collector:
         admitted = checkin(grid, plan, server_round, CheckinGate.for_config(self.cfg)).devices
         targets, skipped, stopped = self._targets(admitted, server_round, expected)
         global_record = record_of(arrays)
-        messages = [self._request(plan, global_record, t, server_round, version)
+        keys = None
+        if self.unlinkable:
+            try:
+                keys = self.unlinkable.request_keys()
+            except ConfigError as exc:  # the shuffler is down or too lax: ask no device
+                log.warning("round %d: no unlinkable collection: %s", server_round, exc)
+                skipped.update({t.index: f"shuffler: {exc.problem}" for t in targets})
+                targets = []
+        messages = [self._request(plan, global_record, t, server_round, version, keys)
                     for t in targets]
         replies = send_and_collect(grid, messages, UPLOAD_TIMEOUT_S) if messages else []
-        received = _Received.of(replies, targets, version, plan.model, self.cfg, server_round)
-        flagged = self._record(targets, received, stopped, server_round)
+        reply_bytes = self._reply_bytes(plan)
+        received = _Received.of(replies, targets, version, reply_bytes, self.cfg, server_round,
+                                sealed=self.unlinkable is not None)
+        routed = self._route(received, targets, server_round, version)
+        flagged = self._record(targets, received, stopped, server_round,
+                               routed.rows if routed else [])
         totals = self._totals()
         figures: dict[str, Any] = {
             "collection": {
                 "encoder_version": version, "clips_per_device": self.cfg.collect_clips,
-                "batch_bytes": batch_size(self.cfg.collect_clips, plan.model.latent_dim,
-                                          PAYLOAD_DTYPE),
+                "batch_bytes": reply_bytes,
                 "requested": sorted(t.index for t in targets),
                 "uploaded": {str(i): n for i, n in sorted(received.clips.items())},
                 "bits": {str(i): b for i, b in sorted(received.bits.items())},
@@ -174,10 +202,42 @@ class Collector:
             },
             "information_bits": {str(i): b for i, b in sorted(totals.items())},
             "information_flagged": flagged,
-            **self._track(plan, version, attacker, server_round),
+            **(self._unlinkable(routed, version, server_round) if routed else
+               self._track(plan, version, attacker, server_round)),
         }
         figures["collect_s"] = time.perf_counter() - started
         return Collected(figures, record_bytes(global_record) * len(messages), received.bytes)
+
+    def _reply_bytes(self, plan: Plan) -> int:
+        """The one size every device's reply has (a function of the request alone)."""
+        clips, latent = self.cfg.collect_clips, plan.model.latent_dim
+        if self.unlinkable:
+            return reply_size(clips, payload_size(latent, PAYLOAD_DTYPE))
+        return batch_size(clips, latent, PAYLOAD_DTYPE)
+
+    def _route(self, received: _Received, targets: list[Target], server_round: int,
+               version: str) -> Routed | None:
+        """Unlinkable mode: the sealed batches through the shuffler and the analyzer."""
+        if self.unlinkable is None:
+            return None
+        by_node = {t.node_id: t for t in targets}
+        real = {n: received.clips[by_node[n].index] for n in received.sealed}
+        routed = self.unlinkable.route(server_round // self.cfg.collect_every, server_round,
+                                       version, received.sealed, real)
+        for node_id, reason in routed.refused.items():
+            received.rejected[by_node[node_id].index] = reason
+        return routed
+
+    def _unlinkable(self, routed: Routed, version: str, server_round: int) -> dict[str, Any]:
+        """Unlinkable mode: what the route did, and no per-device leakage curve, since the
+        store has no device to accumulate by (what a link-then-accumulate attacker gets is
+        the evaluation's to measure). runs/<id>/leakage.json records that too."""
+        skipped = ("unlinkable store: representations carry no device, so no device-grouped "
+                   "accumulation curve")
+        _append_run_file(self.cfg.run_dir() / LEAKAGE_FILE, {
+            "round": server_round, "encoder_version": version, "unlinkable": True,
+            "skipped": skipped, "stored": routed.figures["stored"]})
+        return {"unlinkable": routed.figures, "leakage": None, "leakage_skipped": skipped}
 
     def _attacker(self, plan: Plan, arrays: dict[str, np.ndarray], server_round: int
                   ) -> Attacker:
@@ -234,19 +294,22 @@ class Collector:
         return targets, skipped, stopped
 
     def _request(self, plan: Plan, arrays: Any, target: Target, server_round: int,
-                 version: str) -> Message:
+                 version: str, keys: tuple[bytes, bytes] | None) -> Message:
+        unlinkable: dict[str, Any] = {} if keys is None else {
+            "analyzer_key": keys[0], "shuffler_key": keys[1],
+            "time_granularity_days": self.cfg.time_granularity_days}
         request = UploadRequest(
             run_id=self.cfg.run_id, server_round=server_round,
             collection=server_round // self.cfg.collect_every,
             clips=self.cfg.collect_clips, dtype=PAYLOAD_DTYPE, encoder_version=version,
             info_bits_cap=target.cap or 0.0, server_bits=target.state.bits,
-            bundles_dir=str(self.cfg.extra.get(BUNDLES_EXTRA, "")))
+            bundles_dir=str(self.cfg.extra.get(BUNDLES_EXTRA, "")), **unlinkable)
         content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: plan.instructions(server_round),
                               UPLOAD_KEY: request.to_record()})
         return Message(content=content, message_type=UPLOAD, dst_node_id=target.node_id)
 
     def _record(self, targets: list[Target], received: _Received, stopped: dict[int, str],
-                server_round: int) -> list[int]:
+                server_round: int, unlinkable: list[NewUnlinkable]) -> list[int]:
         """One transaction: ledger rows, stored representations, audit entries.
 
         Returns the indices of devices that crossed their alert level in this collection.
@@ -255,6 +318,7 @@ class Collector:
         with session_scope(self.url) as session:
             ledger.append(session, received.charges)
             self.store.add(session, received.representations)
+            UnlinkableStore().add(session, unlinkable)
             for charge in received.charges:
                 target = next(t for t in targets if t.device_id == charge.device_id)
                 level = ledger.alert_level(target.cap, self.cfg.info_bits_alert)
@@ -356,13 +420,15 @@ class _Received:
     bits: dict[int, int]
     rejected: dict[int, str]
     bytes: int
+    sealed: dict[int, _Blob]  # unlinkable mode: node id -> outer blob, for the shuffler
 
     @classmethod
-    def of(cls, replies: list[Message], targets: list[Target], version: str,
-           model: EncoderConfig, cfg: RunConfig, server_round: int) -> _Received:
+    def of(cls, replies: list[Message], targets: list[Target], version: str, expected: int,
+           cfg: RunConfig, server_round: int, sealed: bool = False) -> _Received:
+        """`expected`: the reply size asked for; `sealed`: unlinkable mode (only SEALED
+        replies are accepted: a plain batch would store linkable rows)."""
         by_node = {t.node_id: t for t in targets}
-        out = cls([], [], {}, {}, {}, 0)
-        expected = batch_size(cfg.collect_clips, model.latent_dim, PAYLOAD_DTYPE)
+        out = cls([], [], {}, {}, {}, 0, {})
         answered = set()
         for reply in replies:
             target = by_node.get(reply.metadata.src_node_id)
@@ -375,30 +441,61 @@ class _Received:
             try:
                 blob = config_bytes(config_record(reply.content, BATCH_KEY), BATCH_KEY)
                 out.bytes += len(blob)
-                batch = decode_batch(blob)
-                _check(batch, len(blob), expected, cfg.collect_clips, version)
+                if sealed:
+                    sealed_batch = decode_sealed(blob)
+                    _check_sealed(sealed_batch, len(blob), expected, cfg.collect_clips, version)
+                else:
+                    batch = decode_batch(blob)
+                    _check(batch, len(blob), expected, cfg.collect_clips, version)
             except (KeyError, TypeError, ValueError) as exc:
                 out.rejected[target.index] = f"malformed batch: {exc}"
                 continue
-            out._accept(target, batch, version, cfg, server_round)
+            if sealed:
+                out._accept_sealed(target, sealed_batch, version, cfg, server_round)
+            else:
+                out._accept(target, batch, version, cfg, server_round)
         for target in targets:
             if target.index not in answered:
                 out.rejected[target.index] = "no reply in time"
         return out
 
+    def _charge(self, target: Target, clips: int, bits: int, before: int, capped: bool,
+                version: str, cfg: RunConfig, server_round: int) -> None:
+        self.clips[target.index], self.bits[target.index] = clips, bits
+        self.charges.append(ledger.Charge(
+            device_id=target.device_id, run_id=cfg.run_id, collection_round=server_round,
+            encoder_version=version, requested=cfg.collect_clips, clips=clips,
+            bits=bits, device_bits_before=before, capped=capped, cap_bits=target.cap))
+
+    def _accept_sealed(self, target: Target, batch: SealedBatch, version: str, cfg: RunConfig,
+                       server_round: int) -> None:
+        """The ledger charge, in the clear; the records, sealed, wait for the shuffler."""
+        self._charge(target, batch.clips, batch.bits, batch.device_bits_before, batch.capped,
+                     version, cfg, server_round)
+        self.sealed[target.node_id] = batch.outer
+
     def _accept(self, target: Target, batch: Any, version: str, cfg: RunConfig,
                 server_round: int) -> None:
         real = batch.real
-        self.clips[target.index], self.bits[target.index] = len(real), batch.bits
-        self.charges.append(ledger.Charge(
-            device_id=target.device_id, run_id=cfg.run_id, collection_round=server_round,
-            encoder_version=version, requested=cfg.collect_clips, clips=len(real),
-            bits=batch.bits, device_bits_before=batch.device_bits_before,
-            capped=batch.capped, cap_bits=target.cap))
+        self._charge(target, len(real), batch.bits, batch.device_bits_before, batch.capped,
+                     version, cfg, server_round)
         self.representations += [NewRepresentation(
             device_id=target.device_id, run_id=cfg.run_id, collection_round=server_round,
             clip_id=r.clip_id, captured_day=r.day, captured_hour=r.hour, payload=r.payload,
             encoder_version=version) for r in real]
+
+
+def _check_sealed(batch: SealedBatch, size: int, expected_size: int, clips: int,
+                  version: str) -> None:
+    """A sealed batch is relayed only if it is exactly what was asked for."""
+    if size != expected_size or batch.records != clips:
+        raise ValueError(f"{batch.records} sealed records in {size} bytes, asked for {clips} "
+                         f"({expected_size} bytes)")
+    if batch.encoder_version != version:
+        raise ValueError(f"made with encoder {batch.encoder_version[:12]}, asked for "
+                         f"{version[:12]}")
+    if batch.device_bits_before >= 2 ** 63:
+        raise ValueError("a ledger total out of range")
 
 
 def _check(batch: Any, size: int, expected_size: int, clips: int, version: str) -> None:

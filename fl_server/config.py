@@ -149,6 +149,23 @@ class RunConfig:
     info_bits_alert: float = 0.0
     leakage_alert: float = _option(
         0.1, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")
+    # unlinkable collection (docs/representations.md, "Unlinkable collection"): uploads go
+    # through the shuffler at `shuffler` (a running `fedmsr shuffler start`) and are stored
+    # with no device, a pseudonym instead of the clip id, and the capture day coarsened to
+    # windows of time_granularity_days (0: dropped); a collection is stored only when at
+    # least min_crowd devices sent a batch; analyzer_key: the analyzer's private key
+    # ("": <runs_dir>/analyzer.pem, created on first use)
+    shuffler: str = _option(
+        "", "Unlinkable collection: URL of a running `fedmsr shuffler start` "
+        "(http://127.0.0.1:PORT); needs --collect-every.")
+    time_granularity_days: int = _option(
+        7, "Unlinkable collection: capture day coarsened to windows of N days (0: dropped).")
+    min_crowd: int = _option(
+        3, "Unlinkable collection: store a collection only when at least this many devices "
+        "sent a batch (the shuffler must require at least as many).")
+    analyzer_key: str = _option(
+        "", "Unlinkable collection: the analyzer's private key (default: "
+        "<runs-dir>/analyzer.pem, created on first use).")
     # real footage (docs/real-footage.md): simulate one device per distinct `device` of a
     # manifest, each training on its own rows; the server probes on an operator-owned,
     # labelled manifest of its own
@@ -441,6 +458,28 @@ def _validate_collection(cfg: RunConfig) -> None:
                               f"got {getattr(cfg, name)}")
     if not 0 < cfg.leakage_alert <= 1:
         raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")
+    _validate_unlinkable(cfg)
+
+
+def _validate_unlinkable(cfg: RunConfig) -> None:
+    """The shuffler's URL, a collection to route through it, a granularity and a crowd."""
+    from privacy.shuffle.records import MAX_GRANULARITY_DAYS
+
+    granularity = cfg.time_granularity_days
+    if not is_int(granularity) or not 0 <= granularity <= MAX_GRANULARITY_DAYS:
+        raise ConfigError("time_granularity_days", f"must be 0 (drop capture time) or a "
+                          f"window of 1..{MAX_GRANULARITY_DAYS} days, got {granularity!r}")
+    if not is_int(cfg.min_crowd) or cfg.min_crowd < 2:
+        raise ConfigError("min_crowd", f"must be an integer >= 2 (a crowd of one links every "
+                          f"record to its sender), got {cfg.min_crowd!r}")
+    if not cfg.shuffler:
+        return
+    if not re.match(r"^http://[^/\s]+:\d+/?$", cfg.shuffler):
+        raise ConfigError("shuffler", f"must be http://HOST:PORT of `fedmsr shuffler start`, "
+                          f"got {cfg.shuffler!r}")
+    if cfg.collect_every == 0:
+        raise ConfigError("shuffler", "routes representation collection through the "
+                          "shuffler: turn collection on with --collect-every N")
 
 
 def _validate_dataset(cfg: RunConfig) -> None:

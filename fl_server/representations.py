@@ -15,6 +15,10 @@ would make every downstream number (probes, leakage curves) meaningless.
 
 **Consent.** :func:`erase_device` deletes every representation of a device and audit-logs
 it; the device's ledgers (DP and information) stay: they are accounting, not data.
+
+**Unlinkable collection** stores in its own table through :class:`UnlinkableStore`: rows
+with no device, which no per-device reader (the tracker, erase) may pool with the rest.
+Erase cannot reach them: nothing says whose they are (docs/representations.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from sqlalchemy.orm import Session
 from fl_server.registry import audit
 from fl_server.registry.db import RegistryError, session_scope
 from fl_server.registry.devices import find_device
-from fl_server.registry.models import Representation, as_utc
+from fl_server.registry.models import Representation, UnlinkableRepresentation, as_utc
 from privacy.payload import decode_payload
 
 
@@ -166,6 +170,56 @@ def _stored(row: Representation) -> StoredRepresentation:
         captured_day=row.captured_day, captured_hour=row.captured_hour,
         payload=bytes(row.payload), payload_version=row.payload_version,
         encoder_version=row.encoder_version, stored_at=as_utc(row.stored_at))
+
+
+# -- unlinkable collection ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewUnlinkable:
+    """One representation collected through the shuffler: no device, no clip id, no hour."""
+
+    run_id: str
+    collection_round: int
+    pseudonym: str  # 16 random bytes (hex) the device drew for this record alone
+    window_day: int | None  # first day of the capture window; None: capture time dropped
+    granularity_days: int
+    payload: bytes
+    encoder_version: str
+
+
+@dataclass(frozen=True)
+class StoredUnlinkable(NewUnlinkable):
+    id: int
+    payload_version: int
+    stored_at: dt.datetime
+
+
+class UnlinkableStore:
+    """The registry table `unlinkable_representations` (no device column to group by)."""
+
+    def add(self, session: Session, rows: Sequence[NewUnlinkable]) -> int:
+        session.add_all(UnlinkableRepresentation(
+            run_id=r.run_id, collection_round=r.collection_round, pseudonym=r.pseudonym,
+            window_day=r.window_day, granularity_days=r.granularity_days, payload=r.payload,
+            payload_version=payload_version(r.payload), encoder_version=r.encoder_version)
+            for r in rows)
+        session.flush()
+        return len(rows)
+
+    def select(self, session: Session, run_id: str, encoder_version: str
+               ) -> list[StoredUnlinkable]:
+        """One run's rows of one encoder version, in pseudonym order (random)."""
+        statement = select(UnlinkableRepresentation).where(
+            UnlinkableRepresentation.run_id == run_id,
+            UnlinkableRepresentation.encoder_version == encoder_version).order_by(
+            UnlinkableRepresentation.pseudonym)
+        return [StoredUnlinkable(
+            id=row.id, run_id=row.run_id, collection_round=row.collection_round,
+            pseudonym=row.pseudonym, window_day=row.window_day,
+            granularity_days=row.granularity_days, payload=bytes(row.payload),
+            payload_version=row.payload_version, encoder_version=row.encoder_version,
+            stored_at=as_utc(row.stored_at)) for row in session.scalars(statement)]
 
 
 def default_store() -> RepresentationStore:

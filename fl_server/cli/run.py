@@ -102,6 +102,10 @@ def _new_run(cfg: RunConfig) -> RunConfig:
         fail("--collect-every", "collection stores representations in the registry; run "
              "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
     with options_named():
+        if cfg.shuffler:  # before anything is written: the shuffler must answer
+            from fl_server.unlinkable_collection import check_shuffler
+
+            check_shuffler(cfg)
         return prepare_new_run(with_calibrated_noise(cfg))
 
 

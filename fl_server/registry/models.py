@@ -292,6 +292,38 @@ class Representation(Base):
     stored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class UnlinkableRepresentation(Base):
+    """One representation collected through the shuffler (revision 0008_unlinkable).
+
+    Deliberately no device: the row keeps only what the analyzer opened from a shuffled
+    inner record (`privacy.shuffle.records`): the payload, a random pseudonym in place of
+    the clip id, and the first day of the capture window (NULL: the run dropped capture
+    time; `granularity_days` says how wide the window is). No foreign key, no hour, no
+    order that follows the senders: the store cannot be grouped by device.
+    """
+
+    __tablename__ = "unlinkable_representations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "collection_round", "pseudonym"),
+        CheckConstraint("collection_round >= 1", name="collection_round"),
+        CheckConstraint("window_day IS NULL OR window_day >= 0", name="window_day"),
+        CheckConstraint("granularity_days >= 0", name="granularity_days"),
+        CheckConstraint("payload_version >= 1", name="payload_version"),
+        Index(None, "encoder_version", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    collection_round: Mapped[int] = mapped_column(Integer)
+    pseudonym: Mapped[str] = mapped_column(String(32))  # 16 random bytes, hex
+    window_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    granularity_days: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_version: Mapped[int] = mapped_column(Integer)
+    encoder_version: Mapped[str] = mapped_column(String(64))
+    stored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class InformationEntry(Base):
     """One collection's charge to a device's information ledger (bits = sum of KL rates).
 

@@ -20,6 +20,27 @@ BATCH format version 1 (integers little-endian)::
                       reserved (u16, 0) | clip id (32 bytes, UTF-8, NUL-padded; a
                       longer id is replaced by "h-" + 30 hex digits of its SHA-256)
     end      4        CRC-32 of every preceding byte (u32)
+
+Unlinkable collection (docs/representations.md): a request that carries the analyzer's and
+the shuffler's public keys asks for a SEALED reply instead. Only the device's ledger charge
+is in the clear; the records travel inside the outer blob (`privacy.shuffle.records`), whose
+size is a function of (M, payload size) alone.
+
+SEALED format version 1 (integers little-endian)::
+
+    offset   size     field
+    0        4        magic b"MSRS"
+    4        1        version (u8) = 1
+    5        1        flags (u8): bit 0 = the information cap stopped the device
+    6        2        M: records sealed in the outer blob (u16)
+    8        2        R: real records among them (u16), the ledger charge's clip count
+    10       2        reserved (u16, 0)
+    12       4        bits charged for the R real clips (u32)
+    16       8        the device's information total before this batch (u64, bits)
+    24       32       encoder version (SHA-256 digest)
+    56       4        L: length of the outer blob (u32)
+    60       L        the outer blob, sealed to the shuffler
+    end      4        CRC-32 of every preceding byte (u32)
 """
 
 from __future__ import annotations
@@ -38,7 +59,7 @@ import numpy as np
 from flwr.app import ConfigRecord
 
 from privacy.payload import decode_payload, payload_size
-from privacy.wire.records import config_float, config_int, config_str
+from privacy.wire.records import config_bytes, config_float, config_int, config_str
 
 if TYPE_CHECKING:
     from privacy.encoder import EncoderConfig
@@ -52,6 +73,10 @@ MAX_CLIPS = 1024  # per batch: keeps one reply well under Flower's message limit
 _HEADER = struct.Struct("<4sBBHHHIQ32s")
 _RECORD_TAIL = struct.Struct(f"<IBBH{CLIP_ID_BYTES}s")
 _CRC = struct.Struct("<I")
+SEALED_MAGIC = b"MSRS"
+SEALED_VERSION = 1
+_SEALED_HEADER = struct.Struct("<4sBBHHHIQ32sI")
+KEY_BYTES = 32  # an X25519 public key
 
 
 def encoder_version(model: EncoderConfig, arrays: Mapping[str, np.ndarray]) -> str:
@@ -87,6 +112,16 @@ class UploadRequest:
     info_bits_cap: float  # the registry's cap for this device; 0 = none
     server_bits: int  # what the server's ledger says the device has uploaded so far
     bundles_dir: str = ""  # simulation only: where the simulated enrollment's bundles are
+    # unlinkable collection: both public keys (X25519, raw) or neither; the granularity
+    # (days, 0 = drop) the device coarsens capture days to before sealing
+    analyzer_key: bytes = b""
+    shuffler_key: bytes = b""
+    time_granularity_days: int = 0
+
+    @property
+    def unlinkable(self) -> bool:
+        """The device must answer with a SEALED reply (see the module doc)."""
+        return bool(self.shuffler_key)
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -104,6 +139,16 @@ class UploadRequest:
                              f"got {self.info_bits_cap}")
         if self.server_bits < 0:
             raise ValueError(f"upload request: server-bits must be >= 0, got {self.server_bits}")
+        if bool(self.analyzer_key) != bool(self.shuffler_key):
+            raise ValueError("upload request: analyzer-key and shuffler-key go together")
+        for name in ("analyzer_key", "shuffler_key"):
+            key = getattr(self, name)
+            if key and len(key) != KEY_BYTES:
+                raise ValueError(f"upload request: {name.replace('_', '-')} must be a "
+                                 f"{KEY_BYTES}-byte X25519 public key, got {len(key)} bytes")
+        if not 0 <= self.time_granularity_days <= 3650:
+            raise ValueError(f"upload request: time-granularity-days must be 0..3650, got "
+                             f"{self.time_granularity_days}")
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({"run-id": self.run_id, "server-round": self.server_round,
@@ -111,12 +156,17 @@ class UploadRequest:
                              "dtype": self.dtype, "encoder-version": self.encoder_version,
                              "info-bits-cap": float(self.info_bits_cap),
                              "server-bits": int(self.server_bits),
-                             "bundles-dir": self.bundles_dir})
+                             "bundles-dir": self.bundles_dir,
+                             **({"analyzer-key": self.analyzer_key,
+                                 "shuffler-key": self.shuffler_key,
+                                 "time-granularity-days": self.time_granularity_days}
+                                if self.unlinkable else {})})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> UploadRequest:
         """Rebuild and validate; a missing or bad key raises ValueError naming it."""
         try:
+            analyzer, shuffler, granularity = _unlinkable_fields(record)
             return cls(run_id=config_str(record, "run-id"),
                        server_round=config_int(record, "server-round"),
                        collection=config_int(record, "collection"),
@@ -125,9 +175,19 @@ class UploadRequest:
                        info_bits_cap=config_float(record, "info-bits-cap"),
                        server_bits=config_int(record, "server-bits"),
                        bundles_dir=(config_str(record, "bundles-dir")
-                                    if "bundles-dir" in record else ""))
+                                    if "bundles-dir" in record else ""),
+                       analyzer_key=analyzer, shuffler_key=shuffler,
+                       time_granularity_days=granularity)
         except KeyError as exc:
             raise ValueError(f"malformed upload request: missing {exc.args[0]}") from None
+
+
+def _unlinkable_fields(record: ConfigRecord) -> tuple[bytes, bytes, int]:
+    """(analyzer key, shuffler key, granularity): keys an ordinary request does not have."""
+    if "shuffler-key" not in record and "analyzer-key" not in record:
+        return b"", b"", 0
+    return (config_bytes(record, "analyzer-key"), config_bytes(record, "shuffler-key"),
+            config_int(record, "time-granularity-days"))
 
 
 # -- the batch --------------------------------------------------------------------------
@@ -235,3 +295,63 @@ def decode_batch(blob: bytes) -> Batch:
         records.append(UploadRecord(payload, day, None if hour == UNKNOWN_HOUR else hour,
                                     raw_id.rstrip(b"\0").decode("utf-8"), bool(is_real)))
     return Batch(tuple(records), digest.hex(), bits, before, bool(flags & FLAG_CAPPED))
+
+
+# -- the sealed reply (unlinkable collection) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedBatch:
+    """A device's unlinkable reply: its ledger charge in the clear, its records sealed."""
+
+    outer: bytes  # privacy.shuffle.records.seal_batch: only the shuffler can open it
+    records: int  # M
+    clips: int  # R, real records inside (the ledger charge's clip count)
+    encoder_version: str
+    bits: int
+    device_bits_before: int
+    capped: bool
+
+
+def encode_sealed(batch: SealedBatch) -> bytes:
+    if not 1 <= batch.records <= MAX_CLIPS or not 0 <= batch.clips <= batch.records:
+        raise ValueError(f"a sealed batch holds 1..{MAX_CLIPS} records with at most as many "
+                         f"real ones, got {batch.records} and {batch.clips}")
+    head = _SEALED_HEADER.pack(SEALED_MAGIC, SEALED_VERSION, FLAG_CAPPED if batch.capped else 0,
+                               batch.records, batch.clips, 0, batch.bits,
+                               batch.device_bits_before, bytes.fromhex(batch.encoder_version),
+                               len(batch.outer))
+    blob = head + batch.outer
+    return blob + _CRC.pack(zlib.crc32(blob) & 0xFFFFFFFF)
+
+
+def sealed_size(outer_bytes: int) -> int:
+    """Bytes of a SEALED reply around an outer blob of `outer_bytes`."""
+    return _SEALED_HEADER.size + outer_bytes + _CRC.size
+
+
+def decode_sealed(blob: bytes) -> SealedBatch:
+    """Parse and check a SEALED reply; ValueError naming the defect."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ValueError(f"sealed batch must be bytes, got {type(blob).__name__}")  # noqa: TRY004
+    blob = bytes(blob)
+    if len(blob) < _SEALED_HEADER.size + _CRC.size:
+        raise ValueError(f"sealed batch too short: {len(blob)} bytes")
+    (magic, version, flags, count, real, _, bits, before, digest,
+     length) = _SEALED_HEADER.unpack_from(blob)
+    if magic != SEALED_MAGIC:
+        raise ValueError(f"reply has magic {magic!r}, expected a sealed batch "
+                         f"({SEALED_MAGIC!r}): the device did not seal its records")
+    if version != SEALED_VERSION:
+        raise ValueError(f"sealed batch version {version} is not supported (this build reads "
+                         f"{SEALED_VERSION})")
+    if not 1 <= count <= MAX_CLIPS or real > count:
+        raise ValueError(f"sealed batch declares {count} records with {real} real ones")
+    if len(blob) != sealed_size(length):
+        raise ValueError(f"sealed batch length {len(blob)} does not match its header "
+                         f"({sealed_size(length)})")
+    (crc,) = _CRC.unpack_from(blob, len(blob) - _CRC.size)
+    if zlib.crc32(blob[:-_CRC.size]) & 0xFFFFFFFF != crc:
+        raise ValueError("sealed batch checksum mismatch: the batch is corrupted")
+    outer = blob[_SEALED_HEADER.size:_SEALED_HEADER.size + length]
+    return SealedBatch(outer, count, real, digest.hex(), bits, before, bool(flags & FLAG_CAPPED))

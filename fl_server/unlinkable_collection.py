@@ -1,0 +1,136 @@
+"""The collector's unlinkable route: devices' sealed batches -> shuffler -> analyzer -> store.
+
+In unlinkable mode (`fedmsr run --shuffler URL`) the collection of `fl_server.collection`
+changes in three places, all here:
+
+* the upload request carries the analyzer's and the shuffler's public keys and the time
+  granularity, so each device seals its records twice (`fl_client.uploads`);
+* the server relays each reply's outer blob to the shuffler under the Flower node id it
+  came from (the shuffler refuses a second batch per sender), then asks for the release;
+* the analyzer (this server's store side, holding the analyzer key) opens the released
+  inner records, drops dummies and stores the rest in `unlinkable_representations`.
+
+Two crowd checks, both before anything is stored: the shuffler releases nothing below its
+own min-crowd, and the collector stores nothing unless at least the run's `min_crowd`
+devices (a) sent a batch the shuffler accepted and (b) reported real clips in their ledger
+charge. (b) matters because the charges are public: real rows from fewer devices than that
+would be attributable through the ledger alone. A shuffler configured with a smaller
+min-crowd than the run's is refused outright.
+
+The server still learns, per device, what its ledger charge says (bits, real clip count,
+capped), the reply's size (constant) and timing; docs/representations.md lists it all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fl_server.config import ConfigError, RunConfig
+from fl_server.representations import NewUnlinkable
+from fl_server.shuffler_service import ShufflerClient, ShufflerError, ShufflerInfo, analyzer_key
+from privacy.payload import decode_payload
+from privacy.shuffle.analyzer import open_release
+from privacy.shuffle.records import collection_label, inner_context, outer_size
+from privacy.shuffle.sealed import public_bytes
+from privacy.wire.upload import sealed_size
+
+log = logging.getLogger("fedmsr.collection")
+ANALYZER_KEY_FILE = "analyzer.pem"
+
+
+def analyzer_key_path(cfg: RunConfig) -> Path:
+    """The run's analyzer key: --analyzer-key, else <runs-dir>/analyzer.pem (shared by runs)."""
+    return Path(cfg.analyzer_key) if cfg.analyzer_key else Path(cfg.runs_dir) / ANALYZER_KEY_FILE
+
+
+def check_shuffler(cfg: RunConfig) -> ShufflerInfo:
+    """The shuffler answers and requires at least the run's crowd (ConfigError otherwise)."""
+    try:
+        info = ShufflerClient(cfg.shuffler).info()
+    except (ShufflerError, ValueError) as exc:
+        raise ConfigError("shuffler", str(exc)) from None
+    if info.min_crowd < cfg.min_crowd:
+        raise ConfigError("shuffler", f"the shuffler at {cfg.shuffler} releases crowds of "
+                          f"{info.min_crowd}, fewer than --min-crowd {cfg.min_crowd}")
+    return info
+
+
+def reply_size(clips: int, payload_bytes: int) -> int:
+    """The only size a device's sealed reply may have: a function of the request alone."""
+    return sealed_size(outer_size(clips, payload_bytes))
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What went through the shuffler: rows to store, senders refused, the figures."""
+
+    rows: list[NewUnlinkable]
+    refused: dict[int, str]  # node id -> why the shuffler refused its batch
+    figures: dict[str, Any]
+
+
+class UnlinkableRoute:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.client = ShufflerClient(cfg.shuffler)
+        self._analyzer = analyzer_key(analyzer_key_path(cfg))
+
+    def request_keys(self) -> tuple[bytes, bytes]:
+        """(analyzer public key, shuffler public key) for this collection's requests. The
+        shuffler is asked every collection: a restarted shuffler has a new key, and it must
+        still require the run's crowd (ConfigError otherwise)."""
+        return public_bytes(self._analyzer), check_shuffler(self.cfg).public_key
+
+    def route(self, collection: int, server_round: int, version: str,
+              blobs: Mapping[int, bytes], real_clips: Mapping[int, int]) -> Routed:
+        """Hand every accepted blob to the shuffler, release, open, keep the real records.
+
+        `blobs`: node id -> outer blob; `real_clips`: node id -> R from its ledger charge.
+        """
+        label = collection_label(self.cfg.run_id, collection)
+        refused: dict[int, str] = {}
+        figures: dict[str, Any] = {"min_crowd": self.cfg.min_crowd,
+                                   "time_granularity_days": self.cfg.time_granularity_days,
+                                   "senders": 0, "stored": 0, "dummies": 0, "unopened": 0}
+        for node_id, blob in sorted(blobs.items()):
+            try:
+                figures["senders"] = self.client.submit(label, str(node_id), blob)
+            except ShufflerError as exc:
+                refused[node_id] = str(exc)
+        try:
+            released = self.client.release(label)
+        except ShufflerError as exc:
+            log.warning("round %d: nothing stored: %s", server_round, exc)
+            return Routed([], refused, {**figures, "refused": str(exc)})
+        accepted = [n for n in blobs if n not in refused]
+        with_real = sum(1 for n in accepted if real_clips.get(n, 0) > 0)
+        if with_real < self.cfg.min_crowd:
+            reason = (f"{with_real} device(s) reported real clips, fewer than min-crowd "
+                      f"{self.cfg.min_crowd}: the ledger would attribute the rows; nothing "
+                      f"stored")
+            log.warning("round %d: %s", server_round, reason)
+            return Routed([], refused, {**figures, "senders": released.senders,
+                                        "refused": reason})
+        opened = open_release(self._analyzer, released.records,
+                              inner_context(self.cfg.run_id, collection, version))
+        real = [r for r in opened.real if _decodes(r.payload)]
+        rows = [NewUnlinkable(run_id=self.cfg.run_id, collection_round=server_round,
+                              pseudonym=r.pseudonym.hex(), window_day=r.day,
+                              granularity_days=self.cfg.time_granularity_days,
+                              payload=r.payload, encoder_version=version) for r in real]
+        return Routed(rows, refused, {**figures, "senders": released.senders,
+                                      "stored": len(rows), "dummies": opened.dummies,
+                                      "unopened": opened.unopened + len(opened.real) - len(real)})
+
+
+def _decodes(payload: bytes) -> bool:
+    """A real record's payload is stored only if it is a whole payload-v1."""
+    try:
+        decode_payload(payload)
+    except ValueError:
+        return False
+    return True
