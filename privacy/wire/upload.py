@@ -87,6 +87,14 @@ class UploadRequest:
     info_bits_cap: float  # the registry's cap for this device; 0 = none
     server_bits: int  # what the server's ledger says the device has uploaded so far
     bundles_dir: str = ""  # simulation only: where the simulated enrollment's bundles are
+    #: Randomized release (`privacy.release_mechanism.GaussianRelease`): the L2 norm the
+    #: posterior mean is clipped to and the noise multiplier; 0 = off (a sample of q(z|x)).
+    #: Absent from older requests, which therefore decode as "off".
+    release_clip: float = 0.0
+    release_noise: float = 0.0
+    #: The registry's epsilon cap for this device (0 = none): the device checks the smaller
+    #: of it and its own before reserving a randomized release.
+    release_epsilon_cap: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -104,6 +112,20 @@ class UploadRequest:
                              f"got {self.info_bits_cap}")
         if self.server_bits < 0:
             raise ValueError(f"upload request: server-bits must be >= 0, got {self.server_bits}")
+        for name in ("release_clip", "release_noise", "release_epsilon_cap"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"upload request: {name.replace('_', '-')} must be a finite "
+                                 f"number >= 0, got {value}")
+        if (self.release_clip > 0) != (self.release_noise > 0):
+            raise ValueError("upload request: release-clip and release-noise are both > 0 "
+                             "(randomized release) or both 0 (off), got "
+                             f"{self.release_clip} and {self.release_noise}")
+
+    @property
+    def randomized(self) -> bool:
+        """Whether the device must release through the Gaussian mechanism."""
+        return self.release_noise > 0
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({"run-id": self.run_id, "server-round": self.server_round,
@@ -111,7 +133,10 @@ class UploadRequest:
                              "dtype": self.dtype, "encoder-version": self.encoder_version,
                              "info-bits-cap": float(self.info_bits_cap),
                              "server-bits": int(self.server_bits),
-                             "bundles-dir": self.bundles_dir})
+                             "bundles-dir": self.bundles_dir,
+                             "release-clip": float(self.release_clip),
+                             "release-noise": float(self.release_noise),
+                             "release-epsilon-cap": float(self.release_epsilon_cap)})
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> UploadRequest:
@@ -125,7 +150,13 @@ class UploadRequest:
                        info_bits_cap=config_float(record, "info-bits-cap"),
                        server_bits=config_int(record, "server-bits"),
                        bundles_dir=(config_str(record, "bundles-dir")
-                                    if "bundles-dir" in record else ""))
+                                    if "bundles-dir" in record else ""),
+                       release_clip=(config_float(record, "release-clip")
+                                     if "release-clip" in record else 0.0),
+                       release_noise=(config_float(record, "release-noise")
+                                      if "release-noise" in record else 0.0),
+                       release_epsilon_cap=(config_float(record, "release-epsilon-cap")
+                                            if "release-epsilon-cap" in record else 0.0))
         except KeyError as exc:
             raise ValueError(f"malformed upload request: missing {exc.args[0]}") from None
 
