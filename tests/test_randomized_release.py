@@ -175,3 +175,54 @@ def test_old_requests_decode_as_sampled_uploads(arrays) -> None:
     assert UploadRequest.from_record(req.to_record()) == req
     with pytest.raises(ValueError, match="release-clip and release-noise are both"):
         UploadRequest("r", 1, 1, M, "int8", "0" * 64, 0.0, 0, release_clip=1.0)
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_collection_run_with_release_epsilon_charges_both_ledgers(tmp_path) -> None:
+    """`fedmsr run --release-epsilon 4` on the simulation engine, 2 collections of 8 clips:
+    sigma calibrated over the 16 planned clips; each asked device has one committed
+    randomized-release row per collection on the registry ledger and the same releases on
+    its own; the device with epsilon cap 3 fits the first upload (2.69) but not the second
+    (4.0): it is asked once, then left out with an audited reason."""
+    from sqlalchemy import text
+
+    from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
+    from fl_server.registry import db
+    from tests.helpers import SMALL, fedmsr, history
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    db.upgrade(url)
+    enroll(url, [DeviceSpec("d-0"), DeviceSpec("d-1"), DeviceSpec("tight", epsilon_cap=3.0)],
+           BundleOptions(bundles_dir=tmp_path / "devices"))
+    result = fedmsr("--db", url, "run", "--devices", "3", "--rounds", "2", "--seed", "3",
+                    *SMALL, "--collect-every", "1", "--collect-clips", str(M),
+                    "--release-epsilon", "4", "--runs-dir", str(tmp_path / "runs"),
+                    "--run-id", "rel", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = calibrate_release(4.0, DELTA, 2 * M, 1.0)
+    assert f"randomized release sigma={expected.noise_multiplier:.4g}" in result.stdout
+    with db.get_engine(url).connect() as c:
+        rows = c.execute(text(
+            "SELECT d.name, p.round_number, p.kind, p.sample_rate, p.noise_multiplier, "
+            "p.steps, p.status FROM privacy_events p JOIN devices d ON d.id = p.device_id "
+            "ORDER BY d.name, p.round_number")).all()
+        info = c.execute(text(
+            "SELECT d.name, l.collection_round FROM information_ledger l JOIN devices d ON "
+            "d.id = l.device_id")).all()
+        refused = c.execute(text("SELECT detail FROM audit_log WHERE action = "
+                                 "'budget.release-refused'")).scalars().all()
+    sigma = expected.noise_multiplier
+    assert [tuple(r) for r in rows] == [
+        (name, r, "randomized-release", 1.0, pytest.approx(sigma), M, "committed")
+        for name, r in (("d-0", 1), ("d-0", 2), ("d-1", 1), ("d-1", 2), ("tight", 1))]
+    assert sorted(tuple(r) for r in info) == [("d-0", 1), ("d-0", 2), ("d-1", 1), ("d-1", 2),
+                                             ("tight", 1)]
+    assert len(refused) == 1 and "epsilon cap 3" in refused[0]
+    last = history(tmp_path / "runs" / "rel")[-1]
+    assert "epsilon cap 3" in last["collection"]["skipped"]["2"]
+    own = DeviceLedger.open(tmp_path / "devices" / "d-0" / "state")
+    assert [(r.round_number, r.event) for r in own.releases] == [
+        (1, expected.event(M)), (2, expected.event(M))]

@@ -32,6 +32,13 @@ _NEW_KINDS = (*_OLD_KINDS, "randomized-release")
 _SQLITE_TRIGGERS = ("privacy_events_no_delete", "privacy_events_only_commit")
 
 
+def _ck(name: str) -> str:
+    """A CHECK constraint's name as revision 0002 left it in the database (its explicit
+    names went through the naming convention once more), kept so the schema stays the
+    same apart from the kinds."""
+    return f"ck_privacy_events_ck_privacy_events_{name}"
+
+
 def _kinds(kinds: tuple[str, ...]) -> str:
     return f"kind IN ({', '.join(repr(k) for k in kinds)})"
 
@@ -50,19 +57,56 @@ def _sqlite_triggers() -> dict[str, str]:
     return found
 
 
+def _sqlite_table(kinds: tuple[str, ...]) -> sa.Table:
+    """privacy_events as revision 0002 made it, with `kinds`: the rebuild copies into this
+    definition (not a reflection, whose constraint names the naming convention would
+    prefix a second time)."""
+    tz = sa.DateTime(timezone=True)
+    return sa.Table(
+        "privacy_events", sa.MetaData(),
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("device_id", sa.Integer(), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("round_number", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("sample_rate", sa.Float(), nullable=False),
+        sa.Column("noise_multiplier", sa.Float(), nullable=False),
+        sa.Column("steps", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("reserved_at", tz, nullable=False),
+        sa.Column("committed_at", tz, nullable=True),
+        sa.PrimaryKeyConstraint("id", name="pk_privacy_events"),
+        sa.ForeignKeyConstraint(["device_id"], ["devices.id"],
+                                name="fk_privacy_events_device_id_devices"),
+        sa.UniqueConstraint("device_id", "run_id", "round_number", "kind",
+                            name="uq_privacy_events_device_id_run_id_round_number_kind"),
+        sa.CheckConstraint(_kinds(kinds), name=_ck("kind")),
+        sa.CheckConstraint("status IN ('reserved', 'committed')",
+                           name=_ck("status")),
+        sa.CheckConstraint("sample_rate > 0 AND sample_rate <= 1",
+                           name=_ck("sample_rate")),
+        sa.CheckConstraint("noise_multiplier > 0", name=_ck("noise_multiplier")),
+        sa.CheckConstraint("steps >= 1", name=_ck("steps")),
+        sa.CheckConstraint("round_number >= 1", name=_ck("round_number")),
+        sa.CheckConstraint("(status = 'committed') = (committed_at IS NOT NULL)",
+                           name=_ck("committed_at")),
+        sa.Index("ix_privacy_events_run_id_round_number", "run_id", "round_number"),
+    )
+
+
 def _set_kinds(kinds: tuple[str, ...]) -> None:
     if op.get_bind().dialect.name == "sqlite":
         triggers = _sqlite_triggers()
         for name in sorted(triggers):
             op.execute(f'DROP TRIGGER "{name}"')
-        with op.batch_alter_table("privacy_events", recreate="always") as batch:
-            batch.drop_constraint("ck_privacy_events_kind", type_="check")
-            batch.create_check_constraint("kind", _kinds(kinds))
+        with op.batch_alter_table("privacy_events", copy_from=_sqlite_table(kinds),
+                                  recreate="always"):
+            pass
         for name in sorted(triggers):
             op.execute(triggers[name])
         return
-    op.drop_constraint("ck_privacy_events_kind", "privacy_events", type_="check")
-    op.create_check_constraint("kind", "privacy_events", _kinds(kinds))
+    op.drop_constraint(op.f(_ck("kind")), "privacy_events", type_="check")
+    op.create_check_constraint(op.f(_ck("kind")), "privacy_events", _kinds(kinds))
 
 
 def upgrade() -> None:

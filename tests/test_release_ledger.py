@@ -1,0 +1,160 @@
+"""The server's side of randomized release, on SQLite and PostgreSQL: revision 0008 lets
+the ledger hold the new kind and keeps it append-only; a collection reserves the release
+before asking, commits it with the information rows, never under-counts a device that did
+not answer, and training selection counts it like every other release. The ledger's
+epsilon is checked against dp-accounting's PLD accountant on the plain Gaussian."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic import command
+from dp_accounting import dp_event as dpa
+from dp_accounting.pld import pld_privacy_accountant
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from fl_server import information_ledger as info
+from fl_server import privacy_ledger as ledger
+from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
+from fl_server.registry import db
+from fl_server.registry.models import Device
+from fl_server.release_budget import REFUSED_ACTION, ReleaseBudget
+from privacy.accounting import DpEvent
+from privacy.release_mechanism import GaussianRelease
+
+DELTA = 1e-5
+M = 8
+RELEASE = GaussianRelease(1.0, 4.0)
+LOCAL = DpEvent(0.05, 1.0, 20)
+
+
+def fleet(url: str, tmp_path: Path, caps: list[float | None], prefix: str = "cam"
+          ) -> list[int]:
+    db.upgrade(url)
+    enroll(url, [DeviceSpec(f"{prefix}-{i}", epsilon_cap=c, delta_cap=DELTA)
+                 for i, c in enumerate(caps)], BundleOptions(bundles_dir=tmp_path / "b"))
+    with db.session_scope(url) as s:
+        return [s.query(Device.id).filter(Device.name == f"{prefix}-{i}").scalar()
+                for i in range(len(caps))]
+
+
+def rows(url: str, sql: str) -> list[tuple]:
+    with db.get_engine(url).connect() as c:
+        return [tuple(r) for r in c.execute(text(sql))]
+
+
+def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float) -> float:
+    """dp-accounting's PLD accountant on `steps` plain Gaussian mechanisms (not our code)."""
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(noise_multiplier), steps))
+    return acc.get_epsilon(delta)
+
+
+def budget(url: str) -> ReleaseBudget:
+    return ReleaseBudget(RELEASE, M, url, "run-r", DELTA, default_cap=None)
+
+
+def charge(device_id: int, round_number: int) -> info.Charge:
+    return info.Charge(device_id=device_id, run_id="run-r", collection_round=round_number,
+                       encoder_version="e" * 64, requested=M, clips=M, bits=1,
+                       device_bits_before=0, capped=False, cap_bits=None)
+
+
+def test_revision_0008_holds_the_new_kind_and_keeps_the_ledger_append_only(
+        registry_url, tmp_path) -> None:
+    [a] = fleet(registry_url, tmp_path, [None])
+    assert db.current_revision(registry_url) == "0008_randomized_release"
+    ledger.reserve(registry_url, "run-r", 1, [ledger.Release(a, RELEASE.event(M))], DELTA,
+                   None)
+    assert rows(registry_url, "SELECT kind, steps FROM privacy_events") == [
+        ("randomized-release", M)]
+    for sql in ("DELETE FROM privacy_events",
+                "UPDATE privacy_events SET steps = 1",
+                "UPDATE device_budgets SET events = 0"):
+        with pytest.raises(DBAPIError), db.get_engine(registry_url).begin() as c:
+            c.execute(text(sql))
+    with pytest.raises(DBAPIError), db.get_engine(registry_url).begin() as c:  # not a kind
+        c.execute(text("INSERT INTO privacy_events (device_id, run_id, round_number, kind, "
+                       "sample_rate, noise_multiplier, steps, status, reserved_at) VALUES "
+                       f"({a}, 'x', 1, 'other', 1.0, 1.0, 1, 'reserved', '2026-01-01')"))
+    # Below 0008 the row could not be kept, and a ledger row is never deleted: refused.
+    with db.get_engine(registry_url).begin() as connection, pytest.raises(
+            RuntimeError, match="never deleted"):
+        command.downgrade(db.alembic_config(connection), "0007_unknown_hour")
+
+
+def test_downgrade_and_upgrade_of_an_empty_ledger_keep_every_trigger(registry_url,
+                                                                     tmp_path) -> None:
+    fleet(registry_url, tmp_path, [None])
+    with db.get_engine(registry_url).begin() as connection:
+        command.downgrade(db.alembic_config(connection), "0007_unknown_hour")
+    db.upgrade(registry_url)
+    assert db.current_revision(registry_url) == "0008_randomized_release"
+    with db.session_scope(registry_url) as s:
+        device = s.query(Device.id).filter(Device.name == "cam-0").scalar()
+    ledger.reserve(registry_url, "run-r", 1, [ledger.Release(device, RELEASE.event(M))],
+                   DELTA, None)
+    with pytest.raises(DBAPIError), db.get_engine(registry_url).begin() as c:
+        c.execute(text("DELETE FROM privacy_events"))
+    with pytest.raises(DBAPIError), db.get_engine(registry_url).begin() as c:
+        c.execute(text("UPDATE device_budgets SET events = 5"))
+
+
+def test_reserved_before_asking_committed_with_the_info_rows_never_undercounted(
+        registry_url, tmp_path) -> None:
+    """Two devices asked, one answers: its release is committed in the transaction of its
+    information row; the silent one stays charged (reserved). The ledger's epsilon is the
+    Gaussian mechanism composed over every released slot, by dp-accounting."""
+    a, b = fleet(registry_url, tmp_path, [None, None])
+    release = budget(registry_url)
+    assert release.reserve(1, [a, b]) == {}
+    assert rows(registry_url, "SELECT device_id, status FROM privacy_events ORDER BY "
+                "device_id") == [(a, "reserved"), (b, "reserved")]
+    with db.session_scope(registry_url) as session:
+        info.append(session, [charge(a, 1)])
+        release.commit(session, 1, [a])
+    assert rows(registry_url, "SELECT device_id, status FROM privacy_events ORDER BY "
+                "device_id") == [(a, "committed"), (b, "reserved")]
+    # A commit that fails rolls the information rows back with it: never one without the other.
+    with pytest.raises(db.RegistryError, match="no reserved randomized-release"), \
+            db.session_scope(registry_url) as session:
+        info.append(session, [charge(a, 2)])
+        release.commit(session, 2, [a])
+    assert rows(registry_url, "SELECT count(*) FROM information_ledger") == [(1,)]
+    with db.session_scope(registry_url) as session:
+        assert release.released_before(session, 1, [a, b]) == {a, b}
+        assert release.released_before(session, 2, [a, b]) == set()
+    exact = gaussian_epsilon(RELEASE.noise_multiplier, M, DELTA)
+    for device in (a, b):  # the silent device is charged exactly like the one that answered
+        reported = ledger.budget_state(registry_url, device, DELTA).epsilon
+        assert exact <= reported <= exact * 1.005  # never below, and tight
+    assert release.reserve(2, [a]) == {}
+    exact = gaussian_epsilon(RELEASE.noise_multiplier, 2 * M, DELTA)
+    assert exact <= ledger.budget_state(registry_url, a, DELTA).epsilon <= exact * 1.005
+
+
+def test_a_release_past_the_cap_is_refused_audited_and_counts_for_training(
+        registry_url, tmp_path) -> None:
+    one = gaussian_epsilon(RELEASE.noise_multiplier, M, DELTA)
+    two = gaussian_epsilon(RELEASE.noise_multiplier, 2 * M, DELTA)
+    a, b = fleet(registry_url, tmp_path, [(one + two) / 2, None])
+    release = budget(registry_url)
+    assert release.reserve(1, [a, b]) == {}
+    refused = release.reserve(2, [a, b])
+    assert set(refused) == {a} and "would pass its epsilon cap" in refused[a]
+    assert rows(registry_url, "SELECT device_id, round_number FROM privacy_events ORDER BY "
+                "device_id, round_number") == [(a, 1), (b, 1), (b, 2)]
+    assert rows(registry_url, f"SELECT device_id FROM audit_log WHERE action = "
+                f"'{REFUSED_ACTION}'") == [(a,)]
+    # Training selection counts the randomized release: a DP-SGD round that fits the cap
+    # of an empty ledger does not fit after the release.
+    after = ledger.pld_epsilon([RELEASE.event(M), LOCAL], DELTA)
+    cap = (ledger.pld_epsilon([RELEASE.event(M)], DELTA) + after) / 2
+    assert ledger.pld_epsilon([LOCAL], DELTA) < cap < after
+    [c] = fleet(registry_url, tmp_path / "c", [cap], prefix="train")
+    assert ledger.eligible(registry_url, [c], [LOCAL], DELTA, None)[0] == [c]
+    assert release.reserve(1, [c]) == {}
+    ok, out = ledger.eligible(registry_url, [c], [LOCAL], DELTA, None)
+    assert ok == [] and [r.device_id for r in out] == [c]
