@@ -6,6 +6,7 @@ epsilon is checked against dp-accounting's PLD accountant on the plain Gaussian.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,62 @@ def test_a_release_past_the_cap_is_refused_audited_and_counts_for_training(
     assert release.reserve(1, [c]) == {}
     ok, out = ledger.eligible(registry_url, [c], [LOCAL], DELTA, None)
     assert ok == [] and [r.device_id for r in out] == [c]
+
+
+# -- the operator's view -------------------------------------------------------------------
+
+
+def test_budget_plan_prices_a_randomized_release_like_dp_accounting(capsys) -> None:
+    from fl_server.cli import main
+
+    assert main(["budget", "plan", "--kind", "randomized-release", "--clips", "32",
+                 "--release-epsilon", "4", "--release-clip", "2", "--latent-dim", "16",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    sigma = out["noise_multiplier"]
+    assert (out["kind"], out["sample_rate"], out["steps_per_round"], out["calibrated"]) == \
+        ("randomized-release", 1.0, 32, True)
+    assert gaussian_epsilon(sigma, 32, DELTA) <= 4.0 <= gaussian_epsilon(sigma, 32, DELTA) * 1.02
+    assert out["epsilon"] == pytest.approx(4.0, rel=0.01)
+    assert out["noise_std"] == pytest.approx(2 * 2.0 * sigma)
+    assert out["information_bits_per_clip"] == pytest.approx(
+        GaussianRelease(2.0, sigma).information_bits(16))
+    assert main(["budget", "plan", "--kind", "randomized-release", "--clips", "32",
+                 "--noise", str(sigma)]) == 0
+    text_out = capsys.readouterr().out
+    assert "32 released clips" in text_out and f"{out['epsilon']:.4f}" in text_out
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--kind", "randomized-release", "--release-epsilon", "1"], "--clips"),
+    (["--kind", "randomized-release", "--clips", "4", "--rounds", "2", "--noise", "1"],
+     "--rounds"),
+    (["--kind", "randomized-release", "--clips", "4"], "--noise/--release-epsilon"),
+    (["--kind", "randomized-release", "--clips", "4", "--noise", "1", "--release-clip", "0"],
+     "--release-clip"),
+    (["--rounds", "2", "--sample-rate", "0.1", "--noise", "1", "--clips", "3"], "--clips"),
+    (["--sample-rate", "0.1", "--noise", "1"], "--rounds"),
+])
+def test_budget_plan_bad_release_input_is_one_line(args, option, capsys) -> None:
+    from fl_server.cli import main
+
+    assert main(["budget", "plan", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option}:")
+
+
+def test_budget_show_lists_randomized_releases(registry_url, tmp_path, monkeypatch,
+                                               capsys) -> None:
+    from fl_server.cli import main
+
+    [a] = fleet(registry_url, tmp_path, [None])
+    budget(registry_url).reserve(1, [a])
+    monkeypatch.setenv("FEDMSR_DB", registry_url)
+    assert main(["budget", "show", "cam-0", "--json"]) == 0
+    [device] = json.loads(capsys.readouterr().out)["devices"]
+    assert [(e["kind"], e["sample_rate"], e["steps"], e["status"]) for e in device["events"]] \
+        == [("randomized-release", 1.0, M, "reserved")]
+    assert main(["budget", "show"]) == 0
+    assert "run-r#1 randomized-release reserved" in capsys.readouterr().out
