@@ -226,3 +226,38 @@ def test_a_collection_run_with_release_epsilon_charges_both_ledgers(tmp_path) ->
     own = DeviceLedger.open(tmp_path / "devices" / "d-0" / "state")
     assert [(r.round_number, r.event) for r in own.releases] == [
         (1, expected.event(M)), (2, expected.event(M))]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--release-epsilon", "2"], "--release-epsilon: randomizes the representations devices "
+     "upload: turn collection on with --collect-every N"),
+    (["--rounds", "2", "--collect-every", "1", "--collect-clips", "8", "--release-epsilon",
+      "2", "--release-horizon", "10"], "--release-horizon: 10 clips is less than this run's "
+     "planned uploads (16 = 2 collections x 8 clips): the run would pass its own epsilon"),
+    (["--rounds", "2", "--collect-every", "1", "--release-epsilon", "2", "--release-clip",
+      "0"], "--release-clip: must be a finite L2 norm > 0, got 0.0"),
+    (["--rounds", "2", "--collect-every", "1", "--release-epsilon", "-1"],
+     "--release-epsilon: must be a finite epsilon > 0 (or 0: off), got -1.0"),
+])
+def test_run_release_options_are_refused_in_one_line(args, message, tmp_path, capsys) -> None:
+    from fl_server.cli import main
+
+    assert main(["run", *args, "--runs-dir", str(tmp_path / "runs")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_run_calibrates_the_release_over_its_planned_uploads() -> None:
+    from fl_server.config import RunConfig
+    from fl_server.dp_modes import budget_plan, release_of, with_calibrated_release
+
+    cfg = RunConfig(rounds=4, collect_every=2, collect_clips=8, release_epsilon=3.0,
+                    release_clip=0.5, run_id="r1").validate()
+    calibrated = with_calibrated_release(cfg)
+    assert calibrated.release_horizon_clips == 2 * 8
+    assert release_of(calibrated) == calibrate_release(3.0, cfg.delta, 16, 0.5)
+    assert budget_plan(calibrated) is not None  # devices are told where their ledgers are
+    longer = with_calibrated_release(RunConfig(**{**cfg.__dict__, "release_horizon": 160}))
+    assert longer.release_noise_multiplier > calibrated.release_noise_multiplier
+    assert release_of(cfg) is None and budget_plan(RunConfig(run_id="r2")) is None
