@@ -16,11 +16,12 @@ from fl_client.device_ledger import DeviceLedger
 from fl_client.info_ledger import InfoLedger
 from fl_client.uploads import UploadRefused, answer_upload
 from privacy.accounting import EventKind
-from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state, state_to_numpy
+from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.payload import decode_payload
 from privacy.release_mechanism import GaussianRelease, calibrate_release
 from privacy.synthetic import FleetSpec
 from privacy.wire.upload import UploadRequest, batch_size, decode_batch, encoder_version
+from tests.test_representations import arrays  # noqa: F401  (the fixture: clipped means)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODEL = EncoderConfig()
@@ -28,16 +29,6 @@ SPEC = FleetSpec(seed=1, num_devices=4, days=6, clips_per_day=8)
 M = 8
 DELTA = 1e-5
 RELEASE = GaussianRelease(clip_norm=1.0, noise_multiplier=0.8)
-
-
-@pytest.fixture(scope="module")
-def arrays() -> dict[str, np.ndarray]:
-    """Posterior means far beyond the clip norm, so clipping is exercised on every row."""
-    state = state_to_numpy(build_model(MODEL, seed=0))
-    d = MODEL.latent_dim
-    state["posterior_head.2.weight"][:d] *= 8.0
-    state["posterior_head.2.bias"][:d] *= 8.0
-    return state
 
 
 def released_request(arrays, *, release: GaussianRelease = RELEASE, dtype: str = "float32",
@@ -94,9 +85,8 @@ def test_a_request_answered_twice_is_charged_twice(arrays, tmp_path) -> None:
 def test_the_device_refuses_a_release_past_its_own_or_the_registrys_cap(arrays,
                                                                          tmp_path) -> None:
     """Calibrated to epsilon 1 over M clips: one upload fits a cap of 1.2, a second (1.46)
-    does not
-    (own cap), and a registry cap below 1 refuses even the first. A refusal charges
-    nothing and sends nothing."""
+    does not (own cap), and a registry cap below 1 refuses even the first. A refusal
+    charges nothing and sends nothing."""
     release = calibrate_release(1.0, DELTA, M, clip_norm=1.0)
     capture = SyntheticSource(SPEC, 0).capture(1, M)
     own = DeviceLedger.create(tmp_path / "own", 1.2, DELTA)

@@ -7,7 +7,6 @@ epsilon is checked against dp-accounting's PLD accountant on the plain Gaussian.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -24,26 +23,12 @@ from fl_server.registry.models import Device
 from fl_server.release_budget import REFUSED_ACTION, ReleaseBudget
 from privacy.accounting import DpEvent
 from privacy.release_mechanism import GaussianRelease
+from tests.test_privacy_ledger import fleet, rows
 
 DELTA = 1e-5
 M = 8
 RELEASE = GaussianRelease(1.0, 4.0)
 LOCAL = DpEvent(0.05, 1.0, 20)
-
-
-def fleet(url: str, tmp_path: Path, caps: list[float | None], prefix: str = "cam"
-          ) -> list[int]:
-    db.upgrade(url)
-    enroll(url, [DeviceSpec(f"{prefix}-{i}", epsilon_cap=c, delta_cap=DELTA)
-                 for i, c in enumerate(caps)], BundleOptions(bundles_dir=tmp_path / "b"))
-    with db.session_scope(url) as s:
-        return [s.query(Device.id).filter(Device.name == f"{prefix}-{i}").scalar()
-                for i in range(len(caps))]
-
-
-def rows(url: str, sql: str) -> list[tuple]:
-    with db.get_engine(url).connect() as c:
-        return [tuple(r) for r in c.execute(text(sql))]
 
 
 def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float) -> float:
@@ -154,7 +139,10 @@ def test_a_release_past_the_cap_is_refused_audited_and_counts_for_training(
     after = ledger.pld_epsilon([RELEASE.event(M), LOCAL], DELTA)
     cap = (ledger.pld_epsilon([RELEASE.event(M)], DELTA) + after) / 2
     assert ledger.pld_epsilon([LOCAL], DELTA) < cap < after
-    [c] = fleet(registry_url, tmp_path / "c", [cap], prefix="train")
+    enroll(registry_url, [DeviceSpec("train-0", epsilon_cap=cap, delta_cap=DELTA)],
+           BundleOptions(bundles_dir=tmp_path / "c"))
+    with db.session_scope(registry_url) as s:
+        c = s.query(Device.id).filter(Device.name == "train-0").scalar()
     assert ledger.eligible(registry_url, [c], [LOCAL], DELTA, None)[0] == [c]
     assert release.reserve(1, [c]) == {}
     ok, out = ledger.eligible(registry_url, [c], [LOCAL], DELTA, None)

@@ -91,8 +91,11 @@ def _release_plan(clips: int | None, noise: float | None, target: float | None,
         fail("--release-clip", f"must be a finite L2 norm > 0, got {clip_norm}")
     if latent_dim is not None and latent_dim < 1:
         fail("--latent-dim", f"must be >= 1, got {latent_dim}")
-    release = (GaussianRelease(clip_norm, noise) if noise is not None else
-               calibrate_release(target, delta, clips, clip_norm))
+    if noise is not None:
+        release = GaussianRelease(clip_norm, noise)
+    else:
+        assert target is not None  # _check_common: exactly one of the two
+        release = calibrate_release(target, delta, clips, clip_norm)
     extra: dict[str, object] = {"clips": clips, "release_clip": clip_norm,
                                 "noise_std": release.std}
     if latent_dim is not None:
