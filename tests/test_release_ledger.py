@@ -1,4 +1,4 @@
-"""The server's side of randomized release, on SQLite and PostgreSQL: revision 0008 lets
+"""The server's side of randomized release, on SQLite and PostgreSQL: revision 0009 lets
 the ledger hold the new kind and keeps it append-only; a collection reserves the release
 before asking, commits it with the information rows, never under-counts a device that did
 not answer, and training selection counts it like every other release. The ledger's
@@ -48,10 +48,10 @@ def charge(device_id: int, round_number: int) -> info.Charge:
                        device_bits_before=0, capped=False, cap_bits=None)
 
 
-def test_revision_0008_holds_the_new_kind_and_keeps_the_ledger_append_only(
+def test_revision_0009_holds_the_new_kind_and_keeps_the_ledger_append_only(
         registry_url, tmp_path) -> None:
     [a] = fleet(registry_url, tmp_path, [None])
-    assert db.current_revision(registry_url) == "0008_randomized_release"
+    assert db.current_revision(registry_url) == "0009_randomized_release"
     ledger.reserve(registry_url, "run-r", 1, [ledger.Release(a, RELEASE.event(M))], DELTA,
                    None)
     assert rows(registry_url, "SELECT kind, steps FROM privacy_events") == [
@@ -65,19 +65,19 @@ def test_revision_0008_holds_the_new_kind_and_keeps_the_ledger_append_only(
         c.execute(text("INSERT INTO privacy_events (device_id, run_id, round_number, kind, "
                        "sample_rate, noise_multiplier, steps, status, reserved_at) VALUES "
                        f"({a}, 'x', 1, 'other', 1.0, 1.0, 1, 'reserved', '2026-01-01')"))
-    # Below 0008 the row could not be kept, and a ledger row is never deleted: refused.
+    # Below 0009 the row could not be kept, and a ledger row is never deleted: refused.
     with db.get_engine(registry_url).begin() as connection, pytest.raises(
             RuntimeError, match="never deleted"):
-        command.downgrade(db.alembic_config(connection), "0007_unknown_hour")
+        command.downgrade(db.alembic_config(connection), "0008_unlinkable")
 
 
 def test_downgrade_and_upgrade_of_an_empty_ledger_keep_every_trigger(registry_url,
                                                                      tmp_path) -> None:
     fleet(registry_url, tmp_path, [None])
     with db.get_engine(registry_url).begin() as connection:
-        command.downgrade(db.alembic_config(connection), "0007_unknown_hour")
+        command.downgrade(db.alembic_config(connection), "0008_unlinkable")
     db.upgrade(registry_url)
-    assert db.current_revision(registry_url) == "0008_randomized_release"
+    assert db.current_revision(registry_url) == "0009_randomized_release"
     with db.session_scope(registry_url) as s:
         device = s.query(Device.id).filter(Device.name == "cam-0").scalar()
     ledger.reserve(registry_url, "run-r", 1, [ledger.Release(device, RELEASE.event(M))],

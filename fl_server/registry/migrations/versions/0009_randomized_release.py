@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_randomized_release"
-down_revision = "0007_unknown_hour"
+revision = "0009_randomized_release"
+down_revision = "0008_unlinkable"
 branch_labels = None
 depends_on = None
 
@@ -121,5 +121,5 @@ def downgrade() -> None:
     if released:
         raise RuntimeError(f"{released} privacy ledger row(s) are randomized releases; a "
                            "ledger row is never deleted, so the registry cannot go below "
-                           "0008_randomized_release")
+                           "0009_randomized_release")
     _set_kinds(_OLD_KINDS)
