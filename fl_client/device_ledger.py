@@ -211,20 +211,33 @@ class DeviceLedger:
         """The device's reported epsilon (PLD, never below the exact value) at its delta."""
         return pld_epsilon(self.history, self.delta) if self.releases else 0.0
 
-    def would_exceed(self, planned: Iterable[DpEvent]) -> bool:
-        planned = tuple(planned)
-        if self.cap_epsilon is None or not planned:
-            return False
-        return would_exceed(self.history, planned, self.cap_epsilon, self.delta)
+    def _cap(self, registry_cap: float | None) -> tuple[float | None, str]:
+        """The cap a decision uses: the smaller of the device's own and `registry_cap`."""
+        caps = [(c, who) for c, who in ((self.cap_epsilon, "its own"),
+                                       (_check_cap(registry_cap), "the registry's"))
+                if c is not None]
+        return min(caps) if caps else (None, "")
 
-    def check(self, planned: Iterable[DpEvent]) -> None:
-        """Raise DeviceBudgetExceeded when `planned` would take the device past its cap."""
+    def would_exceed(self, planned: Iterable[DpEvent], registry_cap: float | None = None
+                     ) -> bool:
         planned = tuple(planned)
-        if self.would_exceed(planned):
+        cap, _ = self._cap(registry_cap)
+        if cap is None or not planned:
+            return False
+        return would_exceed(self.history, planned, cap, self.delta)
+
+    def check(self, planned: Iterable[DpEvent], registry_cap: float | None = None,
+              action: str = "train") -> None:
+        """Raise DeviceBudgetExceeded when `planned` would take the device past its cap
+        (the smaller of its own and `registry_cap`, when the server sends one)."""
+        planned = tuple(planned)
+        if self.would_exceed(planned, registry_cap):
+            cap, who = self._cap(registry_cap)
             raise DeviceBudgetExceeded(
-                f"device ledger {self.path}: this release would take the device past its own "
-                f"cap epsilon={self.cap_epsilon:g} at delta={self.delta:g} (spent "
-                f"{self.epsilon():.4g} over {len(self.releases)} releases): refusing to train")
+                f"device ledger {self.path}: this release would take the device past "
+                f"{who} cap epsilon={cap:g} at delta={self.delta:g} (spent "
+                f"{self.epsilon():.4g} over {len(self.releases)} releases): refusing to "
+                f"{action}")
 
     def unrecorded(self, run_id: str, round_number: int, events: Iterable[DpEvent],
                    inputs: bytes | None = None) -> tuple[DpEvent, ...]:
@@ -242,7 +255,8 @@ class DeviceLedger:
     # -- recording -----------------------------------------------------------------------
 
     def reserve(self, run_id: str, round_number: int, events: Iterable[DpEvent],
-                inputs: bytes | None = None) -> None:
+                inputs: bytes | None = None, registry_cap: float | None = None,
+                action: str = "train") -> None:
         """Check and record the round's releases BEFORE training, under the file lock.
 
         Re-reads the file first (another process of the device may have written). With
@@ -251,13 +265,14 @@ class DeviceLedger:
         without a digest is bound to it (free), and any other digest is a new release,
         charged. Without `inputs` (check-in): a round already recorded adds nothing. The
         same release key with other parameters is an error (a round is not re-planned).
+        `registry_cap` (the server's cap for the device) is checked besides the device's own.
         """
         _check_run(run_id, round_number)
         events = tuple(events)
         with locked(self.path):
             current = self._read(self.path)
             releases, new = current._apply(run_id, round_number, events, _hex(inputs))
-            current.check(r.event for r in new)
+            current.check((r.event for r in new), registry_cap, action)
             if releases != current.releases:
                 current.releases = releases
                 current._write()

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from fl_client.device_ledger import DeviceLedger, DeviceLedgerError
 from fl_client.info_ledger import InfoLedger
+from fl_client.ledger_location import device_ledger
 from fl_client.ledger_reservations import checkin_verdict
 from fl_client.local_clips import own_clips, own_source, training_clips, utility_labels
 from fl_client.recorded_footage import NoFootage
@@ -136,12 +138,29 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 
+def _release_ledger(request: UploadRequest, msg: Message, context: Context,
+                    device: int) -> DeviceLedger | None:
+    """The device's DP ledger when the request asks for a randomized release (else None)."""
+    if not request.randomized:
+        return None
+    budget = BudgetPlan.from_flat(msg.content.config_records[CONFIG_KEY])
+    if budget is None:
+        raise UploadRefused("randomized release asked without budget instructions (run id, "
+                            "delta): refusing to upload")
+    try:
+        return device_ledger(context, budget, device,
+                             device_state_dir(context, budget.sim_bundles_dir, device))
+    except DeviceLedgerError as exc:
+        raise UploadRefused(str(exc)) from None
+
+
 def upload(msg: Message, context: Context) -> Message:
     """Answer the server's request for privatized representations (`fl_client.uploads`).
 
     Only the fixed-size batch goes back: quantised samples of z, capture times and clip
     ids, padded with dummies to the requested count. The device charges its information
-    ledger first and sends nothing that would pass its cap.
+    ledger first and sends nothing that would pass its cap; a randomized release is
+    reserved on its DP ledger before that (`fl_client.uploads.reserve_release`).
     """
     instructions = Instructions.from_record(msg.content.config_records[CONFIG_KEY])
     request = UploadRequest.from_record(msg.content.config_records[UPLOAD_KEY])
@@ -153,5 +172,6 @@ def upload(msg: Message, context: Context) -> Message:
     capture = own_source(instructions, context).capture(request.collection, request.clips)
     blob = answer_upload(request, instructions.model, arrays_of(msg.content.array_records[ARRAYS_KEY]),
                          capture, InfoLedger.at(state), own_info_cap(context),
-                         np.random.default_rng(secrets.randbits(128)))
+                         np.random.default_rng(secrets.randbits(128)),
+                         _release_ledger(request, msg, context, device))
     return Message(RecordDict({BATCH_KEY: ConfigRecord({BATCH_KEY: blob})}), reply_to=msg)

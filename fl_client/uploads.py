@@ -21,6 +21,17 @@ the device really had nor what they showed:
 * the device runs the encoder on exactly M clips whatever it holds (dummies on a blank
   clip), so the work, and with it the reply's timing, does not count its real clips.
 
+**Randomized release.** When the request names a release clip norm and noise multiplier,
+the device sends ``GaussianRelease.apply(mu, noise)`` instead of a sample of q(z|x): the
+posterior mean clipped to L2 norm C plus Gaussian noise from the OS CSPRNG
+(`privacy.release_mechanism`). That upload has a formal (epsilon, delta) guarantee, so it
+is charged to the device's DP ledger like DP-SGD (`reserve_release`), before the batch
+exists: a crash after the reservation can only over-count. It is charged for all M slots
+(``event(M)``), real or dummy: conservative, and the charge says nothing about how many
+clips were real. Dummy slots carry the zero vector through the same mechanism (fresh
+noise), which is what the mechanism's remove-one neighbour is, and the work per batch is
+the same whatever the device holds.
+
 **Unlinkable collection.** When the request carries the analyzer's and the shuffler's
 public keys, no record reaches the server readable: each record (payload, capture day
 coarsened to the requested window or dropped, a fresh random pseudonym instead of the clip
@@ -34,15 +45,19 @@ The request and the batch formats are the wire contract: `privacy.wire.upload`.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from fl_client.clip_source import Capture
+from fl_client.device_ledger import DeviceLedger, DeviceLedgerError
 from fl_client.info_ledger import InfoLedger
 from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.payload import encode_payload
+from privacy.release_mechanism import GaussianRelease
+from privacy.secure_normal import secure_standard_normal
 from privacy.shuffle.records import (
     InnerRecord,
     coarsen_day,
@@ -70,16 +85,20 @@ class UploadRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class Privatized:
-    """Quantised samples of the real clips, the dummy payload, and each real clip's KL rate."""
+    """Quantised uploads of the real clips, a dummy payload per slot, and each real clip's
+    information charge in bits."""
 
     payloads: list[bytes]  # [R]
-    dummy: bytes
+    dummies: tuple[bytes, ...]  # [M]: slot i >= sent carries dummies[i]
     bits: np.ndarray  # float64 [R]
 
 
 def privatize(model_cfg: EncoderConfig, arrays: Mapping[str, np.ndarray], capture: Capture,
-              clips: int, dtype: str, rng: np.random.Generator) -> Privatized:
-    """Encode exactly `clips` clips (the real ones, then blank placeholders), sample z.
+              clips: int, dtype: str, rng: np.random.Generator,
+              release: GaussianRelease | None = None) -> Privatized:
+    """Encode exactly `clips` clips (the real ones, then blank placeholders), then either
+    sample z from q(z|x) (charged its KL rate) or, with `release`, release the clipped
+    posterior mean through the Gaussian mechanism (charged `release_bits`).
 
     Everything is computed for all M slots, dummies included, so the work does not depend
     on how many clips were real.
@@ -91,10 +110,63 @@ def privatize(model_cfg: EncoderConfig, arrays: Mapping[str, np.ndarray], captur
     load_numpy_state(model, dict(arrays))
     blank = np.zeros((clips - real, *capture.frames.shape[1:]), np.uint8)
     mu, logvar = encode(model, np.concatenate([capture.frames, blank]))
+    if release is not None:
+        return _released(release, mu, real, dtype)
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, dtype=np.float32)
     payloads = [encode_payload(row, dtype) for row in z]
     dummy = encode_payload(np.zeros(model_cfg.latent_dim, np.float32), dtype)
-    return Privatized(payloads[:real], dummy, kl_bits(mu[:real], logvar[:real]))
+    return Privatized(payloads[:real], (dummy,) * clips, kl_bits(mu[:real], logvar[:real]))
+
+
+def release_bits(release: GaussianRelease, latent_dim: int) -> float:
+    """The information charge of one released clip: ``release.information_bits(D)``.
+
+    A valid bound: the released vector is a Gaussian channel whose input, the clipped mean,
+    has power at most C^2 whatever the clip, so I(X; y) is at most that channel's capacity
+    (and quantisation, post-processing, cannot raise it). Each upload draws fresh noise and
+    depends on its own clip only, so these charges add up over uploads exactly as the KL
+    rates of sampled uploads do. It is the same for every clip: charging it reveals nothing
+    about the content (a KL rate would: it is a function of the clip).
+    """
+    return release.information_bits(latent_dim)
+
+
+def _released(release: GaussianRelease, mu: np.ndarray, real: int, dtype: str) -> Privatized:
+    """The M slots through the mechanism: the real clips' means, blank slots as the zero
+    vector, and M dummies (the zero vector, fresh noise) for the slots a cap leaves unsent.
+    One CSPRNG draw of [2M, D] whatever the content."""
+    clips, latent_dim = mu.shape
+    means = np.zeros((2 * clips, latent_dim), np.float64)
+    means[:real] = mu[:real]
+    released = release.apply(means, secure_standard_normal(means.shape))
+    payloads = [encode_payload(row, dtype) for row in released]
+    return Privatized(payloads[:real], tuple(payloads[clips:]),
+                      np.full(real, release_bits(release, latent_dim)))
+
+
+def reserve_release(request: UploadRequest, ledger: DeviceLedger | None
+                    ) -> GaussianRelease | None:
+    """The request's release (None: sampled uploads), reserved on the device's DP ledger.
+
+    Records ``event(M)`` for all M slots under the ledger's lock after checking the
+    device's own cap and the registry's (the request's ``release_epsilon_cap``); refuses
+    (UploadRefused, one line) when either would be crossed or the ledger is unusable. Every
+    answer draws fresh noise, so every answer is its own release: its key is a fresh
+    nonce, and a request answered twice is charged twice.
+    """
+    if not request.randomized:
+        return None
+    if ledger is None:
+        raise UploadRefused("randomized release asked, but the device has no DP ledger "
+                            "(no budget instructions in the request): refusing to upload")
+    release = GaussianRelease(request.release_clip, request.release_noise)
+    try:
+        ledger.reserve(request.run_id, request.server_round, [release.event(request.clips)],
+                       secrets.token_bytes(32), registry_cap=request.release_epsilon_cap or None,
+                       action="upload")
+    except DeviceLedgerError as exc:
+        raise UploadRefused(str(exc)) from None
+    return release
 
 
 def _hour(hour: int) -> int | None:
@@ -108,17 +180,19 @@ def assemble(privatized: Privatized, capture: Capture, clips: int, sent: int, ch
     records = [UploadRecord(privatized.payloads[i], int(capture.days[i]),
                             _hour(capture.hours[i]), str(capture.clip_ids[i]), True)
                for i in range(sent)]
-    records += [UploadRecord(privatized.dummy, 0, 0, "", False)] * (clips - sent)
+    records += [UploadRecord(privatized.dummies[i], 0, 0, "", False) for i in range(sent, clips)]
     return Batch(tuple(records), version, charge, before, sent < len(capture.clip_ids))
 
 
 def answer_upload(request: UploadRequest, model_cfg: EncoderConfig,
                   arrays: Mapping[str, np.ndarray], capture: Capture, ledger: InfoLedger,
-                  own_cap: float | None, rng: np.random.Generator) -> bytes:
-    """The device's whole answer: check the model, privatize, charge the ledger, encode.
+                  own_cap: float | None, rng: np.random.Generator,
+                  dp_ledger: DeviceLedger | None = None) -> bytes:
+    """The device's whole answer: check the model, reserve a randomized release on the DP
+    ledger (when asked), privatize, charge the information ledger, encode.
 
-    The ledger is charged (on disk) before the batch exists, so a crash after it can only
-    over-count. The device counts from the larger of its own total and the server's (a
+    Both ledgers are charged (on disk) before the batch exists, so a crash after them can
+    only over-count. The device counts from the larger of its own total and the server's (a
     lost or restored-from-old-backup file cannot lower the spend below what was recorded
     upstream), and its cap is the smaller of its own and the registry's.
     """
@@ -126,7 +200,9 @@ def answer_upload(request: UploadRequest, model_cfg: EncoderConfig,
     if version != request.encoder_version:
         raise UploadRefused(f"the arrays sent are encoder {version[:12]}, the request names "
                             f"{request.encoder_version[:12]}: refusing to upload")
-    privatized = privatize(model_cfg, arrays, capture, request.clips, request.dtype, rng)
+    release = reserve_release(request, dp_ledger)
+    privatized = privatize(model_cfg, arrays, capture, request.clips, request.dtype, rng,
+                           release)
     caps = [c for c in (own_cap, request.info_bits_cap or None) if c is not None]
     spend = ledger.spend(request.run_id, request.collection, privatized.bits,
                          min(caps) if caps else None, floor=request.server_bits)

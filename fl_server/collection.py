@@ -29,6 +29,11 @@ ledger has one row per (device, run, round), and devices already charged are ski
 with sealed batches; step 3 stores what the shuffler released and the analyzer opened, in
 `unlinkable_representations`, with no device; step 4 is skipped (nothing can be grouped
 by device) and the round's record says the store is unlinkable.
+
+With a randomized release (`fedmsr run --release-epsilon`) each upload is also a DP
+release: it is reserved on the registry's privacy ledger before the requests go out and
+committed with the information rows (`fl_server.release_budget`), and the attacker's own
+representations go through the same mechanism.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from fl_server.registry.db import resolve_url, session_scope
 from fl_server.registry.devices import device_ids_for_indices
 from fl_server.registry.identity import BUNDLES_EXTRA, CheckinGate
 from fl_server.registry.models import AuditEntry, Device, LeakageReport
+from fl_server.release_budget import ReleaseBudget, ReleaseTerms
 from fl_server.representations import (
     NewRepresentation,
     NewUnlinkable,
@@ -110,6 +116,7 @@ class Target:
     name: str
     cap: float | None
     state: ledger.InfoState
+    release: ReleaseTerms = ReleaseTerms()
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class Collector:
         self.store = store or default_store()
         self.eval_set = eval_set
         self.unlinkable = UnlinkableRoute(cfg) if cfg.shuffler else None
+        self.release = ReleaseBudget.for_config(cfg, url)
 
     @classmethod
     def for_config(cls, cfg: RunConfig, held_out: HeldOut | None = None) -> Collector | None:
@@ -170,8 +178,7 @@ class Collector:
         expected = ledger.expected_batch_bits(attacker.mean_rate_bits, self.cfg.collect_clips)
         admitted = checkin(grid, plan, server_round, CheckinGate.for_config(self.cfg)).devices
         targets, skipped, stopped = self._targets(admitted, server_round, expected)
-        global_record = record_of(arrays)
-        keys = None
+        keys = None  # first: a shuffler that is down means no release is reserved
         if self.unlinkable:
             try:
                 keys = self.unlinkable.request_keys()
@@ -179,6 +186,12 @@ class Collector:
                 log.warning("round %d: no unlinkable collection: %s", server_round, exc)
                 skipped.update({t.index: f"shuffler: {exc.problem}" for t in targets})
                 targets = []
+        if self.release is not None:  # reserved before a single request leaves
+            refused = self.release.reserve(server_round, [t.device_id for t in targets])
+            skipped.update({t.index: refused[t.device_id] for t in targets
+                            if t.device_id in refused})
+            targets = [t for t in targets if t.device_id not in refused]
+        global_record = record_of(arrays)
         messages = [self._request(plan, global_record, t, server_round, version, keys)
                     for t in targets]
         replies = send_and_collect(grid, messages, UPLOAD_TIMEOUT_S) if messages else []
@@ -199,6 +212,8 @@ class Collector:
                 "skipped": {str(i): r for i, r in sorted(skipped.items())},
                 "rejected": {str(i): r for i, r in sorted(received.rejected.items())},
                 "expected_batch_bits": expected,
+                "release_noise_multiplier": (self.release.release.noise_multiplier
+                                             if self.release else 0.0),
             },
             "information_bits": {str(i): b for i, b in sorted(totals.items())},
             "information_flagged": flagged,
@@ -247,12 +262,18 @@ class Collector:
         model = build_model(plan.model)
         load_numpy_state(model, arrays)
         rng = np.random.default_rng([self.cfg.seed, server_round, 0xA77])
+        mechanism = None if self.release is None else self.release.release
 
         def release(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             mu, logvar = encode(model, x)
-            z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
+            if mechanism is not None:  # the devices' channel: clipped mean + Gaussian noise
+                z = mechanism.apply(mu, rng.standard_normal(mu.shape))
+                bits = np.full(len(mu), mechanism.information_bits(mu.shape[1]))
+            else:
+                z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape).astype(np.float32)
+                bits = kl_bits(mu, logvar)
             quantised = [decode_payload(encode_payload(row, PAYLOAD_DTYPE)) for row in z]
-            return np.stack(quantised).astype(np.float32), kl_bits(mu, logvar)
+            return np.stack(quantised).astype(np.float32), bits
 
         if self.eval_set is None:
             batch = synthetic_held_out(plan.fleet, tuple(self.cfg.device_indices or ()),
@@ -278,19 +299,24 @@ class Collector:
                 Device.id.in_(list(ids.values()))))}
             done = ledger.collected(session, self.cfg.run_id, server_round)
             spends = ledger.states(session, ids.values())
+            released = (set() if self.release is None else
+                        self.release.released_before(session, server_round, ids.values()))
         for node_id, index in sorted(admitted.items(), key=lambda item: item[1]):
             device = devices[ids[index]]
             cap = ledger.effective_cap(device.info_bits_cap, self.cfg.info_bits_cap)
             stop = ledger.stop_reason(spends[device.id], cap, expected)
             reason = ("no consent to evaluation" if not device.consent_evaluation else
-                      "already collected in this round" if device.id in done else stop)
+                      "already collected in this round" if device.id in done else
+                      "released in this round before a restart (still charged)"
+                      if device.id in released else stop)
             if reason:
                 skipped[index] = reason
                 if reason == stop:
                     stopped[device.id] = reason
             else:
                 targets.append(Target(node_id, index, device.id, device.name, cap,
-                                      spends[device.id]))
+                                      spends[device.id], ReleaseTerms() if self.release is None
+                                      else self.release.terms(device)))
         return targets, skipped, stopped
 
     def _request(self, plan: Plan, arrays: Any, target: Target, server_round: int,
@@ -303,7 +329,10 @@ class Collector:
             collection=server_round // self.cfg.collect_every,
             clips=self.cfg.collect_clips, dtype=PAYLOAD_DTYPE, encoder_version=version,
             info_bits_cap=target.cap or 0.0, server_bits=target.state.bits,
-            bundles_dir=str(self.cfg.extra.get(BUNDLES_EXTRA, "")), **unlinkable)
+            bundles_dir=str(self.cfg.extra.get(BUNDLES_EXTRA, "")),
+            release_clip=target.release.clip_norm,
+            release_noise=target.release.noise_multiplier,
+            release_epsilon_cap=target.release.epsilon_cap, **unlinkable)
         content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: plan.instructions(server_round),
                               UPLOAD_KEY: request.to_record()})
         return Message(content=content, message_type=UPLOAD, dst_node_id=target.node_id)
@@ -317,6 +346,9 @@ class Collector:
         flagged: list[int] = []
         with session_scope(self.url) as session:
             ledger.append(session, received.charges)
+            if self.release is not None:  # with the information rows, in one transaction
+                self.release.commit(session, server_round,
+                                    [c.device_id for c in received.charges])
             self.store.add(session, received.representations)
             UnlinkableStore().add(session, unlinkable)
             for charge in received.charges:

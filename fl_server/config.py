@@ -166,6 +166,21 @@ class RunConfig:
     analyzer_key: str = _option(
         "", "Unlinkable collection: the analyzer's private key (default: "
         "<runs-dir>/analyzer.pem, created on first use).")
+    # randomized release (docs/representations.md): devices upload the posterior mean
+    # clipped to release_clip plus Gaussian noise; the noise multiplier is calibrated so that
+    # release_horizon uploaded clips (0: the run's planned uploads) compose to
+    # release_epsilon at `delta`, frozen into release_noise_multiplier at run start
+    release_epsilon: float | None = _option(
+        None, "Randomized release: devices upload the clipped mean plus Gaussian noise "
+        "calibrated so --release-horizon clips compose to this epsilon (0: off; needs "
+        "--collect-every).", unset=0.0)
+    release_horizon: int = _option(
+        0, "Randomized release: clips per device the epsilon covers (0: the run's planned "
+        "uploads, collections x --collect-clips).")
+    release_clip: float = _option(
+        1.0, "Randomized release: L2 norm the posterior mean is clipped to.")
+    #: Calibrated from release_epsilon at run start (0: no randomized release).
+    release_noise_multiplier: float = 0.0
     # real footage (docs/real-footage.md): simulate one device per distinct `device` of a
     # manifest, each training on its own rows; the server probes on an operator-owned,
     # labelled manifest of its own
@@ -205,6 +220,17 @@ class RunConfig:
         None, "Epsilon cap of devices the registry gives none (0: registry caps only).",
         unset=0.0)
     delta: float = _option(1e-5, "Delta every budget is accounted at.")
+
+    @property
+    def planned_uploads(self) -> int:
+        """Clips each device is asked for over the run: collections x collect_clips."""
+        return (self.rounds // self.collect_every) * self.collect_clips \
+            if self.collect_every else 0
+
+    @property
+    def release_horizon_clips(self) -> int:
+        """The clips the release epsilon covers: release_horizon, else the planned uploads."""
+        return self.release_horizon or self.planned_uploads
 
     @property
     def dp_mode(self) -> str:
@@ -456,6 +482,38 @@ def _validate_collection(cfg: RunConfig) -> None:
         if not 0 <= getattr(cfg, name) < float("inf"):
             raise ConfigError(name, f"must be a finite number >= 0 (0: none), "
                               f"got {getattr(cfg, name)}")
+    _validate_release(cfg)
+
+
+def _validate_release(cfg: RunConfig) -> None:
+    """Randomized release: an epsilon > 0 with collection on, a clip norm > 0, a horizon
+    that covers at least the run's own uploads."""
+    if cfg.release_epsilon is None:
+        if cfg.release_noise_multiplier != 0:
+            raise ConfigError("release_noise_multiplier", "is calibrated from "
+                              "release_epsilon; set that instead")
+        return
+    if not finite_positive(cfg.release_epsilon):
+        raise ConfigError("release_epsilon", f"must be a finite epsilon > 0 (or 0: off), "
+                          f"got {cfg.release_epsilon!r}")
+    if cfg.collect_every == 0:
+        raise ConfigError("release_epsilon", "randomizes the representations devices upload: "
+                          "turn collection on with --collect-every N")
+    if not finite_positive(cfg.release_clip):
+        raise ConfigError("release_clip", f"must be a finite L2 norm > 0, got "
+                          f"{cfg.release_clip!r}")
+    horizon = cfg.release_horizon
+    if not is_int(horizon) or horizon < 0:
+        raise ConfigError("release_horizon", f"must be 0 (the run's planned uploads) or a "
+                          f"clip count >= 1, got {horizon!r}")
+    if 0 < horizon < cfg.planned_uploads:
+        raise ConfigError("release_horizon", f"{horizon} clips is less than this run's "
+                          f"planned uploads ({cfg.planned_uploads} = "
+                          f"{cfg.rounds // cfg.collect_every} collections x "
+                          f"{cfg.collect_clips} clips): the run would pass its own epsilon")
+    if not is_finite(cfg.release_noise_multiplier) or cfg.release_noise_multiplier < 0:
+        raise ConfigError("release_noise_multiplier", f"must be a finite number >= 0, got "
+                          f"{cfg.release_noise_multiplier!r}")
     if not 0 < cfg.leakage_alert <= 1:
         raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")
     _validate_unlinkable(cfg)

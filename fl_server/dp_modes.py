@@ -19,6 +19,7 @@ from fl_server.registry.devices import device_ids_for_indices
 from fl_server.registry.identity import BUNDLES_EXTRA
 from fl_server.registry.models import Device
 from privacy.accounting import calibrate_noise
+from privacy.release_mechanism import GaussianRelease, calibrate_release
 from privacy.wire.budget import BudgetPlan
 from strategies.central_dp import CentralDpParams
 
@@ -41,6 +42,28 @@ def with_calibrated_noise(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, central_noise_multiplier=sigma).validate()
 
 
+def with_calibrated_release(cfg: RunConfig) -> RunConfig:
+    """`--release-epsilon`: the noise multiplier of the randomized release whose uploads
+    over the horizon (`release_horizon_clips`, one event step per clip) compose to the
+    epsilon at the run's delta, frozen into the config like the central noise."""
+    if cfg.release_epsilon is None:
+        return cfg
+    try:
+        release = calibrate_release(cfg.release_epsilon, cfg.delta, cfg.release_horizon_clips,
+                                    cfg.release_clip)
+    except ValueError as exc:
+        raise ConfigError("release_epsilon", str(exc)) from None
+    return dataclasses.replace(cfg, release_noise_multiplier=release.noise_multiplier
+                               ).validate()
+
+
+def release_of(cfg: RunConfig) -> GaussianRelease | None:
+    """The run's randomized release (None: devices upload samples of q(z|x))."""
+    if cfg.release_noise_multiplier <= 0:
+        return None
+    return GaussianRelease(cfg.release_clip, cfg.release_noise_multiplier)
+
+
 def require_ledger_for_caps(cfg: RunConfig) -> None:
     """A cap needs device identities across runs: only a registry-backed run has them."""
     if cfg.epsilon_cap is not None and cfg.device_indices is None:
@@ -57,9 +80,10 @@ def central_params(cfg: RunConfig) -> CentralDpParams | None:
 
 
 def budget_plan(cfg: RunConfig) -> BudgetPlan | None:
-    """What devices are told in a DP run (None without DP): run id, delta, the central
-    event, and for simulated devices where their ledgers live and their caps."""
-    if cfg.dp_mode == "none":
+    """What devices are told in a DP run or one with randomized release (None otherwise):
+    run id, delta, the central event, and for simulated devices where their ledgers live
+    and their caps."""
+    if cfg.dp_mode == "none" and release_of(cfg) is None:
         return None
     params = central_params(cfg)
     return BudgetPlan(

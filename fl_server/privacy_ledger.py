@@ -461,25 +461,33 @@ def commit(url: str, run_id: str, round_number: int, device_ids: Iterable[int]) 
     Already committed rows stay as they are (a resumed round commits again harmlessly);
     a device with no release at all in that round is an error: nothing was reserved for it.
     """
+    with session_scope(url) as session:
+        commit_in(session, run_id, round_number, device_ids)
+
+
+def commit_in(session: Session, run_id: str, round_number: int, device_ids: Iterable[int],
+              kind: EventKind | None = None) -> None:
+    """:func:`commit` in the caller's transaction, optionally only the releases of `kind`
+    (a collection commits its randomized releases together with its information rows,
+    and leaves the round's training releases to the round's own commit)."""
     _check_run(run_id, round_number)
     ids = sorted(set(_device_ids(device_ids)))
     if not ids:
         return
-    with session_scope(url) as session:
-        charged: set[int] = set()
-        for chunk in in_chunks(ids):
-            charged.update(session.scalars(select(PrivacyEvent.device_id).where(
-                PrivacyEvent.run_id == run_id, PrivacyEvent.round_number == round_number,
-                PrivacyEvent.device_id.in_(chunk))))
-            session.execute(update(PrivacyEvent).where(
-                PrivacyEvent.run_id == run_id, PrivacyEvent.round_number == round_number,
-                PrivacyEvent.device_id.in_(chunk), PrivacyEvent.status == "reserved")
-                .values(status="committed", committed_at=utcnow()))
-        missing = [i for i in ids if i not in charged]
-        if missing:
-            raise RegistryError("privacy ledger", f"device {missing[0]} has no reserved "
-                                f"release in run {run_id} round {round_number}; only a "
-                                "reserved release can be committed")
+    charged: set[int] = set()
+    of_kind = () if kind is None else (PrivacyEvent.kind == EventKind(kind).value,)
+    for chunk in in_chunks(ids):
+        where = (PrivacyEvent.run_id == run_id, PrivacyEvent.round_number == round_number,
+                 PrivacyEvent.device_id.in_(chunk), *of_kind)
+        charged.update(session.scalars(select(PrivacyEvent.device_id).where(*where)))
+        session.execute(update(PrivacyEvent).where(*where, PrivacyEvent.status == "reserved")
+                        .values(status="committed", committed_at=utcnow()))
+    missing = [i for i in ids if i not in charged]
+    if missing:
+        what = "" if kind is None else f"{EventKind(kind).value} "
+        raise RegistryError("privacy ledger", f"device {missing[0]} has no reserved {what}"
+                            f"release in run {run_id} round {round_number}; only a "
+                            "reserved release can be committed")
 
 
 def commit_through(url: str, run_id: str, last_round: int) -> int:

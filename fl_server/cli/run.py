@@ -92,7 +92,7 @@ run.__signature__ = run_parameters()  # type: ignore[attr-defined]
 
 def _new_run(cfg: RunConfig) -> RunConfig:
     """A checked config -> the prepared run (central noise calibrated, run dir written)."""
-    from fl_server.dp_modes import with_calibrated_noise
+    from fl_server.dp_modes import with_calibrated_noise, with_calibrated_release
     from fl_server.launcher import prepare_new_run
 
     if cfg.epsilon_cap is not None and not registry_configured():
@@ -106,7 +106,7 @@ def _new_run(cfg: RunConfig) -> RunConfig:
             from fl_server.unlinkable_collection import check_shuffler
 
             check_shuffler(cfg)
-        return prepare_new_run(with_calibrated_noise(cfg))
+        return prepare_new_run(with_calibrated_release(with_calibrated_noise(cfg)))
 
 
 def _dp_phrase(cfg: RunConfig) -> str:
@@ -117,6 +117,10 @@ def _dp_phrase(cfg: RunConfig) -> str:
     if cfg.central_dp:
         parts.append(f"central DP q={cfg.client_sample_rate:g} "
                      f"sigma={cfg.central_noise_multiplier:.4g} C={cfg.central_clip_norm:g}")
+    if cfg.release_noise_multiplier > 0:
+        parts.append(f"randomized release sigma={cfg.release_noise_multiplier:.4g} "
+                     f"C={cfg.release_clip:g} (epsilon={cfg.release_epsilon:g} over "
+                     f"{cfg.release_horizon_clips} clips per device)")
     if not parts:
         return "no DP"
     cap = f", default cap epsilon={cfg.epsilon_cap:g}" if cfg.epsilon_cap else ""

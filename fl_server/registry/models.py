@@ -196,7 +196,8 @@ class AuditEntry(Base):
 
 
 #: Kinds of DP release (the values of `privacy.accounting.events.EventKind`).
-PRIVACY_EVENT_KINDS: tuple[str, ...] = ("local-dp-sgd", "central-dp-fedavg")
+PRIVACY_EVENT_KINDS: tuple[str, ...] = ("local-dp-sgd", "central-dp-fedavg",
+                                        "randomized-release")
 PRIVACY_EVENT_STATUSES: tuple[str, ...] = ("reserved", "committed")
 
 

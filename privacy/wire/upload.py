@@ -112,6 +112,14 @@ class UploadRequest:
     info_bits_cap: float  # the registry's cap for this device; 0 = none
     server_bits: int  # what the server's ledger says the device has uploaded so far
     bundles_dir: str = ""  # simulation only: where the simulated enrollment's bundles are
+    #: Randomized release (`privacy.release_mechanism.GaussianRelease`): the L2 norm the
+    #: posterior mean is clipped to and the noise multiplier; 0 = off (a sample of q(z|x)).
+    #: Absent from older requests, which therefore decode as "off".
+    release_clip: float = 0.0
+    release_noise: float = 0.0
+    #: The registry's epsilon cap for this device (0 = none): the device checks the smaller
+    #: of it and its own before reserving a randomized release.
+    release_epsilon_cap: float = 0.0
     # unlinkable collection: both public keys (X25519, raw) or neither; the granularity
     # (days, 0 = drop) the device coarsens capture days to before sealing
     analyzer_key: bytes = b""
@@ -149,6 +157,20 @@ class UploadRequest:
         if not 0 <= self.time_granularity_days <= 3650:
             raise ValueError(f"upload request: time-granularity-days must be 0..3650, got "
                              f"{self.time_granularity_days}")
+        for name in ("release_clip", "release_noise", "release_epsilon_cap"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"upload request: {name.replace('_', '-')} must be a finite "
+                                 f"number >= 0, got {value}")
+        if (self.release_clip > 0) != (self.release_noise > 0):
+            raise ValueError("upload request: release-clip and release-noise are both > 0 "
+                             "(randomized release) or both 0 (off), got "
+                             f"{self.release_clip} and {self.release_noise}")
+
+    @property
+    def randomized(self) -> bool:
+        """Whether the device must release through the Gaussian mechanism."""
+        return self.release_noise > 0
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({"run-id": self.run_id, "server-round": self.server_round,
@@ -157,6 +179,9 @@ class UploadRequest:
                              "info-bits-cap": float(self.info_bits_cap),
                              "server-bits": int(self.server_bits),
                              "bundles-dir": self.bundles_dir,
+                             "release-clip": float(self.release_clip),
+                             "release-noise": float(self.release_noise),
+                             "release-epsilon-cap": float(self.release_epsilon_cap),
                              **({"analyzer-key": self.analyzer_key,
                                  "shuffler-key": self.shuffler_key,
                                  "time-granularity-days": self.time_granularity_days}
@@ -176,6 +201,12 @@ class UploadRequest:
                        server_bits=config_int(record, "server-bits"),
                        bundles_dir=(config_str(record, "bundles-dir")
                                     if "bundles-dir" in record else ""),
+                       release_clip=(config_float(record, "release-clip")
+                                     if "release-clip" in record else 0.0),
+                       release_noise=(config_float(record, "release-noise")
+                                      if "release-noise" in record else 0.0),
+                       release_epsilon_cap=(config_float(record, "release-epsilon-cap")
+                                            if "release-epsilon-cap" in record else 0.0),
                        analyzer_key=analyzer, shuffler_key=shuffler,
                        time_granularity_days=granularity)
         except KeyError as exc:
