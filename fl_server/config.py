@@ -482,7 +482,10 @@ def _validate_collection(cfg: RunConfig) -> None:
         if not 0 <= getattr(cfg, name) < float("inf"):
             raise ConfigError(name, f"must be a finite number >= 0 (0: none), "
                               f"got {getattr(cfg, name)}")
+    if not 0 < cfg.leakage_alert <= 1:
+        raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")
     _validate_release(cfg)
+    _validate_unlinkable(cfg)
 
 
 def _validate_release(cfg: RunConfig) -> None:
@@ -514,9 +517,6 @@ def _validate_release(cfg: RunConfig) -> None:
     if not is_finite(cfg.release_noise_multiplier) or cfg.release_noise_multiplier < 0:
         raise ConfigError("release_noise_multiplier", f"must be a finite number >= 0, got "
                           f"{cfg.release_noise_multiplier!r}")
-    if not 0 < cfg.leakage_alert <= 1:
-        raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")
-    _validate_unlinkable(cfg)
 
 
 def _validate_unlinkable(cfg: RunConfig) -> None:
