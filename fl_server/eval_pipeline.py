@@ -352,11 +352,14 @@ def release_points(rows: list[dict], data: Any, hc: Any, scale: Scale) -> dict[s
     from privacy.evaluation.leakage import Observed
     from privacy.evaluation.linking import linked_curves
     from privacy.evaluation.operating_points import (
+        fano_accuracy_bound,
         identity_via_utility,
+        label_entropy,
         point,
         summarise,
         utility_accuracy,
     )
+    from privacy.evaluation.tasks import attribute
     from privacy.release_mechanism import GaussianRelease
 
     tasks = hc.tasks
@@ -370,14 +373,17 @@ def release_points(rows: list[dict], data: Any, hc: Any, scale: Scale) -> dict[s
         if r["family"] != "encoder":
             continue
         z_fit, z_test, z_pop = r["_released"]
-        epsilon = None
+        epsilon = bound = None
         if "release" in r:
             mech = GaussianRelease(r["release"]["clip_norm"], r["release"]["noise_multiplier"])
             epsilon = pld_epsilon([mech.event(per_device)], scale.release_delta)
+            entropy, classes = label_entropy(attribute(data.test.labels, tasks.utility))
+            bound = fano_accuracy_bound(mech.information_bits(z_test.shape[1]), entropy, classes)
         via = identity_via_utility(z_fit, z_test, data.fit.labels, data.test.labels, tasks, hc.seed)
         encoder = r["name"].split(" + release")[0]
         common = {"encoder": encoder, "ref_activity": ref_act, "blur_psnr": blur_psnr,
-                  "tasks": tasks, "via_activity": via, "epsilon": epsilon}
+                  "tasks": tasks, "via_activity": via, "epsilon": epsilon,
+                  "activity_bound": bound}
         points.append(point(r, unlinkable=False, **common))
         pop = None if z_pop is None else Observed(z_pop, data.pop.labels)
         linked = linked_curves(Observed(z_fit, data.fit.labels), Observed(z_test, data.test.labels),

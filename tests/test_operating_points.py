@@ -98,3 +98,17 @@ def test_targets_and_the_pareto_frontier():
     assert pareto([good, leaky, dull]) == ["leaky", "good"]  # dull is beaten by good on both
     strict = check_targets([good], Targets(linkage_auc=0.55))
     assert strict["met_by"] == [] and strict["nearest"]["name"] == "good"
+
+
+def test_fano_bound_known_cases():
+    from privacy.evaluation.operating_points import fano_accuracy_bound, label_entropy
+
+    assert label_entropy(np.array([0, 1, 2, 3] * 5)) == (pytest.approx(2.0), 4)
+    # no information: chance; all of it: 1
+    assert fano_accuracy_bound(0.0, 2.0, 4) == pytest.approx(0.25, abs=1e-6)
+    assert fano_accuracy_bound(2.0, 2.0, 4) == 1.0
+    # binary label, I bits: h(1 - a) >= 1 - I; at I = 1 - h(0.1), a = 0.9 exactly
+    h = -(0.1 * np.log2(0.1) + 0.9 * np.log2(0.9))
+    assert fano_accuracy_bound(1.0 - h, 1.0, 2) == pytest.approx(0.9, abs=1e-6)
+    # more information, higher ceiling
+    assert fano_accuracy_bound(0.5, 2.0, 4) < fano_accuracy_bound(1.0, 2.0, 4) < 1.0

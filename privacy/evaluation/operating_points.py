@@ -15,6 +15,11 @@ unlinkable collection (pseudonyms, coarse time, shuffled across the fleet). Per 
 * ``psnr`` (the best reconstruction attack on the release) against ``psnr_blur``;
 * ``epsilon_per_device``: the randomized release's epsilon for one device's released clips
   in the attacked window, composed (PLD); ``None`` without a randomized release;
+* ``activity_bound``: for a randomized release, the highest utility accuracy *any*
+  classifier can reach from it (:func:`fano_accuracy_bound`): each released vector
+  carries at most ``information_bits(D)`` bits about its clip (the Gaussian channel's
+  capacity), and Fano's inequality turns that into an accuracy ceiling given the utility
+  label's entropy. It is what makes a randomized release's cost a bound, not a finding;
 * ``identity_via_activity``: identity from the *predicted* utility label only (a probe of
   the utility label on the release, then the best guess of the device from that label).
   Any release that keeps the utility keeps this much identity: it is the floor the
@@ -62,6 +67,7 @@ class OperatingPoint:
     psnr_blur: float
     epsilon_per_device: float | None
     identity_via_activity: float
+    activity_bound: float | None = None
 
     def misses(self, targets: Targets) -> dict[str, float]:
         """By how much each target is missed (0 where met; a missing figure misses by 1)."""
@@ -113,9 +119,44 @@ def identity_via_utility(z_fit: np.ndarray, z_test: np.ndarray, fit_labels: Mapp
     return float(np.mean(named == who_test))
 
 
+def _binary_entropy(p: float) -> float:
+    return 0.0 if p <= 0.0 or p >= 1.0 else float(-p * np.log2(p) - (1 - p) * np.log2(1 - p))
+
+
+def label_entropy(labels: np.ndarray) -> tuple[float, int]:
+    """(H(label) in bits, number of classes) of an empirical label distribution."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()), len(counts)
+
+
+def fano_accuracy_bound(info_bits: float, entropy_bits: float, classes: int) -> float:
+    """The largest accuracy a in [1/K, 1] with ``h(1-a) + (1-a) log2(K-1) >= H - I``.
+
+    Fano's inequality: any estimate of a label A from Y errs with probability P_e where
+    ``h(P_e) + P_e log2(K - 1) >= H(A | Y) >= H(A) - I(A; Y)``, and ``I(A; Y) <= I(X; Y)``
+    (A is a function of the clip X). The left side grows with P_e up to (K-1)/K, so the
+    accuracy 1 - P_e is at most the returned value."""
+    if classes < 2:
+        return 1.0
+    need = entropy_bits - info_bits
+    if need <= 0:
+        return 1.0
+
+    def f(acc: float) -> float:
+        pe = 1.0 - acc
+        return _binary_entropy(pe) + pe * np.log2(classes - 1)
+
+    lo, hi = 1.0 / classes, 1.0  # f(lo) = log2 K >= need, f decreasing on [1/K, 1]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) >= need else (lo, mid)
+    return lo
+
+
 def point(row: Mapping, *, encoder: str, unlinkable: bool, ref_activity: float, blur_psnr: float,
           tasks: Tasks, via_activity: float, linked: Mapping | None = None,
-          epsilon: float | None = None) -> OperatingPoint:
+          epsilon: float | None = None, activity_bound: float | None = None) -> OperatingPoint:
     """One release's operating point from its evaluated row (and, when unlinkable, the
     curves of the link-then-accumulate attack)."""
     pl = row["pl"]
@@ -136,7 +177,8 @@ def point(row: Mapping, *, encoder: str, unlinkable: bool, ref_activity: float, 
         activity_acc=utility_accuracy(row, tasks), activity_ref=ref_activity, identity_k1=k1,
         identity_kmax=ident, kmax=kmax, identity_chance=float(single["chance"]),
         linkage_auc_kmax=link, psnr=float(row["rr"]["best"]["psnr"]), psnr_blur=blur_psnr,
-        epsilon_per_device=epsilon, identity_via_activity=via_activity)
+        epsilon_per_device=epsilon, identity_via_activity=via_activity,
+        activity_bound=activity_bound)
 
 
 def pareto(points: Sequence[OperatingPoint]) -> list[str]:
@@ -174,5 +216,6 @@ def summarise(points: Sequence[OperatingPoint], targets: Targets = Targets()) ->
             **check_targets(points, targets)}
 
 
-__all__ = ["OperatingPoint", "Targets", "check_targets", "identity_via_utility", "pareto", "point",
-           "summarise", "utility_accuracy"]
+__all__ = ["OperatingPoint", "Targets", "check_targets", "fano_accuracy_bound",
+           "identity_via_utility", "label_entropy", "pareto", "point", "summarise",
+           "utility_accuracy"]

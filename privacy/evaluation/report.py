@@ -189,12 +189,14 @@ def operating_points_section(ops: dict | None, tasks: Tasks) -> list[str]:
             f"Pareto frontier ({tasks.utility} vs identity at k_max): {', '.join(ops['pareto'])}.", ""]
     cols = ("name", "activity_acc", "activity_ref", "identity_k1", "identity_kmax", "kmax",
             "identity_chance", "linkage_auc_kmax", "psnr", "psnr_blur", "epsilon_per_device",
-            "identity_via_activity")
+            "identity_via_activity", "activity_bound")
     out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(_fmt(p[c]) for c in cols) + " |" for p in ops["points"]]
     out += ["", (f"identity_via_activity: {_identity_word(tasks)} from the {tasks.utility} "
                  "predicted from the release alone; any release that keeps the utility keeps this "
-                 "much."), ""]
+                 "much. activity_bound: the highest accuracy any classifier can reach from a "
+                 "randomized release (Fano's inequality over the Gaussian channel's capacity per "
+                 "clip)."), ""]
     return out
 
 
