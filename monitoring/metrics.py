@@ -294,6 +294,16 @@ class FedmsrMetrics:
             raise ValueError(f"a linkage AUC is in [0, 1], got {auc!r}")
         self.linkage_auc.set(auc)
 
+    def set_collection(self, record: RoundRecord) -> None:
+        """A collection round's linkage AUC, alert level and fleet release epsilon (a round
+        without them leaves the gauges at the last collection's figures)."""
+        if record.linkage_auc is not None:
+            self.set_linkage_auc(record.linkage_auc[1])
+        if record.leakage_crossed is not None:
+            self.leakage_alert.set(record.leakage_crossed.alert)
+        if record.release_epsilon is not None:
+            self.set_release_epsilon(record.release_epsilon.max, record.release_epsilon.mean)
+
     def metric_names(self) -> set[str]:
         """Every metric family name this set exposes (as scraped, without suffixes)."""
         return {family.name for family in self.registry.collect()}

@@ -88,7 +88,7 @@ class MetricsObserver:
             m.secagg_dropouts.inc(record.secagg.dropouts)
         self._devices(record)
         self._quality(record)
-        self._collection(record)
+        m.set_collection(record)
         bits = record.collection.get("information_bits")
         if bits:  # a collection round: every run device's bits
             m.set_information_bits(list(bits.values()))
@@ -169,17 +169,6 @@ class MetricsObserver:
         curves = record.collection.get("leakage") or {"identity": {1: record.identity_acc}}
         for attack, curve in curves.items():
             m.set_leakage(attack, {int(k): float(v) for k, v in curve.items()})
-
-    def _collection(self, record: RoundRecord) -> None:
-        """A collection round's linkage AUC, alert level and fleet release epsilon (the
-        gauges keep the last collection's figures in between)."""
-        m = self.metrics
-        if record.linkage_auc is not None:
-            m.set_linkage_auc(record.linkage_auc[1])
-        if record.leakage_crossed is not None:
-            m.leakage_alert.set(record.leakage_crossed.alert)
-        if record.release_epsilon is not None:
-            m.set_release_epsilon(record.release_epsilon.max, record.release_epsilon.mean)
 
     def _set_budgets(self) -> None:
         """The ledger after this round's reservations (the whole fleet, one snapshot)."""

@@ -254,3 +254,27 @@ def test_leakage_show_says_when_the_newest_collection_was_unlinkable(
     # scoped to the run that has a curve, the curve is current
     assert not _show(registry_url, monkeypatch, capsys, "--run", "run-l")["report"]["unlinkable"]
     assert _show(registry_url, monkeypatch, capsys, "--run", "run-u")["report"]["unlinkable"]
+
+
+def test_fedmsr_monitor_reads_release_epsilon_from_the_registry_and_runs(
+        registry_url, tmp_path) -> None:
+    """Between runs: the registry's release epsilon (devices not revoked, delta 1e-5), and
+    the latest run's alert level and newest linkage AUC from its files."""
+    from fl_server.persisted_metrics import registry_snapshot
+    from monitoring.persisted import RunOnDisk, apply_runs
+
+    a, b = fleet(registry_url, tmp_path, [None, None])
+    ReleaseBudget(RELEASE, M, registry_url, "run-r", 1e-5, None).reserve(1, [a])
+    snapshot = registry_snapshot(registry_url)
+    assert snapshot is not None and snapshot.release_epsilons is not None
+    exact = gaussian_epsilon(RELEASE.noise_multiplier, M, 1e-5)
+    assert sorted(snapshot.release_epsilons) == [0.0, pytest.approx(exact, rel=0.005)]
+    m = FedmsrMetrics()
+    history = [round_record(1, leakage={"linkage_auc": {"1": 0.5, "8": 0.8}}), round_record(2)]
+    apply_runs(m, [RunOnDisk("r", {"leakage_alert": 0.2}, {"status": "completed"}, history)])
+    assert value(m, "fedmsr_leakage_alert_ratio") == 0.2
+    assert value(m, "fedmsr_leakage_linkage_auc_ratio") == 0.8
+    snapshot.apply(m)
+    assert value(m, "fedmsr_fleet_release_epsilon_max") == max(snapshot.release_epsilons)
+    assert value(m, "fedmsr_fleet_release_epsilon_mean") == pytest.approx(
+        sum(snapshot.release_epsilons) / 2)
