@@ -20,7 +20,8 @@ and before its checkpoint, the federation loop hands the round to :class:`Collec
    channel — never on a network used in training. The curves go to the registry
    (`leakage_reports`), to `runs/<id>/leakage.json` and to the round's history record
    (`leakage`, `information_bits`: what the metrics observer exports); crossing the
-   `leakage_alert` level is audit-logged.
+   `leakage_alert` level is audit-logged, and which attacks crossed it, with the level,
+   is in the report and the record (`leakage_crossed`).
 
 A redone round (resume after a crash before the checkpoint) asks no device twice: the
 ledger has one row per (device, run, round), and devices already charged are skipped.
@@ -33,7 +34,8 @@ by device) and the round's record says the store is unlinkable.
 With a randomized release (`fedmsr run --release-epsilon`) each upload is also a DP
 release: it is reserved on the registry's privacy ledger before the requests go out and
 committed with the information rows (`fl_server.release_budget`), and the attacker's own
-representations go through the same mechanism.
+representations go through the same mechanism. The round's record then carries the run
+devices' accumulated release epsilon, max and mean (`release_epsilon`).
 """
 
 from __future__ import annotations
