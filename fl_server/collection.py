@@ -20,7 +20,8 @@ and before its checkpoint, the federation loop hands the round to :class:`Collec
    channel — never on a network used in training. The curves go to the registry
    (`leakage_reports`), to `runs/<id>/leakage.json` and to the round's history record
    (`leakage`, `information_bits`: what the metrics observer exports); crossing the
-   `leakage_alert` level is audit-logged.
+   `leakage_alert` level is audit-logged, and which attacks crossed it, with the level,
+   is in the report and the record (`leakage_crossed`).
 
 A redone round (resume after a crash before the checkpoint) asks no device twice: the
 ledger has one row per (device, run, round), and devices already charged are skipped.
@@ -33,7 +34,8 @@ by device) and the round's record says the store is unlinkable.
 With a randomized release (`fedmsr run --release-epsilon`) each upload is also a DP
 release: it is reserved on the registry's privacy ledger before the requests go out and
 committed with the information rows (`fl_server.release_budget`), and the attacker's own
-representations go through the same mechanism.
+representations go through the same mechanism. The round's record then carries the run
+devices' accumulated release epsilon, max and mean (`release_epsilon`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from fl_server.config import ConfigError, RunConfig
 from fl_server.evaluation import HeldOut
 from fl_server.leakage_tracker import (
     Tracked,
+    crossed,
     eval_observed,
     observed_synthetic,
     observed_uploads,
@@ -89,6 +92,7 @@ from privacy.vib import kl_bits
 from privacy.wire.arrays import record_bytes, record_of
 from privacy.wire.keys import ARRAYS_KEY, BATCH_KEY, CONFIG_KEY, UPLOAD, UPLOAD_KEY
 from privacy.wire.records import config_bytes, config_record
+from privacy.wire.round_record import LeakageCrossed
 from privacy.wire.upload import (
     SealedBatch,
     UploadRequest,
@@ -220,6 +224,9 @@ class Collector:
             **(self._unlinkable(routed, version, server_round) if routed else
                self._track(plan, version, attacker, server_round)),
         }
+        if self.release is not None:  # after the commit: this collection's releases count
+            figures["release_epsilon"] = self.release.fleet(
+                self._run_devices().values()).to_json()
         figures["collect_s"] = time.perf_counter() - started
         return Collected(figures, record_bytes(global_record) * len(messages), received.bytes)
 
@@ -378,13 +385,17 @@ class Collector:
             self._audit(session, "information.stop", device_id,
                         {"reason": reason, "round": server_round})
 
+    def _run_devices(self) -> dict[int, int]:
+        """The run's devices: index -> registry id."""
+        indices = list(self.cfg.device_indices or ())
+        return device_ids_for_indices(self.url, indices) if indices else {}
+
     def _totals(self) -> dict[int, int]:
         """Information bits of every run device (for the fleet distribution metric)."""
-        indices = list(self.cfg.device_indices or ())
-        ids = device_ids_for_indices(self.url, indices) if indices else {}
+        ids = self._run_devices()
         with session_scope(self.url) as session:
             spends = ledger.states(session, ids.values())
-        return {index: spends[ids[index]].bits for index in indices}
+        return {index: spends[device_id].bits for index, device_id in ids.items()}
 
     # -- temporal accumulation ------------------------------------------------------------
 
@@ -410,11 +421,14 @@ class Collector:
             report = {**report, "eval_attributes": tracked.eval_attributes}
         max_gain = max((max(g.values()) for g in report["gain"].values() if g), default=0.0)
         flagged = max_gain >= self.cfg.leakage_alert
+        above = LeakageCrossed(self.cfg.leakage_alert,
+                               crossed(report["gain"], self.cfg.leakage_alert)).to_json()
+        report = {**report, "crossed": above}
         self._save_report(server_round, version, tracked, report, max_gain, flagged)
         curves = {name: {str(k): v for k, v in curve.items()}
                   for name, curve in report["curves"].items() if 1 in curve}
         return {"leakage": curves, "leakage_gain": max_gain, "leakage_flagged": flagged,
-                "leakage_chance": report["device_chance"], **extra}
+                "leakage_crossed": above, "leakage_chance": report["device_chance"], **extra}
 
     def _save_report(self, server_round: int, version: str, tracked: Tracked,
                      report: dict[str, Any], max_gain: float, flagged: bool) -> None:

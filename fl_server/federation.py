@@ -316,9 +316,24 @@ def _print_round(console: Console, r: RoundRecord, rounds: int) -> None:
         f"round {r.round:>3}/{rounds} loss {r.loss:.3f} KL {r.kl_bits:.2f}b utility "
         f"{r.utility_acc:.2f}/{r.utility_chance:.2f} identity {r.identity_acc:.2f}"
         f"/{r.identity_chance:.2f} dev {r.responded}/{r.sampled} {r.wall_s:.1f}s"
-        + (f" [yellow]aborted[/]: {r.aborted}" if r.aborted else ""),
+        + (f" [yellow]aborted[/]: {r.aborted}" if r.aborted else "") + _collection_note(r),
         soft_wrap=True, highlight=False,
     )
+
+
+def _collection_note(r: RoundRecord) -> str:
+    """A collection round: which attack crossed the leakage alert level (when one did),
+    and the fleet's largest accumulated randomized-release epsilon (when a release ran)."""
+    note = ""
+    crossed = r.leakage_crossed
+    if crossed is not None and crossed.attacks:
+        note += " [red]leakage[/]: " + ", ".join(
+            f"{name} {gain:+.2f}" for name, gain in crossed.attacks.items()
+        ) + f" >= {crossed.alert:.2f}"
+    release = r.release_epsilon
+    if release is not None:
+        note += f" release eps max {release.max:.3g} (delta={release.delta:g})"
+    return note
 
 
 def _reason(exc: BaseException) -> str:

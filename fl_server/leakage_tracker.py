@@ -57,6 +57,15 @@ _NOT_ATTRIBUTES = frozenset({"activity", "device", "day", "hour", "objects", "in
 _ATTRIBUTE_NAME = {"wearer": "identity"}
 
 
+def crossed(gain: Mapping[str, Mapping[Any, float]], alert: float) -> dict[str, float]:
+    """The attacks whose accumulation gain max_k PL(k) - PL(1) reached `alert`, with that
+    gain: what flags a collection (`leakage_alert`), by attack, so an operator knows which
+    attacker profits from the history (the saved report, the round's record, `fedmsr
+    leakage show`)."""
+    return {name: max(g.values()) for name, g in sorted(gain.items())
+            if g and max(g.values()) >= alert}
+
+
 @dataclass(frozen=True)
 class Released:
     """Representations as the server would store them (sampled z, quantised), with labels."""

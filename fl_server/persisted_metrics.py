@@ -55,7 +55,8 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
     None when the registry package is not installed or no registry is configured here
     (no `--db`, no FEDMSR_DB, no local registry file). Per-device epsilon comes from the
     privacy ledger (`privacy_ledger.fleet_budgets`: the RDP bound of each device not revoked,
-    at delta 1e-5 or the device's own delta cap).
+    at delta 1e-5 or the device's own delta cap); randomized-release epsilon too (reported,
+    PLD at delta 1e-5, those devices' `randomized-release` events only).
     """
     try:
         from sqlalchemy import func, select
@@ -67,17 +68,22 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
     if db is None and not registry_db.registry_configured():
         return None
     from fl_server.information_ledger import fleet_bits
-    from fl_server.privacy_ledger import fleet_budgets
+    from fl_server.privacy_ledger import fleet_budgets, kind_epsilons
     from monitoring.persisted import FleetSnapshot
+    from privacy.accounting import EventKind
 
     url = registry_db.resolve_url(db)
     with registry_db.session_scope(url) as session:
         rows = session.execute(select(models.Device.status, func.count())
                                .group_by(models.Device.status)).all()
         bits = fleet_bits(session)  # information ledger (docs/representations.md)
+        kept = session.scalars(select(models.Device.id).where(
+            models.Device.status != models.DeviceStatus.REVOKED.value)).all()
+        released = kind_epsilons(session, EventKind.RANDOMIZED_RELEASE, 1e-5, kept)
     epsilons, caps = fleet_budgets(url, 1e-5)
     return FleetSnapshot({str(status): int(count) for status, count in rows},
-                         epsilons=epsilons, epsilon_caps=caps, information_bits=bits)
+                         epsilons=epsilons, epsilon_caps=caps, information_bits=bits,
+                         release_epsilons=list(released.values()))
 
 
 def _refreshing_registry(refresh: Callable[[], None]) -> CollectorRegistry:

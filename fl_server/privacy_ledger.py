@@ -674,6 +674,35 @@ def fleet_budgets(url: str, delta: float, default_cap: float | None = None
     return [spent.get(i, 0.0) for i, _ in rows], caps
 
 
+
+def kind_epsilons(session: Session, kind: EventKind, delta: float,
+                  device_ids: Iterable[int]) -> dict[int, float]:
+    """Each device's reported (PLD) epsilon at `delta` over its releases of one `kind`
+    only (reserved or committed, every run), 0 for a device with none.
+
+    What `fedmsr leakage show` and a collection's figures say a device's randomized
+    releases cost, apart from its training. The cached RDP vector sums every kind, so it
+    cannot answer this; the rows can, cheaply: one aggregate query per chunk of devices
+    (the (device, run, round, kind) index) returns the composition itself, total steps per
+    (q, sigma), and devices with the same composition (a fleet collected alike) share one
+    cached PLD computation (:func:`_reported`).
+    """
+    kind = EventKind(kind)
+    delta = check_delta(delta)
+    ids = sorted(set(_device_ids(device_ids)))
+    steps: dict[int, dict[tuple[float, float], int]] = defaultdict(dict)
+    for chunk in in_chunks(ids):
+        for device_id, q, sigma, total in session.execute(
+                select(PrivacyEvent.device_id, PrivacyEvent.sample_rate,
+                       PrivacyEvent.noise_multiplier, func.sum(PrivacyEvent.steps))
+                .where(PrivacyEvent.kind == kind.value, PrivacyEvent.device_id.in_(chunk))
+                .group_by(PrivacyEvent.device_id, PrivacyEvent.sample_rate,
+                          PrivacyEvent.noise_multiplier)):
+            steps[device_id][(float(q), float(sigma))] = int(total)
+    return {i: _reported(tuple(sorted(steps[i].items())), delta) if i in steps else 0.0
+            for i in ids}
+
+
 # -- check-in: the device's own ledger against ours ------------------------------------------
 
 def audit_device_report(url: str, device_id: int, report: LedgerReport, *,

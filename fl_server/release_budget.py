@@ -38,9 +38,18 @@ from fl_server.registry.db import session_scope
 from fl_server.registry.models import Device, PrivacyEvent
 from privacy.accounting import DpEvent, EventKind
 from privacy.release_mechanism import GaussianRelease
+from privacy.wire.round_record import ReleaseEpsilon
 
 KIND = EventKind.RANDOMIZED_RELEASE
 REFUSED_ACTION = "budget.release-refused"
+
+
+def fleet_release(session: Session, device_ids: Iterable[int], delta: float
+                  ) -> ReleaseEpsilon:
+    """Max and mean over `device_ids` of each one's accumulated release epsilon."""
+    values = list(privacy_ledger.kind_epsilons(session, KIND, delta, device_ids).values())
+    return ReleaseEpsilon(max(values, default=0.0),
+                          sum(values) / len(values) if values else 0.0, delta, len(values))
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,12 @@ class ReleaseBudget:
                                   "clips": self.clips},
                                  device_id=device_id, run_id=self.run_id)
         return refused
+
+    def fleet(self, device_ids: Iterable[int]) -> ReleaseEpsilon:
+        """After a collection: the run devices' accumulated release epsilon, at the run's
+        delta (one figure for the whole fleet, whatever a device's own delta cap)."""
+        with session_scope(self.url) as session:
+            return fleet_release(session, device_ids, self.delta)
 
     def commit(self, session: Session, server_round: int, device_ids: Iterable[int]) -> None:
         """In the collection's transaction: the answering devices' releases committed."""

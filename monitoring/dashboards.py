@@ -172,11 +172,22 @@ LEAKAGE = DashboardSpec(
                       "representations of one device.", "percentunit",
                       (Query("fedmsr_leakage_attack_accuracy_ratio", "{{attack}} k={{k}}"),),
                       12),
-            PanelSpec("timeseries", "Accumulation gain", "max_k PL(k) - PL(1).",
-                      "percentunit", (Query("fedmsr_leakage_accumulation_gain_ratio",
-                                            "{{attack}}"),), 6),
+            PanelSpec("timeseries", "Accumulation gain", "max_k PL(k) - PL(1) per attack, "
+                      "and the run's alert level (fedmsr run --leakage-alert): an attack at "
+                      "or above the line flags the collection.", "percentunit",
+                      (Query("fedmsr_leakage_accumulation_gain_ratio", "{{attack}}"),
+                       Query("fedmsr_leakage_alert_ratio", "alert level")), 6),
             PanelSpec("stat", "Largest k measured", "The leakage curve's reach.", "none",
                       (Query("fedmsr_leakage_max_k", "{{attack}}"),), 6),
+            PanelSpec("timeseries", "Linkage AUC", "Cross-day linkage ROC AUC of k-sets of "
+                      "one device's representations at the largest k measured (0.5: "
+                      "chance; empty until a collection measures it).", "none",
+                      (Query("fedmsr_leakage_linkage_auc_ratio", "linkage AUC"),), 12),
+            PanelSpec("timeseries", "Randomized-release epsilon", "The run devices' "
+                      "accumulated randomized-release epsilon (PLD, uploads only) after the "
+                      "last collection: the largest and the mean (0 without a release).",
+                      "none", (Query("fedmsr_fleet_release_epsilon_max", "max"),
+                               Query("fedmsr_fleet_release_epsilon_mean", "mean")), 12),
         )),
         ("Single representations", (
             PanelSpec("timeseries", "Identity probe above chance", "Identity probe accuracy "

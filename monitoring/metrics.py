@@ -160,6 +160,17 @@ class FedmsrMetrics:
                                   ["attack"], registry=r)
         self.leakage_max_k = Gauge("fedmsr_leakage_max_k", "Largest k measured for the "
                                    "leakage curve", ["attack"], registry=r)
+        # NaN until measured: "not measured" is the true value before a collection, and
+        # a panel shows it as no value rather than as a figure nobody measured.
+        self.linkage_auc = Gauge("fedmsr_leakage_linkage_auc_ratio", "Cross-day linkage "
+                                 "ROC AUC of k-sets of one device's representations, at the "
+                                 "largest k measured (0.5: chance; NaN: not measured)",
+                                 registry=r)
+        self.linkage_auc.set(math.nan)
+        self.leakage_alert = Gauge("fedmsr_leakage_alert_ratio", "Accumulation gain at which "
+                                   "the run flags a collection (fedmsr run --leakage-alert; "
+                                   "NaN: unknown)", registry=r)
+        self.leakage_alert.set(math.nan)
         # -- devices, DP and budgets ---------------------------------------------------
         self.devices = Gauge("fedmsr_devices", "Devices by status", ["status"], registry=r)
         self.runs = Gauge("fedmsr_runs", "Runs in the runs directory by status (fedmsr "
@@ -192,6 +203,14 @@ class FedmsrMetrics:
                               "of their epsilon cap (not yet over it)", registry=r)
         self.exhausted = Gauge("fedmsr_devices_budget_exhausted", "Tracked devices whose "
                                "epsilon reached their cap", registry=r)
+        self.release_epsilon_max = Gauge(
+            "fedmsr_fleet_release_epsilon_max", "Largest accumulated randomized-release "
+            "epsilon of a run device (PLD, uploads only) after the last collection",
+            registry=r)
+        self.release_epsilon_mean = Gauge(
+            "fedmsr_fleet_release_epsilon_mean", "Mean accumulated randomized-release epsilon "
+            "over the run's devices (PLD, uploads only) after the last collection",
+            registry=r)
         self.budget_tracked = Gauge("fedmsr_budget_tracked_devices", "Devices the budget "
                                     "figures cover (0 until the ledger feeds them)", registry=r)
         self.ledger_disagreements = Counter("fedmsr_ledger_disagreements", "Check-ins whose "
@@ -260,6 +279,30 @@ class FedmsrMetrics:
             self.leakage_accuracy.labels(attack=attack, k=str(k)).set(accuracy)
         self.leakage_gain.labels(attack=attack).set(max(curve.values()) - curve[1])
         self.leakage_max_k.labels(attack=attack).set(max(curve))
+
+    def set_release_epsilon(self, epsilon_max: float, epsilon_mean: float) -> None:
+        """The fleet's accumulated randomized-release epsilon (fleet figures, no device)."""
+        for name, x in (("max", epsilon_max), ("mean", epsilon_mean)):
+            if not math.isfinite(x) or x < 0:
+                raise ValueError(f"release epsilon {name} must be finite and >= 0, got {x!r}")
+        self.release_epsilon_max.set(epsilon_max)
+        self.release_epsilon_mean.set(epsilon_mean)
+
+    def set_linkage_auc(self, auc: float) -> None:
+        """Linkage AUC at the largest k measured."""
+        if not 0.0 <= auc <= 1.0:
+            raise ValueError(f"a linkage AUC is in [0, 1], got {auc!r}")
+        self.linkage_auc.set(auc)
+
+    def set_collection(self, record: RoundRecord) -> None:
+        """A collection round's linkage AUC, alert level and fleet release epsilon (a round
+        without them leaves the gauges at the last collection's figures)."""
+        if record.linkage_auc is not None:
+            self.set_linkage_auc(record.linkage_auc[1])
+        if record.leakage_crossed is not None:
+            self.leakage_alert.set(record.leakage_crossed.alert)
+        if record.release_epsilon is not None:
+            self.set_release_epsilon(record.release_epsilon.max, record.release_epsilon.mean)
 
     def metric_names(self) -> set[str]:
         """Every metric family name this set exposes (as scraped, without suffixes)."""

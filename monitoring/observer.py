@@ -2,8 +2,8 @@
 
 It follows `fl_server.observers.RoundObserver` by shape only (monitoring must not import
 fl_server; fl_server wires it in `sinks.py`). It reads from the run configuration only
-`devices`, `rounds`, `dp_sgd`, `metrics_port`, `metrics_linger_s` and `run_dir()`, and
-each round's typed history record (`privacy.wire.round_record.RoundRecord`).
+`devices`, `rounds`, `dp_sgd`, `leakage_alert`, `metrics_port`, `metrics_linger_s` and
+`run_dir()`, and each round's typed history record (`privacy.wire.round_record.RoundRecord`).
 
 The exporter lives as long as the run: started in `run_started`, stopped in
 `run_finished` after `metrics_linger_s` seconds, so a scraper that polls every few
@@ -15,6 +15,7 @@ learns which).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -66,6 +67,7 @@ class MetricsObserver:
         m.run_rounds_completed.set(resumed_after_round)
         m.run_dp_sgd.set(1 if cfg.dp_sgd else 0)
         m.run_start_time.set(time.time())
+        m.leakage_alert.set(float(getattr(cfg, "leakage_alert", math.nan)))
         self._fleet_size = int(cfg.devices)
         self._set_devices()
         self._set_budgets()
@@ -86,6 +88,7 @@ class MetricsObserver:
             m.secagg_dropouts.inc(record.secagg.dropouts)
         self._devices(record)
         self._quality(record)
+        m.set_collection(record)
         bits = record.collection.get("information_bits")
         if bits:  # a collection round: every run device's bits
             m.set_information_bits(list(bits.values()))

@@ -27,12 +27,18 @@ class FleetSnapshot:
     epsilons: list[float] = field(default_factory=list)
     epsilon_caps: list[float] = field(default_factory=list)
     information_bits: list[float] = field(default_factory=list)
+    #: Each device's accumulated randomized-release epsilon (None: not read here).
+    release_epsilons: list[float] | None = None
 
     def apply(self, metrics: FedmsrMetrics) -> None:
         for status in DEVICE_STATUSES:
             metrics.devices.labels(status=status).set(self.devices_by_status.get(status, 0))
         metrics.set_budgets(self.epsilons, self.epsilon_caps)
         metrics.set_information_bits(self.information_bits)
+        if self.release_epsilons is not None:
+            released = self.release_epsilons
+            metrics.set_release_epsilon(max(released, default=0.0),
+                                        sum(released) / len(released) if released else 0.0)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,11 @@ def apply_runs(metrics: FedmsrMetrics, runs: list[RunOnDisk]) -> None:
     metrics.run_dp_sgd.set(1 if latest.config.get("dp_sgd") else 0)
     if latest.history:
         _apply_last_round(metrics, latest.history[-1], latest.updated)
+    alert = latest.config.get("leakage_alert")
+    if isinstance(alert, (int, float)):
+        metrics.leakage_alert.set(float(alert))
+    for record in latest.history:  # oldest first: the newest collection's figures stay
+        metrics.set_collection(record)
 
 
 def _apply_last_round(metrics: FedmsrMetrics, record: RoundRecord, when: float) -> None:

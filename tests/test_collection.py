@@ -120,6 +120,12 @@ def test_a_run_with_collection_fills_store_ledgers_and_curve(tmp_path, monkeypat
                for c in curves.values())
     assert last["leakage_gain"] == pytest.approx(max(
         max(c.values()) - c["1"] for c in curves.values()))
+    # Which attacks crossed the default alert level, recomputed from the curves.
+    above = {name: max(c.values()) - c["1"] for name, c in curves.items()
+             if max(c.values()) - c["1"] >= 0.1}
+    assert last["leakage_crossed"]["alert"] == 0.1
+    assert last["leakage_crossed"]["attacks"] == pytest.approx(above)
+    assert last["leakage_flagged"] == bool(above)
     assert [e["round"] for e in json.loads((run_dir / LEAKAGE_FILE).read_text())] == [1, 2]
     monkeypatch.setenv("FEDMSR_DB", url)
     capsys.readouterr()
@@ -127,6 +133,7 @@ def test_a_run_with_collection_fills_store_ledgers_and_curve(tmp_path, monkeypat
     shown = json.loads(capsys.readouterr().out)
     assert shown["report"]["round"] == 2 and shown["report"]["run_id"] == "col"
     assert np.isclose(shown["report"]["max_gain"], last["leakage_gain"])
+    assert shown["report"]["crossed"] == sorted(above) and shown["report"]["alert"] == 0.1
     assert {d["name"]: d["bits"] for d in shown["devices"]} == {
         "d-0": bits["d-0"][0], "d-1": bits["d-1"][0], "tight": 0}
     assert main(["leakage", "show"]) == 0

@@ -182,6 +182,7 @@ def test_a_collection_run_with_release_epsilon_charges_both_ledgers(tmp_path) ->
     from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
     from fl_server.registry import db
     from tests.helpers import SMALL, fedmsr, history
+    from tests.test_release_ledger import gaussian_epsilon
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     db.upgrade(url)
@@ -213,6 +214,14 @@ def test_a_collection_run_with_release_epsilon_charges_both_ledgers(tmp_path) ->
     assert len(refused) == 1 and "epsilon cap 3" in refused[0]
     last = history(tmp_path / "runs" / "rel")[-1]
     assert "epsilon cap 3" in last["collection"]["skipped"]["2"]
+    # The fleet's release epsilon after the last collection: d-0 and d-1 spent the whole
+    # calibrated epsilon (16 clips), tight its first upload only (dp-accounting figures).
+    full, first = (gaussian_epsilon(sigma, n, DELTA) for n in (2 * M, M))
+    spent = last["release_epsilon"]
+    assert spent["devices"] == 3 and spent["delta"] == DELTA
+    assert full <= spent["max"] <= full * 1.005
+    assert (2 * full + first) / 3 <= spent["mean"] <= (2 * full + first) / 3 * 1.005
+    assert f"release eps max {spent['max']:.3g}" in result.stdout
     own = DeviceLedger.open(tmp_path / "devices" / "d-0" / "state")
     assert [(r.round_number, r.event) for r in own.releases] == [
         (1, expected.event(M)), (2, expected.event(M))]

@@ -67,6 +67,44 @@ class SecAggRecord:
 
 
 @dataclass(frozen=True)
+class LeakageCrossed:
+    """The attacks whose accumulation gain reached the run's alert level in a collection
+    (none: the collection was not flagged), each with its gain max_k PL(k) - PL(1)."""
+
+    alert: float
+    attacks: Mapping[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alert": self.alert, "attacks": dict(self.attacks)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LeakageCrossed:
+        return cls(float(data["alert"]),
+                   {str(k): float(v) for k, v in dict(data.get("attacks") or {}).items()})
+
+
+@dataclass(frozen=True)
+class ReleaseEpsilon:
+    """The fleet's accumulated randomized-release epsilon after a collection with a
+    randomized release: PLD at `delta` over each device's releases (every run), max and
+    mean over the run's devices (those never released count 0). Fleet figures only."""
+
+    max: float
+    mean: float
+    delta: float
+    devices: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max": self.max, "mean": self.mean, "delta": self.delta,
+                "devices": self.devices}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReleaseEpsilon:
+        return cls(float(data["max"]), float(data["mean"]), float(data["delta"]),
+                   int(data["devices"]))
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     """One finished round (see the module docstring for how it is written and read)."""
 
@@ -118,6 +156,29 @@ class RoundRecord:
         return dataclasses.replace(self, collection={**self.collection, **figures},
                                    bytes_sent=self.bytes_sent + bytes_sent,
                                    bytes_received=self.bytes_received + bytes_received)
+
+    # -- a collection round's figures, typed --------------------------------------------
+
+    @property
+    def leakage_crossed(self) -> LeakageCrossed | None:
+        """Which attacks crossed the alert level (None: no leakage curve this round)."""
+        data = self.collection.get("leakage_crossed")
+        return LeakageCrossed.from_json(data) if data else None
+
+    @property
+    def release_epsilon(self) -> ReleaseEpsilon | None:
+        """The fleet's release epsilon (None: no randomized release this round)."""
+        data = self.collection.get("release_epsilon")
+        return ReleaseEpsilon.from_json(data) if data else None
+
+    @property
+    def linkage_auc(self) -> tuple[int, float] | None:
+        """(largest k, cross-day linkage AUC at that k), None: not measured this round."""
+        curve = (self.collection.get("leakage") or {}).get("linkage_auc") or {}
+        if not curve:
+            return None
+        k = max(curve, key=int)
+        return int(k), float(curve[k])
 
     # -- on disk ------------------------------------------------------------------------
 
@@ -190,8 +251,8 @@ class RoundRecord:
 
 #: Keys a collection round adds (`fl_server.collection`).
 COLLECTION_KEYS = ("collection", "information_bits", "information_flagged", "leakage",
-                   "leakage_skipped", "leakage_gain", "leakage_flagged", "leakage_chance",
-                   "collect_s", "unlinkable")
+                   "leakage_skipped", "leakage_gain", "leakage_flagged", "leakage_crossed",
+                   "leakage_chance", "release_epsilon", "collect_s", "unlinkable")
 _NESTED = frozenset({"budget", "secagg", "collection", "extra"})
 _BUDGET_KEYS = frozenset({"ledger_disagreements", "ledger_device_reported_less",
                           "budget_declined", "budget_reserved", "budget_refused", "central_dp"})
