@@ -352,7 +352,9 @@ def release_points(rows: list[dict], data: Any, hc: Any, scale: Scale) -> dict[s
     from privacy.evaluation.leakage import Observed
     from privacy.evaluation.linking import linked_curves
     from privacy.evaluation.operating_points import (
+        Targets,
         fano_accuracy_bound,
+        identity_from_noisy_utility,
         identity_via_utility,
         label_entropy,
         point,
@@ -391,6 +393,14 @@ def release_points(rows: list[dict], data: Any, hc: Any, scale: Scale) -> dict[s
         r["pl"]["linked"] = linked
         points.append(point(r, unlinkable=True, linked=linked, **common))
     out = summarise(points)
+    target_activity = Targets().activity_fraction * ref_act
+    out["identity_floor"] = {
+        "activity": target_activity,
+        "identity_k1": identity_from_noisy_utility(data.fit.labels, data.test.labels, tasks,
+                                                   target_activity),
+        "note": "identity named from the activity label alone when it is right at the "
+                "activity target's rate: any release meeting that target hands this much "
+                "to the two-step attack (errors spread evenly)"}
     out["epsilon_window_clips"] = per_device
     out["delta"] = scale.release_delta
     return out

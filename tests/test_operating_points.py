@@ -112,3 +112,18 @@ def test_fano_bound_known_cases():
     assert fano_accuracy_bound(1.0 - h, 1.0, 2) == pytest.approx(0.9, abs=1e-6)
     # more information, higher ceiling
     assert fano_accuracy_bound(0.5, 2.0, 4) < fano_accuracy_bound(1.0, 2.0, 4) < 1.0
+
+
+def test_identity_from_a_noisy_utility_label():
+    """Device d always does activity d: a correct label names the device; a label wrong
+    with probability 1 - a names another device (never this one)."""
+    from privacy.evaluation.operating_points import identity_from_noisy_utility
+    from privacy.evaluation.tasks import SYNTHETIC
+
+    dev = np.repeat(np.arange(4), 10)
+    labels = {"device": dev, "day": np.zeros(40, int), "wearer": dev, "activity": dev}
+    assert identity_from_noisy_utility(labels, labels, SYNTHETIC, 1.0) == 1.0
+    assert identity_from_noisy_utility(labels, labels, SYNTHETIC, 0.8) == pytest.approx(0.8)
+    # two devices share every activity: the label says nothing beyond the majority guess
+    shared = {**labels, "activity": dev % 2, "wearer": dev}
+    assert identity_from_noisy_utility(shared, shared, SYNTHETIC, 1.0) == pytest.approx(0.5)

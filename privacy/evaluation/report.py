@@ -183,7 +183,13 @@ def operating_points_section(ops: dict | None, tasks: Tasks) -> list[str]:
              f"{t['linkage_auc']:.2f}, reconstruction PSNR <= blur's. Unlinkable releases: the "
              "attacker links the shuffled vectors itself before it accumulates. epsilon: one "
              f"device's {ops.get('epsilon_window_clips')} attacked releases composed (PLD, delta "
-             f"{_fmt(ops.get('delta'))})."), ""]
+             f"{ops.get('delta', 0):g})."), ""]
+    floor = ops.get("identity_floor")
+    if floor:
+        out += [(f"Identity floor at the {tasks.utility} target ({floor['activity']:.3f}): "
+                 f"{floor['identity_k1']:.3f} from the {tasks.utility} label alone, right at that "
+                 "rate: a release that meets the utility target cannot be below it for this "
+                 "attack, so an identity target under it is out of reach on this benchmark."), ""]
     out += [f"Met by: {', '.join(ops['met_by']) or 'none'}."
             + (f" Nearest: {ops['nearest']['name']}." if ops.get("nearest") and not ops["met_by"] else ""),
             f"Pareto frontier ({tasks.utility} vs identity at k_max): {', '.join(ops['pareto'])}.", ""]
