@@ -16,6 +16,10 @@ still attack-agnostic, signal: the one label every federated system knows anyway
   - ``"entropy"`` (the default): ``log K - H(p(d | z))``, zero when the frozen
     discriminator's posterior is uniform over the K devices. It needs no label at all, so
     a device applies it without knowing its own index among the server's classes.
+  - ``"entropy-mean"``: the same on the clip's posterior mean instead of its sample. On
+    the sample, noise in z makes single posteriors confident (low entropy), so the
+    penalty pays the encoder to *shrink* its noise, which releases more about everything;
+    on the mean it does not.
   - ``"reversal"``: gradient reversal on the clip's own device index, i.e. the encoder
     maximises the discriminator's cross-entropy; with the discriminator frozen this is
     unbounded, so it is capped at chance: ``relu(log K - CE(p(d | z), d))``.
@@ -38,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INVARIANCE_LOSSES = ("entropy", "reversal")
+INVARIANCE_LOSSES = ("entropy", "entropy-mean", "reversal")
 DEFAULT_INVARIANCE_LOSS = "entropy"
 
 #: ArrayRecord / dict keys of a discriminator's arrays (hidden.* only for the MLP)
@@ -186,7 +190,7 @@ def invariance_per_sample(logits: Tensor, loss: str = DEFAULT_INVARIANCE_LOSS,
     check_invariance_loss(loss)
     log_k = math.log(logits.shape[-1])
     logp = torch.log_softmax(logits, dim=-1)
-    if loss == "entropy":
+    if loss in ("entropy", "entropy-mean"):
         entropy = -(logp.exp() * logp).sum(dim=-1)
         return log_k - entropy
     if devices is None:

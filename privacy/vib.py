@@ -153,7 +153,8 @@ class VIBCriterion(nn.Module):
         loss = util + self.beta * kl
         terms = {"utility": util, "kl": kl}
         if self.adversary is not None:
-            inv = invariance_per_sample(self.adversary(out.z), self.invariance_loss, target.devices)
+            read = out.mu if self.invariance_loss == "entropy-mean" else out.z
+            inv = invariance_per_sample(self.adversary(read), self.invariance_loss, target.devices)
             terms["invariance"] = inv
             loss = loss + self.invariance_weight * inv
         return terms | {"loss": loss}
