@@ -20,6 +20,10 @@ still attack-agnostic, signal: the one label every federated system knows anyway
     the sample, noise in z makes single posteriors confident (low entropy), so the
     penalty pays the encoder to *shrink* its noise, which releases more about everything;
     on the mean it does not.
+  - ``"logit-spread"``: the variance of the discriminator's K logits on the posterior
+    mean, ``mean_k (l_k - mean(l))^2``: zero exactly where the entropy is maximal, but
+    quadratic instead of saturating, so the clips the discriminator is surest about get
+    the largest push, and a clip gains nothing by moving into another device's region.
   - ``"reversal"``: gradient reversal on the clip's own device index, i.e. the encoder
     maximises the discriminator's cross-entropy; with the discriminator frozen this is
     unbounded, so it is capped at chance: ``relu(log K - CE(p(d | z), d))``.
@@ -42,7 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INVARIANCE_LOSSES = ("entropy", "entropy-mean", "reversal")
+INVARIANCE_LOSSES = ("entropy", "entropy-mean", "logit-spread", "reversal")
+#: losses read on the clip's posterior mean rather than on its sampled z
+ON_POSTERIOR_MEAN = ("entropy-mean", "logit-spread")
 DEFAULT_INVARIANCE_LOSS = "entropy"
 
 #: ArrayRecord / dict keys of a discriminator's arrays (hidden.* only for the MLP)
@@ -190,6 +196,9 @@ def invariance_per_sample(logits: Tensor, loss: str = DEFAULT_INVARIANCE_LOSS,
     check_invariance_loss(loss)
     log_k = math.log(logits.shape[-1])
     logp = torch.log_softmax(logits, dim=-1)
+    if loss == "logit-spread":
+        centred = logits - logits.mean(dim=-1, keepdim=True)
+        return centred.pow(2).mean(dim=-1)
     if loss in ("entropy", "entropy-mean"):
         entropy = -(logp.exp() * logp).sum(dim=-1)
         return log_k - entropy

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from privacy.identity_adversary import (
     DEFAULT_INVARIANCE_LOSS,
+    ON_POSTERIOR_MEAN,
     Discriminator,
     check_invariance_loss,
     invariance_per_sample,
@@ -153,7 +154,7 @@ class VIBCriterion(nn.Module):
         loss = util + self.beta * kl
         terms = {"utility": util, "kl": kl}
         if self.adversary is not None:
-            read = out.mu if self.invariance_loss == "entropy-mean" else out.z
+            read = out.mu if self.invariance_loss in ON_POSTERIOR_MEAN else out.z
             inv = invariance_per_sample(self.adversary(read), self.invariance_loss, target.devices)
             terms["invariance"] = inv
             loss = loss + self.invariance_weight * inv

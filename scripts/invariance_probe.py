@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips-per-day", type=int, default=8)
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 3.0])
-    ap.add_argument("--loss", default="entropy", choices=("entropy", "entropy-mean", "reversal"))
+    ap.add_argument("--loss", default="entropy", choices=("entropy", "entropy-mean", "logit-spread", "reversal"))
     ap.add_argument("--hidden", type=int, default=0, help="discriminator hidden units (0 = linear)")
     ap.add_argument("--beta", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
