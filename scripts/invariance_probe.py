@@ -17,7 +17,8 @@ Only the device index of each training clip is used in training; wearer labels a
 the attacker alone.
 
 Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/invariance_probe.py [--epochs 24]
-[--clips-per-day 8] [--stages 3] [--weights 1 3] [--loss entropy] [--seed 0]``.
+[--clips-per-day 8] [--stages 3] [--weights 1 3] [--loss entropy] [--seed 0] [--seeds 1]``.
+Each row is the mean (+- standard deviation) over ``--seeds`` fleets and trainings.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--clips-per-day", type=int, default=8)
     ap.add_argument("--stages", type=int, default=3)
-    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 3.0])
+    ap.add_argument("--weights", type=float, nargs="*", default=[1.0, 3.0])
     ap.add_argument("--loss", default="entropy", choices=("entropy", "entropy-mean", "logit-spread", "reversal"))
     ap.add_argument("--hidden", type=int, default=0, help="discriminator hidden units (0 = linear)")
     ap.add_argument("--beta", type=float, default=0.01)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="first fleet and training seed")
+    ap.add_argument("--seeds", type=int, default=1, help="how many seeds to average over")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -52,34 +54,43 @@ def main(argv: list[str] | None = None) -> None:
 
     s = REDUCED
     cfg = EncoderConfig()
-    splits = synthetic_splits(s.targets, s.pop, args.clips_per_day, s.train_days, s.fit_days,
-                              s.test_days, args.seed, cfg.image_size, cfg.frames)
-    fit, test = splits.data.fit, splits.data.test
-    print(f"{len(splits.train_x)} training clips from {len(np.unique(splits.train_devices))} devices; "
-          f"{len(fit.x)} fit / {len(test.x)} target clips; {args.epochs} epochs, {args.stages} stages, "
-          f"loss {args.loss}, discriminator hidden {args.hidden}, beta {args.beta:g}", flush=True)
-    init = state_to_numpy(build_model(cfg, seed=args.seed))
-    wearer_chance = chance(fit.labels["wearer"], test.labels["wearer"])
-    print(f"chance: activity {chance(fit.labels['activity'], test.labels['activity']):.3f}, "
-          f"wearer {wearer_chance:.3f}")
-    print(f"{'weight':>7} {'activity':>9} {'wearer@1':>9} {'wearer@16':>10} {'disc acc':>9} {'secs':>6}")
+    seeds = range(args.seed, args.seed + args.seeds)
+    print(f"{args.epochs} epochs, {args.stages} stages, loss {args.loss}, discriminator hidden "
+          f"{args.hidden}, beta {args.beta:g}; fleet and training seeds {list(seeds)}; means over "
+          "seeds (+- standard deviation)", flush=True)
+    data = {seed: synthetic_splits(s.targets, s.pop, args.clips_per_day, s.train_days, s.fit_days,
+                                   s.test_days, seed, cfg.image_size, cfg.frames) for seed in seeds}
+    first = data[args.seed]
+    print(f"per seed: {len(first.train_x)} training clips from {len(np.unique(first.train_devices))} "
+          f"devices; {len(first.data.fit.x)} fit / {len(first.data.test.x)} target clips")
+    chances = [(chance(d.data.fit.labels["activity"], d.data.test.labels["activity"]),
+                chance(d.data.fit.labels["wearer"], d.data.test.labels["wearer"])) for d in data.values()]
+    print(f"chance: activity {np.mean([c[0] for c in chances]):.3f}, "
+          f"wearer {np.mean([c[1] for c in chances]):.3f}")
+    print(f"{'weight':>7} {'activity':>13} {'wearer@1':>13} {'wearer@16':>13} {'disc acc':>13} {'secs':>6}")
     for weight in [0.0, *args.weights]:
         t0 = time.perf_counter()
-        tc = TrainConfig(epochs=args.epochs, batch_size=16, lr=2e-3, beta=args.beta,
-                         utility="supervised", seed=args.seed, invariance_weight=weight)
-        res = train_invariant(cfg, init, splits.train_x, splits.train_y, splits.train_devices, tc,
-                              stages=args.stages, hidden=args.hidden, invariance_loss=args.loss)
-        model = build_model(cfg, seed=args.seed)
-        load_numpy_state(model, res.arrays)
-        rep = EncoderRepresentation(f"w={weight:g}", model, args.beta)
-        z_fit, z_test = rep.features(fit.x, args.seed * 1000 + 1), rep.features(test.x, args.seed * 1000 + 2)
-        act = probe_accuracy("linear", z_fit, fit.labels["activity"], z_test, test.labels["activity"], args.seed)
-        wear = probe_accuracy("linear", z_fit, fit.labels["wearer"], z_test, test.labels["wearer"], args.seed)
-        fused = fusion_curve(Observed(z_fit, fit.labels), Observed(z_test, test.labels), "identity",
-                             (16,), 10, args.seed).get(16, float("nan"))
-        print(f"{weight:7g} {act:9.3f} {wear:9.3f} {fused:10.3f} {res.device_accuracy[-1]:9.3f} "
-              f"{time.perf_counter() - t0:6.0f}", flush=True)
-
+        rows = []
+        for seed, splits in data.items():
+            fit, test = splits.data.fit, splits.data.test
+            init = state_to_numpy(build_model(cfg, seed=seed))
+            tc = TrainConfig(epochs=args.epochs, batch_size=16, lr=2e-3, beta=args.beta,
+                             utility="supervised", seed=seed, invariance_weight=weight)
+            res = train_invariant(cfg, init, splits.train_x, splits.train_y, splits.train_devices, tc,
+                                  stages=args.stages, hidden=args.hidden, invariance_loss=args.loss)
+            model = build_model(cfg, seed=seed)
+            load_numpy_state(model, res.arrays)
+            rep = EncoderRepresentation(f"w={weight:g}", model, args.beta)
+            z_fit, z_test = rep.features(fit.x, seed * 1000 + 1), rep.features(test.x, seed * 1000 + 2)
+            rows.append((
+                probe_accuracy("linear", z_fit, fit.labels["activity"], z_test, test.labels["activity"], seed),
+                probe_accuracy("linear", z_fit, fit.labels["wearer"], z_test, test.labels["wearer"], seed),
+                fusion_curve(Observed(z_fit, fit.labels), Observed(z_test, test.labels), "identity",
+                             (16,), 10, seed).get(16, float("nan")),
+                res.device_accuracy[-1]))
+        m, sd = np.mean(rows, axis=0), np.std(rows, axis=0)
+        cells = " ".join(f"{a:7.3f}+-{b:4.2f}" for a, b in zip(m, sd))
+        print(f"{weight:7g} {cells} {time.perf_counter() - t0:6.0f}", flush=True)
 
 if __name__ == "__main__":
     main()
