@@ -66,7 +66,12 @@ from privacy.encoder import (
     state_to_numpy,
 )
 from privacy.checks import is_int
-from privacy.identity_adversary import DEFAULT_INVARIANCE_LOSS, Discriminator, fit_discriminator
+from privacy.identity_adversary import (
+    DEFAULT_INVARIANCE_LOSS,
+    Discriminator,
+    fit_discriminator,
+    stacked,
+)
 from privacy.vib import (
     LN2,
     VIBCriterion,
@@ -447,7 +452,7 @@ def released_z(model_cfg: EncoderConfig, arrays: dict[str, np.ndarray], x: np.nd
 def train_invariant(model_cfg: EncoderConfig, init_arrays: dict[str, np.ndarray], x: np.ndarray,
                     y_activity: np.ndarray, devices: np.ndarray, cfg: TrainConfig, *,
                     stages: int = 3, hidden: int = 0,
-                    invariance_loss: str = DEFAULT_INVARIANCE_LOSS) -> InvariantResult:
+                    invariance_loss: str = DEFAULT_INVARIANCE_LOSS, memory: int = 1) -> InvariantResult:
     """Alternate encoder training and device-discriminator fits, centrally.
 
     Mirrors the federated protocol, where the server refits the discriminator on the
@@ -457,7 +462,11 @@ def train_invariant(model_cfg: EncoderConfig, init_arrays: dict[str, np.ndarray]
     with ``devices`` (each clip's device index; no other label), and train the next chunk
     with ``cfg.invariance_weight`` against it (frozen). DP-SGD, if ``cfg.dp_sgd``, applies
     per chunk exactly as in a device round (the events compose; not returned here).
+    ``memory`` > 1 (``"logit-spread"`` only): train against the last ``memory``
+    discriminators at once (`privacy.identity_adversary.stacked`).
     """
+    if not is_int(memory) or memory < 1 or (memory > 1 and invariance_loss != "logit-spread"):
+        raise ValueError(f"memory must be an int >= 1, and 1 unless the loss is logit-spread; got {memory!r}")
     if not is_int(stages) or stages < 1:
         raise ValueError(f"stages must be an int >= 1, got {stages!r}")
     if cfg.epochs < stages + 1:
@@ -478,5 +487,6 @@ def train_invariant(model_cfg: EncoderConfig, init_arrays: dict[str, np.ndarray]
         fitted.append(disc)
         arrays = run_local_round(model_cfg, arrays, x, y_activity,
                                  replace(cfg, epochs=chunk, seed=cfg.seed + stage + 1),
-                                 discriminator=disc, invariance_loss=invariance_loss, devices=d).arrays
+                                 discriminator=stacked(fitted[-memory:]) if memory > 1 else disc,
+                                 invariance_loss=invariance_loss, devices=d).arrays
     return InvariantResult(arrays, tuple(fitted), tuple(accuracy))

@@ -182,6 +182,22 @@ def fit_discriminator(z: np.ndarray, devices: np.ndarray, seed: int, *, hidden: 
     return Discriminator.from_arrays(arr)
 
 
+def stacked(discriminators: list[Discriminator] | tuple[Discriminator, ...]) -> Discriminator:
+    """Several linear discriminators as one, for the ``"logit-spread"`` loss: each one's
+    logits centred across its own classes (rows and bias minus their mean), then stacked.
+    The centred logits of all of them then have mean 0, so the spread of the stack is the
+    class-weighted mean of each one's own spread: one penalty that keeps the encoder out
+    of every subspace an earlier discriminator read the device from."""
+    if not discriminators:
+        raise ValueError("stacked needs at least one discriminator")
+    if any(d.hidden_weight is not None for d in discriminators):
+        raise ValueError("only linear discriminators (hidden=0) can be stacked")
+    ws = [d.out_weight - d.out_weight.mean(axis=0, keepdims=True) for d in discriminators]
+    bs = [d.out_bias - d.out_bias.mean() for d in discriminators]
+    return Discriminator(out_weight=np.concatenate(ws).astype(np.float32),
+                         out_bias=np.concatenate(bs).astype(np.float32))
+
+
 def check_invariance_loss(name: str) -> str:
     if name not in INVARIANCE_LOSSES:
         raise ValueError(f"invariance loss must be one of {INVARIANCE_LOSSES}, got {name!r}")

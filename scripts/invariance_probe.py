@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stages", type=int, default=3)
     ap.add_argument("--weights", type=float, nargs="*", default=[1.0, 3.0])
     ap.add_argument("--loss", default="entropy", choices=("entropy", "entropy-mean", "logit-spread", "reversal"))
+    ap.add_argument("--memory", type=int, default=1,
+                    help="train against the last N discriminators at once (logit-spread only)")
     ap.add_argument("--hidden", type=int, default=0, help="discriminator hidden units (0 = linear)")
     ap.add_argument("--beta", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0, help="first fleet and training seed")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     s = REDUCED
     cfg = EncoderConfig()
     seeds = range(args.seed, args.seed + args.seeds)
-    print(f"{args.epochs} epochs, {args.stages} stages, loss {args.loss}, discriminator hidden "
+    print(f"{args.epochs} epochs, {args.stages} stages, loss {args.loss}, memory {args.memory}, "
+          f"discriminator hidden "
           f"{args.hidden}, beta {args.beta:g}; fleet and training seeds {list(seeds)}; means over "
           "seeds (+- standard deviation)", flush=True)
     data = {seed: synthetic_splits(s.targets, s.pop, args.clips_per_day, s.train_days, s.fit_days,
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             tc = TrainConfig(epochs=args.epochs, batch_size=16, lr=2e-3, beta=args.beta,
                              utility="supervised", seed=seed, invariance_weight=weight)
             res = train_invariant(cfg, init, splits.train_x, splits.train_y, splits.train_devices, tc,
-                                  stages=args.stages, hidden=args.hidden, invariance_loss=args.loss)
+                                  stages=args.stages, hidden=args.hidden, invariance_loss=args.loss,
+                                  memory=args.memory)
             model = build_model(cfg, seed=seed)
             load_numpy_state(model, res.arrays)
             rep = EncoderRepresentation(f"w={weight:g}", model, args.beta)

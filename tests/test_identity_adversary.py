@@ -31,6 +31,7 @@ from privacy.identity_adversary import (
     Discriminator,
     fit_discriminator,
     invariance_per_sample,
+    stacked,
 )
 from privacy.vib import VIBCriterion, VIBTarget
 
@@ -292,3 +293,20 @@ def test_alternating_training_leaves_the_device_less_readable():
         train_invariant(TINY, start, x, y, d, base, stages=0)
     with pytest.raises(ValueError, match="one integer index per clip"):
         train_invariant(TINY, start, x, y, d[:-1], base)
+
+
+def test_logit_spread_is_zero_at_equal_logits_and_a_stack_averages_its_members():
+    logits = torch.tensor([[1.5, 1.5, 1.5], [3.0, 0.0, 0.0]])
+    spread = invariance_per_sample(logits, "logit-spread")
+    assert float(spread[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(spread[1]) == pytest.approx(((2.0 ** 2) + 2 * (1.0 ** 2)) / 3)
+    z, d = separable(k=3)
+    a, b = fit_discriminator(z, d, seed=0), fit_discriminator(z + 0.5, d, seed=1)
+    zt = torch.from_numpy(z[:7])
+    each = [invariance_per_sample(x.module()(zt), "logit-spread") for x in (a, b)]
+    both = invariance_per_sample(stacked([a, b]).module()(zt), "logit-spread")
+    assert torch.allclose(both, (each[0] + each[1]) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="only linear"):
+        stacked([fit_discriminator(z, d, seed=0, hidden=3)])
+    with pytest.raises(ValueError, match="memory"):
+        train_invariant(TINY, {}, z, d, d, TrainConfig(epochs=4), memory=2, invariance_loss="entropy")
