@@ -451,7 +451,7 @@ def released_z(model_cfg: EncoderConfig, arrays: dict[str, np.ndarray], x: np.nd
 
 def train_invariant(model_cfg: EncoderConfig, init_arrays: dict[str, np.ndarray], x: np.ndarray,
                     y_activity: np.ndarray, devices: np.ndarray, cfg: TrainConfig, *,
-                    stages: int = 3, hidden: int = 0,
+                    stages: int | None = None, hidden: int = 0,
                     invariance_loss: str = DEFAULT_INVARIANCE_LOSS, memory: int = 1) -> InvariantResult:
     """Alternate encoder training and device-discriminator fits, centrally.
 
@@ -462,11 +462,15 @@ def train_invariant(model_cfg: EncoderConfig, init_arrays: dict[str, np.ndarray]
     with ``devices`` (each clip's device index; no other label), and train the next chunk
     with ``cfg.invariance_weight`` against it (frozen). DP-SGD, if ``cfg.dp_sgd``, applies
     per chunk exactly as in a device round (the events compose; not returned here).
-    ``memory`` > 1 (``"logit-spread"`` only): train against the last ``memory``
+    ``stages`` defaults to a refit every 2 epochs (``epochs // 2 - 1``, at least 1): the
+    measured schedule (scripts/invariance_probe.py); with few refits the encoder learns to
+    dodge one stale discriminator. ``memory`` > 1 (``"logit-spread"`` only): train against the last ``memory``
     discriminators at once (`privacy.identity_adversary.stacked`).
     """
     if not is_int(memory) or memory < 1 or (memory > 1 and invariance_loss != "logit-spread"):
         raise ValueError(f"memory must be an int >= 1, and 1 unless the loss is logit-spread; got {memory!r}")
+    if stages is None:
+        stages = max(1, cfg.epochs // 2 - 1)
     if not is_int(stages) or stages < 1:
         raise ValueError(f"stages must be an int >= 1, got {stages!r}")
     if cfg.epochs < stages + 1:
