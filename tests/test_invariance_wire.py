@@ -181,3 +181,31 @@ def test_the_run_command_names_the_option_without_collection(tmp_path: Path) -> 
     assert "--invariance-weight" in result.stderr and "--collect-every" in result.stderr
     assert not any(tmp_path.iterdir())
 
+
+
+def test_a_resumed_run_refits_the_last_collections_discriminator():
+    """After a crash the server has no discriminator in memory: it refits the one of the
+    last collection in the checkpointed history (same rows, same seed: the same arrays)."""
+    from fl_server.federation import _resumed_discriminator
+    from tests.helpers import round_record
+
+    rows = {"v1": _rows([1, 2]), "v2": _rows([1, 2, 3], seed=4)}
+    asked: list[tuple[str, int]] = []
+
+    class Store:  # what Collector.discriminator does, on rows in memory
+        def discriminator(self, version: str, server_round: int):
+            asked.append((version, server_round))
+            return fit_on_rows(rows[version], version, seed=server_round)
+
+    history = [round_record(1, collection={"encoder_version": "v1"}),
+               round_record(2, collection={"encoder_version": "v2"}), round_record(3)]
+    cfg = RunConfig(rounds=4, collect_every=1, invariance_weight=1.0).validate()
+    got = _resumed_discriminator(cfg, Store(), history)  # type: ignore[arg-type]
+    assert asked == [("v2", 2)]
+    want = fit_on_rows(rows["v2"], "v2", seed=2)
+    assert got is not None and not isinstance(want, str)
+    assert all(np.array_equal(got.to_arrays()[k], want.discriminator.to_arrays()[k])
+               for k in got.to_arrays())
+    assert _resumed_discriminator(cfg, Store(), [round_record(1)]) is None  # type: ignore[arg-type]
+    off = RunConfig(rounds=4, collect_every=1).validate()
+    assert _resumed_discriminator(off, Store(), history) is None  # type: ignore[arg-type]
