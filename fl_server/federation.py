@@ -274,7 +274,10 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
         eval_s=time.perf_counter() - eval_started,
         wall_s=time.perf_counter() - started,
         budget=fed.dp.record(server_round, admission, strategy.round_figures()),
-        secagg=outcome.secagg)
+        secagg=outcome.secagg,
+        # The devices' mean identity-invariance penalty (outside DP only, like train_loss).
+        extra={} if (spread := _maybe(metrics, "invariance_loss")) is None
+        else {"train_invariance": spread})
     return arrays, record
 
 

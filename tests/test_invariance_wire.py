@@ -173,6 +173,8 @@ def test_a_run_fits_the_discriminator_after_collection_and_trains_against_it(tmp
     assert 0.0 <= first["invariance"]["device_accuracy"] <= 1.0
     assert json.loads((tmp_path / "runs" / "inv" / "run.json").read_text())["invariance_weight"] == 2.0
     assert second["invariance"]["encoder_version"] != first["invariance"]["encoder_version"]
+    # round 1 trained without the term, round 2's devices applied it (their mean penalty)
+    assert "train_invariance" not in first and second["train_invariance"] > 0
 
 
 def test_the_run_command_names_the_option_without_collection(tmp_path: Path) -> None:
