@@ -15,8 +15,9 @@ with ``U_i`` one of
 * ``"both"``: the sum of the two.
 
 Optionally ``+ invariance_weight * I_i``, the identity-invariance penalty of clip i's
-sampled z under a *frozen* device discriminator (privacy.identity_adversary): its weights
-are constants of the round, not trained parameters, and the penalty reads row i only.
+posterior mean (or sampled z, by loss) under a *frozen* device discriminator
+(privacy.identity_adversary): its weights are constants of the round, not trained
+parameters, and the penalty reads row i only.
 
 Every term is a function of clip i alone (no batch statistics, no in-batch negatives),
 so per-example gradient clipping in DP-SGD bounds each clip's influence. The criterion
