@@ -72,7 +72,7 @@ def synthetic_arrays(params: int, device: int | None) -> dict[str, np.ndarray]:
 
 def fedmsr_client_app():
     """The production SecAgg+ device handlers around a synthetic 'training'."""
-    from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     from fl_client import secagg_handlers
@@ -95,7 +95,8 @@ def fedmsr_client_app():
     app = ClientApp()
 
     def synthetic_round(config: ConfigRecord, global_arrays: dict[str, np.ndarray],
-                        context: Context) -> LocalRound:
+                        context: Context, discriminator: ArrayRecord | None = None) -> LocalRound:
+        del discriminator  # the bench's stand-in trains nothing
         device = device_index(context)
         burn_cpu(TRAIN_CPU_S)
         params = int(global_arrays["w"].shape[0])

@@ -41,6 +41,7 @@ from privacy.wire.keys import (
     CHALLENGE_KEY,
     CONFIG_KEY,
     DEVICE_KEY,
+    DISCRIMINATOR_KEY,
     DP_EVENT_KEY,
     METRICS_KEY,
     UPLOAD_KEY,
@@ -103,7 +104,8 @@ def train_reply(msg: Message, result: LocalRound) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the encoder on this device's clips, starting from the global weights."""
     return train_reply(msg, run_local_round(msg.content.config_records[CONFIG_KEY],
-                                            arrays_of(msg.content.array_records[ARRAYS_KEY]), context))
+                                            arrays_of(msg.content.array_records[ARRAYS_KEY]), context,
+                                            msg.content.array_records.get(DISCRIMINATOR_KEY)))
 
 
 def evaluate(msg: Message, context: Context) -> Message:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fl_client.ledger_location import ledger_dir
 from fl_client.ledger_reservations import reserve_for_training
@@ -32,7 +32,7 @@ from fl_client.trainer import train_local
 from fl_client.training_seed import inputs_digest, training_secret, training_seed
 from privacy.dp_event import PoissonGaussianEvent
 from privacy.wire.budget import BudgetPlan
-from privacy.wire.instructions import Instructions, round_echo
+from privacy.wire.instructions import Instructions, discriminator_of, round_echo
 
 
 @dataclass(frozen=True)
@@ -53,24 +53,28 @@ class LocalRound:
 
 
 def run_local_round(config: ConfigRecord, global_arrays: dict[str, np.ndarray],
-                    context: Context) -> LocalRound:
+                    context: Context, discriminator: ArrayRecord | None = None) -> LocalRound:
     """Train on this device's clips from `global_arrays`, as the train message's
-    instructions record `config` says (instructions, budget plan in DP runs, round ticket)."""
+    instructions record `config` says (instructions, budget plan in DP runs, round ticket);
+    `discriminator`: the message's frozen device discriminator record, which a round with
+    an identity-invariance weight needs (`privacy.wire.instructions.discriminator_of`)."""
     instructions = Instructions.from_record(config)
+    adversary = discriminator_of(discriminator, instructions.train)
     device = device_index(context)
     clips = training_clips(instructions, context)
     secret, run_id, inputs = None, "", b""
     if (budget := BudgetPlan.from_flat(config)) is not None:  # own ledger first
         state_dir = device_state_dir(context, budget.sim_bundles_dir, device)
         # The release is recorded on the digest its noise seed comes from.
-        inputs = inputs_digest(global_arrays, instructions)
+        inputs = inputs_digest(global_arrays, instructions,
+                               None if adversary is None else adversary.to_arrays())
         reserve_for_training(budget, context, device, state_dir, instructions,
                              int(clips.x.shape[0]), inputs)
         secret = training_secret(ledger_dir(context, budget, device, state_dir))
         run_id = budget.run_id
     seed = training_seed(instructions, device, secret, run_id, inputs)
     train_cfg = dataclasses.replace(instructions.train, seed=seed, utility=clips.utility)
-    result = train_local(instructions.model, global_arrays, clips.x, clips.y, train_cfg)
+    result = train_local(instructions.model, global_arrays, clips.x, clips.y, train_cfg, adversary)
     return LocalRound(
         device=device,
         arrays=released_arrays(instructions, global_arrays, result.arrays),

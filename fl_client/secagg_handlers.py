@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fl_client.local_round import LocalRound, run_local_round
 from fl_client.masked_inputs import MaskedInputLog, round_keys
@@ -60,6 +60,7 @@ from privacy.wire.keys import (
     ARRAYS_KEY,
     CONFIG_KEY,
     DEVICE_KEY,
+    DISCRIMINATOR_KEY,
     DP_EVENT_KEY,
     METRICS_KEY,
     SECAGG_CREDENTIAL_KEYS,
@@ -183,7 +184,8 @@ def share(msg: Message, context: Context) -> Message:
 
 
 #: A device's local round (`fl_client.local_round.run_local_round`, or a bench's stand-in).
-LocalRoundFn = Callable[[ConfigRecord, dict[str, np.ndarray], Context], LocalRound]
+#: Its last argument: the message's optional device-discriminator record.
+LocalRoundFn = Callable[[ConfigRecord, dict[str, np.ndarray], Context, ArrayRecord | None], LocalRound]
 
 
 def masked_train(msg: Message, context: Context) -> Message:
@@ -203,7 +205,8 @@ def masked_round(msg: Message, context: Context, local_round: LocalRoundFn) -> M
     sent.refuse_repeat(keys)  # before any training: a repeated round gets nothing
     delivery = codec.delivery_from_flat(_flat(msg))
     global_arrays = arrays_of(msg.content.array_records[ARRAYS_KEY])
-    result = local_round(config, global_arrays, context)
+    result = local_round(config, global_arrays, context,
+                         msg.content.array_records.get(DISCRIMINATOR_KEY))
     delta = codec.flatten(result.arrays) - codec.flatten(global_arrays)
     masked = client.masked_input(delivery, delta, result.weight)
     sent.record(keys)  # durable before the masked input leaves the device

@@ -11,7 +11,8 @@ DP-SGD here is the Sampled Gaussian Mechanism exactly as accounted:
   probability ``q = min(1, batch_size / N)`` (``q = 1`` when N <= batch_size: no
   amplification, and the event says so); ``ceil(N / batch_size)`` steps per epoch;
   an empty draw is still a step (noise only) and is counted;
-* per-clip gradients of ``utility + beta * KL`` (every term a function of one clip),
+* per-clip gradients of ``utility + beta * KL`` (+ ``invariance_weight * I`` against a
+  frozen device discriminator, when one is given; every term a function of one clip),
   clipped to ``clip_norm`` in L2 over all trained parameters, summed, plus Gaussian noise
   of std ``noise_multiplier * clip_norm``, divided by the expected batch size ``q * N``;
 * per-clip gradients come from Opacus hooks (``grad_sample_mode="hooks"``, the default):
@@ -45,7 +46,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,13 @@ from privacy.encoder import (
     load_numpy_state,
     register_grad_samplers,
     state_to_numpy,
+)
+from privacy.checks import is_int
+from privacy.identity_adversary import (
+    DEFAULT_INVARIANCE_LOSS,
+    Discriminator,
+    fit_discriminator,
+    stacked,
 )
 from privacy.vib import (
     LN2,
@@ -235,10 +243,10 @@ class DPStepper:
 
 def make_batch(x: torch.Tensor, y: torch.Tensor | None, *, latent_dim: int, utility: str,
                target_model: VIBModel | None, eps_gen: torch.Generator,
-               aug_gen: torch.Generator) -> Batch:
+               aug_gen: torch.Generator, devices: torch.Tensor | None = None) -> Batch:
     """Inputs of one step: online view, reparameterisation noise, targets (all per clip)."""
     n = x.shape[0]
-    target = VIBTarget(labels=y if uses_supervised(utility) else None)
+    target = VIBTarget(labels=y if uses_supervised(utility) else None, devices=devices)
     if uses_ssl(utility):
         view = augment_clips(x, aug_gen)
         other = augment_clips(x, aug_gen)
@@ -267,10 +275,36 @@ def _check_labels(y: np.ndarray, n: int, num_activities: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _check_adversary(model_cfg: EncoderConfig, cfg: TrainConfig,
+                     discriminator: Discriminator | None) -> Discriminator | None:
+    """The discriminator the round uses: None when the invariance weight is 0."""
+    if cfg.invariance_weight == 0:
+        return None
+    if not isinstance(discriminator, Discriminator):
+        raise ValueError("invariance_weight > 0 needs a fitted device discriminator; got "
+                         f"{type(discriminator).__name__}")
+    if discriminator.latent_dim != model_cfg.latent_dim:
+        raise ValueError(f"the device discriminator reads z of dimension {discriminator.latent_dim}, "
+                         f"the encoder's latent_dim is {model_cfg.latent_dim}")
+    return discriminator
+
+
+def _check_devices(devices: np.ndarray | None, n: int, k: int) -> np.ndarray:
+    d = np.asarray(devices) if devices is not None else None
+    if d is None or d.shape != (n,) or not np.issubdtype(d.dtype, np.integer):
+        raise ValueError(f"the reversal invariance loss needs devices: one integer device index per clip ({n})")
+    if n and (d.min() < 0 or d.max() >= k):
+        raise ValueError(f"devices must be in 0..{k - 1} (the discriminator's classes), got {d.min()}..{d.max()}")
+    return d.astype(np.int64)
+
+
 def train_local(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarray], x: np.ndarray,
-                y_activity: np.ndarray, cfg: TrainConfig) -> TrainResult:
-    """One local round starting from ``global_arrays`` (see module docstring)."""
-    return run_local_round(model_cfg, global_arrays, x, y_activity, cfg)
+                y_activity: np.ndarray, cfg: TrainConfig,
+                discriminator: Discriminator | None = None) -> TrainResult:
+    """One local round starting from ``global_arrays`` (see module docstring); with
+    ``cfg.invariance_weight > 0``, against the server's frozen device ``discriminator``
+    (the label-free ``"entropy"`` loss: a device needs no index among the server's classes)."""
+    return run_local_round(model_cfg, global_arrays, x, y_activity, cfg, discriminator=discriminator)
 
 
 def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarray], x: np.ndarray,
@@ -278,9 +312,15 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
                     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
                     optimizer_factory: Callable[[list[nn.Parameter], float], torch.optim.Optimizer]
                     | None = None,
-                    probe: Callable[[int, torch.Tensor, Batch], None] | None = None) -> TrainResult:
+                    probe: Callable[[int, torch.Tensor, Batch], None] | None = None,
+                    discriminator: Discriminator | None = None,
+                    invariance_loss: str = DEFAULT_INVARIANCE_LOSS,
+                    devices: np.ndarray | None = None) -> TrainResult:
     """``train_local`` with test/bench hooks: the DP mode, the base optimizer, a probe
-    called as ``probe(step, indices, batch)`` before every non-empty step."""
+    called as ``probe(step, indices, batch)`` before every non-empty step; and the frozen
+    device ``discriminator`` the ``cfg.invariance_weight`` term is taken against (required
+    when the weight is > 0; ``devices`` [N], each clip's device index, only for the
+    ``"reversal"`` loss)."""
     t0 = time.perf_counter()
     if not isinstance(model_cfg, EncoderConfig):
         raise ValueError(f"model_cfg must be an EncoderConfig, got {type(model_cfg).__name__}")  # noqa: TRY004
@@ -292,6 +332,10 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
     if n < 1:
         raise ValueError("x must hold at least one clip")
     y = _check_labels(y_activity, n, model_cfg.num_activities)
+    adversary = _check_adversary(model_cfg, cfg, discriminator)
+    dt = None
+    if adversary is not None and invariance_loss == "reversal":
+        dt = torch.from_numpy(_check_devices(devices, n, adversary.num_classes))
 
     seeds = derive_seeds(cfg.seed)
     sampling_gen = _generator(seeds["sampling"])
@@ -309,7 +353,8 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
         p.requires_grad_(name in trained)
     params = [p for name, p in model.named_parameters() if name in trained]
     optimizer = (optimizer_factory or _default_optimizer)(params, float(cfg.lr))
-    criterion = VIBCriterion(cfg.beta, cfg.utility, reduction="mean")
+    criterion = VIBCriterion(cfg.beta, cfg.utility, reduction="mean", adversary=adversary,
+                             invariance_weight=cfg.invariance_weight, invariance_loss=invariance_loss)
 
     xt = frames_to_tensor(x)
     yt = torch.from_numpy(y)
@@ -324,6 +369,8 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
         stepper = PlainStepper(model, optimizer, criterion)
 
     sums = {"loss": 0.0, "kl": 0.0, "utility": 0.0}
+    if adversary is not None:
+        sums["invariance"] = 0.0
     seen = 0
     steps = 0
     empty = 0
@@ -343,7 +390,8 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
                     continue
                 batch = make_batch(xt[idx], yt[idx], latent_dim=model_cfg.latent_dim,
                                    utility=cfg.utility, target_model=target_model,
-                                   eps_gen=eps_gen, aug_gen=aug_gen)
+                                   eps_gen=eps_gen, aug_gen=aug_gen,
+                                   devices=None if dt is None else dt[idx])
                 if probe is not None:
                     probe(steps, idx, batch)
                 terms = stepper.step(batch)
@@ -361,6 +409,7 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
         "loss": sums["loss"] / denom,
         "kl_bits": sums["kl"] / denom / LN2,
         "utility_loss": sums["utility"] / denom,
+        **({"invariance_loss": sums["invariance"] / denom} if adversary is not None else {}),
         "steps": float(steps),
         "examples_seen": float(seen),
         "train_seconds": time.perf_counter() - t0,
@@ -372,3 +421,76 @@ def run_local_round(model_cfg: EncoderConfig, global_arrays: dict[str, np.ndarra
         event = PoissonGaussianEvent(sample_rate=q, noise_multiplier=float(cfg.noise_multiplier),
                                      steps=steps)
     return TrainResult(arrays=arrays, num_examples=n, metrics=metrics, dp_event=event)
+
+
+# --------------------------------------------------------------------------------------
+# Central alternating training (the evaluation's stand-in for the federated protocol)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvariantResult:
+    arrays: dict[str, np.ndarray]  # the final model's full state
+    discriminators: tuple[Discriminator, ...]  # one per stage, in the order fitted
+    #: the discriminator's training accuracy on the released z at each refit: how well the
+    #: device id can still be read from the encoder it was fitted on
+    device_accuracy: tuple[float, ...]
+
+
+def released_z(model_cfg: EncoderConfig, arrays: dict[str, np.ndarray], x: np.ndarray,
+               seed: int) -> np.ndarray:
+    """What the encoder releases for each clip, ``z ~ q(z|x)`` (seeded sampling noise)."""
+    from privacy.encoder import encode
+
+    model = build_model(model_cfg)
+    load_numpy_state(model, arrays)
+    mu, logvar = encode(model, x)
+    eps = np.random.default_rng(seed).standard_normal(mu.shape).astype(np.float32)
+    return mu + np.exp(0.5 * logvar) * eps
+
+
+def train_invariant(model_cfg: EncoderConfig, init_arrays: dict[str, np.ndarray], x: np.ndarray,
+                    y_activity: np.ndarray, devices: np.ndarray, cfg: TrainConfig, *,
+                    stages: int | None = None, hidden: int = 0,
+                    invariance_loss: str = DEFAULT_INVARIANCE_LOSS, memory: int = 1) -> InvariantResult:
+    """Alternate encoder training and device-discriminator fits, centrally.
+
+    Mirrors the federated protocol, where the server refits the discriminator on the
+    representations it collects between rounds: the ``cfg.epochs`` epochs are split into
+    ``stages + 1`` chunks; the first trains without the invariance term, then ``stages``
+    times: fit a discriminator on the current encoder's released z of every clip, tagged
+    with ``devices`` (each clip's device index; no other label), and train the next chunk
+    with ``cfg.invariance_weight`` against it (frozen). DP-SGD, if ``cfg.dp_sgd``, applies
+    per chunk exactly as in a device round (the events compose; not returned here).
+    ``stages`` defaults to a refit every 2 epochs (``epochs // 2 - 1``, at least 1): the
+    measured schedule (scripts/invariance_probe.py); with few refits the encoder learns to
+    dodge one stale discriminator. ``memory`` > 1 (``"logit-spread"`` only): train against the last ``memory``
+    discriminators at once (`privacy.identity_adversary.stacked`).
+    """
+    if not is_int(memory) or memory < 1 or (memory > 1 and invariance_loss != "logit-spread"):
+        raise ValueError(f"memory must be an int >= 1, and 1 unless the loss is logit-spread; got {memory!r}")
+    if stages is None:
+        stages = max(1, cfg.epochs // 2 - 1)
+    if not is_int(stages) or stages < 1:
+        raise ValueError(f"stages must be an int >= 1, got {stages!r}")
+    if cfg.epochs < stages + 1:
+        raise ValueError(f"epochs ({cfg.epochs}) must be >= stages + 1 ({stages + 1})")
+    d = np.asarray(devices)
+    if d.shape != (len(x),) or not np.issubdtype(d.dtype, np.integer):
+        raise ValueError(f"devices must be one integer index per clip ({len(x)}), got {d.dtype} {d.shape}")
+    chunk = cfg.epochs // (stages + 1)
+    first = cfg.epochs - chunk * stages
+    arrays = train_local(model_cfg, init_arrays, x, y_activity,
+                         replace(cfg, epochs=first, invariance_weight=0.0)).arrays
+    fitted: list[Discriminator] = []
+    accuracy: list[float] = []
+    for stage in range(stages):
+        z = released_z(model_cfg, arrays, x, seed=cfg.seed * 7919 + stage)
+        disc = fit_discriminator(z, d, seed=cfg.seed + stage, hidden=hidden)
+        accuracy.append(float((disc.predict_proba(z).argmax(-1) == d).mean()))
+        fitted.append(disc)
+        arrays = run_local_round(model_cfg, arrays, x, y_activity,
+                                 replace(cfg, epochs=chunk, seed=cfg.seed + stage + 1),
+                                 discriminator=stacked(fitted[-memory:]) if memory > 1 else disc,
+                                 invariance_loss=invariance_loss, devices=d).arrays
+    return InvariantResult(arrays, tuple(fitted), tuple(accuracy))

@@ -16,6 +16,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,15 +53,25 @@ def training_seed(instructions: Instructions, device: int, secret: bytes | None 
     return int.from_bytes(mac[:8], "big") >> 1
 
 
-def inputs_digest(global_arrays: dict[str, np.ndarray], instructions: Instructions) -> bytes:
-    """SHA-256 of what a round's training starts from: the global arrays and the plan."""
+def inputs_digest(global_arrays: dict[str, np.ndarray], instructions: Instructions,
+                  discriminator: dict[str, np.ndarray] | None = None) -> bytes:
+    """SHA-256 of what a round's training starts from: the global arrays, the plan and,
+    with identity-invariant training, the device discriminator's arrays (a different
+    discriminator is a different release and must get different noise)."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(instructions), sort_keys=True,
                                   default=str).encode())
-    for name in sorted(global_arrays):
-        value = np.ascontiguousarray(global_arrays[name])
+    _hash_arrays(h, global_arrays)
+    if discriminator is not None:
+        h.update(b"discriminator")
+        _hash_arrays(h, discriminator)
+    return h.digest()
+
+
+def _hash_arrays(h: Any, arrays: dict[str, np.ndarray]) -> None:
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
         h.update(value.tobytes())
-    return h.digest()
 
 
 def training_secret(directory: Path) -> bytes:

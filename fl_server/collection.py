@@ -57,6 +57,7 @@ from fl_server import information_ledger as ledger
 from fl_server.checkin import checkin
 from fl_server.config import ConfigError, RunConfig
 from fl_server.evaluation import HeldOut
+from fl_server.invariance import FittedDiscriminator, fit_on_rows
 from fl_server.leakage_tracker import (
     Tracked,
     crossed,
@@ -125,11 +126,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Collected:
-    """A collection's figures for the round's history record, and the traffic it caused."""
+    """A collection's figures for the round's history record, and the traffic it caused;
+    with identity-invariant training, the device discriminator fitted on what it stored."""
 
     figures: dict[str, Any]
     bytes_sent: int
     bytes_received: int
+    discriminator: FittedDiscriminator | None = None
 
 
 @dataclass(frozen=True)
@@ -227,8 +230,22 @@ class Collector:
         if self.release is not None:  # after the commit: this collection's releases count
             figures["release_epsilon"] = self.release.fleet(
                 self._run_devices().values()).to_json()
+        fitted = None
+        if self.cfg.invariance_weight > 0:
+            outcome = self.discriminator(version, server_round)
+            fitted = outcome if isinstance(outcome, FittedDiscriminator) else None
+            figures["invariance"] = fitted.figures() if fitted else {"skipped": outcome}
         figures["collect_s"] = time.perf_counter() - started
-        return Collected(figures, record_bytes(global_record) * len(messages), received.bytes)
+        return Collected(figures, record_bytes(global_record) * len(messages), received.bytes,
+                         fitted)
+
+    def discriminator(self, version: str, server_round: int) -> FittedDiscriminator | str:
+        """The device discriminator fitted on this run's stored representations of encoder
+        `version` (fl_server.invariance), seeded by the collection round: the same after a
+        resume; a reason string when there is too little to fit on."""
+        with session_scope(self.url) as session:
+            rows = self.store.select(session, RepresentationQuery(version, run_id=self.cfg.run_id))
+        return fit_on_rows(rows, version, self.cfg.seed + server_round)
 
     def _reply_bytes(self, plan: Plan) -> int:
         """The one size every device's reply has (a function of the request alone)."""

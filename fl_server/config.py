@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from privacy.checks import is_finite, is_int
+from privacy.checks import is_finite, is_int, is_number
 
 if TYPE_CHECKING:
     from privacy.footage_manifest import Manifest
@@ -181,6 +181,13 @@ class RunConfig:
         1.0, "Randomized release: L2 norm the posterior mean is clipped to.")
     #: Calibrated from release_epsilon at run start (0: no randomized release).
     release_noise_multiplier: float = 0.0
+    # identity-invariant training (docs/representations.md): after each collection the
+    # server fits a device discriminator on the stored, device-tagged representations and
+    # devices train against it with this weight (0 = off)
+    invariance_weight: float = _option(
+        0.0, "Train the encoder to leave a device discriminator, fitted by the server on "
+        "the collected representations, uncertain; weight of that term (0: off; needs "
+        "--collect-every).")
     # real footage (docs/real-footage.md): simulate one device per distinct `device` of a
     # manifest, each training on its own rows; the server probes on an operator-owned,
     # labelled manifest of its own
@@ -484,6 +491,16 @@ def _validate_collection(cfg: RunConfig) -> None:
                               f"got {getattr(cfg, name)}")
     if not 0 < cfg.leakage_alert <= 1:
         raise ConfigError("leakage_alert", f"must be in (0, 1], got {cfg.leakage_alert}")
+    weight = cfg.invariance_weight
+    if not is_number(weight) or not 0 <= weight < float("inf"):
+        raise ConfigError("invariance_weight", f"must be a finite number >= 0, got {weight!r}")
+    if weight and not every:
+        raise ConfigError("invariance_weight", "the device discriminator is fitted on collected "
+                          "representations: turn collection on with --collect-every N")
+    if weight and cfg.shuffler:
+        raise ConfigError("invariance_weight", "the device discriminator is fitted on "
+                          "device-tagged representations, and with --shuffler the store has none "
+                          "(unlinkable): run without one of the two")
     _validate_release(cfg)
     _validate_unlinkable(cfg)
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from privacy.synthetic import FleetSpec
 
 __all__ = ["MIN_POP_DEVICES", "MIN_TARGET_DAYS", "DatasetProblem", "DaySplit", "EvalSplits",
-           "ManifestPlan", "manifest_splits", "plan_manifest", "synthetic_splits"]
+           "ManifestPlan", "device_indices", "manifest_splits", "plan_manifest", "synthetic_splits"]
 
 #: a manifest with at least this many devices gives a third of them to the attacker's population
 MIN_POP_DEVICES = 6
@@ -73,6 +73,15 @@ class EvalSplits:
     tasks: Tasks
     classes: int  # utility classes (the encoders' head)
     description: str  # one sentence for the report's "Data:" line
+    #: int64 [N]: each training clip's device as an index 0..K-1 (K training devices). The
+    #: one label identity-invariant training may use (fl_client.trainer.train_invariant):
+    #: a federated server knows which device sent what anyway.
+    train_devices: np.ndarray
+
+
+def device_indices(devices: np.ndarray) -> np.ndarray:
+    """Device labels as indices 0..K-1 in sorted order of the labels."""
+    return np.unique(np.asarray(devices), return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 # ------------------------------------------------------------------------------ synthetic
@@ -102,7 +111,7 @@ def synthetic_splits(targets: int, pop: int, clips_per_day: int, train_days: int
                    f"train, next {fit_days} attacker/probe fit, last {test_days} target) + {pop} "
                    f"attacker-population devices, {clips_per_day} clips/day, {frames}x{image_size}px")
     return EvalSplits(train.x, train.labels["activity"], data, SYNTHETIC, len(ACTIVITIES),
-                      description)
+                      description, train_devices=device_indices(train.labels["device"]))
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -293,4 +302,4 @@ def manifest_splits(plan: ManifestPlan, params: DecodeParams,
                    + (f"; {plan.left_out} row(s) without an evaluated label left out"
                       if plan.left_out else ""))
     return EvalSplits(train.x, train.labels[tasks.utility], EvalData(fit, test, pop), tasks,
-                      classes, description)
+                      classes, description, train_devices=device_indices(train.labels["device"]))

@@ -50,6 +50,7 @@ from fl_server.fault_points import fault_point
 from fl_server.federated_evaluation import federated_evaluate
 from fl_server.history import write_history
 from fl_server.observers import RoundObserver
+from fl_server.invariance import FittedDiscriminator, collected_version
 from fl_server.registry.identity import CheckinGate
 from fl_server.round_plan import Plan
 from fl_server.round_strategy import build_strategy
@@ -57,10 +58,12 @@ from fl_server.run_status import RunStatus, read_status, write_status
 from fl_server.secagg_identities import secagg_credentials
 from privacy.atomic_write import write_bytes_atomic, write_text_atomic
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
+from privacy.identity_adversary import Discriminator
 from privacy.secagg.messages import RoundSetup
 from privacy.wire.arrays import arrays_of, record_bytes, record_of
 from privacy.wire.dp_event import dp_event_from_record
-from privacy.wire.keys import DP_EVENT_KEY, METRICS_KEY
+from privacy.wire.instructions import discriminator_record
+from privacy.wire.keys import DISCRIMINATOR_KEY, DP_EVENT_KEY, METRICS_KEY
 from privacy.wire.records import config_record, metric_float, metric_record
 from privacy.wire.round_record import DeviceDpEvent, RoundRecord
 from strategies.budget_selection import BudgetExhausted
@@ -140,12 +143,13 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
     collector = Collector.for_config(cfg, fed.held_out)  # representation uploads (off by default)
     arrays = ckpt.arrays
     history = [RoundRecord.from_json(r) for r in ckpt.history]
+    discriminator = _resumed_discriminator(cfg, collector, history)
     for observer in observers:
         observer.run_started(cfg, ckpt.server_round)
     for server_round in range(ckpt.server_round + 1, cfg.rounds + 1):
         write_status(run_dir, RunStatus("running", cfg.rounds, completed_rounds=server_round - 1))
         try:
-            arrays, record = _one_round(fed, grid, arrays, server_round)
+            arrays, record = _one_round(fed, grid, arrays, server_round, discriminator)
         except BudgetExhausted as exc:  # nothing sent this round: stop cleanly, keep the model
             _stop_budget_exhausted(run_dir, cfg, fed.plan, arrays, exc, console, observers)
             return
@@ -153,6 +157,8 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
             collected = collector.collect(grid, fed.plan, arrays, server_round)
             record = record.with_collection(collected.figures, collected.bytes_sent,
                                             collected.bytes_received)
+            if collected.discriminator is not None:  # the next rounds train against it
+                discriminator = collected.discriminator.discriminator
         history.append(record)
         save_checkpoint(run_dir, Checkpoint(server_round, arrays, fed.strategy.state(),
                                             [r.to_json() for r in history]))
@@ -182,8 +188,23 @@ def _stop_budget_exhausted(run_dir: Path, cfg: RunConfig, plan: Plan,
         observer.run_finished(cfg, status)
 
 
+def _resumed_discriminator(cfg: RunConfig, collector: Collector | None,
+                           history: Sequence[RoundRecord]) -> Discriminator | None:
+    """The device discriminator of the last collection before a resume, refitted from the
+    store (the fit is deterministic); None when invariance is off or nothing was collected."""
+    if collector is None or cfg.invariance_weight == 0:
+        return None
+    for record in reversed(history):
+        version = collected_version(dict(record.collection))
+        if version is not None:
+            fitted = collector.discriminator(version, record.round)
+            return fitted.discriminator if isinstance(fitted, FittedDiscriminator) else None
+    return None
+
+
 def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
-               server_round: int) -> tuple[dict[str, np.ndarray], RoundRecord]:
+               server_round: int, discriminator: Discriminator | None = None
+               ) -> tuple[dict[str, np.ndarray], RoundRecord]:
     cfg, plan, strategy = fed.cfg, fed.plan, fed.strategy
     started = time.perf_counter()
     global_record = record_of(arrays)  # serialized once: sent to every device, and counted
@@ -197,8 +218,15 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
     devices = {node: roster.devices[node] for node in admission.candidates}
     nodes = fed.dp.select(server_round, admission, strategy.sample)  # reserved before sending
     ticket = RoundTicket(cfg.run_id, server_round)  # replies echo it: no replays
-    messages = strategy.train_messages(server_round, global_record,
-                                       ticket.stamp(plan.instructions(server_round)), nodes)
+    invariance = discriminator is not None and plan.train.invariance_weight > 0
+    messages = strategy.train_messages(
+        server_round, global_record,
+        ticket.stamp(plan.instructions(server_round, invariance=invariance)), nodes)
+    if invariance:
+        assert discriminator is not None
+        shipped = discriminator_record(discriminator)
+        for message in messages:
+            message.content[DISCRIMINATOR_KEY] = shipped
     fault_point("reserved", server_round)  # the ledger has reserved; nothing sent yet
     screening = Screening()  # every reply is validated before it can touch the model
     outcome = _aggregator(fed, screening, ticket, devices, arrays, server_round,
@@ -246,7 +274,10 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
         eval_s=time.perf_counter() - eval_started,
         wall_s=time.perf_counter() - started,
         budget=fed.dp.record(server_round, admission, strategy.round_figures()),
-        secagg=outcome.secagg)
+        secagg=outcome.secagg,
+        # The devices' mean identity-invariance penalty (outside DP only, like train_loss).
+        extra={} if (spread := _maybe(metrics, "invariance_loss")) is None
+        else {"train_invariance": spread})
     return arrays, record
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flwr.app import ConfigRecord
 
@@ -46,16 +46,22 @@ class Plan:
             train=TrainConfig(epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                               lr=cfg.learning_rate, beta=cfg.beta, utility=cfg.utility,
                               dp_sgd=cfg.dp_sgd, noise_multiplier=cfg.noise_multiplier,
-                              clip_norm=cfg.clip_norm, seed=cfg.seed),
+                              clip_norm=cfg.clip_norm, seed=cfg.seed,
+                              invariance_weight=cfg.invariance_weight),
             update_clip=cfg.central_clip_norm if cfg.central_dp else 0.0,
             budget=budget,
             dataset=cfg.dataset,
             utility_label=cfg.utility_label,
         )
 
-    def instructions(self, server_round: int) -> ConfigRecord:
-        """The round's instructions record (with the `budget.*` keys in a DP run)."""
-        record = Instructions(server_round, self.fleet, self.model, self.train,
+    def instructions(self, server_round: int, invariance: bool = False) -> ConfigRecord:
+        """The round's instructions record (with the `budget.*` keys in a DP run).
+
+        `invariance`: the message carries the server's device discriminator, so the run's
+        invariance weight applies; without one (no collection yet, and every message that
+        is not a train message) the weight sent is 0."""
+        train = self.train if invariance else replace(self.train, invariance_weight=0.0)
+        record = Instructions(server_round, self.fleet, self.model, train,
                               self.train_days, self.update_clip, self.dataset,
                               self.utility_label).to_record()
         if self.budget is not None:

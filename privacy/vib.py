@@ -14,6 +14,11 @@ with ``U_i`` one of
   started from, so it is a fixed function of public (global) weights;
 * ``"both"``: the sum of the two.
 
+Optionally ``+ invariance_weight * I_i``, the identity-invariance penalty of clip i's
+posterior mean (or sampled z, by loss) under a *frozen* device discriminator
+(privacy.identity_adversary): its weights are constants of the round, not trained
+parameters, and the penalty reads row i only.
+
 Every term is a function of clip i alone (no batch statistics, no in-batch negatives),
 so per-example gradient clipping in DP-SGD bounds each clip's influence. The criterion
 honours ``.reduction`` (``"none"`` -> per-clip losses ``[N]``), which Opacus' ghost
@@ -30,6 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from privacy.identity_adversary import (
+    DEFAULT_INVARIANCE_LOSS,
+    ON_POSTERIOR_MEAN,
+    Discriminator,
+    check_invariance_loss,
+    invariance_per_sample,
+)
 from privacy.wire.train import UTILITIES
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -92,6 +104,7 @@ class VIBTarget:
 
     labels: Tensor | None = None  # [N] int64
     target_proj: Tensor | None = None  # [N, proj_dim], from the frozen target network
+    devices: Tensor | None = None  # [N] int64 device index (only the "reversal" invariance loss)
 
 
 class VIBCriterion(nn.Module):
@@ -100,10 +113,25 @@ class VIBCriterion(nn.Module):
     ``reduction`` is read on every call (Opacus' ghost clipping flips it to ``"none"``
     to obtain the per-clip losses, then back). The last call's per-clip terms are kept,
     detached, in ``last_terms`` for metrics.
+
+    With ``adversary`` (a fitted :class:`~privacy.identity_adversary.Discriminator`) and
+    ``invariance_weight > 0`` the loss gains ``invariance_weight * I_i`` (term
+    ``"invariance"``). The discriminator is held as a frozen submodule of the criterion,
+    outside the model Opacus wraps, so DP-SGD never trains or clips it.
     """
 
-    def __init__(self, beta: float, utility: str = "supervised", reduction: str = "mean"):
+    def __init__(self, beta: float, utility: str = "supervised", reduction: str = "mean", *,
+                 adversary: Discriminator | None = None, invariance_weight: float = 0.0,
+                 invariance_loss: str = DEFAULT_INVARIANCE_LOSS):
         super().__init__()
+        if not (isinstance(invariance_weight, (int, float)) and math.isfinite(invariance_weight)
+                and invariance_weight >= 0):
+            raise ValueError(f"invariance_weight must be a finite number >= 0, got {invariance_weight!r}")
+        if invariance_weight > 0 and adversary is None:
+            raise ValueError("invariance_weight > 0 needs a fitted device discriminator (adversary)")
+        self.invariance_weight = float(invariance_weight)
+        self.invariance_loss = check_invariance_loss(invariance_loss)
+        self.adversary = adversary.module() if adversary is not None and invariance_weight > 0 else None
         if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         self.beta = float(beta)
@@ -124,7 +152,14 @@ class VIBCriterion(nn.Module):
             if out.online is None or target.target_proj is None:
                 raise ValueError("ssl utility needs online and target projections")
             util = util + byol_regression(out.online, target.target_proj)
-        return {"utility": util, "kl": kl, "loss": util + self.beta * kl}
+        loss = util + self.beta * kl
+        terms = {"utility": util, "kl": kl}
+        if self.adversary is not None:
+            read = out.mu if self.invariance_loss in ON_POSTERIOR_MEAN else out.z
+            inv = invariance_per_sample(self.adversary(read), self.invariance_loss, target.devices)
+            terms["invariance"] = inv
+            loss = loss + self.invariance_weight * inv
+        return terms | {"loss": loss}
 
     def forward(self, out: VIBOutput, target: VIBTarget) -> Tensor:
         terms = self.per_sample(out, target)

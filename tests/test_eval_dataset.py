@@ -194,3 +194,21 @@ def test_tasks_refuse_inconsistent_names_and_attributes_resolve():
     assert attribute(labels, "room").tolist() == [1, 0]
     with pytest.raises(KeyError, match="location"):
         attribute(labels, "location")
+
+
+def test_splits_name_each_training_clips_device(sample: Path):
+    """Identity-invariant training may use the device of each training clip (and nothing
+    else): both sources give it as an index 0..K-1 over the target devices, clip by clip."""
+    import numpy as np
+
+    from fl_server.eval_splits import manifest_splits, plan_manifest, synthetic_splits
+    from privacy.footage import DecodeParams
+
+    syn = synthetic_splits(3, 0, 2, 2, 1, 2, seed=0, image_size=32, frames=8)
+    assert syn.train_devices.dtype == np.int64
+    assert syn.train_devices.tolist() == [0] * 4 + [1] * 4 + [2] * 4  # device-major, 2 days x 2
+    plan = plan_manifest(sample)
+    splits = manifest_splits(plan, DecodeParams(8, 32))
+    assert len(splits.train_devices) == len(splits.train_x) == len(splits.train_y)
+    assert sorted(set(splits.train_devices.tolist())) == list(range(len(plan.targets)))
+    assert np.all(np.diff(splits.train_devices) >= 0)  # decoded device by device, in plan order

@@ -12,11 +12,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord
 
 from privacy.encoder import EncoderConfig
+from privacy.identity_adversary import Discriminator
 from privacy.synthetic import FleetSpec
-from privacy.wire.keys import ECHO_KEYS
+from privacy.wire.arrays import arrays_of, record_of
+from privacy.wire.keys import DISCRIMINATOR_KEY, ECHO_KEYS
 from privacy.wire.records import config_float, config_int, config_str
 from privacy.wire.train import TrainConfig
 
@@ -103,3 +105,29 @@ class Instructions:
 def round_echo(config: ConfigRecord) -> dict[str, Any]:
     """What a train reply echoes of the train message's config (whichever keys it has)."""
     return {key: config[key] for key in ECHO_KEYS if key in config}
+
+
+def discriminator_record(discriminator: Discriminator) -> ArrayRecord:
+    """The frozen device discriminator as the train message's optional ArrayRecord."""
+    return record_of(discriminator.to_arrays())
+
+
+def discriminator_of(record: ArrayRecord | None, train: TrainConfig) -> Discriminator | None:
+    """The train message's discriminator (its optional `DISCRIMINATOR_KEY` record, None if
+    absent): required when ``train.invariance_weight > 0``, refused otherwise (a record the
+    instructions do not use makes the message malformed)."""
+    if train.invariance_weight == 0:
+        if record is not None:
+            raise ValueError(f"malformed instructions from the server: a {DISCRIMINATOR_KEY} "
+                             "record with train.invariance_weight 0")
+        return None
+    if record is None:
+        raise ValueError(f"malformed instructions from the server: train.invariance_weight "
+                         f"{train.invariance_weight:g} without a {DISCRIMINATOR_KEY} record")
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"malformed instructions from the server: {DISCRIMINATOR_KEY} must be "  # noqa: TRY004
+                         f"an ArrayRecord, got {type(record).__name__}")
+    try:
+        return Discriminator.from_arrays(arrays_of(record))
+    except ValueError as exc:
+        raise ValueError(f"malformed instructions from the server: {exc}") from exc

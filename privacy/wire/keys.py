@@ -65,6 +65,9 @@ CHALLENGE_KEY = "challenge"
 #: ConfigRecord: an upload request; and the reply's record (and key) holding the batch.
 UPLOAD_KEY = "upload"
 BATCH_KEY = "batch"
+#: ArrayRecord (optional, train messages): the frozen device discriminator the round's
+#: identity-invariance term is taken against (`privacy.wire.instructions.discriminator_of`).
+DISCRIMINATOR_KEY = "discriminator"
 #: ConfigRecord: one secure-aggregation stage's protocol message (`privacy.secagg.codec`).
 SECAGG_KEY = "secagg"
 

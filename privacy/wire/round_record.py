@@ -252,7 +252,7 @@ class RoundRecord:
 #: Keys a collection round adds (`fl_server.collection`).
 COLLECTION_KEYS = ("collection", "information_bits", "information_flagged", "leakage",
                    "leakage_skipped", "leakage_gain", "leakage_flagged", "leakage_crossed",
-                   "leakage_chance", "release_epsilon", "collect_s", "unlinkable")
+                   "leakage_chance", "release_epsilon", "collect_s", "unlinkable", "invariance")
 _NESTED = frozenset({"budget", "secagg", "collection", "extra"})
 _BUDGET_KEYS = frozenset({"ledger_disagreements", "ledger_device_reported_less",
                           "budget_declined", "budget_reserved", "budget_refused", "central_dp"})

@@ -31,6 +31,10 @@ class TrainConfig:
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
     seed: int = 0
+    #: Weight of the identity-invariance penalty against the device discriminator the
+    #: server ships with the global model (privacy.identity_adversary); 0 = off. A round
+    #: with a weight > 0 must come with a discriminator.
+    invariance_weight: float = 0.0
 
     def __post_init__(self) -> None:
         validate_train_config(self)
@@ -61,6 +65,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
         )
     if cfg.dp_sgd and cfg.clip_norm <= 0:
         raise ValueError(f"clip_norm must be > 0 with dp_sgd, got {cfg.clip_norm!r}")
+    if not is_finite(cfg.invariance_weight) or cfg.invariance_weight < 0:
+        raise ValueError(f"invariance_weight must be a finite number >= 0, got {cfg.invariance_weight!r}")
     if not is_int(cfg.seed) or cfg.seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {cfg.seed!r}")
 
