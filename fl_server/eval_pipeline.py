@@ -74,11 +74,14 @@ class Scale:
     #: sensitivity 2C); every beta = 0 / MSR encoder is also released through each
     release_noise: tuple[float, ...] = (0.5, 2.0)
     release_delta: float = 1e-5
+    #: (beta, weight) of the identity-invariant encoders evaluated (docs/representations.md)
+    invariance: tuple[tuple[float, float], ...] = ((0.01, 0.03),)
 
 
 FULL = Scale("full", targets=8, pop=4, clips_per_day=16, train_days=4, fit_days=4, test_days=4,
              epochs=60, betas=(0.01, 0.03, 0.05, 0.1), ks=(1, 2, 4, 8, 16, 32, 64), repeats=20,
-             decoder_epochs=60, attack_steps=200, gi_steps=250, gi_targets=3)
+             decoder_epochs=60, attack_steps=200, gi_steps=250, gi_targets=3,
+             invariance=((0.01, 0.03), (0.05, 0.03)))
 REDUCED = Scale("reduced", targets=6, pop=3, clips_per_day=8, train_days=4, fit_days=2, test_days=2,
                 epochs=40, betas=(0.01, 0.1), ks=(1, 2, 4, 8, 16), repeats=10,
                 decoder_epochs=25, attack_steps=100, gi_steps=150, gi_targets=2)
@@ -140,14 +143,22 @@ def load_clips(path: str, run_model: RunModel | None, image_size: int | None = N
 # ------------------------------------------------------------------------------ the run
 
 
-def _train(cfg: EncoderConfig, splits: EvalSplits, beta: float, dp: bool, scale: Scale, seed: int):
-    from fl_client.trainer import TrainConfig, train_local
+def _train(cfg: EncoderConfig, splits: EvalSplits, beta: float, dp: bool, scale: Scale, seed: int,
+           invariance: float = 0.0):
+    """One compared encoder, trained centrally; with ``invariance`` > 0, alternating with
+    device-discriminator fits on its own released z (``train_invariant``, the stand-in for
+    the server refitting between rounds; only the training clips' device index is used)."""
+    from fl_client.trainer import TrainConfig, train_invariant, train_local
     from privacy.encoder import build_model, load_numpy_state, state_to_numpy
 
     init = state_to_numpy(build_model(cfg, seed=seed))
     tc = TrainConfig(epochs=scale.epochs, batch_size=16, lr=2e-3, beta=beta, utility="supervised",
-                     dp_sgd=dp, noise_multiplier=scale.dp_noise, clip_norm=scale.dp_clip, seed=seed)
-    result = train_local(cfg, init, splits.train_x, splits.train_y, tc)
+                     dp_sgd=dp, noise_multiplier=scale.dp_noise, clip_norm=scale.dp_clip, seed=seed,
+                     invariance_weight=invariance)
+    result = (train_invariant(cfg, init, splits.train_x, splits.train_y, splits.train_devices,
+                              # one plain epoch, then at least one against the discriminator
+                              dataclasses.replace(tc, epochs=max(2, tc.epochs)))
+              if invariance > 0 else train_local(cfg, init, splits.train_x, splits.train_y, tc))
     model = build_model(cfg, seed=seed)
     load_numpy_state(model, result.arrays)
     return model
@@ -226,7 +237,8 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
     cfg = run_model.encoder if run_model else EncoderConfig()
     if image_size is not None:
         cfg = dataclasses.replace(cfg, image_size=image_size)
-    plan = [(0.0, False)] + [(b, False) for b in scale.betas] + [(0.01, True)]
+    plan = ([(0.0, False, 0.0)] + [(b, False, 0.0) for b in scale.betas] + [(0.01, True, 0.0)]
+            + [(b, False, w) for b, w in scale.invariance])
     n_reps = 4 + len(plan) + len(scale.release_noise) * (len(plan) - 1) + (1 if run_model else 0)
     decode_steps = len(dataset.devices) if dataset else 0
     total = decode_steps + len(plan) + n_reps + 2 + 1 + (1 if footage is not None else 0) + 2
@@ -247,10 +259,12 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
         stages.log(f"eval ({scale.name}, seed {seed}): {where}, {len(splits.train_x)} training / "
                    f"{len(data.fit.x)} attacker / {len(data.test.x)} target clips")
         reps: list = list(default_pixel_baselines(cfg.image_size))
-        for beta, dp in plan:
-            name = ("non-private (beta=0)" if beta == 0 else f"MSR beta={beta:g}") + (" + DP-SGD" if dp else "")
+        for beta, dp, weight in plan:
+            name = (("non-private (beta=0)" if beta == 0 else f"MSR beta={beta:g}")
+                    + (" + DP-SGD" if dp else "") + (f" + invariant W={weight:g}" if weight else ""))
             stages.start(f"training {name}", f"training {name} ({scale.epochs} epochs, central)")
-            reps.append(EncoderRepresentation(name, _train(cfg, splits, beta, dp, scale, seed), beta, dp))
+            model = _train(cfg, splits, beta, dp, scale, seed, weight)
+            reps.append(EncoderRepresentation(name, model, beta, dp))
             stages.done()
         for base in [r for r in reps if r.family == "encoder" and not r.dp_sgd]:
             clip = release_clip(base, data.fit.x)
@@ -418,7 +432,9 @@ def _settings(scale: Scale, seed: int, splits: EvalSplits, dataset: ManifestPlan
         "scale": scale.name, "seed": seed, **dataclasses.asdict(scale),
         "data": splits.description,
         "training": f"central train_local, {scale.epochs} epochs, batch 16, Adam 2e-3, "
-                    f"supervised utility ({utility}); DP-SGD sigma={scale.dp_noise}, C={scale.dp_clip}",
+                    f"supervised utility ({utility}); DP-SGD sigma={scale.dp_noise}, C={scale.dp_clip}; "
+                    "invariant: against a device discriminator refitted every 2 epochs "
+                    "(logit spread on the posterior mean)",
         "clips": "given" if clips_given else None,
     }
     if dataset is not None:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import fedmsr
-from tests.test_evaluation_cli import assert_operating_points
+from tests.test_evaluation_cli import (
+    ENCODERS,
+    PIXELS,
+    REDUCED_NOISE,
+    assert_operating_points,
+    releases,
+)
 
 FILES = ("metrics.json", "timings.json", "table.csv", "report.md", "frontier.png", "pl_curves.png",
          "reconstructions.png", "pareto.png")
@@ -57,7 +63,9 @@ def test_manifest_eval_writes_every_report_file_with_finite_metrics(report: Path
     assert settings["dataset"]["days"]["cam-0"] == {"train": [0], "fit": [1], "test": [2, 3]}
     assert str(sample) in settings["data"]
     reps = metrics["representations"]
-    assert len(reps) == 8  # 4 pixel baselines + beta 0 + 2 MSR + MSR with DP-SGD
+    # 4 pixel baselines, beta 0, 2 MSR, MSR with DP-SGD, the invariant MSR, then every
+    # non-DP encoder through each randomized release
+    assert [r["name"] for r in reps] == PIXELS + ENCODERS + releases(REDUCED_NOISE)
     for rep in reps:
         for key in ("activity_linear", "activity_mlp", "activity_chance"):
             _in_unit(rep["dtp"][key], f"{rep['name']} {key}")

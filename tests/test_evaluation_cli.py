@@ -19,7 +19,8 @@ FILES = ("metrics.json", "timings.json", "table.csv", "report.md", "frontier.png
          "reconstructions.png", "pareto.png")
 #: the reduced scale, shrunk further so one run takes well under a minute
 TINY = ["--reduced", "--devices", "3", "--clips-per-day", "4", "--epochs", "1", "--attack-steps", "10"]
-ENCODERS = ["non-private (beta=0)", "MSR beta=0.01", "MSR beta=0.1", "MSR beta=0.01 + DP-SGD"]
+ENCODERS = ["non-private (beta=0)", "MSR beta=0.01", "MSR beta=0.1", "MSR beta=0.01 + DP-SGD",
+            "MSR beta=0.01 + invariant W=0.03"]
 PIXELS = ["raw pixels", "blur", "pixelation", "pixel noise"]
 
 
