@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from fl_server.config import ConfigError, RunConfig
+from fl_server.registry.identity import BUNDLES_EXTRA
 from fl_server.representations import NewUnlinkable
 from fl_server.shuffler_service import ShufflerClient, ShufflerError, ShufflerInfo, analyzer_key
 from privacy.payload import decode_payload
 from privacy.shuffle.analyzer import open_release
+from privacy.shuffle.pin import MAX_PINNED_CROWD, PIN_FILE, ShufflerPin
 from privacy.shuffle.records import collection_label, inner_context, outer_size
 from privacy.shuffle.sealed import public_bytes
 from privacy.wire.upload import sealed_size
@@ -57,6 +59,31 @@ def check_shuffler(cfg: RunConfig) -> ShufflerInfo:
         raise ConfigError("shuffler", f"the shuffler at {cfg.shuffler} releases crowds of "
                           f"{info.min_crowd}, fewer than --min-crowd {cfg.min_crowd}")
     return info
+
+
+def provision_simulated_devices(cfg: RunConfig) -> int:
+    """Simulation only: pin the shuffler that answers now in every simulated device's
+    enrollment bundle (`privacy.shuffle.pin`), with the run's time window and crowd as the
+    least each device accepts; returns how many bundles were provisioned.
+
+    In a simulation the operator is also every device's provisioner, so this stands in for
+    the out-of-band step; in a deployment the operator provisions each device (node config
+    ``shuffler-key``), never the server, and a device without a pinned key refuses every
+    unlinkable request.
+    """
+    info = check_shuffler(cfg)
+    bundles = str(cfg.extra.get(BUNDLES_EXTRA, ""))
+    if not bundles:
+        return 0
+    pin = ShufflerPin(info.public_key, max(1, cfg.time_granularity_days),
+                      min(MAX_PINNED_CROWD, cfg.min_crowd))
+    written = 0
+    for info_path in sorted(Path(bundles).glob("*/device.json")):
+        staging = info_path.parent / f".{PIN_FILE}.tmp"
+        staging.write_text(pin.to_json())
+        staging.replace(info_path.parent / PIN_FILE)
+        written += 1
+    return written
 
 
 def reply_size(clips: int, payload_bytes: int) -> int:

@@ -22,6 +22,7 @@ from fl_server.shuffler_service import make_server
 from fl_server.unlinkable_collection import UnlinkableRoute, analyzer_key_path, reply_size
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.payload import payload_size
+from privacy.shuffle.pin import ShufflerPin
 from privacy.shuffle.sealed import generate_private_key, public_bytes
 from privacy.shuffle.shuffler import Shuffler
 from privacy.synthetic import FleetSpec
@@ -31,6 +32,7 @@ MODEL = EncoderConfig()
 ARRAYS = state_to_numpy(build_model(MODEL, seed=0))
 VERSION = encoder_version(MODEL, ARRAYS)
 SHUFFLER = generate_private_key()
+PIN = ShufflerPin(public_bytes(SHUFFLER), 7)
 
 
 def unlinkable_request(clips: int = 4, collection: int = 1, analyzer: bytes | None = None,
@@ -62,7 +64,8 @@ def test_device_reply_size_is_the_same_for_any_number_of_real_clips(tmp_path):
         capture = Capture(full.frames[:real], full.days[:real], full.hours[:real],
                           full.clip_ids[:real])
         blob = answer_upload(unlinkable_request(), MODEL, ARRAYS, capture,
-                             InfoLedger.at(tmp_path / str(real)), None, np.random.default_rng(0))
+                             InfoLedger.at(tmp_path / str(real)), None, np.random.default_rng(0),
+                             pin=PIN)
         reply = decode_sealed(blob)
         assert reply.clips == real and (reply.bits > 0) == (real > 0)
         sizes.add(len(blob))
@@ -97,7 +100,8 @@ def device_replies(route: UnlinkableRoute, reals: list[int], collection: int, tm
         full = source.capture(1, 4)
         privatized = privatize(MODEL, ARRAYS, full, 4, "int8", np.random.default_rng(node))
         batch = assemble(privatized, full, 4, count, 5 * count, 0, VERSION)
-        reply = decode_sealed(seal(batch, unlinkable_request(4, collection, analyzer, shuffler)))
+        reply = decode_sealed(seal(batch, unlinkable_request(4, collection, analyzer, shuffler),
+                                   PIN))
         blobs[node], real[node] = reply.outer, reply.clips
     return blobs, real
 

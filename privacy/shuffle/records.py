@@ -11,7 +11,7 @@ OUTER batch, format version 1, sealed to the shuffler::
 
     0   4  magic b"MSRO"          6   2  M: inner ciphertexts (u16)
     4   1  version (u8) = 1       8   4  S: size of each inner ciphertext (u32)
-    5   1  reserved (u8) = 0      12  M*S the inner ciphertexts
+    5   1  min crowd (u8)         12  M*S the inner ciphertexts
 
 Why each field is what it is:
 
@@ -23,6 +23,9 @@ Why each field is what it is:
   while linking nothing;
 * the capture day is coarsened to a window (`coarsen_day`) or dropped: an exact day and
   hour are a fingerprint of a device's routine; no hour is carried at all;
+* the outer header carries the smallest crowd the device accepts (its pinned minimum,
+  `privacy.shuffle.pin`; 0 = the shuffler's own): only the shuffler reads it, and it
+  releases the collection only if every sender's minimum is met;
 * the inner context names the run, the collection and the encoder version, so an inner
   ciphertext cannot be replayed into another collection or attributed to another model.
 """
@@ -117,7 +120,7 @@ def decode_inner(plain: bytes) -> InnerRecord:
 
 
 def seal_batch(records: Sequence[InnerRecord], analyzer_public: bytes, shuffler_public: bytes,
-               inner_context: bytes, outer_context: bytes) -> bytes:
+               inner_context: bytes, outer_context: bytes, min_crowd: int = 0) -> bytes:
     """The device's nested encryption: each record to the analyzer, the list to the shuffler.
 
     The inner ciphertexts are put in a random order before the outer seal, so even the
@@ -128,9 +131,11 @@ def seal_batch(records: Sequence[InnerRecord], analyzer_public: bytes, shuffler_
         raise ValueError(f"a batch holds 1..{MAX_RECORDS} records, got {len(records)}")
     if len({len(r.payload) for r in records}) != 1:
         raise ValueError("every record of a batch must have the same payload size")
+    if not 0 <= min_crowd <= 0xFF:
+        raise ValueError(f"a batch's minimum crowd is 0..255, got {min_crowd}")
     inner = [seal(analyzer_public, encode_inner(r), inner_context) for r in records]
     secrets.SystemRandom().shuffle(inner)
-    body = _OUTER.pack(OUTER_MAGIC, FORMAT_VERSION, 0, len(inner), len(inner[0])) + b"".join(inner)
+    body = _OUTER.pack(OUTER_MAGIC, FORMAT_VERSION, min_crowd, len(inner), len(inner[0])) + b"".join(inner)
     return seal(shuffler_public, body, outer_context)
 
 
@@ -140,6 +145,7 @@ class OuterBatch:
 
     inner: tuple[bytes, ...]
     inner_size: int
+    min_crowd: int  # the least crowd its sender accepts (0: the shuffler's own)
 
 
 def open_outer(private: _x25519.X25519PrivateKey, blob: bytes, context: bytes) -> OuterBatch:
@@ -147,7 +153,7 @@ def open_outer(private: _x25519.X25519PrivateKey, blob: bytes, context: bytes) -
     body = open_sealed(private, blob, context)
     if len(body) < _OUTER.size:
         raise ValueError(f"outer batch too short: {len(body)} bytes")
-    magic, version, _, count, size = _OUTER.unpack_from(body)
+    magic, version, min_crowd, count, size = _OUTER.unpack_from(body)
     if magic != OUTER_MAGIC or version != FORMAT_VERSION:
         raise ValueError(f"outer batch has magic {magic!r} version {version}, expected "
                          f"{OUTER_MAGIC!r} version {FORMAT_VERSION}")
@@ -156,7 +162,7 @@ def open_outer(private: _x25519.X25519PrivateKey, blob: bytes, context: bytes) -
                          f"{len(body)} bytes")
     start = _OUTER.size
     return OuterBatch(tuple(body[start + i * size:start + (i + 1) * size] for i in range(count)),
-                      size)
+                      size, min_crowd)
 
 
 def open_inner(private: _x25519.X25519PrivateKey, ciphertext: bytes, context: bytes

@@ -12,6 +12,9 @@ records inside are sealed to the analyzer). It exists to cut the link between th
 * **the sender is forgotten on arrival** — only the opened inner ciphertexts are kept, in
   a list that is shuffled with the OS CSPRNG (`secrets.SystemRandom`) at release, across
   every sender of the collection; senders are kept only as a set, to refuse duplicates;
+* **the crowd each sender asked for** — a device puts its pinned minimum crowd inside its
+  outer blob; the collection is released only if it reaches the largest such minimum
+  (and the shuffler's own);
 * **one size per collection** — every batch of a collection must carry the same count and
   size of inner ciphertexts as the first: a different size would mark its sender's records.
 
@@ -42,6 +45,7 @@ class _Pending:
     senders: set[str] = field(default_factory=set)
     inner: list[bytes] = field(default_factory=list)
     shape: tuple[int, int] | None = None  # (records per batch, inner ciphertext size)
+    required: int = 0  # the largest minimum crowd a sender's batch asked for
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class Shuffler:
                                      f"{shape[1]} bytes; {collection} takes "
                                      f"{pending.shape[0]} of {pending.shape[1]}")
             pending.shape = shape
+            pending.required = max(pending.required, batch.min_crowd)
             pending.senders.add(sender)
             pending.inner.extend(batch.inner)
             return Accepted(collection, len(pending.senders))
@@ -111,10 +116,10 @@ class Shuffler:
                 raise ShuffleRefused(f"collection {collection} was already released or refused")
             pending = self._pending.pop(collection, _Pending())
             self._closed.add(collection)
-        crowd = len(pending.senders)
-        if crowd < self.min_crowd:
+        crowd, need = len(pending.senders), max(self.min_crowd, pending.required)
+        if crowd < need:
             raise ShuffleRefused(f"collection {collection} has {crowd} sender(s), fewer than "
-                                 f"min-crowd {self.min_crowd}: nothing released")
+                                 f"min-crowd {need}: nothing released")
         inner = list(pending.inner)
         self._rng.shuffle(inner)
         return Released(collection, crowd, tuple(inner))

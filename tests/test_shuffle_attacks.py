@@ -1,0 +1,105 @@
+"""The malicious server against unlinkable collection, attack by attack: each test plays
+the server with the protocol's real code and shows it now fails to link a device's rows;
+where the attack needs a protocol step to be missing, a control runs it with that step
+missing and links. The attacks: a shuffler key of the server's own in the request; a
+collection (or setting) given to one device only; a device's blob replayed under fake
+senders; a restarted shuffler asked to release subsets of the same collection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_client.uploads import UploadRefused, check_pin, seal
+from privacy.payload import encode_payload
+from privacy.shuffle.pin import ShufflerPin
+from privacy.shuffle.records import collection_label, open_outer, outer_context
+from privacy.shuffle.sealed import SealError, generate_private_key, public_bytes
+from privacy.wire.upload import Batch, UploadRecord, UploadRequest, decode_sealed
+
+M, VERSION = 4, "ab" * 32
+SHUFFLER, ANALYZER = generate_private_key(), generate_private_key()
+PIN = ShufflerPin(public_bytes(SHUFFLER), 7, 3)
+
+
+def request(shuffler_key: bytes, collection: int = 1, granularity: int = 7) -> UploadRequest:
+    return UploadRequest("atk", collection, collection, M, "int8", VERSION, 0.0, 0,
+                         analyzer_key=public_bytes(ANALYZER), shuffler_key=shuffler_key,
+                         time_granularity_days=granularity)
+
+
+def batch(tag: int) -> Batch:
+    payload = encode_payload(np.full(8, tag, np.float32), "int8")
+    return Batch(tuple(UploadRecord(payload, 40, 9, f"clip{i}", True) for i in range(M)),
+                 VERSION, 12, 0, False)
+
+
+def test_a_substituted_shuffler_key_is_refused_and_would_otherwise_link():
+    evil = generate_private_key()
+    forged = request(public_bytes(evil))
+    with pytest.raises(UploadRefused, match=r"^the request names shuffler key .* pinned to"):
+        seal(batch(1), forged, PIN)
+    with pytest.raises(UploadRefused, match="no shuffler key is provisioned"):
+        seal(batch(1), forged, None)
+    # CONTROL: a device pinned to whatever the server sent (the old behaviour) hands the
+    # server every inner ciphertext of this sender: the shuffle would hide nothing
+    outer = decode_sealed(seal(batch(1), forged, ShufflerPin(public_bytes(evil)))).outer
+    label = collection_label("atk", 1)
+    assert len(open_outer(evil, outer, outer_context(label)).inner) == M
+    # the pinned device's blob opens for the pinned shuffler only
+    honest = decode_sealed(seal(batch(1), request(public_bytes(SHUFFLER)), PIN)).outer
+    with pytest.raises(SealError):
+        open_outer(evil, honest, outer_context(label))
+    assert open_outer(SHUFFLER, honest, outer_context(label)).min_crowd == PIN.min_crowd
+
+
+def test_a_finer_window_than_the_device_accepts_is_refused():
+    assert check_pin(request(PIN.public_key, granularity=0), PIN) == PIN  # dropped: fine
+    assert check_pin(request(PIN.public_key, granularity=30), PIN) == PIN
+    with pytest.raises(UploadRefused, match="1-day windows, the device accepts at least 7"):
+        check_pin(request(PIN.public_key, granularity=1), PIN)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"public_key": "00"}', "32-byte X25519"),
+    ("{}", "lacks 'public_key'"),
+    ('{"public_key": "' + "11" * 32 + '", "min_crowd": 1}', "min-crowd must be 2..255"),
+    ("nope", "not JSON"),
+])
+def test_a_malformed_pin_is_one_line(text, message):
+    with pytest.raises(ValueError, match=message):
+        ShufflerPin.from_json(text)
+
+
+def test_the_shuffler_enforces_the_crowd_the_devices_were_pinned_to():
+    from privacy.shuffle.shuffler import Shuffler, ShuffleRefused
+
+    shuffler = Shuffler(SHUFFLER, min_crowd=2)  # laxer than the devices' pin of 3
+    label = collection_label("atk", 1)
+    for node in range(2):
+        shuffler.submit(label, str(node), decode_sealed(
+            seal(batch(node), request(PIN.public_key), PIN)).outer)
+    with pytest.raises(ShuffleRefused, match="2 sender\\(s\\), fewer than min-crowd 3"):
+        shuffler.release(label)
+
+
+def test_the_node_reads_its_pin_from_node_config_or_its_bundle(tmp_path):
+    from types import SimpleNamespace
+
+    from fl_client.node import shuffler_pin
+
+    key = PIN.public_key.hex()
+    node = SimpleNamespace(node_config={"shuffler-key": key, "min-crowd": 4})
+    assert shuffler_pin(node, "", 0) == ShufflerPin(PIN.public_key, 1, 4)  # type: ignore[arg-type]
+    assert shuffler_pin(SimpleNamespace(node_config={}), "", 0) is None  # type: ignore[arg-type]
+    bundle = tmp_path / "d-0"
+    bundle.mkdir()
+    (bundle / "device.json").write_text('{"device_index": 0, "device_id": 1}')
+    (bundle / "device.key").write_text("unused")
+    sim = SimpleNamespace(node_config={"partition-id": 0})
+    assert shuffler_pin(sim, str(tmp_path), 0) is None  # type: ignore[arg-type]
+    (bundle / "shuffler.json").write_text(PIN.to_json())
+    assert shuffler_pin(sim, str(tmp_path), 0) == PIN  # type: ignore[arg-type]
+    (bundle / "shuffler.json").write_text("{}")
+    with pytest.raises(ValueError, match="shuffler.json: shuffler pin lacks"):
+        shuffler_pin(sim, str(tmp_path), 0)  # type: ignore[arg-type]
