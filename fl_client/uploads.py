@@ -65,7 +65,6 @@ from privacy.shuffle.pin import ShufflerPin
 from privacy.shuffle.records import (
     InnerRecord,
     coarsen_day,
-    collection_label,
     inner_context,
     new_pseudonym,
     outer_context,
@@ -238,7 +237,7 @@ def seal(batch: Batch, request: UploadRequest, pin: ShufflerPin | None) -> bytes
                          new_pseudonym(), r.real) for r in batch.records]
     outer = seal_batch(inner, request.analyzer_key, pin.public_key,
                        inner_context(request.run_id, request.collection, batch.encoder_version),
-                       outer_context(collection_label(request.run_id, request.collection)),
+                       outer_context(request.collection_label),
                        pin.min_crowd)
     return encode_sealed(SealedBatch(outer, len(batch.records), len(batch.real),
                                      batch.encoder_version, batch.bits,

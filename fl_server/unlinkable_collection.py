@@ -7,6 +7,9 @@ changes in three places, all here:
   granularity, so each device seals its records twice (`fl_client.uploads`);
 * the server relays each reply's outer blob to the shuffler under the Flower node id it
   came from (the shuffler refuses a second batch per sender), then asks for the release;
+  the collection's name at the shuffler is the label of the request the device answered,
+  a hash of every setting it was given (`privacy.shuffle.records.collection_label`), so
+  devices given different settings are released, and checked for their crowd, apart;
 * the analyzer (this server's store side, holding the analyzer key) opens the released
   inner records, drops dummies and stores the rest in `unlinkable_representations`.
 
@@ -36,7 +39,7 @@ from fl_server.shuffler_service import ShufflerClient, ShufflerError, ShufflerIn
 from privacy.payload import decode_payload
 from privacy.shuffle.analyzer import open_release
 from privacy.shuffle.pin import MAX_PINNED_CROWD, PIN_FILE, ShufflerPin
-from privacy.shuffle.records import collection_label, inner_context, outer_size
+from privacy.shuffle.records import inner_context, outer_size
 from privacy.shuffle.sealed import public_bytes
 from privacy.wire.upload import sealed_size
 
@@ -113,45 +116,69 @@ class UnlinkableRoute:
         return public_bytes(self._analyzer), check_shuffler(self.cfg).public_key
 
     def route(self, collection: int, server_round: int, version: str,
-              blobs: Mapping[int, bytes], real_clips: Mapping[int, int]) -> Routed:
+              blobs: Mapping[int, bytes], real_clips: Mapping[int, int],
+              labels: Mapping[int, str]) -> Routed:
         """Hand every accepted blob to the shuffler, release, open, keep the real records.
 
-        `blobs`: node id -> outer blob; `real_clips`: node id -> R from its ledger charge.
+        `blobs`: node id -> outer blob; `real_clips`: node id -> R from its ledger charge;
+        `labels`: node id -> the collection label of the request it was sent (a hash of
+        every setting it was given). Devices given different settings are different
+        collections: each is released, and checked for its crowd, on its own.
         """
-        label = collection_label(self.cfg.run_id, collection)
+        groups: dict[str, dict[int, bytes]] = {}
+        for node_id, blob in sorted(blobs.items()):
+            groups.setdefault(labels[node_id], {})[node_id] = blob
         refused: dict[int, str] = {}
         figures: dict[str, Any] = {"min_crowd": self.cfg.min_crowd,
                                    "time_granularity_days": self.cfg.time_granularity_days,
-                                   "senders": 0, "stored": 0, "dummies": 0, "unopened": 0}
-        for node_id, blob in sorted(blobs.items()):
+                                   "collections": len(groups), "senders": 0, "stored": 0,
+                                   "dummies": 0, "unopened": 0}
+        rows: list[NewUnlinkable] = []
+        reasons: list[str] = []
+        for label, group in groups.items():
+            reason = self._route_one(label, collection, server_round, version, group,
+                                     real_clips, refused, rows, figures)
+            if reason:
+                log.warning("round %d: nothing stored for %s: %s", server_round, label[:15],
+                            reason)
+                reasons.append(reason)
+        if reasons:
+            figures["refused"] = "; ".join(reasons)
+        return Routed(rows, refused, figures)
+
+    def _route_one(self, label: str, collection: int, server_round: int, version: str,
+                   blobs: Mapping[int, bytes], real_clips: Mapping[int, int],
+                   refused: dict[int, str], rows: list[NewUnlinkable],
+                   figures: dict[str, Any]) -> str | None:
+        """One label's collection through the shuffler and the analyzer; rows and figures
+        are added to; why nothing was stored (None: stored)."""
+        for node_id, blob in blobs.items():
             try:
-                figures["senders"] = self.client.submit(label, str(node_id), blob)
+                self.client.submit(label, str(node_id), blob)
             except ShufflerError as exc:
                 refused[node_id] = str(exc)
         try:
             released = self.client.release(label)
         except ShufflerError as exc:
-            log.warning("round %d: nothing stored: %s", server_round, exc)
-            return Routed([], refused, {**figures, "refused": str(exc)})
+            return str(exc)
+        figures["senders"] += released.senders
         accepted = [n for n in blobs if n not in refused]
         with_real = sum(1 for n in accepted if real_clips.get(n, 0) > 0)
         if with_real < self.cfg.min_crowd:
-            reason = (f"{with_real} device(s) reported real clips, fewer than min-crowd "
-                      f"{self.cfg.min_crowd}: the ledger would attribute the rows; nothing "
-                      f"stored")
-            log.warning("round %d: %s", server_round, reason)
-            return Routed([], refused, {**figures, "senders": released.senders,
-                                        "refused": reason})
+            return (f"{with_real} device(s) reported real clips, fewer than min-crowd "
+                    f"{self.cfg.min_crowd}: the ledger would attribute the rows; nothing "
+                    f"stored")
         opened = open_release(self._analyzer, released.records,
                               inner_context(self.cfg.run_id, collection, version))
         real = [r for r in opened.real if _decodes(r.payload)]
-        rows = [NewUnlinkable(run_id=self.cfg.run_id, collection_round=server_round,
-                              pseudonym=r.pseudonym.hex(), window_day=r.day,
-                              granularity_days=self.cfg.time_granularity_days,
-                              payload=r.payload, encoder_version=version) for r in real]
-        return Routed(rows, refused, {**figures, "senders": released.senders,
-                                      "stored": len(rows), "dummies": opened.dummies,
-                                      "unopened": opened.unopened + len(opened.real) - len(real)})
+        rows += [NewUnlinkable(run_id=self.cfg.run_id, collection_round=server_round,
+                               pseudonym=r.pseudonym.hex(), window_day=r.day,
+                               granularity_days=self.cfg.time_granularity_days,
+                               payload=r.payload, encoder_version=version) for r in real]
+        figures["stored"] += len(real)
+        figures["dummies"] += opened.dummies
+        figures["unopened"] += opened.unopened + len(opened.real) - len(real)
+        return None
 
 
 def _decodes(payload: bytes) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from fl_client.uploads import UploadRefused, check_pin, seal
 from privacy.payload import encode_payload
 from privacy.shuffle.pin import ShufflerPin
-from privacy.shuffle.records import collection_label, open_outer, outer_context
+from privacy.shuffle.records import open_outer, outer_context
 from privacy.shuffle.sealed import SealError, generate_private_key, public_bytes
 from privacy.wire.upload import Batch, UploadRecord, UploadRequest, decode_sealed
 
@@ -44,10 +44,11 @@ def test_a_substituted_shuffler_key_is_refused_and_would_otherwise_link():
     # CONTROL: a device pinned to whatever the server sent (the old behaviour) hands the
     # server every inner ciphertext of this sender: the shuffle would hide nothing
     outer = decode_sealed(seal(batch(1), forged, ShufflerPin(public_bytes(evil)))).outer
-    label = collection_label("atk", 1)
+    label = forged.collection_label
     assert len(open_outer(evil, outer, outer_context(label)).inner) == M
     # the pinned device's blob opens for the pinned shuffler only
     honest = decode_sealed(seal(batch(1), request(public_bytes(SHUFFLER)), PIN)).outer
+    label = request(public_bytes(SHUFFLER)).collection_label
     with pytest.raises(SealError):
         open_outer(evil, honest, outer_context(label))
     assert open_outer(SHUFFLER, honest, outer_context(label)).min_crowd == PIN.min_crowd
@@ -75,7 +76,7 @@ def test_the_shuffler_enforces_the_crowd_the_devices_were_pinned_to():
     from privacy.shuffle.shuffler import Shuffler, ShuffleRefused
 
     shuffler = Shuffler(SHUFFLER, min_crowd=2)  # laxer than the devices' pin of 3
-    label = collection_label("atk", 1)
+    label = request(PIN.public_key).collection_label
     for node in range(2):
         shuffler.submit(label, str(node), decode_sealed(
             seal(batch(node), request(PIN.public_key), PIN)).outer)
@@ -103,3 +104,64 @@ def test_the_node_reads_its_pin_from_node_config_or_its_bundle(tmp_path):
     (bundle / "shuffler.json").write_text("{}")
     with pytest.raises(ValueError, match="shuffler.json: shuffler pin lacks"):
         shuffler_pin(sim, str(tmp_path), 0)  # type: ignore[arg-type]
+
+
+def test_a_device_tagged_by_its_own_settings_lands_in_a_collection_of_its_own():
+    """tag: the server gives one device its own analyzer key and time window inside an
+    honest crowd, hoping to pick its rows out of the release by which key opens them."""
+    from privacy.shuffle.analyzer import open_release
+    from privacy.shuffle.records import InnerRecord, inner_context, new_pseudonym, seal_batch
+    from privacy.shuffle.shuffler import Shuffler, ShuffleRefused
+
+    victim_analyzer = generate_private_key()
+    honest = request(PIN.public_key)
+    tagged = UploadRequest("atk", 1, 1, M, "int8", VERSION, 0.0, 0,
+                           analyzer_key=public_bytes(victim_analyzer),
+                           shuffler_key=PIN.public_key, time_granularity_days=14)
+    assert tagged.collection_label != honest.collection_label
+    shuffler = Shuffler(SHUFFLER, min_crowd=3)
+    for node in range(3):
+        shuffler.submit(honest.collection_label, f"n{node}",
+                        decode_sealed(seal(batch(node), honest, PIN)).outer)
+    victim = decode_sealed(seal(batch(9), tagged, PIN)).outer
+    with pytest.raises(ShuffleRefused, match="does not open"):  # not into the honest crowd
+        shuffler.submit(honest.collection_label, "victim", victim)
+    shuffler.submit(tagged.collection_label, "victim", victim)  # alone: no release
+    with pytest.raises(ShuffleRefused, match="1 sender\\(s\\), fewer than min-crowd 3"):
+        shuffler.release(tagged.collection_label)
+    assert open_release(victim_analyzer, shuffler.release(honest.collection_label).inner,
+                        inner_context("atk", 1, VERSION)).real == ()
+    # CONTROL: labelled by (run, collection) only, the tagged device joins the crowd and
+    # the server's second analyzer key opens exactly its rows
+    control = Shuffler(SHUFFLER, min_crowd=3)
+
+    def sealed(tag: int, analyzer: bytes) -> bytes:
+        records = [InnerRecord(encode_payload(np.full(8, tag, np.float32), "int8"), None,
+                               new_pseudonym(), True) for _ in range(M)]
+        return seal_batch(records, analyzer, PIN.public_key, inner_context("atk", 1, VERSION),
+                          outer_context("atk/1"))
+
+    for node in range(3):
+        control.submit("atk/1", f"n{node}", sealed(node, public_bytes(ANALYZER)))
+    control.submit("atk/1", "victim", sealed(9, public_bytes(victim_analyzer)))
+    opened = open_release(victim_analyzer, control.release("atk/1").inner,
+                          inner_context("atk", 1, VERSION))
+    assert len(opened.real) == M
+    assert {r.payload for r in opened.real} == {encode_payload(np.full(8, 9, np.float32), "int8")}
+
+
+def test_every_setting_changes_the_label():
+    from dataclasses import replace
+
+    base = request(PIN.public_key)
+    variants = [replace(base, collection=2), replace(base, run_id="atk2"),
+                replace(base, clips=M + 1), replace(base, dtype="float16"),
+                replace(base, encoder_version="cd" * 32),
+                replace(base, analyzer_key=public_bytes(generate_private_key())),
+                replace(base, time_granularity_days=14),
+                replace(base, release_clip=1.0, release_noise=2.0),
+                replace(base, release_clip=1.0, release_noise=2.5)]
+    labels = {v.collection_label for v in variants} | {base.collection_label}
+    assert len(labels) == len(variants) + 1
+    # what the device does not seal by (its caps, the server's ledger view) does not
+    assert replace(base, info_bits_cap=5.0, server_bits=7).collection_label == base.collection_label

@@ -92,18 +92,19 @@ def live_shuffler():
 
 
 def device_replies(route: UnlinkableRoute, reals: list[int], collection: int, tmp_path
-                   ) -> tuple[dict[int, bytes], dict[int, int]]:
+                   ) -> tuple[dict[int, bytes], dict[int, int], dict[int, str]]:
     analyzer, shuffler = route.request_keys()
     source = SyntheticSource(FleetSpec(seed=0, num_devices=2, days=3), 1)
-    blobs, real = {}, {}
+    blobs, real, labels = {}, {}, {}
     for node, count in enumerate(reals, start=11):
         full = source.capture(1, 4)
         privatized = privatize(MODEL, ARRAYS, full, 4, "int8", np.random.default_rng(node))
         batch = assemble(privatized, full, 4, count, 5 * count, 0, VERSION)
-        reply = decode_sealed(seal(batch, unlinkable_request(4, collection, analyzer, shuffler),
-                                   PIN))
+        request = unlinkable_request(4, collection, analyzer, shuffler)
+        reply = decode_sealed(seal(batch, request, PIN))
         blobs[node], real[node] = reply.outer, reply.clips
-    return blobs, real
+        labels[node] = request.collection_label
+    return blobs, real, labels
 
 
 def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler, registry_url):
@@ -111,8 +112,8 @@ def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler, registry_
                     runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
     route = UnlinkableRoute(cfg)
     assert analyzer_key_path(cfg).exists()
-    blobs, real = device_replies(route, [2, 3, 0], 1, tmp_path)
-    routed = route.route(1, 1, VERSION, blobs, real)
+    blobs, real, labels = device_replies(route, [2, 3, 0], 1, tmp_path)
+    routed = route.route(1, 1, VERSION, blobs, real, labels)
     assert routed.refused == {} and routed.figures["senders"] == 3
     assert routed.figures["stored"] == 5 and routed.figures["dummies"] == 7
     assert {r.window_day for r in routed.rows} <= {0, 7, 14}
@@ -129,12 +130,12 @@ def test_route_stores_nothing_when_too_few_devices_had_real_clips(tmp_path, live
     cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
                     runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
     route = UnlinkableRoute(cfg)
-    blobs, real = device_replies(route, [3, 0, 0], 1, tmp_path)
-    routed = route.route(1, 1, VERSION, blobs, real)
+    blobs, real, labels = device_replies(route, [3, 0, 0], 1, tmp_path)
+    routed = route.route(1, 1, VERSION, blobs, real, labels)
     assert routed.rows == [] and "1 device(s) reported real clips" in routed.figures["refused"]
     # below the shuffler's crowd: the shuffler refuses, nothing stored
-    blobs, real = device_replies(route, [3], 2, tmp_path)
-    routed = route.route(2, 2, VERSION, blobs, real)
+    blobs, real, labels = device_replies(route, [3], 2, tmp_path)
+    routed = route.route(2, 2, VERSION, blobs, real, labels)
     assert routed.rows == [] and "fewer than min-crowd 2" in routed.figures["refused"]
 
 
@@ -160,3 +161,23 @@ def test_a_shuffler_that_is_down_is_one_config_error_before_any_request(tmp_path
     assert collector.unlinkable is not None
     with pytest.raises(ConfigError, match="unreachable"):
         collector.unlinkable.request_keys()
+
+
+def test_route_checks_each_settings_label_alone(tmp_path, live_shuffler):
+    """A device sent other settings is its own collection: its blob alone is below the
+    crowd and nothing of it is stored, while the honest crowd is."""
+    cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
+                    runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
+    route = UnlinkableRoute(cfg)
+    blobs, real, labels = device_replies(route, [2, 3], 5, tmp_path)
+    analyzer, shuffler = route.request_keys()
+    odd = replace(unlinkable_request(4, 5, analyzer, shuffler), time_granularity_days=14)
+    source = SyntheticSource(FleetSpec(seed=0, num_devices=2, days=3), 1)
+    full = source.capture(1, 4)
+    batch = assemble(privatize(MODEL, ARRAYS, full, 4, "int8", np.random.default_rng(3)),
+                     full, 4, 4, 20, 0, VERSION)
+    blobs[99], real[99] = decode_sealed(seal(batch, odd, PIN)).outer, 4
+    labels[99] = odd.collection_label
+    routed = route.route(5, 5, VERSION, blobs, real, labels)
+    assert routed.figures["collections"] == 2 and routed.figures["stored"] == 5
+    assert "fewer than min-crowd 2" in routed.figures["refused"]

@@ -32,6 +32,7 @@ Why each field is what it is:
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import struct
 from collections.abc import Sequence
@@ -175,9 +176,38 @@ def inner_context(run_id: str, collection: int, encoder_version: str) -> bytes:
     return f"fedmsr-shuffle/inner/v1\0{run_id}\0{collection}\0{encoder_version}".encode()
 
 
-def collection_label(run_id: str, collection: int) -> str:
-    """How the collector, the device and the shuffler name one collection."""
-    return f"{run_id}/{collection}"
+@dataclass(frozen=True)
+class CollectionSettings:
+    """Every per-collection setting a device's sealed records depend on."""
+
+    run_id: str
+    collection: int
+    clips: int  # M
+    dtype: str  # payload dtype
+    encoder_version: str
+    analyzer_key: bytes
+    time_granularity_days: int
+    release_clip: float  # 0 = sampled uploads
+    release_noise: float
+
+
+def collection_label(settings: CollectionSettings) -> str:
+    """How the device, the collector and the shuffler name one collection: a hash of every
+    setting in `settings`.
+
+    Why a hash of all of them: the shuffler checks the crowd per label. If the label named
+    only (run, collection), a server could give one device a setting of its own (another
+    analyzer key, another time window, another release noise, another M) inside an honest
+    crowd and pick that device's rows out of the release by the setting alone. With every
+    setting in the label, which is also in the outer context the device seals to, a device
+    given different settings lands in a collection of its own and must pass the crowd
+    check alone.
+    """
+    parts = [settings.run_id, str(settings.collection), str(settings.clips), settings.dtype,
+             settings.encoder_version, settings.analyzer_key.hex(),
+             str(settings.time_granularity_days), float(settings.release_clip).hex(),
+             float(settings.release_noise).hex()]
+    return "c1-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def outer_context(label: str) -> bytes:
