@@ -37,7 +37,7 @@ from fl_server.registry.identity import BUNDLES_EXTRA
 from fl_server.representations import NewUnlinkable
 from fl_server.shuffler_service import ShufflerClient, ShufflerError, ShufflerInfo, analyzer_key
 from privacy.payload import decode_payload
-from privacy.shuffle.analyzer import open_release
+from privacy.shuffle.analyzer import ReleaseRefused, open_release
 from privacy.shuffle.pin import MAX_PINNED_CROWD, PIN_FILE, ShufflerPin
 from privacy.shuffle.records import inner_context, outer_size
 from privacy.shuffle.sealed import public_bytes
@@ -168,8 +168,11 @@ class UnlinkableRoute:
             return (f"{with_real} device(s) reported real clips, fewer than min-crowd "
                     f"{self.cfg.min_crowd}: the ledger would attribute the rows; nothing "
                     f"stored")
-        opened = open_release(self._analyzer, released.records,
-                              inner_context(self.cfg.run_id, collection, version))
+        try:
+            opened = open_release(self._analyzer, released.records,
+                                  inner_context(self.cfg.run_id, collection, version))
+        except ReleaseRefused as exc:
+            return f"analyzer refused: {exc}"
         real = [r for r in opened.real if _decodes(r.payload)]
         rows += [NewUnlinkable(run_id=self.cfg.run_id, collection_round=server_round,
                                pseudonym=r.pseudonym.hex(), window_day=r.day,

@@ -165,3 +165,78 @@ def test_every_setting_changes_the_label():
     assert len(labels) == len(variants) + 1
     # what the device does not seal by (its caps, the server's ledger view) does not
     assert replace(base, info_bits_cap=5.0, server_bits=7).collection_label == base.collection_label
+
+
+def honest_blobs(count: int, label_request: UploadRequest) -> dict[str, bytes]:
+    return {f"n{i}": decode_sealed(seal(batch(i), label_request, PIN)).outer
+            for i in range(count)}
+
+
+def test_a_blob_replayed_under_sybil_senders_is_refused():
+    """shuf/split: the server resubmits one device's blob under fake sender ids, to reach
+    the crowd with one device or to mark its records by their repeats."""
+    from collections import Counter
+
+    from privacy.shuffle.shuffler import Shuffler, ShuffleRefused
+
+    honest = request(PIN.public_key)
+    label = honest.collection_label
+    blobs = honest_blobs(3, honest)
+    # CONTROL: had the replay been accepted, the repeated inner ciphertexts are exactly
+    # the replayed sender's
+    victim_inner = set(open_outer(SHUFFLER, blobs["n0"], outer_context(label)).inner)
+    pooled = [c for b in [*blobs.values(), blobs["n0"]]
+              for c in open_outer(SHUFFLER, b, outer_context(label)).inner]
+    assert {c for c, k in Counter(pooled).items() if k > 1} == victim_inner
+    shuffler = Shuffler(SHUFFLER, min_crowd=3)
+    for sender, blob in blobs.items():
+        shuffler.submit(label, sender, blob)
+    with pytest.raises(ShuffleRefused, match="submitted before: a replayed blob"):
+        shuffler.submit(label, "sybil", blobs["n0"])
+    released = shuffler.release(label)
+    assert released.senders == 3 and len(set(released.inner)) == len(released.inner) == 3 * M
+    # split: one device in a collection of its own, replayed 5 times: one sender, no release
+    alone = request(PIN.public_key, collection=1001)
+    blob = decode_sealed(seal(batch(7), alone, PIN)).outer
+    other = Shuffler(SHUFFLER, min_crowd=3)
+    other.submit(alone.collection_label, "fake0", blob)
+    for i in range(1, 5):
+        with pytest.raises(ShuffleRefused, match="replayed"):
+            other.submit(alone.collection_label, f"fake{i}", blob)
+    with pytest.raises(ShuffleRefused, match="1 sender"):
+        other.release(alone.collection_label)
+
+
+def test_repeated_inner_ciphertexts_are_refused_by_shuffler_and_analyzer():
+    """A server that learnt a device's inner ciphertexts (from an earlier release) and
+    re-seals them in fresh outer blobs under fake senders."""
+    from privacy.shuffle.analyzer import ReleaseRefused, open_release
+    from privacy.shuffle.records import _OUTER, inner_context, outer_size
+    from privacy.shuffle.sealed import seal as seal_box
+    from privacy.shuffle.shuffler import Shuffler, ShuffleRefused
+
+    honest = request(PIN.public_key)
+    label = honest.collection_label
+    blobs = honest_blobs(3, honest)
+    inner = open_outer(SHUFFLER, blobs["n0"], outer_context(label)).inner
+    body = _OUTER.pack(b"MSRO", 1, 0, M, len(inner[0]))
+    forged = seal_box(PIN.public_key, body + b"".join(inner), outer_context(label))
+    assert len(forged) == outer_size(M, len(encode_payload(np.zeros(8, np.float32), "int8")))
+    shuffler = Shuffler(SHUFFLER, min_crowd=3)
+    for sender, blob in [*blobs.items(), ("sybil", forged)]:
+        shuffler.submit(label, sender, blob)  # a fresh outer blob: its hash is new
+    with pytest.raises(ShuffleRefused, match="repeated inner ciphertexts"):
+        shuffler.release(label)
+    with pytest.raises(ShuffleRefused, match="already released or refused"):
+        shuffler.release(label)
+    context = inner_context("atk", 1, VERSION)
+    with pytest.raises(ReleaseRefused, match="4 repeated ciphertext"):
+        open_release(ANALYZER, [*inner, *inner], context)
+    # the same record re-sealed (a new ciphertext, the same pseudonym) is refused too
+    from privacy.shuffle.records import encode_inner, open_inner
+
+    record = open_inner(ANALYZER, inner[0], context)
+    resealed = seal_box(public_bytes(ANALYZER), encode_inner(record), context)
+    with pytest.raises(ReleaseRefused, match="repeated pseudonyms"):
+        open_release(ANALYZER, [*inner, resealed], context)
+    assert len(open_release(ANALYZER, list(inner), context).real) == M

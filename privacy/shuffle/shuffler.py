@@ -15,6 +15,10 @@ records inside are sealed to the analyzer). It exists to cut the link between th
 * **the crowd each sender asked for** — a device puts its pinned minimum crowd inside its
   outer blob; the collection is released only if it reaches the largest such minimum
   (and the shuffler's own);
+* **no replay** — a blob the shuffler has accepted before (by its SHA-256, in any
+  collection) is refused, so a server cannot resubmit a device's blob under fake sender
+  ids to fake a crowd around it; and a release whose inner ciphertexts repeat is refused
+  (the collection is closed, nothing is released);
 * **one size per collection** — every batch of a collection must carry the same count and
   size of inner ciphertexts as the first: a different size would mark its sender's records.
 
@@ -26,6 +30,7 @@ not. `Shuffler` holds no I/O: the HTTP service in `fl_server.shuffler_service` w
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -74,6 +79,7 @@ class Shuffler:
         self._rng = rng or secrets.SystemRandom()
         self._pending: dict[str, _Pending] = {}
         self._closed: set[str] = set()
+        self._seen: set[bytes] = set()  # SHA-256 of every blob accepted, any collection
         self._lock = threading.Lock()
 
     @property
@@ -89,7 +95,11 @@ class Shuffler:
             batch = open_outer(self._key, blob, outer_context(collection))
         except (SealError, ValueError) as exc:
             raise ShuffleRefused(f"batch from {sender} for {collection} refused: {exc}") from None
+        digest = hashlib.sha256(blob).digest()
         with self._lock:
+            if digest in self._seen:
+                raise ShuffleRefused(f"batch from {sender} for {collection} was submitted "
+                                     f"before: a replayed blob is refused")
             if collection in self._closed:
                 raise ShuffleRefused(f"collection {collection} is closed (released or "
                                      f"refused): no more batches")
@@ -103,6 +113,7 @@ class Shuffler:
                                      f"{shape[1]} bytes; {collection} takes "
                                      f"{pending.shape[0]} of {pending.shape[1]}")
             pending.shape = shape
+            self._seen.add(digest)
             pending.required = max(pending.required, batch.min_crowd)
             pending.senders.add(sender)
             pending.inner.extend(batch.inner)
@@ -121,5 +132,8 @@ class Shuffler:
             raise ShuffleRefused(f"collection {collection} has {crowd} sender(s), fewer than "
                                  f"min-crowd {need}: nothing released")
         inner = list(pending.inner)
+        if len(set(inner)) != len(inner):
+            raise ShuffleRefused(f"collection {collection} holds repeated inner ciphertexts "
+                                 f"(a replay): nothing released")
         self._rng.shuffle(inner)
         return Released(collection, crowd, tuple(inner))
