@@ -240,3 +240,90 @@ def test_repeated_inner_ciphertexts_are_refused_by_shuffler_and_analyzer():
     with pytest.raises(ReleaseRefused, match="repeated pseudonyms"):
         open_release(ANALYZER, [*inner, resealed], context)
     assert len(open_release(ANALYZER, list(inner), context).real) == M
+
+
+def start_service(key_path) -> tuple:
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fl_server.cli", "shuffler", "start",
+                             "--key", str(key_path), "--port", "0", "--min-crowd", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+    assert match, line
+    return proc, match.group(1)
+
+
+def stop_service(proc) -> None:
+    import os
+    import signal
+
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_a_restarted_shuffler_process_releases_nothing_twice(tmp_path):
+    """restart: the server restarts the shuffler and asks it to release overlapping subsets
+    of one crowd; intersecting them would give the sender both subsets share."""
+    from fl_server.shuffler_service import (
+        ShufflerClient,
+        ShufflerError,
+        journal_path,
+        read_key,
+        write_key,
+    )
+    from privacy.shuffle.shuffler import Shuffler
+
+    key = tmp_path / "shuffler.pem"
+    public = write_key(key)
+    pin = ShufflerPin(public, 7, 2)
+    honest = request(public)
+    label = honest.collection_label
+    blobs = {f"n{i}": decode_sealed(seal(batch(i), honest, pin)).outer for i in range(3)}
+    # CONTROL: shufflers that forget (no journal) release {n0, n1} and {n0, n2}; the
+    # intersection is exactly n0's inner ciphertexts
+    released = []
+    for subset in (["n0", "n1"], ["n0", "n2"]):
+        forgetful = Shuffler(read_key(key), min_crowd=2)
+        for sender in subset:
+            forgetful.submit(label, sender, blobs[sender])
+        released.append(set(forgetful.release(label).inner))
+    assert released[0] & released[1] == set(open_outer(read_key(key), blobs["n0"],
+                                                       outer_context(label)).inner)
+    # the real service, restarted between the two releases
+    proc, url = start_service(key)
+    try:
+        client = ShufflerClient(url)
+        for sender in ("n0", "n1"):
+            client.submit(label, sender, blobs[sender])
+        assert client.release(label).senders == 2
+    finally:
+        stop_service(proc)
+    assert journal_path(key).exists()
+    proc, url = start_service(key)
+    try:
+        client = ShufflerClient(url)
+        with pytest.raises(ShufflerError, match="submitted before: a replayed blob"):
+            client.submit(label, "n0", blobs["n0"])
+        with pytest.raises(ShufflerError, match="is closed"):
+            client.submit(label, "n2", blobs["n2"])
+        with pytest.raises(ShufflerError, match="already released"):
+            client.release(label)
+    finally:
+        stop_service(proc)
+
+
+def test_a_torn_last_line_is_ignored_and_a_damaged_journal_refused(tmp_path):
+    from fl_server.shuffler_service import FileJournal
+
+    journal = FileJournal(tmp_path / "j")
+    journal.closed("a/1")
+    journal.seen(b"\x01" * 32)
+    with open(tmp_path / "j", "a") as handle:
+        handle.write("closed 6")  # the crash cut this write short: never answered
+    assert journal.load() == ({"a/1"}, {b"\x01" * 32})
+    (tmp_path / "j").write_text("closed zz\n")
+    with pytest.raises(ValueError, match="line 1 is not a journal entry"):
+        journal.load()
