@@ -13,12 +13,15 @@ changes in three places, all here:
 * the analyzer (this server's store side, holding the analyzer key) opens the released
   inner records, drops dummies and stores the rest in `unlinkable_representations`.
 
-Two crowd checks, both before anything is stored: the shuffler releases nothing below its
-own min-crowd, and the collector stores nothing unless at least the run's `min_crowd`
-devices (a) sent a batch the shuffler accepted and (b) reported real clips in their ledger
-charge. (b) matters because the charges are public: real rows from fewer devices than that
-would be attributable through the ledger alone. A shuffler configured with a smaller
-min-crowd than the run's is refused outright.
+Two crowd checks, both before anything is stored: the collector asks for no release
+unless at least the run's `min_crowd` devices (a) sent a batch the shuffler accepted and
+(b) reported real clips in their ledger charge, and the shuffler releases nothing below
+its own min-crowd (or the largest a device was pinned to). (b) matters because the
+charges are public: real rows from fewer devices than that would be attributable through
+the ledger alone. After the analyzer opens the release, the real records must be exactly
+as many as the accepted devices reported; otherwise the charges do not describe the rows
+(a forged or replayed batch) and nothing is stored, the round's figures say why. A
+shuffler configured with a smaller min-crowd than the run's is refused outright.
 
 The server still learns, per device, what its ledger charge says (bits, real clip count,
 capped), the reply's size (constant) and timing; docs/representations.md lists it all.
@@ -157,22 +160,27 @@ class UnlinkableRoute:
                 self.client.submit(label, str(node_id), blob)
             except ShufflerError as exc:
                 refused[node_id] = str(exc)
+        accepted = [n for n in blobs if n not in refused]
+        with_real = sum(1 for n in accepted if real_clips.get(n, 0) > 0)
+        if with_real < self.cfg.min_crowd:  # before the release: nothing is opened
+            return (f"{with_real} device(s) reported real clips, fewer than min-crowd "
+                    f"{self.cfg.min_crowd}: the ledger would attribute the rows; nothing "
+                    f"released or stored")
         try:
             released = self.client.release(label)
         except ShufflerError as exc:
             return str(exc)
         figures["senders"] += released.senders
-        accepted = [n for n in blobs if n not in refused]
-        with_real = sum(1 for n in accepted if real_clips.get(n, 0) > 0)
-        if with_real < self.cfg.min_crowd:
-            return (f"{with_real} device(s) reported real clips, fewer than min-crowd "
-                    f"{self.cfg.min_crowd}: the ledger would attribute the rows; nothing "
-                    f"stored")
         try:
             opened = open_release(self._analyzer, released.records,
                                   inner_context(self.cfg.run_id, collection, version))
         except ReleaseRefused as exc:
             return f"analyzer refused: {exc}"
+        reported = sum(real_clips.get(n, 0) for n in accepted)
+        if reported != len(opened.real):
+            return (f"the devices reported {reported} real clip(s), the release opened "
+                    f"{len(opened.real)} real record(s): the ledger charges do not account "
+                    f"for the rows; nothing stored")
         real = [r for r in opened.real if _decodes(r.payload)]
         rows += [NewUnlinkable(run_id=self.cfg.run_id, collection_round=server_round,
                                pseudonym=r.pseudonym.hex(), window_day=r.day,

@@ -181,3 +181,25 @@ def test_route_checks_each_settings_label_alone(tmp_path, live_shuffler):
     routed = route.route(5, 5, VERSION, blobs, real, labels)
     assert routed.figures["collections"] == 2 and routed.figures["stored"] == 5
     assert "fewer than min-crowd 2" in routed.figures["refused"]
+
+
+def test_route_checks_the_crowd_before_the_release_and_the_counts_after(tmp_path,
+                                                                         live_shuffler):
+    from fl_server.shuffler_service import ShufflerClient
+
+    cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
+                    runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
+    route = UnlinkableRoute(cfg)
+    blobs, real, labels = device_replies(route, [3, 0, 0], 6, tmp_path)
+    routed = route.route(6, 6, VERSION, blobs, real, labels)
+    assert routed.rows == [] and "nothing released" in routed.figures["refused"]
+    # the collector never asked for the release: the shuffler still holds the collection
+    (label,) = set(labels.values())
+    assert ShufflerClient(live_shuffler).release(label).senders == 3
+    # charges that do not account for the rows (a device reporting 1 real clip that sealed
+    # 2): nothing stored, the figures say why
+    blobs, real, labels = device_replies(route, [2, 2], 7, tmp_path)
+    routed = route.route(7, 7, VERSION, blobs, {**real, 11: 1}, labels)
+    assert routed.rows == [] and routed.figures["stored"] == 0
+    assert ("reported 3 real clip(s), the release opened 4 real record(s)"
+            in routed.figures["refused"])
