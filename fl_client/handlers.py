@@ -24,7 +24,13 @@ from fl_client.ledger_reservations import checkin_verdict
 from fl_client.local_clips import own_clips, own_source, training_clips, utility_labels
 from fl_client.recorded_footage import NoFootage
 from fl_client.local_round import LocalRound, run_local_round
-from fl_client.node import device_index, device_state_dir, own_info_cap, sign_challenge
+from fl_client.node import (
+    device_index,
+    device_state_dir,
+    own_info_cap,
+    shuffler_pin,
+    sign_challenge,
+)
 from fl_client.release import releases_private_metrics
 from fl_client.uploads import UploadRefused, answer_upload
 from privacy.encoder import build_model, encode, load_numpy_state
@@ -171,9 +177,13 @@ def upload(msg: Message, context: Context) -> Message:
     if state is None:
         raise UploadRefused("no state directory for the information ledger (node config "
                             "'state-dir', or an enrollment bundle): refusing to upload")
+    try:
+        pin = shuffler_pin(context, request.bundles_dir, device) if request.unlinkable else None
+    except ValueError as exc:
+        raise UploadRefused(f"shuffler pin: {exc}") from None
     capture = own_source(instructions, context).capture(request.collection, request.clips)
     blob = answer_upload(request, instructions.model, arrays_of(msg.content.array_records[ARRAYS_KEY]),
                          capture, InfoLedger.at(state), own_info_cap(context),
                          np.random.default_rng(secrets.randbits(128)),
-                         _release_ledger(request, msg, context, device))
+                         _release_ledger(request, msg, context, device), pin)
     return Message(RecordDict({BATCH_KEY: ConfigRecord({BATCH_KEY: blob})}), reply_to=msg)

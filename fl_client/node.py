@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.app import Context
 
 from privacy.checks import is_int
+from privacy.shuffle.pin import PIN_FILE, ShufflerPin
 from privacy.wire.checkin import Challenge, CheckinAnswer, checkin_statement
 
 log = logging.getLogger("fedmsr.node")
@@ -104,3 +105,28 @@ def own_info_cap(context: Context) -> float | None:
     """The device's own information cap in bits (node config `info-bits-cap`), if set."""
     value = context.node_config.get("info-bits-cap")
     return None if value is None else float(value)
+
+
+def shuffler_pin(context: Context, bundles_dir: str, device: int) -> ShufflerPin | None:
+    """The shuffler this device seals to (`privacy.shuffle.pin`): node config `shuffler-key`
+    (hex; optional `min-time-granularity-days`, `min-crowd`) on a real node, else the
+    enrollment bundle's shuffler.json (simulation); None when neither provisions one.
+    ValueError (one line) for a pin that is there but malformed."""
+    config = context.node_config
+    if "shuffler-key" in config:
+        try:
+            key = bytes.fromhex(str(config["shuffler-key"]))
+        except ValueError:
+            raise ValueError("node config 'shuffler-key' is not hex") from None
+        return ShufflerPin(key, int(config.get("min-time-granularity-days", 1)),
+                           int(config.get("min-crowd", 2)))
+    found = enrollment_key(context, bundles_dir, device)
+    if found is None:
+        return None
+    path = Path(found[1]).parent / PIN_FILE
+    if not path.exists():
+        return None
+    try:
+        return ShufflerPin.from_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None

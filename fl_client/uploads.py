@@ -39,6 +39,9 @@ id, the real/dummy flag; no hour) is sealed to the analyzer, and the M sealed re
 together to the shuffler (`privacy.shuffle.records`). The reply is a SEALED batch: the
 outer blob plus the ledger charge the device reports today, nothing else; its size depends
 on (M, latent_dim, dtype) only, and the sealing work is the same M records every time.
+The device seals only to the shuffler key it was provisioned with (`privacy.shuffle.pin`)
+and refuses, before charging anything, a request naming another key or a finer time
+window than it accepts; without a pinned key it refuses every unlinkable request.
 
 The request and the batch formats are the wire contract: `privacy.wire.upload`.
 """
@@ -58,10 +61,10 @@ from privacy.encoder import EncoderConfig, build_model, encode, load_numpy_state
 from privacy.payload import encode_payload
 from privacy.release_mechanism import GaussianRelease
 from privacy.secure_normal import secure_standard_normal
+from privacy.shuffle.pin import ShufflerPin
 from privacy.shuffle.records import (
     InnerRecord,
     coarsen_day,
-    collection_label,
     inner_context,
     new_pseudonym,
     outer_context,
@@ -187,7 +190,8 @@ def assemble(privatized: Privatized, capture: Capture, clips: int, sent: int, ch
 def answer_upload(request: UploadRequest, model_cfg: EncoderConfig,
                   arrays: Mapping[str, np.ndarray], capture: Capture, ledger: InfoLedger,
                   own_cap: float | None, rng: np.random.Generator,
-                  dp_ledger: DeviceLedger | None = None) -> bytes:
+                  dp_ledger: DeviceLedger | None = None, pin: ShufflerPin | None = None
+                  ) -> bytes:
     """The device's whole answer: check the model, reserve a randomized release on the DP
     ledger (when asked), privatize, charge the information ledger, encode.
 
@@ -200,6 +204,8 @@ def answer_upload(request: UploadRequest, model_cfg: EncoderConfig,
     if version != request.encoder_version:
         raise UploadRefused(f"the arrays sent are encoder {version[:12]}, the request names "
                             f"{request.encoder_version[:12]}: refusing to upload")
+    if request.unlinkable:  # before any ledger is charged
+        check_pin(request, pin)
     release = reserve_release(request, dp_ledger)
     privatized = privatize(model_cfg, arrays, capture, request.clips, request.dtype, rng,
                            release)
@@ -208,17 +214,31 @@ def answer_upload(request: UploadRequest, model_cfg: EncoderConfig,
                          min(caps) if caps else None, floor=request.server_bits)
     batch = assemble(privatized, capture, request.clips, spend.clips, spend.bits,
                      spend.before, version)
-    return seal(batch, request) if request.unlinkable else encode_batch(batch)
+    return seal(batch, request, pin) if request.unlinkable else encode_batch(batch)
 
 
-def seal(batch: Batch, request: UploadRequest) -> bytes:
+def check_pin(request: UploadRequest, pin: ShufflerPin | None) -> ShufflerPin:
+    """The device's pin, if it accepts this unlinkable request (UploadRefused otherwise)."""
+    if pin is None:
+        raise UploadRefused("unlinkable upload asked, but no shuffler key is provisioned on "
+                            "this device (node config 'shuffler-key'): refusing to upload")
+    reason = pin.refusal(request.shuffler_key, request.time_granularity_days)
+    if reason is not None:
+        raise UploadRefused(reason)
+    return pin
+
+
+def seal(batch: Batch, request: UploadRequest, pin: ShufflerPin | None) -> bytes:
     """The SEALED reply to an unlinkable request: every record stripped of what links it
-    (clip id -> fresh pseudonym, day -> window, hour dropped), sealed twice."""
+    (clip id -> fresh pseudonym, day -> window, hour dropped), sealed twice, the outer
+    layer to the pinned shuffler with the pinned minimum crowd."""
+    pin = check_pin(request, pin)
     inner = [InnerRecord(r.payload, coarsen_day(r.day, request.time_granularity_days),
                          new_pseudonym(), r.real) for r in batch.records]
-    outer = seal_batch(inner, request.analyzer_key, request.shuffler_key,
+    outer = seal_batch(inner, request.analyzer_key, pin.public_key,
                        inner_context(request.run_id, request.collection, batch.encoder_version),
-                       outer_context(collection_label(request.run_id, request.collection)))
+                       outer_context(request.collection_label),
+                       pin.min_crowd)
     return encode_sealed(SealedBatch(outer, len(batch.records), len(batch.real),
                                      batch.encoder_version, batch.bits,
                                      batch.device_bits_before, batch.capped))

@@ -199,13 +199,16 @@ class Collector:
                             if t.device_id in refused})
             targets = [t for t in targets if t.device_id not in refused]
         global_record = record_of(arrays)
-        messages = [self._request(plan, global_record, t, server_round, version, keys)
+        requests = {t.node_id: self._upload_request(t, server_round, version, keys)
+                    for t in targets}
+        messages = [self._message(plan, global_record, t, server_round, requests[t.node_id])
                     for t in targets]
         replies = send_and_collect(grid, messages, UPLOAD_TIMEOUT_S) if messages else []
         reply_bytes = self._reply_bytes(plan)
         received = _Received.of(replies, targets, version, reply_bytes, self.cfg, server_round,
                                 sealed=self.unlinkable is not None)
-        routed = self._route(received, targets, server_round, version)
+        routed = self._route(received, targets, server_round, version,
+                             {n: r.collection_label for n, r in requests.items()})
         flagged = self._record(targets, received, stopped, server_round,
                                routed.rows if routed else [])
         totals = self._totals()
@@ -255,14 +258,14 @@ class Collector:
         return batch_size(clips, latent, PAYLOAD_DTYPE)
 
     def _route(self, received: _Received, targets: list[Target], server_round: int,
-               version: str) -> Routed | None:
+               version: str, labels: Mapping[int, str]) -> Routed | None:
         """Unlinkable mode: the sealed batches through the shuffler and the analyzer."""
         if self.unlinkable is None:
             return None
         by_node = {t.node_id: t for t in targets}
         real = {n: received.clips[by_node[n].index] for n in received.sealed}
         routed = self.unlinkable.route(server_round // self.cfg.collect_every, server_round,
-                                       version, received.sealed, real)
+                                       version, received.sealed, real, labels)
         for node_id, reason in routed.refused.items():
             received.rejected[by_node[node_id].index] = reason
         return routed
@@ -343,8 +346,8 @@ class Collector:
                                       else self.release.terms(device)))
         return targets, skipped, stopped
 
-    def _request(self, plan: Plan, arrays: Any, target: Target, server_round: int,
-                 version: str, keys: tuple[bytes, bytes] | None) -> Message:
+    def _upload_request(self, target: Target, server_round: int, version: str,
+                        keys: tuple[bytes, bytes] | None) -> UploadRequest:
         unlinkable: dict[str, Any] = {} if keys is None else {
             "analyzer_key": keys[0], "shuffler_key": keys[1],
             "time_granularity_days": self.cfg.time_granularity_days}
@@ -357,6 +360,10 @@ class Collector:
             release_clip=target.release.clip_norm,
             release_noise=target.release.noise_multiplier,
             release_epsilon_cap=target.release.epsilon_cap, **unlinkable)
+        return request
+
+    def _message(self, plan: Plan, arrays: Any, target: Target, server_round: int,
+                 request: UploadRequest) -> Message:
         content = RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: plan.instructions(server_round),
                               UPLOAD_KEY: request.to_record()})
         return Message(content=content, message_type=UPLOAD, dst_node_id=target.node_id)

@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -82,6 +83,63 @@ def analyzer_key(path: Path) -> x25519.X25519PrivateKey:
         with contextlib.suppress(FileExistsError):
             write_key(path)
     return read_key(path)
+
+
+# -- the journal: what a restarted shuffler must remember --------------------------------
+
+
+class FileJournal:
+    """Closed collections and seen blob hashes, one line each (``closed <label hex>`` /
+    ``seen <sha256 hex>``), appended and fsynced before the shuffler answers. A last line
+    without its newline is a write the crash cut short, never answered: it is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def load(self) -> tuple[set[str], set[bytes]]:
+        """(closed labels, seen digests); ValueError (one line) for a damaged journal."""
+        closed: set[str] = set()
+        seen: set[bytes] = set()
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return closed, seen
+        except OSError as exc:
+            raise ValueError(f"cannot read {self.path}: {exc.strerror}") from None
+        lines = text.split("\n")
+        for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: "" or a torn write
+            kind, _, value = line.partition(" ")
+            try:
+                if kind == "closed":
+                    closed.add(bytes.fromhex(value).decode())
+                elif kind == "seen" and len(value) == 64:
+                    seen.add(bytes.fromhex(value))
+                else:
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                raise ValueError(f"{self.path}: line {number} is not a journal entry") from None
+        return closed, seen
+
+    def closed(self, collection: str) -> None:
+        self._append(f"closed {collection.encode().hex()}")
+
+    def seen(self, digest: bytes) -> None:
+        self._append(f"seen {digest.hex()}")
+
+    def _append(self, line: str) -> None:
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def journal_path(key: Path) -> Path:
+    """The shuffler's journal lives next to its key: <key>.journal."""
+    return key.with_name(key.name + ".journal")
 
 
 # -- the service ------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import pytest
 from fl_client.uploads import seal
 from privacy.payload import encode_payload
 from privacy.shuffle.analyzer import open_release
-from privacy.shuffle.records import collection_label, inner_context, open_outer, outer_context
+from privacy.shuffle.records import inner_context, open_outer, outer_context
+from privacy.shuffle.pin import ShufflerPin
 from privacy.shuffle.sealed import generate_private_key, public_bytes
 from privacy.shuffle.shuffler import Shuffler
 from privacy.wire.upload import Batch, UploadRecord, UploadRequest, decode_sealed
@@ -30,6 +31,7 @@ from privacy.wire.upload import Batch, UploadRecord, UploadRequest, decode_seale
 SENDERS, M, COLLECTIONS = 6, 4, 40
 VERSION = "ef" * 32
 ANALYZER, SHUFFLER_KEY = generate_private_key(), generate_private_key()
+PIN = ShufflerPin(public_bytes(SHUFFLER_KEY), 7)
 
 
 @dataclass
@@ -65,11 +67,11 @@ def request(collection: int, granularity: int = 7) -> UploadRequest:
 
 def collect(collection: int, real_counts: list[int]) -> View:
     shuffler = Shuffler(SHUFFLER_KEY, min_crowd=3)
-    label = collection_label("adv-run", collection)
+    label = request(collection).collection_label
     blobs, truth, charges = [], {}, {}
     for node, real in enumerate(real_counts, start=1000):
         batch, owned = device_batch(node, real, collection)
-        reply = decode_sealed(seal(batch, request(collection)))
+        reply = decode_sealed(seal(batch, request(collection), PIN))
         blobs.append((node, reply.outer))
         charges[node] = reply.clips
         truth.update(owned)
@@ -87,9 +89,9 @@ def unnested_unshuffled(collection: int, real_counts: list[int]) -> View:
     blobs, truth, released = [], {}, []
     for node, real in enumerate(real_counts, start=1000):
         batch, owned = device_batch(node, real, collection)
-        reply = decode_sealed(seal(batch, request(collection)))
+        reply = decode_sealed(seal(batch, request(collection), PIN))
         inner = open_outer(SHUFFLER_KEY, reply.outer, outer_context(
-            collection_label("adv-run", collection))).inner  # the layer a server would see
+            request(collection).collection_label)).inner  # the layer a server would see
         blobs.append((node, b"".join(inner)))
         truth.update(owned)
         released += inner
@@ -195,7 +197,8 @@ def test_blob_sizes_do_not_depend_on_real_clips(shuffled):
 
 def test_dropped_capture_time_leaves_no_day():
     batch, _ = device_batch(1000, 2, 1)
-    outer = decode_sealed(seal(batch, request(1, granularity=0))).outer
-    inner = open_outer(SHUFFLER_KEY, outer, outer_context(collection_label("adv-run", 1))).inner
+    outer = decode_sealed(seal(batch, request(1, granularity=0), PIN)).outer
+    label = request(1, granularity=0).collection_label
+    inner = open_outer(SHUFFLER_KEY, outer, outer_context(label)).inner
     opened = open_release(ANALYZER, inner, inner_context("adv-run", 1, VERSION))
     assert len(opened.real) == 2 and {r.day for r in opened.real} == {None}

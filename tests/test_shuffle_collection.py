@@ -22,6 +22,7 @@ from fl_server.shuffler_service import make_server
 from fl_server.unlinkable_collection import UnlinkableRoute, analyzer_key_path, reply_size
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.payload import payload_size
+from privacy.shuffle.pin import ShufflerPin
 from privacy.shuffle.sealed import generate_private_key, public_bytes
 from privacy.shuffle.shuffler import Shuffler
 from privacy.synthetic import FleetSpec
@@ -31,6 +32,7 @@ MODEL = EncoderConfig()
 ARRAYS = state_to_numpy(build_model(MODEL, seed=0))
 VERSION = encoder_version(MODEL, ARRAYS)
 SHUFFLER = generate_private_key()
+PIN = ShufflerPin(public_bytes(SHUFFLER), 7)
 
 
 def unlinkable_request(clips: int = 4, collection: int = 1, analyzer: bytes | None = None,
@@ -62,7 +64,8 @@ def test_device_reply_size_is_the_same_for_any_number_of_real_clips(tmp_path):
         capture = Capture(full.frames[:real], full.days[:real], full.hours[:real],
                           full.clip_ids[:real])
         blob = answer_upload(unlinkable_request(), MODEL, ARRAYS, capture,
-                             InfoLedger.at(tmp_path / str(real)), None, np.random.default_rng(0))
+                             InfoLedger.at(tmp_path / str(real)), None, np.random.default_rng(0),
+                             pin=PIN)
         reply = decode_sealed(blob)
         assert reply.clips == real and (reply.bits > 0) == (real > 0)
         sizes.add(len(blob))
@@ -89,17 +92,19 @@ def live_shuffler():
 
 
 def device_replies(route: UnlinkableRoute, reals: list[int], collection: int, tmp_path
-                   ) -> tuple[dict[int, bytes], dict[int, int]]:
+                   ) -> tuple[dict[int, bytes], dict[int, int], dict[int, str]]:
     analyzer, shuffler = route.request_keys()
     source = SyntheticSource(FleetSpec(seed=0, num_devices=2, days=3), 1)
-    blobs, real = {}, {}
+    blobs, real, labels = {}, {}, {}
     for node, count in enumerate(reals, start=11):
         full = source.capture(1, 4)
         privatized = privatize(MODEL, ARRAYS, full, 4, "int8", np.random.default_rng(node))
         batch = assemble(privatized, full, 4, count, 5 * count, 0, VERSION)
-        reply = decode_sealed(seal(batch, unlinkable_request(4, collection, analyzer, shuffler)))
+        request = unlinkable_request(4, collection, analyzer, shuffler)
+        reply = decode_sealed(seal(batch, request, PIN))
         blobs[node], real[node] = reply.outer, reply.clips
-    return blobs, real
+        labels[node] = request.collection_label
+    return blobs, real, labels
 
 
 def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler, registry_url):
@@ -107,8 +112,8 @@ def test_route_stores_a_crowd_without_devices(tmp_path, live_shuffler, registry_
                     runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
     route = UnlinkableRoute(cfg)
     assert analyzer_key_path(cfg).exists()
-    blobs, real = device_replies(route, [2, 3, 0], 1, tmp_path)
-    routed = route.route(1, 1, VERSION, blobs, real)
+    blobs, real, labels = device_replies(route, [2, 3, 0], 1, tmp_path)
+    routed = route.route(1, 1, VERSION, blobs, real, labels)
     assert routed.refused == {} and routed.figures["senders"] == 3
     assert routed.figures["stored"] == 5 and routed.figures["dummies"] == 7
     assert {r.window_day for r in routed.rows} <= {0, 7, 14}
@@ -125,12 +130,12 @@ def test_route_stores_nothing_when_too_few_devices_had_real_clips(tmp_path, live
     cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
                     runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
     route = UnlinkableRoute(cfg)
-    blobs, real = device_replies(route, [3, 0, 0], 1, tmp_path)
-    routed = route.route(1, 1, VERSION, blobs, real)
+    blobs, real, labels = device_replies(route, [3, 0, 0], 1, tmp_path)
+    routed = route.route(1, 1, VERSION, blobs, real, labels)
     assert routed.rows == [] and "1 device(s) reported real clips" in routed.figures["refused"]
     # below the shuffler's crowd: the shuffler refuses, nothing stored
-    blobs, real = device_replies(route, [3], 2, tmp_path)
-    routed = route.route(2, 2, VERSION, blobs, real)
+    blobs, real, labels = device_replies(route, [3], 2, tmp_path)
+    routed = route.route(2, 2, VERSION, blobs, real, labels)
     assert routed.rows == [] and "fewer than min-crowd 2" in routed.figures["refused"]
 
 
@@ -156,3 +161,45 @@ def test_a_shuffler_that_is_down_is_one_config_error_before_any_request(tmp_path
     assert collector.unlinkable is not None
     with pytest.raises(ConfigError, match="unreachable"):
         collector.unlinkable.request_keys()
+
+
+def test_route_checks_each_settings_label_alone(tmp_path, live_shuffler):
+    """A device sent other settings is its own collection: its blob alone is below the
+    crowd and nothing of it is stored, while the honest crowd is."""
+    cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
+                    runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
+    route = UnlinkableRoute(cfg)
+    blobs, real, labels = device_replies(route, [2, 3], 5, tmp_path)
+    analyzer, shuffler = route.request_keys()
+    odd = replace(unlinkable_request(4, 5, analyzer, shuffler), time_granularity_days=14)
+    source = SyntheticSource(FleetSpec(seed=0, num_devices=2, days=3), 1)
+    full = source.capture(1, 4)
+    batch = assemble(privatize(MODEL, ARRAYS, full, 4, "int8", np.random.default_rng(3)),
+                     full, 4, 4, 20, 0, VERSION)
+    blobs[99], real[99] = decode_sealed(seal(batch, odd, PIN)).outer, 4
+    labels[99] = odd.collection_label
+    routed = route.route(5, 5, VERSION, blobs, real, labels)
+    assert routed.figures["collections"] == 2 and routed.figures["stored"] == 5
+    assert "fewer than min-crowd 2" in routed.figures["refused"]
+
+
+def test_route_checks_the_crowd_before_the_release_and_the_counts_after(tmp_path,
+                                                                         live_shuffler):
+    from fl_server.shuffler_service import ShufflerClient
+
+    cfg = RunConfig(collect_every=1, shuffler=live_shuffler, min_crowd=2,
+                    runs_dir=str(tmp_path / "runs"), run_id="run-u").validate()
+    route = UnlinkableRoute(cfg)
+    blobs, real, labels = device_replies(route, [3, 0, 0], 6, tmp_path)
+    routed = route.route(6, 6, VERSION, blobs, real, labels)
+    assert routed.rows == [] and "nothing released" in routed.figures["refused"]
+    # the collector never asked for the release: the shuffler still holds the collection
+    (label,) = set(labels.values())
+    assert ShufflerClient(live_shuffler).release(label).senders == 3
+    # charges that do not account for the rows (a device reporting 1 real clip that sealed
+    # 2): nothing stored, the figures say why
+    blobs, real, labels = device_replies(route, [2, 2], 7, tmp_path)
+    routed = route.route(7, 7, VERSION, blobs, {**real, 11: 1}, labels)
+    assert routed.rows == [] and routed.figures["stored"] == 0
+    assert ("reported 3 real clip(s), the release opened 4 real record(s)"
+            in routed.figures["refused"])

@@ -16,7 +16,6 @@ from fl_server.cli import main
 from fl_server.shuffler_service import ShufflerClient, ShufflerError
 from privacy.shuffle.records import (
     InnerRecord,
-    collection_label,
     inner_context,
     new_pseudonym,
     open_inner,
@@ -26,7 +25,7 @@ from privacy.shuffle.records import (
 from privacy.shuffle.sealed import generate_private_key, public_bytes
 
 ANALYZER = generate_private_key()
-LABEL = collection_label("svc-run", 3)
+LABEL = "svc-run/3"
 INNER_CTX = inner_context("svc-run", 3, "cd" * 32)
 
 

@@ -73,6 +73,11 @@ def run(**options: Any) -> None:
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
                   f"{_dp_phrase(cfg)} -> {cfg.run_dir()}")
     if superlink is None:
+        if cfg.shuffler:  # the simulated devices' out-of-band step: pin today's shuffler
+            from fl_server.unlinkable_collection import provision_simulated_devices
+
+            with options_named():
+                provision_simulated_devices(cfg)
         try:
             status = launch_simulation(cfg, console)
         except RunInterrupted as exc:

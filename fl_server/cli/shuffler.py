@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 
 from fl_server.cli.errors import fail
-from fl_server.shuffler_service import make_server, read_key, require_loopback, write_key
+from fl_server.shuffler_service import (
+    FileJournal,
+    journal_path,
+    make_server,
+    read_key,
+    require_loopback,
+    write_key,
+)
 from privacy.shuffle.shuffler import Shuffler
 
 shuffler_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -43,7 +50,10 @@ def shuffler_start(
     host: Annotated[str, typer.Option("--host", help="Loopback address to bind.")]
     = "127.0.0.1",
 ) -> None:
-    """Serve the shuffler until SIGTERM or Ctrl-C; prints its URL and public key."""
+    """Serve the shuffler until SIGTERM or Ctrl-C; prints its URL and public key.
+
+    What it released and accepted is kept in <key>.journal, next to the key, and read back
+    on start: a restarted shuffler releases no collection twice and takes no blob twice."""
     if not 0 <= port <= 65535:
         fail("--port", f"must be 0..65535, got {port}")
     if min_crowd < 2:
@@ -57,7 +67,12 @@ def shuffler_start(
         private = read_key(key)
     except ValueError as exc:
         fail("--key", str(exc))
-    shuffler = Shuffler(private, min_crowd)
+    journal = FileJournal(journal_path(key))
+    try:
+        closed, seen = journal.load()
+    except ValueError as exc:
+        fail("--key", f"journal: {exc}")
+    shuffler = Shuffler(private, min_crowd, journal=journal, closed=closed, seen=seen)
     try:
         server = make_server(shuffler, host, port)
     except OSError as exc:

@@ -11,7 +11,7 @@ OUTER batch, format version 1, sealed to the shuffler::
 
     0   4  magic b"MSRO"          6   2  M: inner ciphertexts (u16)
     4   1  version (u8) = 1       8   4  S: size of each inner ciphertext (u32)
-    5   1  reserved (u8) = 0      12  M*S the inner ciphertexts
+    5   1  min crowd (u8)         12  M*S the inner ciphertexts
 
 Why each field is what it is:
 
@@ -23,12 +23,16 @@ Why each field is what it is:
   while linking nothing;
 * the capture day is coarsened to a window (`coarsen_day`) or dropped: an exact day and
   hour are a fingerprint of a device's routine; no hour is carried at all;
+* the outer header carries the smallest crowd the device accepts (its pinned minimum,
+  `privacy.shuffle.pin`; 0 = the shuffler's own): only the shuffler reads it, and it
+  releases the collection only if every sender's minimum is met;
 * the inner context names the run, the collection and the encoder version, so an inner
   ciphertext cannot be replayed into another collection or attributed to another model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import struct
 from collections.abc import Sequence
@@ -117,7 +121,7 @@ def decode_inner(plain: bytes) -> InnerRecord:
 
 
 def seal_batch(records: Sequence[InnerRecord], analyzer_public: bytes, shuffler_public: bytes,
-               inner_context: bytes, outer_context: bytes) -> bytes:
+               inner_context: bytes, outer_context: bytes, min_crowd: int = 0) -> bytes:
     """The device's nested encryption: each record to the analyzer, the list to the shuffler.
 
     The inner ciphertexts are put in a random order before the outer seal, so even the
@@ -128,9 +132,11 @@ def seal_batch(records: Sequence[InnerRecord], analyzer_public: bytes, shuffler_
         raise ValueError(f"a batch holds 1..{MAX_RECORDS} records, got {len(records)}")
     if len({len(r.payload) for r in records}) != 1:
         raise ValueError("every record of a batch must have the same payload size")
+    if not 0 <= min_crowd <= 0xFF:
+        raise ValueError(f"a batch's minimum crowd is 0..255, got {min_crowd}")
     inner = [seal(analyzer_public, encode_inner(r), inner_context) for r in records]
     secrets.SystemRandom().shuffle(inner)
-    body = _OUTER.pack(OUTER_MAGIC, FORMAT_VERSION, 0, len(inner), len(inner[0])) + b"".join(inner)
+    body = _OUTER.pack(OUTER_MAGIC, FORMAT_VERSION, min_crowd, len(inner), len(inner[0])) + b"".join(inner)
     return seal(shuffler_public, body, outer_context)
 
 
@@ -140,6 +146,7 @@ class OuterBatch:
 
     inner: tuple[bytes, ...]
     inner_size: int
+    min_crowd: int  # the least crowd its sender accepts (0: the shuffler's own)
 
 
 def open_outer(private: _x25519.X25519PrivateKey, blob: bytes, context: bytes) -> OuterBatch:
@@ -147,7 +154,7 @@ def open_outer(private: _x25519.X25519PrivateKey, blob: bytes, context: bytes) -
     body = open_sealed(private, blob, context)
     if len(body) < _OUTER.size:
         raise ValueError(f"outer batch too short: {len(body)} bytes")
-    magic, version, _, count, size = _OUTER.unpack_from(body)
+    magic, version, min_crowd, count, size = _OUTER.unpack_from(body)
     if magic != OUTER_MAGIC or version != FORMAT_VERSION:
         raise ValueError(f"outer batch has magic {magic!r} version {version}, expected "
                          f"{OUTER_MAGIC!r} version {FORMAT_VERSION}")
@@ -156,7 +163,7 @@ def open_outer(private: _x25519.X25519PrivateKey, blob: bytes, context: bytes) -
                          f"{len(body)} bytes")
     start = _OUTER.size
     return OuterBatch(tuple(body[start + i * size:start + (i + 1) * size] for i in range(count)),
-                      size)
+                      size, min_crowd)
 
 
 def open_inner(private: _x25519.X25519PrivateKey, ciphertext: bytes, context: bytes
@@ -169,9 +176,38 @@ def inner_context(run_id: str, collection: int, encoder_version: str) -> bytes:
     return f"fedmsr-shuffle/inner/v1\0{run_id}\0{collection}\0{encoder_version}".encode()
 
 
-def collection_label(run_id: str, collection: int) -> str:
-    """How the collector, the device and the shuffler name one collection."""
-    return f"{run_id}/{collection}"
+@dataclass(frozen=True)
+class CollectionSettings:
+    """Every per-collection setting a device's sealed records depend on."""
+
+    run_id: str
+    collection: int
+    clips: int  # M
+    dtype: str  # payload dtype
+    encoder_version: str
+    analyzer_key: bytes
+    time_granularity_days: int
+    release_clip: float  # 0 = sampled uploads
+    release_noise: float
+
+
+def collection_label(settings: CollectionSettings) -> str:
+    """How the device, the collector and the shuffler name one collection: a hash of every
+    setting in `settings`.
+
+    Why a hash of all of them: the shuffler checks the crowd per label. If the label named
+    only (run, collection), a server could give one device a setting of its own (another
+    analyzer key, another time window, another release noise, another M) inside an honest
+    crowd and pick that device's rows out of the release by the setting alone. With every
+    setting in the label, which is also in the outer context the device seals to, a device
+    given different settings lands in a collection of its own and must pass the crowd
+    check alone.
+    """
+    parts = [settings.run_id, str(settings.collection), str(settings.clips), settings.dtype,
+             settings.encoder_version, settings.analyzer_key.hex(),
+             str(settings.time_granularity_days), float(settings.release_clip).hex(),
+             float(settings.release_noise).hex()]
+    return "c1-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def outer_context(label: str) -> bytes:

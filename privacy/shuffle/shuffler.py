@@ -12,6 +12,18 @@ records inside are sealed to the analyzer). It exists to cut the link between th
 * **the sender is forgotten on arrival** — only the opened inner ciphertexts are kept, in
   a list that is shuffled with the OS CSPRNG (`secrets.SystemRandom`) at release, across
   every sender of the collection; senders are kept only as a set, to refuse duplicates;
+* **the crowd each sender asked for** — a device puts its pinned minimum crowd inside its
+  outer blob; the collection is released only if it reaches the largest such minimum
+  (and the shuffler's own);
+* **no replay** — a blob the shuffler has accepted before (by its SHA-256, in any
+  collection) is refused, so a server cannot resubmit a device's blob under fake sender
+  ids to fake a crowd around it; and a release whose inner ciphertexts repeat is refused
+  (the collection is closed, nothing is released);
+* **nothing twice, across restarts** — the closed collections and the seen blob hashes go
+  to a `Journal` (the service keeps an append-only file next to its key, synced to disk
+  before the shuffler answers), and a shuffler started again loads them: a restarted
+  shuffler does not release a collection again, nor accept a blob it accepted before (else
+  a server could release overlapping subsets of a crowd and intersect them);
 * **one size per collection** — every batch of a collection must carry the same count and
   size of inner ciphertexts as the first: a different size would mark its sender's records.
 
@@ -23,9 +35,12 @@ not. `Shuffler` holds no I/O: the HTTP service in `fl_server.shuffler_service` w
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
@@ -37,11 +52,20 @@ class ShuffleRefused(ValueError):
     """The shuffler will not accept this batch or release this collection (says why)."""
 
 
+class Journal(Protocol):
+    """Where the shuffler's memory outlives it: each call returns once the entry is durable."""
+
+    def closed(self, collection: str) -> None: ...
+
+    def seen(self, digest: bytes) -> None: ...
+
+
 @dataclass
 class _Pending:
     senders: set[str] = field(default_factory=set)
     inner: list[bytes] = field(default_factory=list)
     shape: tuple[int, int] | None = None  # (records per batch, inner ciphertext size)
+    required: int = 0  # the largest minimum crowd a sender's batch asked for
 
 
 @dataclass(frozen=True)
@@ -61,7 +85,10 @@ class Shuffler:
     """Thread-safe: the HTTP service calls it from one thread per request."""
 
     def __init__(self, private_key: x25519.X25519PrivateKey, min_crowd: int,
-                 rng: secrets.SystemRandom | None = None) -> None:
+                 rng: secrets.SystemRandom | None = None, journal: Journal | None = None,
+                 closed: Iterable[str] = (), seen: Iterable[bytes] = ()) -> None:
+        """`journal`: where closed collections and seen blobs are recorded; `closed`,
+        `seen`: what an earlier run of this shuffler recorded there."""
         if min_crowd < 2:
             raise ValueError(f"min-crowd must be >= 2 (a crowd of one links every record "
                              f"to its sender), got {min_crowd}")
@@ -69,7 +96,9 @@ class Shuffler:
         self.min_crowd = min_crowd
         self._rng = rng or secrets.SystemRandom()
         self._pending: dict[str, _Pending] = {}
-        self._closed: set[str] = set()
+        self._closed: set[str] = set(closed)
+        self._seen: set[bytes] = set(seen)  # SHA-256 of every blob accepted, any collection
+        self._journal = journal
         self._lock = threading.Lock()
 
     @property
@@ -85,7 +114,11 @@ class Shuffler:
             batch = open_outer(self._key, blob, outer_context(collection))
         except (SealError, ValueError) as exc:
             raise ShuffleRefused(f"batch from {sender} for {collection} refused: {exc}") from None
+        digest = hashlib.sha256(blob).digest()
         with self._lock:
+            if digest in self._seen:
+                raise ShuffleRefused(f"batch from {sender} for {collection} was submitted "
+                                     f"before: a replayed blob is refused")
             if collection in self._closed:
                 raise ShuffleRefused(f"collection {collection} is closed (released or "
                                      f"refused): no more batches")
@@ -99,6 +132,10 @@ class Shuffler:
                                      f"{shape[1]} bytes; {collection} takes "
                                      f"{pending.shape[0]} of {pending.shape[1]}")
             pending.shape = shape
+            if self._journal is not None:
+                self._journal.seen(digest)
+            self._seen.add(digest)
+            pending.required = max(pending.required, batch.min_crowd)
             pending.senders.add(sender)
             pending.inner.extend(batch.inner)
             return Accepted(collection, len(pending.senders))
@@ -109,12 +146,17 @@ class Shuffler:
         with self._lock:
             if collection in self._closed:
                 raise ShuffleRefused(f"collection {collection} was already released or refused")
+            if self._journal is not None:  # durable before anything is answered
+                self._journal.closed(collection)
             pending = self._pending.pop(collection, _Pending())
             self._closed.add(collection)
-        crowd = len(pending.senders)
-        if crowd < self.min_crowd:
+        crowd, need = len(pending.senders), max(self.min_crowd, pending.required)
+        if crowd < need:
             raise ShuffleRefused(f"collection {collection} has {crowd} sender(s), fewer than "
-                                 f"min-crowd {self.min_crowd}: nothing released")
+                                 f"min-crowd {need}: nothing released")
         inner = list(pending.inner)
+        if len(set(inner)) != len(inner):
+            raise ShuffleRefused(f"collection {collection} holds repeated inner ciphertexts "
+                                 f"(a replay): nothing released")
         self._rng.shuffle(inner)
         return Released(collection, crowd, tuple(inner))

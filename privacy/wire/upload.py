@@ -59,6 +59,7 @@ import numpy as np
 from flwr.app import ConfigRecord
 
 from privacy.payload import decode_payload, payload_size
+from privacy.shuffle.records import CollectionSettings, collection_label
 from privacy.wire.records import config_bytes, config_float, config_int, config_str
 
 if TYPE_CHECKING:
@@ -166,6 +167,15 @@ class UploadRequest:
             raise ValueError("upload request: release-clip and release-noise are both > 0 "
                              "(randomized release) or both 0 (off), got "
                              f"{self.release_clip} and {self.release_noise}")
+
+    @property
+    def collection_label(self) -> str:
+        """The shuffler's name for the collection this request is part of: a hash of every
+        setting the device's sealed records depend on (`privacy.shuffle.records`)."""
+        return collection_label(CollectionSettings(
+            self.run_id, self.collection, self.clips, self.dtype, self.encoder_version,
+            self.analyzer_key, self.time_granularity_days, self.release_clip,
+            self.release_noise))
 
     @property
     def randomized(self) -> bool:

@@ -11,8 +11,8 @@ triggers name the table (those of ``device_budgets``, revision 0004): every trig
 names ``privacy_events`` is dropped first and created again, as the database held it,
 right after, in the same transaction, so the committed schema is never without them.
 
-Revision ID: 0008_randomized_release
-Revises: 0007_unknown_hour
+Revision ID: 0009_randomized_release
+Revises: 0008_unlinkable
 Create Date: 2026-12-07
 """
 
