@@ -211,6 +211,12 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     os.environ.update(RAY_LOOPBACK_ENV)
     from flwr.simulation import run_simulation  # after the env var: Ray reads it on start
 
+    # Ray puts its vendored packages (psutil among them) on sys.path when first imported;
+    # imported lazily in the engine's backend thread while the ServerApp thread loads the
+    # app and footage libraries, that import was seen to miss psutil. Import it here, in the
+    # main thread, before any engine thread runs.
+    import ray  # noqa: F401
+
     from fl_client.client_app import app as client_app
     from fl_server.server_app import make_server_app
 

@@ -17,6 +17,13 @@ import numpy as np
 import pytest
 
 from tests.helpers import FEDMSR, fedmsr, history
+from tests.test_evaluation_cli import (
+    ENCODERS,
+    PIXELS,
+    REDUCED_NOISE,
+    assert_operating_points,
+    releases,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "scripts" / "build_video_manifest.py"
@@ -109,7 +116,8 @@ def test_eval_reports_motion_utility_and_the_private_labels(outputs, video: Path
     assert settings["dataset"]["targets"] == [f"cam-{i}" for i in range(DEVICES)]
     assert settings["dataset"]["days"]["cam-0"] == {"train": [0], "fit": [1], "test": [2, 3]}
     reps = metrics["representations"]
-    assert len(reps) == 8
+    assert [r["name"] for r in reps] == PIXELS + ENCODERS + releases(REDUCED_NOISE)
+    assert_operating_points(metrics)
     for rep in reps:
         for key in ("motion_linear", "motion_mlp", "motion_chance"):
             assert 0.0 <= rep["dtp"][key] <= 1.0, (rep["name"], key)
