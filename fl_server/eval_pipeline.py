@@ -84,7 +84,8 @@ FULL = Scale("full", targets=8, pop=4, clips_per_day=16, train_days=4, fit_days=
              invariance=((0.01, 0.03), (0.05, 0.03)))
 REDUCED = Scale("reduced", targets=6, pop=3, clips_per_day=8, train_days=4, fit_days=2, test_days=2,
                 epochs=40, betas=(0.01, 0.1), ks=(1, 2, 4, 8, 16), repeats=10,
-                decoder_epochs=25, attack_steps=100, gi_steps=150, gi_targets=2)
+                decoder_epochs=25, attack_steps=100, gi_steps=150, gi_targets=2,
+                release_noise=(1.0,))
 
 
 @dataclass(frozen=True)
