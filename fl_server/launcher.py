@@ -275,14 +275,25 @@ def is_this_runs_group(record: EngineRecord) -> bool:
     leader = _start_ticks(record.pgid)
     if leader is not None:
         return leader == record.start_ticks and _boot_id() == record.boot_id
+    # The leader is gone. A member whose environment carries the launch's token settles it.
+    # Ray's agents rename themselves (setproctitle), which overwrites the memory that
+    # /proc/<pid>/environ shows, so their token cannot be read: such a member is neither
+    # ours nor foreign. While any member lives, the kernel does not give the group's id to
+    # a new process, so a group of only unreadable members is the one the engine left (a
+    # reused id would need the group to have emptied first); a member with a readable
+    # environment and no token means someone else's group.
     marker = f"{ENGINE_TOKEN_ENV}={record.token}".encode()
-    for pid in group_members(record.pgid):
+    members = group_members(record.pgid)
+    foreign = False
+    for pid in members:
         try:
-            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                return True
+            entries = [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if e]
         except OSError:
             continue
-    return False
+        if marker in entries:
+            return True
+        foreign = foreign or bool(entries and all(b"=" in e for e in entries))
+    return bool(members) and not foreign
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -91,6 +91,36 @@ def test_resume_stops_an_orphaned_group_that_carries_the_token(tmp_path: Path) -
             os.killpg(pgid, signal.SIGKILL)
 
 
+def _orphaned_group(grandchild_env: str) -> int:
+    """A group whose leader started `sleep` with environment `grandchild_env` (Python
+    literal) and exited; returns the group id."""
+    leader = _own_group(sys.executable, "-c", "import subprocess; subprocess.Popen("
+                        f"['sleep', '300'], env={grandchild_env})")
+    leader.wait(timeout=30)
+    assert group_members(leader.pid), "the grandchild should still be in the group"
+    return leader.pid
+
+
+@pytest.mark.parametrize(("grandchild_env", "ours"), [
+    # Ray's agents rename themselves (setproctitle), overwriting what /proc shows as their
+    # environment: no readable entry, so no token and nothing foreign either
+    ("{}", True),
+    # a readable environment without the token: someone else's group
+    ("{'PATH': '/usr/bin', 'HOME': '/tmp'}", False),
+])
+def test_an_orphaned_group_without_a_readable_token(tmp_path: Path, grandchild_env: str,
+                                                   ours: bool) -> None:
+    pgid = _orphaned_group(grandchild_env)
+    try:
+        (tmp_path / ENGINE_FILE).write_text(EngineRecord(
+            pgid, pgid, 1, _boot_id(), "t0k3n").to_json())
+        assert stop_stale_engine(tmp_path) is ours
+        assert (group_members(pgid) == []) is ours
+    finally:
+        if group_members(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_sigterm_mid_run_is_a_clean_failure_and_resume_completes(tmp_path: Path) -> None:
     args = ["--devices", "2", "--rounds", "2", "--seed", "4", *SMALL, "--runs-dir", str(tmp_path)]

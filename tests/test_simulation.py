@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,7 +83,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path) -> None:
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "after round 1" in resumed.stdout  # the checkpoint's round, whatever history said
     assert [r["round"] for r in history(run_dir)] == [1, 2]
-    assert group_members(engine["pgid"]) == []  # nothing of the killed launch survives
+    left = group_members(engine["pgid"])  # nothing of the killed launch survives
+    assert left == [], _describe(left)
 
     straight = fedmsr("run", *args, "--run-id", "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -91,6 +93,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path) -> None:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert [r["devices"] for r in history(run_dir)] == [r["devices"] for r in
                                                         history(tmp_path / "straight")]
+
+
+def _describe(pids: list[int]) -> str:
+    """What the surviving processes are: state, command line, whether they carry a launch token."""
+    out = []
+    for pid in pids:
+        proc = Path(f"/proc/{pid}")
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            token = b"FEDMSR_ENGINE_TOKEN" in (proc / "environ").read_bytes()
+        except OSError as exc:
+            out.append(f"{pid}: gone ({exc.__class__.__name__})")
+            continue
+        out.append(f"{pid} [{state}] token={token}: {cmd[:200]}")
+    return "; ".join(out)
 
 
 def test_dp_sgd_run_keeps_private_metrics_and_noise_seed_on_devices(tmp_path) -> None:
