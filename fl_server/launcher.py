@@ -276,24 +276,22 @@ def is_this_runs_group(record: EngineRecord) -> bool:
     if leader is not None:
         return leader == record.start_ticks and _boot_id() == record.boot_id
     # The leader is gone. A member whose environment carries the launch's token settles it.
-    # Ray's agents rename themselves (setproctitle), which overwrites the memory that
-    # /proc/<pid>/environ shows, so their token cannot be read: such a member is neither
-    # ours nor foreign. While any member lives, the kernel does not give the group's id to
-    # a new process, so a group of only unreadable members is the one the engine left (a
-    # reused id would need the group to have emptied first); a member with a readable
-    # environment and no token means someone else's group.
+    # Ray's agents rename themselves (setproctitle), which overwrites the memory /proc shows
+    # as their environment, and Ray's daemons may not pass it on, so the token may not be
+    # readable in any survivor. Then the start times decide: every process the engine left
+    # started after it, and while a group has members the kernel does not hand its id to a
+    # new process, so members that all started after the recorded leader (same boot) are
+    # the engine's; a member older than the leader is someone else's.
     marker = f"{ENGINE_TOKEN_ENV}={record.token}".encode()
     members = group_members(record.pgid)
-    foreign = False
     for pid in members:
         try:
-            entries = [e for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if e]
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return True
         except OSError:
             continue
-        if marker in entries:
-            return True
-        foreign = foreign or bool(entries and all(b"=" in e for e in entries))
-    return bool(members) and not foreign
+    starts = [_start_ticks(pid) for pid in members]
+    return bool(members) and all(t is not None and t >= record.start_ticks for t in starts)
 
 
 def _start_ticks(pid: int) -> int | None:

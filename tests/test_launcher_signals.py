@@ -103,17 +103,21 @@ def _orphaned_group(grandchild_env: str) -> int:
 
 @pytest.mark.parametrize(("grandchild_env", "ours"), [
     # Ray's agents rename themselves (setproctitle), overwriting what /proc shows as their
-    # environment: no readable entry, so no token and nothing foreign either
+    # environment: no token to read; they started after the recorded leader: the engine's
     ("{}", True),
-    # a readable environment without the token: someone else's group
+    # no token either, but the survivor is older than the recorded leader: not its child
     ("{'PATH': '/usr/bin', 'HOME': '/tmp'}", False),
 ])
 def test_an_orphaned_group_without_a_readable_token(tmp_path: Path, grandchild_env: str,
                                                    ours: bool) -> None:
     pgid = _orphaned_group(grandchild_env)
     try:
+        (member,) = group_members(pgid)
+        started = _start_ticks(member)
+        assert started is not None
+        leader_start = started - 1 if ours else started + 1
         (tmp_path / ENGINE_FILE).write_text(EngineRecord(
-            pgid, pgid, 1, _boot_id(), "t0k3n").to_json())
+            pgid, pgid, leader_start, _boot_id(), "t0k3n").to_json())
         assert stop_stale_engine(tmp_path) is ours
         assert (group_members(pgid) == []) is ours
     finally:
