@@ -299,13 +299,18 @@ def encode_batch(batch: Batch) -> bytes:
     return blob + _CRC.pack(zlib.crc32(blob) & 0xFFFFFFFF)
 
 
+def _checked_bytes(blob: object, what: str, minimum: int) -> bytes:
+    """`blob` as bytes of at least `minimum` bytes; ValueError naming `what` otherwise."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{what} must be bytes, got {type(blob).__name__}")  # noqa: TRY004
+    if len(blob) < minimum:
+        raise ValueError(f"{what} too short: {len(blob)} bytes")
+    return bytes(blob)
+
+
 def decode_batch(blob: bytes) -> Batch:
     """Parse and check a batch; ValueError naming the defect (size, checksum, payloads)."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise ValueError(f"batch must be bytes, got {type(blob).__name__}")  # noqa: TRY004
-    blob = bytes(blob)
-    if len(blob) < _HEADER.size + _CRC.size:
-        raise ValueError(f"batch too short: {len(blob)} bytes")
+    blob = _checked_bytes(blob, "batch", _HEADER.size + _CRC.size)
     magic, version, flags, count, real, size, bits, before, digest = _HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise ValueError(f"batch has bad magic {magic!r}, expected {MAGIC!r}")
@@ -373,11 +378,7 @@ def sealed_size(outer_bytes: int) -> int:
 
 def decode_sealed(blob: bytes) -> SealedBatch:
     """Parse and check a SEALED reply; ValueError naming the defect."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise ValueError(f"sealed batch must be bytes, got {type(blob).__name__}")  # noqa: TRY004
-    blob = bytes(blob)
-    if len(blob) < _SEALED_HEADER.size + _CRC.size:
-        raise ValueError(f"sealed batch too short: {len(blob)} bytes")
+    blob = _checked_bytes(blob, "sealed batch", _SEALED_HEADER.size + _CRC.size)
     (magic, version, flags, count, real, _, bits, before, digest,
      length) = _SEALED_HEADER.unpack_from(blob)
     if magic != SEALED_MAGIC:
