@@ -11,6 +11,7 @@ import random
 import dp_accounting
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fl_client.handlers import train as train_handler
@@ -152,6 +153,31 @@ def test_noise_std_is_sigma_c_over_q_n_and_the_denominator_is_fixed() -> None:
         estimate = float(np.mean(got)) / per_device * (quiet.sample_rate * 20)
         assert estimate == pytest.approx(k_devices, abs=tolerance)
         assert metrics["contributors"] == k_devices
+
+
+def test_the_production_noise_source_has_the_calibrated_std_and_is_gaussian() -> None:
+    """The real `ServerRandomness` (OS-seeded, nothing to fix), not a stand-in: the release
+    of zero updates is N(0, (sigma C / (q N))^2) per coordinate, by its mean, its std and a
+    Kolmogorov-Smirnov test against that normal; two releases are independent draws."""
+    params = CentralDpParams(sample_rate=0.25, noise_multiplier=1.3, clip_norm=0.8)
+    population = list(range(100, 120))  # N = 20, qN = 5
+    base = model()
+    expected_std = params.noise_multiplier * params.clip_norm / (params.sample_rate * 20)
+    releases = []
+    for _ in range(2):
+        s = strategy(params, ServerRandomness())
+        configure(s, base, population)
+        released, _ = s.aggregate_train(1, [])
+        releases.append(update_vector(base, arrays_of(released)).astype(np.float64))
+    for noise in releases:
+        n = noise.size
+        assert np.std(noise) == pytest.approx(expected_std, rel=5 / math.sqrt(2 * n)), (
+            f"production noise std {np.std(noise):.5f}, want sigma*C/(qN) = {expected_std:.5f}")
+        assert abs(np.mean(noise)) < 5 * expected_std / math.sqrt(n)
+        assert scipy_stats.kstest(noise / expected_std, "norm").pvalue > 1e-6
+    # independent vectors: their correlation is ~N(0, 1/n)
+    correlation = float(np.corrcoef(releases[0], releases[1])[0, 1])
+    assert abs(correlation) < 5 / math.sqrt(releases[0].size)
 
 
 def test_the_server_clips_again_what_a_device_did_not() -> None:

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy import stats
 
 from fl_client.secagg_client import SecAggClient
@@ -94,7 +95,7 @@ def plain_mean(setup, updates, weights, members) -> np.ndarray:
 def test_unmasked_sum_equals_plain_weighted_mean(stage: str, fraction: float) -> None:
     setup = make_setup()
     clients = make_clients(setup)
-    updates, weights = inputs(setup, seed=hash((stage, fraction)) % 1000)
+    updates, weights = inputs(setup, seed=STAGES.index(stage) * 10 + round(fraction * 10))
     dropped = spread(setup, fraction)
     result = run_round(setup, clients, updates, weights, {stage: dropped})
     contributors = set(setup.participants) - (dropped if stage != "unmask" else set())
@@ -149,14 +150,7 @@ def test_fewer_than_t_shares_do_not_unmask() -> None:
         shamir.combine(shares[: t - 1], t)
     guessed = shares[: t - 1] + [shamir.Share(shamir.x_for(99), 12345)]
     assert shamir.interpolate_at_zero(guessed) != int.from_bytes(secret, "big")
-    # perfect secrecy: t-1 shares fit a polynomial with ANY constant term
-    for candidate in (0, 1, int.from_bytes(os.urandom(32), "big")):
-        points = shares[: t - 1] + [shamir.Share(10**9, 0)]
-        # choose the t-th point so that the polynomial passes through (0, candidate)
-        base = shamir.interpolate_at_zero(points)
-        unit = shamir.interpolate_at_zero(shares[: t - 1] + [shamir.Share(10**9, 1)]) - base
-        y = (candidate - base) * pow(unit, -1, shamir.PRIME) % shamir.PRIME
-        assert shamir.interpolate_at_zero(shares[: t - 1] + [shamir.Share(10**9, y)]) == candidate
+    # secrecy of the t-1 shares themselves: tests/test_shamir_secrecy.py
 
 
 def test_server_without_t_unmask_shares_aborts_and_releases_nothing() -> None:
@@ -270,7 +264,7 @@ def test_too_many_dropouts_abort(stage: str) -> None:
     clients = make_clients(setup)
     updates, weights = inputs(setup)
     ring = ring_order(setup.participants, setup.graph_seed)
-    with pytest.raises(ProtocolAbort):
+    with pytest.raises(ProtocolAbort, match=r"only \d+ .*(threshold is|needs) \d+"):
         run_round(setup, clients, updates, weights, {stage: set(ring[: N - 5])})
 
 
@@ -325,3 +319,46 @@ def test_bad_parameters_are_refused() -> None:
         make_setup(spec=EncodingSpec(1.0, 32, 1, 10))  # 20 participants > 10
     with pytest.raises(EncodingError, match="mod_bits"):
         EncodingSpec(1.0, 16, 1000, 100)  # 100*1000*2 > 2^16
+
+
+def test_a_holder_returning_a_wrong_share_aborts_the_unmasking() -> None:
+    """A survivor that answers the unmask request with a changed share of a dropped device's
+    mask key: the interpolated value is not a 32-byte key, the server aborts, and no masked
+    input survives the round."""
+    setup = make_setup(n=6, k=4, t=3, spec=EncodingSpec(1.0, 32, 1, 6))
+    clients = make_clients(setup)
+    updates, weights = inputs(setup)
+    server = SecAggServer(setup)
+    relayed = server.collect_keys([c.advertise(setup) for c in clients.values()])
+    delivered = server.collect_shares([clients[d].share_keys(relayed[d]) for d in relayed])
+    dropped = 0
+    masked = [clients[d].masked_input(delivered[d], updates[d], weights[d])
+              for d in delivered if d != dropped]
+    requests = signed(server, clients, server.collect_masked(masked))
+    replies = [clients[d].unmask(requests[d]) for d in requests]
+    first_holder = min(r.sender for r in replies if dropped in r.key_shares)
+    replies = [replace(r, key_shares={**r.key_shares, dropped: r.key_shares[dropped] + 1})
+               if r.sender == first_holder else r for r in replies]
+    with pytest.raises(ProtocolAbort, match=f"shares for device {dropped} are inconsistent"):
+        server.finish(replies)
+    assert server.stage.name == "ABORTED" and not hasattr(server, "masked")
+
+
+def test_a_device_that_deals_shares_of_another_key_is_caught() -> None:
+    """The malicious-device guard: a device advertises one mask key, deals shares of another,
+    then drops; the server rebuilds a well-formed key from the shares, sees that it is not
+    the advertised one, and aborts instead of removing wrong masks from the sum."""
+    setup = make_setup(n=6, k=4, t=3, spec=EncodingSpec(1.0, 32, 1, 6))
+    clients = make_clients(setup)
+    updates, weights = inputs(setup)
+    server = SecAggServer(setup)
+    relayed = server.collect_keys([c.advertise(setup) for c in clients.values()])
+    cheat = 2
+    clients[cheat]._mask_key = X25519PrivateKey.generate()  # not the key it advertised
+    delivered = server.collect_shares([clients[d].share_keys(relayed[d]) for d in relayed])
+    masked = [clients[d].masked_input(delivered[d], updates[d], weights[d])
+              for d in delivered if d != cheat]
+    requests = signed(server, clients, server.collect_masked(masked))
+    with pytest.raises(ProtocolAbort, match=f"mask key of device {cheat} does not match"):
+        server.finish([clients[d].unmask(requests[d]) for d in requests])
+    assert server.stage.name == "ABORTED" and not hasattr(server, "masked")

@@ -1,0 +1,112 @@
+"""Shamir secrecy, tested on `split` itself: the property the server's inability to unmask
+rests on. Interpolation is affine in the shares' y for any shares, so a test that combines
+t-1 shares cannot see a broken `split`; these tests look at the shares.
+
+Each statistical test comes with a control: the same test applied to a leaking dealer
+(coefficients forced to 0, so every share is the secret) must reject.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from privacy.secagg import shamir
+from privacy.secagg.field import PRIME
+
+SAMPLES = 3000
+#: Significance of the distribution tests: a false alarm once in a million runs.
+ALPHA = 1e-6
+
+
+def low_bits(value: int, bits: int = 4) -> int:
+    return value & ((1 << bits) - 1)
+
+
+def share_histogram(secret: bytes, threshold: int, holders: list[int], observed: list[int],
+                    bits: int) -> np.ndarray:
+    """Counts of the joint low bits of the observed holders' shares over fresh splits."""
+    cells = np.zeros(1 << (bits * len(observed)), dtype=np.int64)
+    for _ in range(SAMPLES):
+        shares = shamir.split(secret, threshold, holders)
+        index = 0
+        for h in observed:
+            index = (index << bits) | low_bits(shares[h].y, bits)
+        cells[index] += 1
+    return cells
+
+
+def same_distribution_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Chi-square test of homogeneity of two histograms (empty cells in both dropped)."""
+    keep = (a + b) > 0
+    table = np.vstack([a[keep], b[keep]])
+    if table.shape[1] < 2:  # both are one and the same point mass
+        return 1.0
+    return float(stats.chi2_contingency(table).pvalue)
+
+
+def leaking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control: a dealer whose random coefficients are all 0."""
+    monkeypatch.setattr(shamir, "random_element", lambda: 0)
+
+
+@pytest.mark.parametrize("threshold", [2, 3, 5])
+def test_two_splits_of_one_secret_differ_in_every_share(threshold: int) -> None:
+    secret = os.urandom(32)
+    holders = list(range(threshold + 2))
+    first, second = shamir.split(secret, threshold, holders), shamir.split(secret, threshold,
+                                                                           holders)
+    assert all(first[h].y != second[h].y for h in holders)
+    assert shamir.combine(first.values(), threshold) == shamir.combine(second.values(),
+                                                                      threshold) == secret
+
+
+def test_no_share_is_the_secret_or_an_affine_function_of_it() -> None:
+    """For y = a*s + b with fixed a, b, the difference of two secrets' shares would be fixed
+    by the difference of the secrets; fresh coefficients make it vary."""
+    s1, s2 = os.urandom(32), os.urandom(32)
+    holders = [0, 1, 2]
+    for h in holders:
+        diffs = set()
+        for _ in range(4):
+            y1 = shamir.split(s1, 2, holders)[h].y
+            y2 = shamir.split(s2, 2, holders)[h].y
+            assert y1 != int.from_bytes(s1, "big") and y2 != int.from_bytes(s2, "big")
+            diffs.add((y1 - y2) % PRIME)
+        assert len(diffs) == 4
+
+
+def test_the_affine_check_fails_for_a_leaking_dealer(monkeypatch: pytest.MonkeyPatch) -> None:
+    leaking(monkeypatch)
+    secret = os.urandom(32)
+    shares = shamir.split(secret, 3, [0, 1, 2])
+    assert all(s.y == int.from_bytes(secret, "big") for s in shares.values())
+    assert shamir.split(secret, 3, [0, 1, 2]) == shares  # two splits do not differ
+
+
+
+
+@pytest.mark.parametrize(("threshold", "observed"), [(2, [0]), (3, [0, 4])])
+def test_t_minus_1_shares_of_two_secrets_are_identically_distributed(
+        threshold: int, observed: list[int]) -> None:
+    """t-1 shares of an all-zero and of an all-ones secret: the joint distribution of their
+    low bits is the same (chi-square homogeneity), as perfect secrecy requires."""
+    holders = list(range(5))
+    zeros, ones = bytes(32), b"\xff" * 32
+    bits = 4 if len(observed) == 1 else 2
+    a = share_histogram(zeros, threshold, holders, observed, bits)
+    b = share_histogram(ones, threshold, holders, observed, bits)
+    assert same_distribution_p(a, b) > ALPHA
+    # and uniform, as shares of a uniform polynomial coefficient must be
+    assert stats.chisquare(a).pvalue > ALPHA
+
+
+def test_the_distribution_test_rejects_a_leaking_dealer(monkeypatch: pytest.MonkeyPatch) -> None:
+    leaking(monkeypatch)
+    holders = list(range(5))
+    a = share_histogram(bytes(32), 2, holders, [0], 4)
+    b = share_histogram(b"\xff" * 32, 2, holders, [0], 4)
+    assert same_distribution_p(a, b) < ALPHA
