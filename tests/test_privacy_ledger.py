@@ -165,7 +165,16 @@ def test_rdp_says_over_but_the_reported_figure_fits(registry_url, tmp_path) -> N
     assert ledger.eligible(registry_url, [a], LOCAL, DELTA, None) == ([a], [])
     assert ledger.reserve(registry_url, "r1", 4, [ledger.Release(a, LOCAL)], DELTA, None
                           ).reserved == (a,)
-    assert ledger.budget_state(registry_url, a, DELTA).epsilon <= cap
+    reported = ledger.budget_state(registry_url, a, DELTA).epsilon
+    assert reported <= cap
+    # independently: dp-accounting's PLD fits the cap, its RDP accountant does not, and the
+    # reported figure is not below dp-accounting's
+    exact = independent_epsilon(events, DELTA)
+    rdp_accountant = dp_accounting.rdp.RdpAccountant()
+    rdp_accountant.compose(dp_accounting.PoissonSampledDpEvent(
+        LOCAL.sample_rate, dp_accounting.GaussianDpEvent(LOCAL.noise_multiplier)),
+        LOCAL.steps * len(events))
+    assert exact <= reported * (1 + 1e-9) and exact <= cap < rdp_accountant.get_epsilon(DELTA)
 
 
 def test_eligible_agrees_with_reserve_and_writes_nothing(registry_url, tmp_path) -> None:
@@ -296,9 +305,12 @@ def test_a_second_server_waits_for_the_first_and_sees_its_charge(
     decided, release = threading.Event(), threading.Event()
     charge = ledger._charge
 
-    def slow_charge(*args, **kwargs):  # only server A pauses, after deciding
-        charge(*args, **kwargs)
+    holder: list[int] = []  # server A's backend: the one B must be waiting on
+
+    def slow_charge(session, *args, **kwargs):  # only server A pauses, after deciding
+        charge(session, *args, **kwargs)
         if threading.current_thread().name == "server-A":
+            holder.append(session.execute(text("SELECT pg_backend_pid()")).scalar())
             decided.set()
             assert release.wait(60)
     monkeypatch.setattr(ledger, "_charge", slow_charge)
@@ -314,9 +326,10 @@ def test_a_second_server_waits_for_the_first_and_sees_its_charge(
     server_b.start()
     with db.get_engine(registry_url).connect() as c:
         waiting = 0
-        for _ in range(6000):  # poll the lock table until B is blocked on A's lock
-            waiting = c.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                                ).scalar()
+        for _ in range(6000):  # poll until a backend is blocked by A's (and only A's)
+            waiting = c.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE :a = ANY(pg_blocking_pids(pid))"),
+                {"a": holder[0]}).scalar()
             c.rollback()
             if waiting or not server_b.is_alive():
                 break
