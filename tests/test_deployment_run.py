@@ -4,7 +4,6 @@ finds the run it was handed. (The deployed run itself: tests/test_deployment.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
