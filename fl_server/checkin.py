@@ -22,10 +22,6 @@ from privacy.wire.keys import CHALLENGE_KEY, CHECKIN, CONFIG_KEY, DEVICE_KEY
 from strategies.messaging import send_and_collect, wait_for_nodes
 
 log = logging.getLogger("fedmsr.checkin")
-#: The check-in and evaluation replies are small; they get a shorter deadline than training.
-QUERY_TIMEOUT_S = 120.0
-#: How long a round waits for the whole fleet to be connected before going on without it.
-NODE_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -45,15 +41,16 @@ def checkin(grid: Grid, plan: Plan, server_round: int,
 
     A malformed answer is left out (and logged), never a failed round.
     """
-    nodes = wait_for_nodes(grid, plan.fleet.num_devices, NODE_WAIT_S) if gate is None \
-        else gate.wait_for_devices(grid, NODE_WAIT_S)
+    waits = plan.waits
+    nodes = wait_for_nodes(grid, plan.fleet.num_devices, waits.fleet_s) if gate is None \
+        else gate.wait_for_devices(grid, waits.fleet_s)
     content = RecordDict({CONFIG_KEY: plan.instructions(server_round)})
     if gate is not None:
         content[CHALLENGE_KEY] = gate.challenge().to_record()
     messages = [Message(content=content, message_type=CHECKIN, dst_node_id=node_id)
                 for node_id in nodes]
     answers: dict[int, CheckinAnswer] = {}
-    for reply in send_and_collect(grid, messages, QUERY_TIMEOUT_S):
+    for reply in send_and_collect(grid, messages, waits.reply_s):
         if reply.has_error() or DEVICE_KEY not in reply.content:
             continue
         node = reply.metadata.src_node_id

@@ -106,7 +106,6 @@ from strategies.messaging import send_and_collect
 
 log = logging.getLogger("fedmsr.collection")
 PAYLOAD_DTYPE = "int8"
-UPLOAD_TIMEOUT_S = 120.0
 LEAKAGE_FILE = "leakage.json"
 _Blob = bytes  # `_Received.bytes` (a count) shadows the type inside that class
 
@@ -203,7 +202,7 @@ class Collector:
                     for t in targets}
         messages = [self._message(plan, global_record, t, server_round, requests[t.node_id])
                     for t in targets]
-        replies = send_and_collect(grid, messages, UPLOAD_TIMEOUT_S) if messages else []
+        replies = send_and_collect(grid, messages, plan.waits.reply_s) if messages else []
         reply_bytes = self._reply_bytes(plan)
         received = _Received.of(replies, targets, version, reply_bytes, self.cfg, server_round,
                                 sealed=self.unlinkable is not None)

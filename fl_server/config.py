@@ -103,6 +103,12 @@ class RunConfig:
     round_timeout_s: float = _option(
         600.0, "Seconds a round waits for training replies; later ones are dropped.",
         flag="--round-timeout")
+    fleet_wait_s: float = _option(
+        60.0, "Seconds a round waits for the whole fleet to connect before going on without "
+        "the devices still missing.", flag="--fleet-wait")
+    reply_timeout_s: float = _option(
+        120.0, "Seconds a round waits for check-in, evaluation and upload replies (training "
+        "replies: --round-timeout).", flag="--reply-timeout")
     # secure aggregation (SecAgg+, docs/secure-aggregation.md); 0 = default k / t
     secure_aggregation: bool = _option(
         False, "SecAgg+: the server learns only the sum of updates.")
@@ -270,8 +276,9 @@ class RunConfig:
         if self.min_train_devices > self.devices:
             raise ConfigError("min_train_devices",
                               f"{self.min_train_devices} is more than the fleet's {self.devices} devices")
-        if not self.round_timeout_s > 0:
-            raise ConfigError("round_timeout_s", f"must be > 0, got {self.round_timeout_s}")
+        for name in ("round_timeout_s", "fleet_wait_s", "reply_timeout_s"):
+            if not finite_positive(getattr(self, name)):
+                raise ConfigError(name, f"must be a finite number > 0, got {getattr(self, name)}")
         if not is_int(self.metrics_port) or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("metrics_port", f"must be -1 (off), 0 (any free port) or a port "
                               f"1..65535, got {self.metrics_port!r}")

@@ -11,7 +11,6 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fl_server.checkin import QUERY_TIMEOUT_S
 from fl_server.round_plan import Plan
 from privacy.wire.arrays import record_of
 from privacy.wire.keys import ACTIVITY_CLIPS_KEY, ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
@@ -29,7 +28,7 @@ def federated_evaluate(grid: Grid, plan: Plan, strategy: SeededFedAvg, server_ro
                           CONFIG_KEY: plan.instructions(server_round)})
     messages = [Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
                 for node in node_ids]
-    replies = send_and_collect(grid, messages, QUERY_TIMEOUT_S)
+    replies = send_and_collect(grid, messages, plan.waits.reply_s)
     metrics = strategy.aggregate_evaluate(server_round, replies)
     out = {} if metrics is None else {k: metric_float(metrics, k) for k in metrics}
     out.pop(ACTIVITY_CLIPS_KEY, None)

@@ -71,6 +71,10 @@ from strategies.secagg_workflow import QUICK_STAGE_TIMEOUT_S, SecAggParams
 from strategies.seeded_fedavg import SeededFedAvg
 from strategies.update_validation import RoundTicket, Screening, ValidationPolicy, screen_round
 
+#: A device's train_seconds and the server's wait are read from two clocks (and the reply
+#: is screened a moment after it arrived): a second is more than either drift.
+TRAIN_CLOCK_SLACK_S = 1.0
+
 
 class RoundFailed(RuntimeError):
     """A round could not produce a new global model (too few devices answered)."""
@@ -286,11 +290,14 @@ def _aggregator(fed: Federation, screening: Screening, ticket: RoundTicket,
                 sampled: int) -> Aggregator:
     """Plain or SecAgg+ for this round, both screening every reply before it counts."""
     cfg = fed.cfg
-    policy = ValidationPolicy(cfg.max_update_norm, cfg.clips_per_day * cfg.days,
-                              cfg.round_timeout_s)
+    # Nothing has been sent yet: the time from here to a reply's screening bounds how long
+    # the device can have trained, whatever the deadlines and however loaded the machine.
+    sending = time.monotonic()
 
     def screen(sent: Sequence[Message], got: list[Message],
                setup: RoundSetup | None) -> list[Message]:
+        waited = time.monotonic() - sending + TRAIN_CLOCK_SLACK_S
+        policy = ValidationPolicy(cfg.max_update_norm, cfg.clips_per_day * cfg.days, waited)
         if setup is None:
             return screen_round(screening, ticket, policy, sent, got, devices, arrays)
         return screen_round(screening, ticket, policy, sent, got, devices, secure_setup=setup)

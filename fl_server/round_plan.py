@@ -16,6 +16,16 @@ from privacy.wire.train import TrainConfig
 
 
 @dataclass(frozen=True)
+class ReplyWaits:
+    """How long a round waits for what is not training: the fleet to connect, and the small
+    replies (check-in, evaluation, upload). Training has its own deadline
+    (`RunConfig.round_timeout_s`)."""
+
+    fleet_s: float = 60.0
+    reply_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class Plan:
     """Fleet, model and training of a run, fixed at its start (the same every round).
 
@@ -31,6 +41,7 @@ class Plan:
     budget: BudgetPlan | None = None
     dataset: str = ""
     utility_label: str = ""
+    waits: ReplyWaits = ReplyWaits()
 
     @classmethod
     def from_config(cls, cfg: RunConfig, budget: BudgetPlan | None = None) -> Plan:
@@ -52,6 +63,7 @@ class Plan:
             budget=budget,
             dataset=cfg.dataset,
             utility_label=cfg.utility_label,
+            waits=ReplyWaits(cfg.fleet_wait_s, cfg.reply_timeout_s),
         )
 
     def instructions(self, server_round: int, invariance: bool = False) -> ConfigRecord:

@@ -118,7 +118,8 @@ class ValidationPolicy:
     max_update_norm: float = DEFAULT_MAX_UPDATE_NORM
     #: Most examples a device can train on: the plan's clips per day x training days.
     max_examples: int = 1
-    #: A device answered within the round's deadline: it cannot have trained for longer.
+    #: A device cannot have trained for longer than the server has waited for its reply:
+    #: the time since the instructions left (the caller sets it when it screens).
     max_train_seconds: float = math.inf
 
 

@@ -117,10 +117,6 @@ def main(argv: list[str]) -> int:
     """`fl_server.engine` (the production engine process), with these devices: the
     engine takes its ClientApp from `fl_client.client_app.app` when it starts the run."""
     from fl_server import engine
-    from tests.server_waits import wait_for_every_reply
-
-    wait_for_every_reply()  # only the faults above leave a device out, never a slow machine
-
     os.environ[RUN_DIR_ENV] = str(Path(argv[0]).resolve())  # before Ray starts its workers
     fl_client.client_app.app = app
     return engine.main(argv)

@@ -12,6 +12,12 @@ from pathlib import Path
 FEDMSR = [sys.executable, "-m", "fl_server.cli"]
 #: A small but real federation: every device trains through Flower's engine.
 SMALL = ["--clips-per-day", "4", "--days", "2"]
+#: Simulated devices are all live: a test that asserts exactly which devices took part waits
+#: for their replies, however slow the machine, never for a production deadline (its own
+#: subprocess timeout bounds a device that never answers). Training keeps --round-timeout.
+PATIENT_S = 3600.0
+PATIENT = ["--fleet-wait", str(PATIENT_S), "--reply-timeout", str(PATIENT_S)]
+PATIENT_CONFIG = {"fleet_wait_s": PATIENT_S, "reply_timeout_s": PATIENT_S}
 
 
 def fedmsr(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -23,10 +23,6 @@ def main(argv: list[str]) -> int:
 
     from fl_server.server_app import make_server_app
     from tests.hostile_app import app as client_app
-    from tests.server_waits import wait_for_every_reply
-
-    wait_for_every_reply()  # a device is in or out for what it does, not for when
-
     cfg = RunConfig.load(run_dir / "run.json").with_run_id(run_dir.name)
     cfg = dataclasses.replace(cfg, runs_dir=str(run_dir.parent))
     logging.getLogger("flwr").propagate = False

@@ -32,7 +32,7 @@ from privacy.encoder import build_model, state_to_numpy
 from privacy.wire.arrays import record_of
 from privacy.wire.budget import planned_local_event
 from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY
-from tests.helpers import FEDMSR, SMALL, fedmsr, history
+from tests.helpers import FEDMSR, PATIENT, SMALL, fedmsr, history, round_outcome
 from tests.test_budget_selection import cap_for as selection_cap_for
 from tests.test_secagg_workflow import FlakyFleetGrid, LoopbackGrid
 
@@ -162,7 +162,7 @@ def test_sigkill_after_reservation_keeps_the_charge_and_resume_does_not_double_i
                                      "--epsilon-cap", repr(cap_for(1, ONE_STEP))]):
         assert fedmsr("--db", url, *args, cwd=tmp_path, timeout=120).returncode == 0
     args = ["--db", url, "run", "--devices", "2", "--rounds", "2", "--seed", "4", *SMALL,
-            "--dp", "local", "--delta", str(DELTA), "--runs-dir", str(tmp_path / "runs")]
+            *PATIENT, "--dp", "local", "--delta", str(DELTA), "--runs-dir", str(tmp_path / "runs")]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", FAULT_POINT_ENV: "reserved:1"}
     killed = subprocess.run([*FEDMSR, *args, "--run-id", "k"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600, check=False)
@@ -177,7 +177,8 @@ def test_sigkill_after_reservation_keeps_the_charge_and_resume_does_not_double_i
     assert resumed.returncode == 3, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "budget-exhausted" in resumed.stderr and "past its own cap" in resumed.stderr
     assert "device 0" in resumed.stderr and "device 1" in resumed.stderr  # who, which cap
-    assert [r["devices"] for r in history(run_dir)] == [[0, 1]]
+    assert [r["devices"] for r in history(run_dir)] == [[0, 1]], [
+        round_outcome(r) for r in history(run_dir)]
     assert [(r[0], r[2], r[4]) for r in ledger_rows(url)] == [
         ("cam-0", 1, "committed"), ("cam-1", 1, "committed")]  # round 1 charged once
     status = json.loads((run_dir / "status.json").read_text())

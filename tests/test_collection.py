@@ -25,7 +25,7 @@ from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.payload import payload_size
 from privacy.synthetic import FleetSpec
 from privacy.wire.upload import UploadRequest, batch_size, decode_batch, encoder_version
-from tests.helpers import SMALL, fedmsr, history, round_record
+from tests.helpers import PATIENT, SMALL, fedmsr, history, round_outcome, round_record
 
 CLIPS = 8
 
@@ -72,7 +72,7 @@ def test_a_run_with_collection_fills_store_ledgers_and_curve(tmp_path, monkeypat
     enroll(url, [DeviceSpec("d-0"), DeviceSpec("d-1"), DeviceSpec("tight", info_bits_cap=0.5)],
            BundleOptions(bundles_dir=tmp_path / "devices"))
     result = fedmsr("--db", url, "run", "--devices", "3", "--rounds", "2", "--seed", "3",
-                    *SMALL, "--collect-every", "1", "--collect-clips", str(CLIPS),
+                    *SMALL, *PATIENT, "--collect-every", "1", "--collect-clips", str(CLIPS),
                     "--runs-dir", str(tmp_path / "runs"), "--run-id", "col", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "col"

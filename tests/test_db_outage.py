@@ -39,7 +39,7 @@ from fl_server.launcher import prepare_new_run
 from fl_server.registry.db import dispose_engines
 from fl_server.run_status import read_status
 from tests import faulty_devices
-from tests.helpers import fedmsr, history
+from tests.helpers import PATIENT_CONFIG, fedmsr, history, round_outcome
 from tests.ledger_recount import epsilon_mismatches, ledger_rows, mismatches
 from tests.test_fault_injection import local_event, stop_group
 
@@ -150,7 +150,8 @@ def test_postgres_down_mid_round_loses_and_doubles_no_ledger_row(
     monkeypatch.chdir(tmp_path)
     cfg = prepare_new_run(RunConfig(
         devices=3, rounds=1, seed=6, clips_per_day=4, days=2, dp_sgd=True, delta=DELTA,
-        min_train_devices=2, runs_dir=str(tmp_path / "runs"), run_id="outage").validate())
+        min_train_devices=2, runs_dir=str(tmp_path / "runs"), run_id="outage",
+        **PATIENT_CONFIG).validate())
     dispose_engines()
     run_dir = cfg.run_dir()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO),
@@ -177,7 +178,8 @@ def test_postgres_down_mid_round_loses_and_doubles_no_ledger_row(
     # The pool pings before each checkout: the restart is invisible to the run.
     assert status.status == "completed", (status, (tmp_path / "engine.log").read_text()[-3000:])
     assert read_status(run_dir).status == "completed"
-    assert [r["devices"] for r in history(run_dir)] == [[0, 1, 2]]
+    assert [r["devices"] for r in history(run_dir)] == [[0, 1, 2]], [
+        round_outcome(r) for r in history(run_dir)]
     rows = ledger_rows(url, "outage")
     assert mismatches(rows, [(d, 1) for d in devices], event) == []
     assert epsilon_mismatches(url, DELTA, dict.fromkeys(devices, 1), event) == []

@@ -40,7 +40,7 @@ from fl_server.launcher import group_members, prepare_new_run
 from privacy.accounting import DpEvent
 from privacy.wire.budget import planned_local_event
 from tests import faulty_devices
-from tests.helpers import FEDMSR, SMALL, fedmsr, history
+from tests.helpers import FEDMSR, PATIENT, PATIENT_CONFIG, SMALL, fedmsr, history, round_outcome
 from tests.ledger_recount import (
     epsilon_mismatches,
     independent_epsilon,
@@ -105,7 +105,7 @@ def test_killed_between_the_two_files_of_a_checkpoint_resumes_to_the_same_model(
         tmp_path, one_torch_thread) -> None:
     """Killed after round 2's .npz, before its .json: the resume names no checkpoint 2,
     redoes round 2 and ends with the model an uninterrupted run makes (recomputed)."""
-    args = ["run", "--devices", "3", "--rounds", "2", "--seed", "7", *SMALL,
+    args = ["run", "--devices", "3", "--rounds", "2", "--seed", "7", *SMALL, *PATIENT,
             "--runs-dir", str(tmp_path)]
     run_dir = tmp_path / "k"
     ckpts = run_dir / "checkpoints"
@@ -119,7 +119,8 @@ def test_killed_between_the_two_files_of_a_checkpoint_resumes_to_the_same_model(
     assert "resuming k after round 1 of 2" in done.stdout  # an .npz alone is no checkpoint
     rows = history(run_dir)
     assert [r["round"] for r in rows] == [1, 2]
-    assert all(r["devices"] == [0, 1, 2] and r["sampled"] == 3 for r in rows)
+    assert all(r["devices"] == [0, 1, 2] and r["sampled"] == 3 for r in rows), [
+        round_outcome(r) for r in rows]
     cfg = RunConfig.load(run_dir / "run.json")
     round1, round2 = honest_rounds(cfg, [[0, 1, 2], [0, 1, 2]])
     assert_same_model(load_checkpoint(ckpts / "round-0001.json").arrays, round1)
@@ -174,8 +175,8 @@ def test_devices_that_crash_or_hang_in_a_run_killed_mid_round(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     cfg = prepare_new_run(RunConfig(
         devices=4, rounds=2, seed=9, clips_per_day=4, days=2, dp_sgd=True, delta=DELTA,
-        min_train_devices=2, round_timeout_s=20.0, runs_dir=str(tmp_path / "runs"),
-        run_id="flaky").validate())
+        min_train_devices=2, round_timeout_s=30.0, runs_dir=str(tmp_path / "runs"),
+        run_id="flaky", **PATIENT_CONFIG).validate())
     run_dir = cfg.run_dir()
     faults = "1:crash@1,2:hang@1"
     killed = faulty_engine(run_dir, faults, "mid-round:1")

@@ -34,7 +34,7 @@ from monitoring.metrics import FedmsrMetrics
 from monitoring.observer import MetricsObserver
 from privacy.encoder import build_model, state_to_numpy
 from privacy.wire.round_record import RoundRecord
-from tests.helpers import fedmsr, history, round_outcome
+from tests.helpers import PATIENT_CONFIG, fedmsr, history, round_outcome
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +90,8 @@ def assert_same_model(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -
 
 def test_hostile_devices_then_a_truncated_checkpoint(tmp_path, one_torch_thread) -> None:
     cfg = prepare_new_run(RunConfig(devices=9, rounds=2, seed=4, clips_per_day=4, days=2,
-                                    runs_dir=str(tmp_path), run_id="hostile").validate())
+                                    runs_dir=str(tmp_path), run_id="hostile",
+                                    **PATIENT_CONFIG).validate())
     run_dir = cfg.run_dir()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": REPO,
            "FEDMSR_TEST_HOSTILE": ",".join(f"{d}:{k}" for d, k in HOSTILE.items())}

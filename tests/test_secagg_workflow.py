@@ -189,7 +189,7 @@ def test_an_aborted_round_leaves_the_model_and_the_next_round_proceeds(
     from fl_server.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint
     from fl_server.federation import run_federation
     from fl_server.run_status import read_status
-    from tests.helpers import history
+    from tests.helpers import history, round_outcome
 
     # round_timeout_s also caps each SecAgg stage's wait: the silent nodes cost 3 s, not 120.
     cfg = dataclasses.replace(CFG, rounds=2, runs_dir=str(tmp_path), run_id="abort",
@@ -199,7 +199,8 @@ def test_an_aborted_round_leaves_the_model_and_the_next_round_proceeds(
     first, second = history(cfg.run_dir())
     assert "threshold" in first["aborted"] and first["devices"] == [] \
         and first["responded"] == 0
-    assert second["aborted"] is None and second["devices"] == [0, 1, 2, 3, 4]
+    assert second["aborted"] is None and second["devices"] == [0, 1, 2, 3, 4], \
+        round_outcome(second)
     initial, _ = plain_updates()
     after_abort = load_checkpoint(checkpoint_dir(cfg.run_dir()) / "round-0001.json")
     assert all(np.array_equal(after_abort.arrays[k], initial[k]) for k in initial)

@@ -21,7 +21,7 @@ from fl_server.federation import record_bytes
 from fl_server.launcher import group_members
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.wire.arrays import record_of
-from tests.helpers import FEDMSR, SMALL, fedmsr, history, wait_for
+from tests.helpers import FEDMSR, PATIENT, SMALL, fedmsr, history, round_outcome, wait_for
 
 pytestmark = pytest.mark.slow
 CORE = ("round", "loss", "kl_bits", "utility_acc", "identity_acc", "wall_s")
@@ -33,7 +33,7 @@ def _final(run_dir) -> dict[str, np.ndarray]:
 
 
 def test_three_devices_two_rounds(tmp_path) -> None:
-    result = fedmsr("run", "--devices", "3", "--rounds", "2", "--seed", "3", *SMALL,
+    result = fedmsr("run", "--devices", "3", "--rounds", "2", "--seed", "3", *SMALL, *PATIENT,
                     "--runs-dir", str(tmp_path), "--run-id", "e2e")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "e2e"
@@ -41,7 +41,8 @@ def test_three_devices_two_rounds(tmp_path) -> None:
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
         assert all(isinstance(row[k], (int, float)) and math.isfinite(row[k]) for k in CORE)
-        assert row["responded"] == row["sampled"] == 3 and row["devices"] == [0, 1, 2]
+        assert row["responded"] == row["sampled"] == 3 and row["devices"] == [0, 1, 2], \
+            round_outcome(row)
         assert row["loss"] > 0 and row["kl_bits"] >= 0 and 0 <= row["identity_acc"] <= 1
         assert row["client_train_s_sum"] > 0
     assert (run_dir / "history.csv").read_text().count("\n") == 3
@@ -63,7 +64,7 @@ def test_three_devices_two_rounds(tmp_path) -> None:
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path) -> None:
     # 2 rounds: killed after round 1's checkpoint, round 2 is the resumed one.
-    args = ["--devices", "3", "--rounds", "2", "--seed", "11", *SMALL, "--runs-dir", str(tmp_path)]
+    args = ["--devices", "3", "--rounds", "2", "--seed", "11", *SMALL, *PATIENT, "--runs-dir", str(tmp_path)]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen([*FEDMSR, "run", *args, "--run-id", "killed"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
