@@ -7,6 +7,10 @@ writer call :func:`fault_point` at the steps that matter, and the environment va
 ``FEDMSR_FAULT_POINT=NAME[:ROUND]`` picks one (no ROUND: the first round that reaches
 NAME). Unset -- always, outside tests -- each call is one dictionary lookup.
 
+``FEDMSR_FAULT_HOLD=NAME[:ROUND]`` stops the server there instead, for good (until it is
+killed): a test that kills something else (the launcher) while the server is inside a
+given round needs the round held there, not a race against how fast the machine is.
+
 The kill is a real ``SIGKILL``: nothing runs after it (no ``finally``, no status write),
 exactly like a power cut or the OOM killer. In the engine process of ``fedmsr run``
 (a process-group leader: the launcher starts it in a session of its own) the whole group
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 ENV = "FEDMSR_FAULT_POINT"
+HOLD_ENV = "FEDMSR_FAULT_HOLD"
 
 #: The steps of one round, in order (what each means: docs/fault-injection.md).
 POINTS = (
@@ -36,26 +42,29 @@ POINTS = (
 )
 
 
-def armed(name: str, server_round: int) -> bool:
-    """Whether ``FEDMSR_FAULT_POINT`` asks for a kill at `name` in `server_round`.
+def armed(name: str, server_round: int, variable: str = ENV) -> bool:
+    """Whether ``FEDMSR_FAULT_POINT`` (or `variable`) names `name` in `server_round`.
 
     A misspelt point must not make a crash test pass by never crashing: an unknown name
     raises, naming the variable and the valid points.
     """
-    spec = os.environ.get(ENV, "")
+    spec = os.environ.get(variable, "")
     if not spec:
         return False
     point, _, round_text = spec.partition(":")
     if point not in POINTS or (round_text and not round_text.isdigit()):
-        raise ValueError(f"{ENV}={spec!r}: expected NAME[:ROUND] with NAME one of "
+        raise ValueError(f"{variable}={spec!r}: expected NAME[:ROUND] with NAME one of "
                          f"{', '.join(POINTS)}")
     return point == name and (not round_text or int(round_text) == server_round)
 
 
 def fault_point(name: str, server_round: int) -> None:
-    """SIGKILL this server here if the test asked for it (see the module docstring)."""
+    """SIGKILL this server here, or hold it here for good, if a test asked for it (see the
+    module docstring)."""
     if armed(name, server_round):
         _kill()
+    if armed(name, server_round, HOLD_ENV):
+        threading.Event().wait()  # never set: the holder kills this process
 
 
 def killing_after_push(grid: Any, server_round: int) -> Any:

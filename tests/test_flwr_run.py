@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fl_server.deployment import free_port
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fl_client", "fl_server", "strategies", "privacy", "monitoring")
@@ -44,7 +46,14 @@ def copy_app(dest: Path) -> None:
 def test_readme_flwr_run_block(tmp_path) -> None:
     app = tmp_path / "app"
     copy_app(app)
+    # free ports for the SuperLink's Fleet and Control APIs: the README's own are fixed
     script = readme_block().replace("num-supernodes=8", "num-supernodes=3")
+    ports: set[int] = set()
+    while len(ports) < 2:
+        ports.add(free_port())
+    for fixed, port in zip(("39191", "39193"), sorted(ports), strict=True):
+        assert fixed in script, fixed
+        script = script.replace(fixed, str(port))
     flwr_home = tmp_path / "flwr-home"
     env = {**os.environ, "FLWR_HOME": str(flwr_home),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from fl_server.federation import record_bytes
+from fl_server.fault_points import HOLD_ENV
 from fl_server.launcher import group_members
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.wire.arrays import record_of
@@ -64,21 +65,23 @@ def test_three_devices_two_rounds(tmp_path) -> None:
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path) -> None:
     # 2 rounds: killed after round 1's checkpoint, round 2 is the resumed one.
-    args = ["--devices", "3", "--rounds", "2", "--seed", "11", *SMALL, *PATIENT, "--runs-dir", str(tmp_path)]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    args = ["--devices", "3", "--rounds", "2", "--seed", "11", *SMALL, *PATIENT,
+            "--runs-dir", str(tmp_path)]
+    # round 2 is held at its check-in for as long as it takes the test to kill the launcher
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", HOLD_ENV: "checkin:2"}
     proc = subprocess.Popen([*FEDMSR, "run", *args, "--run-id", "killed"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "killed"
     try:
         wait_for(run_dir / "checkpoints" / "round-0001.json", proc, timeout_s=300)
+        wait_for(run_dir / "history.json", proc, timeout_s=300)  # written after the checkpoint
         engine = json.loads((run_dir / "engine.json").read_text())
         proc.send_signal(signal.SIGKILL)  # the launcher only, as `kill -9 <pid>` would
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    finished_before = [r["round"] for r in history(run_dir)]
-    assert len(finished_before) < 2
+    assert [r["round"] for r in history(run_dir)] == [1]
 
     resumed = fedmsr("run", "--resume", "killed", "--runs-dir", str(tmp_path))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
