@@ -212,7 +212,8 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
     cfg, plan, strategy = fed.cfg, fed.plan, fed.strategy
     started = time.perf_counter()
     global_record = record_of(arrays)  # serialized once: sent to every device, and counted
-    roster = checkin(grid, plan, server_round, CheckinGate.for_config(cfg))
+    gate = CheckinGate.for_config(cfg)
+    roster = checkin(grid, plan, server_round, gate)
     checkin_s = time.perf_counter() - started
     if len(roster) < cfg.min_train_devices:
         raise RoundFailed(f"round {server_round}: {len(roster)} devices checked in, "
@@ -234,7 +235,8 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
     fault_point("reserved", server_round)  # the ledger has reserved; nothing sent yet
     screening = Screening()  # every reply is validated before it can touch the model
     outcome = _aggregator(fed, screening, ticket, devices, arrays, server_round,
-                          len(messages)).train(grid, server_round, messages, devices, arrays)
+                          len(messages), gate).train(grid, server_round, messages, devices,
+                                                     arrays)
     ok = [r for r in outcome.replies if not r.has_error()]
     central = fed.dp.central is not None
     # Central DP releases its noisy average whoever answered (the denominator is fixed).
@@ -287,8 +289,11 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
 
 def _aggregator(fed: Federation, screening: Screening, ticket: RoundTicket,
                 devices: dict[int, int], arrays: dict[str, np.ndarray], server_round: int,
-                sampled: int) -> Aggregator:
-    """Plain or SecAgg+ for this round, both screening every reply before it counts."""
+                sampled: int, gate: CheckinGate | None = None) -> Aggregator:
+    """Plain or SecAgg+ for this round, both screening every reply before it counts.
+
+    A device revoked between its check-in and the screening of its reply is dropped there
+    (`revoked`): in a SecAgg+ round that makes it a dropout, whose masks are removed."""
     cfg = fed.cfg
     # Nothing has been sent yet: the time from here to a reply's screening bounds how long
     # the device can have trained, whatever the deadlines and however loaded the machine.
@@ -299,8 +304,14 @@ def _aggregator(fed: Federation, screening: Screening, ticket: RoundTicket,
         waited = time.monotonic() - sending + TRAIN_CLOCK_SLACK_S
         policy = ValidationPolicy(cfg.max_update_norm, cfg.clips_per_day * cfg.days, waited)
         if setup is None:
-            return screen_round(screening, ticket, policy, sent, got, devices, arrays)
-        return screen_round(screening, ticket, policy, sent, got, devices, secure_setup=setup)
+            accepted = screen_round(screening, ticket, policy, sent, got, devices, arrays)
+        else:
+            accepted = screen_round(screening, ticket, policy, sent, got, devices,
+                                    secure_setup=setup)
+        if gate is None:
+            return accepted
+        revoked = gate.revoked_since_admission(r.metadata.src_node_id for r in accepted)
+        return screening.withdraw(revoked, devices) if revoked else accepted
 
     if not cfg.secure_aggregation:
         return PlainAggregator(fed.strategy, screen, cfg.round_timeout_s)

@@ -49,7 +49,7 @@ MONITOR_SOURCES = ("runs", "registry")
 #: Why an update was dropped: the update validator's reasons (strategies/update_validation.py
 #: REASONS, in check order; monitoring does not import strategies), then the budget's.
 REJECT_REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", "dtype",
-                  "non_finite", "norm_bound", "metrics")
+                  "non_finite", "norm_bound", "metrics", "revoked")
 PROBES = ("utility", "identity")
 LEAKAGE_KS = (1, 2, 4, 8, 16, 32, 64)
 LEAKAGE_ATTACKS = ("identity",)

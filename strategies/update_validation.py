@@ -70,7 +70,7 @@ _Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
 
 #: Every rejection reason, in the order the checks run (Prometheus label values).
 REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", "dtype",
-           "non_finite", "norm_bound", "metrics")
+           "non_finite", "norm_bound", "metrics", "revoked")
 #: A generous but finite default for ``RunConfig.max_update_norm``: an honest local round
 #: of the default encoder (217,960 parameters, Adam, lr 2e-3) moves it by 0.9-1.4 in L2.
 DEFAULT_MAX_UPDATE_NORM = 100.0
@@ -162,6 +162,22 @@ class Screening:
         """Take over `other`'s outcome (the round's record object is created up front)."""
         self.accepted, self.rejected = other.accepted, other.rejected
         self.released, self.plain = other.released, other.plain
+
+    def withdraw(self, reasons: Mapping[int, str], devices: Mapping[int, int]) -> list[Message]:
+        """Drop the accepted replies of the nodes in `reasons` (node id -> detail) as
+        `revoked`: valid updates whose device lost its standing after it checked in. They
+        stay in `released` (the server received them: their DP events count). Returns the
+        replies still accepted."""
+        kept = []
+        for reply in self.accepted:
+            node = reply.metadata.src_node_id
+            if node in reasons:
+                self.rejected.append(Rejection(node, devices.get(node), "revoked",
+                                               reasons[node]))
+            else:
+                kept.append(reply)
+        self.accepted = kept
+        return list(kept)
 
     def released_with(self, contributors: Sequence[Message]) -> list[Message]:
         """The replies whose DP events count. Plain round: every released update, even a

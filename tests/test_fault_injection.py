@@ -213,7 +213,9 @@ def test_devices_that_crash_or_hang_in_a_run_killed_mid_round(tmp_path, monkeypa
 
 
 def test_a_round_killed_in_aggregation_is_redone_without_a_second_charge(tmp_path) -> None:
-    """`--dp local`, 1 round, device caps between the cost of one release and of two: the
+    """`--dp local`, 1 round, device caps between the cost of one release and of two. First
+    the server is killed right after the check-in: nothing is reserved or charged anywhere.
+    The resume gets further: the
     devices trained and recorded round 1, the server was killed before aggregating. The
     redo must cost nothing new -- on the server's ledger and on the devices' own. The redo
     is killed in turn between its checkpoint and its ledger commit: the next resume redoes
@@ -229,13 +231,18 @@ def test_a_round_killed_in_aggregation_is_redone_without_a_second_charge(tmp_pat
     run_dir = tmp_path / "runs" / "agg"
     devices = ["cam-0", "cam-1"]
 
-    assert_killed(launch([*args, "--run-id", "agg"], tmp_path, "aggregate:1"), run_dir)
+    assert_killed(launch([*args, "--run-id", "agg"], tmp_path, "checkin:1"), run_dir)
+    assert ledger_rows(url, "agg") == []  # checked in, nothing reserved
+    for name in devices:  # a check-in answer costs a device nothing
+        assert len(DeviceLedger.open(tmp_path / "devices" / name / "state").releases) == 0
+    resume = ["--db", url, "run", "--resume", "agg", "--runs-dir", str(tmp_path / "runs")]
+
+    assert_killed(launch(resume, tmp_path, "aggregate:1"), run_dir)
     assert mismatches(ledger_rows(url, "agg"), [(d, 1) for d in devices], event) == []
     for name in devices:  # they trained: their own ledgers hold round 1
         own = DeviceLedger.open(tmp_path / "devices" / name / "state").releases
         assert [(r.run_id, r.round_number) for r in own] == [("agg", 1)]
 
-    resume = ["--db", url, "run", "--resume", "agg", "--runs-dir", str(tmp_path / "runs")]
     # The redo is killed again, after its checkpoint and before its ledger commit.
     assert_killed(launch(resume, tmp_path, "commit:1"), run_dir)
     rows = ledger_rows(url, "agg")

@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,8 @@ class CheckinGate:
     bundles_dir: str = ""
     nonce: str = field(default_factory=lambda: secrets.token_hex(32))
     refused: dict[int, str] = field(default_factory=dict)
+    #: Node id -> registry device id of every node admitted by :meth:`admit`.
+    admitted_ids: dict[int, int] = field(default_factory=dict)
     #: Synthetic fleet size, and whether the nodes are a SuperLink's (not virtual ones).
     fleet_size: int = 0
     on_superlink: bool = False
@@ -105,10 +107,28 @@ class CheckinGate:
                 self.refused[node_id] = problem
             else:
                 admitted[node_id] = answer.device
+                assert answer.device_id is not None  # _problem refuses an unsigned answer
+                self.admitted_ids[node_id] = answer.device_id
         if self.refused:
             log.warning("check-in refused %d node(s): %s", len(self.refused),
                         "; ".join(f"node {n}: {p}" for n, p in sorted(self.refused.items())))
         return admitted
+
+    def revoked_since_admission(self, node_ids: Iterable[int]) -> dict[int, str]:
+        """Node id -> why, for the admitted nodes whose device has been revoked since it
+        checked in. A revocation is for ever and says the device is not to be trusted (lost,
+        stolen, compromised): its update is dropped even though it was eligible when it
+        trained (docs/registry.md)."""
+        wanted = {node: self.admitted_ids[node] for node in node_ids
+                  if node in self.admitted_ids}
+        if not wanted:
+            return {}
+        with session_scope(self.url) as session:
+            revoked = set(session.scalars(select(Device.id).where(
+                Device.id.in_(set(wanted.values())),
+                Device.status == DeviceStatus.REVOKED.value)))
+        return {node: f"device {device_id} was revoked after it checked in"
+                for node, device_id in wanted.items() if device_id in revoked}
 
     def _problem(self, node_id: int, answer: CheckinAnswer,
                  devices: Mapping[int, _Enrolled]) -> str:
