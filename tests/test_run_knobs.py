@@ -314,3 +314,40 @@ def test_dry_run_reads_the_registry_caps_and_spend_and_writes_nothing(
     assert len(warnings) == 1 and re.match(
         r"warning: 1 of 3 device\(s\) would pass their epsilon cap during this run \(cam-1: "
         r"epsilon [0-9.]+ after the run, cap 1\)", warnings[0]), warnings
+
+
+def test_a_dp_run_warns_once_before_training_and_the_ledger_still_decides(
+        tmp_path, monkeypatch, capsys, task_identity) -> None:
+    """q = 1 and a cap the plan passes: both warnings, once each, before the first round;
+    the run is not refused up front, the ledger refuses the round (budget-exhausted)."""
+    from fl_server import launcher
+    from fl_server.federation import run_federation
+    from fl_server.run_status import read_status
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("FEDMSR_DB", url)
+    monkeypatch.chdir(tmp_path)
+    db.upgrade(url)
+    enroll(url, [DeviceSpec(f"cam-{i}", epsilon_cap=1.0, delta_cap=DELTA, device_index=i)
+                 for i in range(2)], BundleOptions(bundles_dir=tmp_path / "devices"))
+    started = []
+
+    def in_process(cfg, console=None):
+        started.append(capsys.readouterr().err)  # what was said before the engine started
+        run_federation(TwoDevices(), cfg)
+        return read_status(cfg.run_dir())
+
+    monkeypatch.setattr(launcher, "launch_simulation", in_process)
+    code = main(["run", "--dp", "local", "--rounds", "1", *TINY, "--delta", str(DELTA),
+                 "--runs-dir", "runs", "--run-id", "warned"])
+    assert code == 3  # budget-exhausted: the ledger refused the round, nothing trained
+    (before,) = started
+    lines = before.strip().splitlines()
+    assert lines[0] == ("warning: --batch-size 16 >= the 8 clips of 2 device(s): DP-SGD "
+                        "samples at q = 1, no subsampling amplification; lower --batch-size "
+                        "below 8")
+    assert lines[1].startswith("warning: 2 of 2 device(s) would pass their epsilon cap "
+                               "during this run (cam-0: ")
+    assert len(lines) == 2
+    assert "warning" not in capsys.readouterr().err  # said once, not again per round
+    assert privacy_ledger.budget_states(url, DELTA)[0].events == ()
