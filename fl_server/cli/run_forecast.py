@@ -29,9 +29,10 @@ def print_dry_run(cfg: RunConfig, *, deployed: bool = False) -> None:
     print(f"{'device':<20} {'clips':>6} {'q':>7} {'steps':>6} {'epsilon':>9} {'spent':>8} "
           f"{'cap':>7} {'remaining':>9} {'after':>9} {'delta':>8}  verdict")
     for d in found.devices:
-        print(f"{d.name:<20} {_opt(d.local and d.local.clips):>6} "
-              f"{_opt(d.local and d.local.sample_rate, '.4g'):>7} "
-              f"{_opt(d.local and d.local.steps_per_round * cfg.rounds):>6} "
+        local = d.local
+        print(f"{d.name:<20} {_opt(local.clips if local else None):>6} "
+              f"{_opt(local.sample_rate if local else None, '.4g'):>7} "
+              f"{_opt(local.steps_per_round * cfg.rounds if local else None):>6} "
               f"{_opt(d.epsilon, '.4f'):>9} {d.spent:>8.4f} {_opt(d.cap, 'g'):>7} "
               f"{_opt(d.remaining, '.4f'):>9} {_opt(d.epsilon_after, '.4f'):>9} "
               f"{d.delta:>8.1e}  {_verdict(d)}")
