@@ -84,13 +84,15 @@ class RunConfig:
     image_size: int = _option(32, "Frame size: 32 or 64.")
     eval_days: int = 4
     # encoder and local training
-    latent_dim: int = 32
+    latent_dim: int = _option(32, "Size of the encoder's latent representation z.")
     width: int = 32
     utility: str = _option("supervised", "supervised | ssl | both.")
     beta: float = _option(0.01, "VIB weight on KL(q(z|x) || N(0, I)).")
     local_epochs: int = _option(1, "Local epochs per round.")
-    batch_size: int = 16
-    learning_rate: float = 2e-3
+    batch_size: int = _option(
+        16, "Local batch size; with DP-SGD the Poisson sample rate is q = batch / the "
+        "device's clips (q = 1 when batch >= clips: no subsampling amplification).")
+    learning_rate: float = _option(2e-3, "Local learning rate (Adam).", flag="--lr")
     # DP-SGD on the devices (`fedmsr run --dp local`; --dp-sgd is its old spelling)
     dp_sgd: bool = _option(False, "Deprecated alias of --dp local.")
     noise_multiplier: float = _option(1.0, "DP-SGD noise multiplier sigma.")
@@ -263,8 +265,9 @@ class RunConfig:
             raise ConfigError("utility", f"must be one of {', '.join(UTILITIES)}, got {self.utility!r}")
         if not self.beta >= 0:
             raise ConfigError("beta", f"must be >= 0, got {self.beta}")
-        if not self.learning_rate > 0:
-            raise ConfigError("learning_rate", f"must be > 0, got {self.learning_rate}")
+        if not finite_positive(self.learning_rate):
+            raise ConfigError("learning_rate", f"must be a finite number > 0, "
+                              f"got {self.learning_rate!r}")
         if self.dp_sgd and not finite_positive(self.noise_multiplier):
             raise ConfigError("noise_multiplier", f"must be a finite number > 0 with DP-SGD, "
                               f"got {self.noise_multiplier}")

@@ -34,7 +34,7 @@ def test_run_options_are_run_config_fields_with_their_defaults() -> None:
     params = {p.name: p for p in command.params}
     fields = [f for f in dataclasses.fields(RunConfig) if RUN_OPTION in f.metadata]
     assert set(params) == set(OPTION_NAMES) == {f.name for f in fields} | {
-        "dp", "resume", "superlink"}
+        "dp", "resume", "superlink", "config", "dry_run"}
     for f in fields:
         option, param = f.metadata[RUN_OPTION], params[f.name]
         assert param.opts == [OPTION_NAMES[f.name]]

@@ -6,6 +6,10 @@ budgets exhausted; the final model is written); 128 + the signal's number (143 f
 SIGTERM, 130 for Ctrl-C) the launcher was interrupted: the engine and every process it
 started were stopped, the run marked failed ("interrupted by SIGTERM"), and it can be
 continued with `--resume`.
+
+`--config FILE` fills every option the command line leaves at its default
+(fl_server/cli/run_file.py); `--dry-run` prints what the run would charge each device's
+privacy budget (fl_server/cli/run_forecast.py) and starts and writes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fl_server.cli.errors import fail
+from fl_server.cli.run_file import file_named, with_config_file
 from fl_server.cli.run_options import (
+    DRY_RUN,
     RESUME,
     SUPERLINK,
     config_from_options,
@@ -43,9 +49,18 @@ EXIT_INTERRUPTED_BASE = 128
 
 def run(**options: Any) -> None:
     """Run a federation on Flower's simulation engine (embedded defaults), or a SuperLink."""
-    resume, superlink = options[RESUME], options[SUPERLINK]
+    resume = options[RESUME]
     if resume is None:  # options checked before the engine's imports: a typo costs a second
-        checked = config_from_options(options)
+        settings = with_config_file(click.get_current_context(), options)
+        options = settings.values
+        with file_named(settings):
+            checked = config_from_options(options)
+        if options[DRY_RUN]:
+            from fl_server.cli.run_forecast import print_dry_run
+
+            print_dry_run(_planned_run(checked), deployed=options[SUPERLINK] is not None)
+            return
+    superlink = options[SUPERLINK]
     from fl_server import deployment_run
     from fl_server.deployment import operator_flwr_home
     from fl_server.launcher import (
@@ -70,6 +85,9 @@ def run(**options: Any) -> None:
         deployment_run.check_same_engine(cfg, superlink)
     else:
         cfg = _new_run(checked)
+        from fl_server.cli.run_forecast import warn_before_run
+
+        warn_before_run(cfg, deployed=superlink is not None)
     console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
                   f"{_dp_phrase(cfg)} -> {cfg.run_dir()}")
     if superlink is None:
@@ -100,18 +118,34 @@ def _new_run(cfg: RunConfig) -> RunConfig:
     from fl_server.dp_modes import with_calibrated_noise, with_calibrated_release
     from fl_server.launcher import prepare_new_run
 
-    if cfg.epsilon_cap is not None and not registry_configured():
-        fail("--epsilon-cap", "per-device budgets live in the fleet registry; run `fedmsr db "
-             "upgrade` and enroll the fleet first (or pass --db URL)")
-    if cfg.collect_every and not registry_configured():
-        fail("--collect-every", "collection stores representations in the registry; run "
-             "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
+    _check_registry_needs(cfg)
     with options_named():
         if cfg.shuffler:  # before anything is written: the shuffler must answer
             from fl_server.unlinkable_collection import check_shuffler
 
             check_shuffler(cfg)
         return prepare_new_run(with_calibrated_release(with_calibrated_noise(cfg)))
+
+
+def _planned_run(cfg: RunConfig) -> RunConfig:
+    """What `_new_run` would prepare, without a run id, a run directory or a shuffler:
+    the calibrated noise and the registry's devices (read, not written)."""
+    from fl_server.dp_modes import with_calibrated_noise, with_calibrated_release
+    from fl_server.registry.fleet import fleet_for_new_run
+
+    _check_registry_needs(cfg)
+    with options_named():
+        return fleet_for_new_run(with_calibrated_release(with_calibrated_noise(cfg)))
+
+
+def _check_registry_needs(cfg: RunConfig) -> None:
+    """Settings that need the fleet registry, refused without one."""
+    if cfg.epsilon_cap is not None and not registry_configured():
+        fail("--epsilon-cap", "per-device budgets live in the fleet registry; run `fedmsr db "
+             "upgrade` and enroll the fleet first (or pass --db URL)")
+    if cfg.collect_every and not registry_configured():
+        fail("--collect-every", "collection stores representations in the registry; run "
+             "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
 
 
 def _dp_phrase(cfg: RunConfig) -> str:

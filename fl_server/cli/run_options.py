@@ -2,8 +2,9 @@
 
 A RunConfig field that carries a :class:`~fl_server.config.RunOption` is an option of
 `fedmsr run`, with the field's type and default, so a setting is defined once: in
-RunConfig. Three options belong to the command alone: ``--dp`` (sets ``dp_sgd`` and
-``central_dp`` together), ``--resume`` and ``--superlink``.
+RunConfig. Five options belong to the command alone: ``--dp`` (sets ``dp_sgd`` and
+``central_dp`` together), ``--resume``, ``--superlink``, ``--config`` (a TOML file of
+option values, fl_server/cli/run_file.py) and ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from click.core import ParameterSource
 from fl_server.config import DP_MODES, RUN_OPTION, ConfigError, RunConfig, RunOption
 
 #: The command's own options (parameter names), after the generated ones.
-DP, RESUME, SUPERLINK = "dp", "resume", "superlink"
+DP, RESUME, SUPERLINK, CONFIG, DRY_RUN = "dp", "resume", "superlink", "config", "dry_run"
 #: Options that may go with --resume: where to find the run.
 _RESUME_MAY_GIVE = frozenset({RESUME, SUPERLINK, "runs_dir"})
 
@@ -37,7 +38,8 @@ _OPTION_FIELDS = tuple(f for f in dataclasses.fields(RunConfig) if RUN_OPTION in
 #: RunConfig field -> the `fedmsr run` option that sets it.
 _OPTION_OF_FIELD = {f.name: _run_option(f).name_for(f.name) for f in _OPTION_FIELDS}
 #: Parameter name -> option name, for every `fedmsr run` option.
-OPTION_NAMES = {**_OPTION_OF_FIELD, DP: "--dp", RESUME: "--resume", SUPERLINK: "--superlink"}
+OPTION_NAMES = {**_OPTION_OF_FIELD, DP: "--dp", RESUME: "--resume", SUPERLINK: "--superlink",
+                CONFIG: "--config", DRY_RUN: "--dry-run"}
 
 
 def run_parameters() -> inspect.Signature:
@@ -56,6 +58,12 @@ def run_parameters() -> inspect.Signature:
         _keyword(SUPERLINK, str | None, None,
                  "Run on Flower's deployment engine: HOST:PORT of a running `fedmsr superlink "
                  "start` whose enrolled devices' SuperNodes train (default: simulation)."),
+        _keyword(CONFIG, str | None, None,
+                 "TOML file of option values (keys: option names without '--'); options "
+                 "given on the command line override it (docs/running.md)."),
+        _keyword(DRY_RUN, bool, False,
+                 "Print each device's planned epsilon for the run against its cap, and "
+                 "start and write nothing."),
     ]
     return inspect.Signature(params, return_annotation=None)
 
