@@ -161,7 +161,13 @@ def known_versions(session: Session) -> dict[str, int]:
 def resolve_version(session: Session, given: str) -> str:
     """The stored version `given` names (itself or a unique prefix); ExportInputError with
     the closest versions, or the list of known ones, otherwise."""
-    known = sorted(known_versions(session))
+    counts = known_versions(session)
+    known = sorted(counts)
+    listed = ", ".join(f"{v[:16]} ({counts[v]} rows)" for v in known)
+    if not given:
+        raise ExportInputError("--encoder-version", "give the encoder version to export; "
+                               + (f"known: {listed}" if known else "the registry holds no "
+                                  "representations"))
     if given in known:
         return given
     matches = [v for v in known if given and v.startswith(given)]
@@ -178,7 +184,6 @@ def resolve_version(session: Session, given: str) -> str:
     close = difflib.get_close_matches(given, known, n=3, cutoff=0.6) or [
         heads[h] for h in difflib.get_close_matches(given, list(heads), n=3, cutoff=0.6)]
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    listed = ", ".join(f"{v[:16]} ({n} rows)" for v, n in sorted(known_versions(session).items()))
     raise ExportInputError("--encoder-version", f"no stored representations of version "
                            f"{given!r}; {hint}known: {listed}")
 

@@ -130,6 +130,7 @@ def test_parquet_round_trip_withholds_the_erased_device_and_is_audited(registry,
     assert entry["path"] == str(out.resolve())
     assert entry["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert out.stat().st_mode & 0o777 == 0o600  # the fleet's representations: owner only
 
 
 def test_npz_round_trip_has_no_device_column_for_unlinkable_rows(registry, uploads, tmp_path):
@@ -170,6 +171,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(registry, tmp_path, capsys
     line = _refused(["--encoder-version", "0123456789abcdef", "--out", str(out)], capsys)
     assert line.startswith("error: --encoder-version: no stored representations of version")
     assert f"known: {version[:16]} (9 rows), {'f' * 16} (1 rows)" in line
+    line = _refused(["--out", str(out)], capsys)
+    assert line == (f"error: --encoder-version: give the encoder version to export; known: "
+                    f"{version[:16]} (9 rows), {'f' * 16} (1 rows)")
     line = _refused(["--encoder-version", version[:20] + "x", "--out", str(out)], capsys)
     assert f"did you mean {version}?" in line
     line = _refused(["--encoder-version", version, "--format", "csv", "--out", str(out)], capsys)

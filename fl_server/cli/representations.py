@@ -32,13 +32,11 @@ def representations_export(
     from fl_server.registry import db
     from fl_server.representation_export import ExportInputError, ExportRequest, export
 
-    if encoder_version is None:
-        fail("--encoder-version", "give the encoder version to export "
-             "(`fedmsr leakage show` lists the stored ones)")
     if out is None:
         fail("--out", "give the file to write")
-    try:
-        summary = export(db.resolve_url(), ExportRequest(encoder_version, format, out, force))
+    try:  # no --encoder-version: the error lists the stored versions
+        summary = export(db.resolve_url(), ExportRequest(encoder_version or "", format, out,
+                                                         force))
     except ExportInputError as exc:
         fail(exc.option, exc.problem)
     withheld = (f"; {summary.withheld_rows} row(s) of erased devices withheld"
