@@ -437,6 +437,7 @@ def _settings(scale: Scale, seed: int, splits: EvalSplits, dataset: ManifestPlan
                     "invariant: against a device discriminator refitted every 2 epochs "
                     "(logit spread on the posterior mean)",
         "clips": "given" if clips_given else None,
+        "utility_classes": splits.classes,  # the utility's chance level: 1 / this
     }
     if dataset is not None:
         for key in _FLEET_FIELDS:

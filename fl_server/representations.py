@@ -207,19 +207,27 @@ class UnlinkableStore:
         session.flush()
         return len(rows)
 
-    def select(self, session: Session, run_id: str, encoder_version: str
+    def select(self, session: Session, run_id: str | None, encoder_version: str
                ) -> list[StoredUnlinkable]:
-        """One run's rows of one encoder version, in pseudonym order (random)."""
+        """One run's rows (every run's: None) of one encoder version, in pseudonym order
+        (random)."""
         statement = select(UnlinkableRepresentation).where(
-            UnlinkableRepresentation.run_id == run_id,
             UnlinkableRepresentation.encoder_version == encoder_version).order_by(
             UnlinkableRepresentation.pseudonym)
+        if run_id is not None:
+            statement = statement.where(UnlinkableRepresentation.run_id == run_id)
         return [StoredUnlinkable(
             id=row.id, run_id=row.run_id, collection_round=row.collection_round,
             pseudonym=row.pseudonym, window_day=row.window_day,
             granularity_days=row.granularity_days, payload=bytes(row.payload),
             payload_version=row.payload_version, encoder_version=row.encoder_version,
             stored_at=as_utc(row.stored_at)) for row in session.scalars(statement)]
+
+    def versions(self, session: Session) -> dict[str, int]:
+        """Encoder version -> row count."""
+        statement = select(UnlinkableRepresentation.encoder_version, func.count()).group_by(
+            UnlinkableRepresentation.encoder_version)
+        return {version: int(n) for version, n in session.execute(statement)}
 
 
 def default_store() -> RepresentationStore:

@@ -1,6 +1,6 @@
 """The `fedmsr` command line: one module per command group (`run`, `eval`, `monitor`,
 `db`, `fleet`, `pki`, `superlink`, `device`, `footage`, `budget`, `leakage`, `encoder`,
-`privatize`, `shuffler`).
+`privatize`, `shuffler`, `representations`).
 
 Errors are one line on stderr, `error: <option>: <what is wrong>`, with a non-zero exit:
 2 for bad input (nothing was started or written), 1 for a run that failed, 3 for a run
@@ -28,6 +28,7 @@ from fl_server.cli.leakage import leakage_app
 from fl_server.cli.monitor import monitor
 from fl_server.cli.pki import pki_app
 from fl_server.cli.privatize import privatize_command
+from fl_server.cli.representations import representations_app
 from fl_server.cli.run import run
 from fl_server.cli.shuffler import shuffler_app
 from fl_server.cli.superlink import superlink_app
@@ -59,6 +60,7 @@ app.add_typer(encoder_app, name="encoder")
 app.add_typer(budget_app, name="budget")
 app.add_typer(leakage_app, name="leakage")
 app.add_typer(shuffler_app, name="shuffler")
+app.add_typer(representations_app, name="representations")
 app.command("run")(run)
 app.command("monitor")(monitor)
 app.command("eval")(eval_command)

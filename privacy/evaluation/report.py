@@ -6,14 +6,14 @@ Files written into the output folder:
 * ``timings.json``      latency per clip (wall clock; the only non-deterministic figures);
 * ``table.csv``         one row per representation, the headline columns;
 * ``report.md``         the table, PL(k) / gains, gradient inversion, SE, operating point;
-* ``frontier.png``      privacy-utility frontier (identity inference vs activity accuracy);
+* ``frontier.png``      privacy-utility frontier (identity inference vs activity accuracy,
+                        with both chance levels);
 * ``pl_curves.png``     PL(k) for identity / location / routine and linkage AUC(k);
 * ``reconstructions.png`` originals next to each attacker's reconstructions;
 * ``pareto.png``        every release (linkable / unlinkable, with or without randomized
                         release): activity vs identity at k_max, and the Pareto frontier.
 
-Plots use matplotlib's Agg backend with fixed sizes and no timestamps in the metadata, so
-the same results give the same bytes.
+The plots are drawn by :mod:`privacy.evaluation.plots` (same results, same bytes).
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from privacy.evaluation.tasks import SYNTHETIC, Tasks
+from privacy.evaluation.plots import plot_frontier, plot_pareto, plot_pl_curves, plot_reconstructions
+from privacy.evaluation.tasks import SYNTHETIC, Tasks, identity_word
 
-PNG_META = {"Software": None}
-#: PL(k) panel titles of the synthetic attributes (any other attribute: "NAME PL(k)")
-_PANEL_TITLES = {"location": "location (home/haunts) PL(k)", "routine": "routine (hour pattern) PL(k)"}
 
 
 def columns(tasks: Tasks = SYNTHETIC) -> tuple[str, ...]:
@@ -153,7 +151,7 @@ def markdown(results: dict, rows: Sequence[dict], timings: dict, tasks: Tasks = 
     ref = results.get("references")
     if ref:
         out += ["## References", "",
-                (f"* {_identity_word(tasks)} inferred from the true {tasks.utility} label alone: "
+                (f"* {identity_word(tasks)} inferred from the true {tasks.utility} label alone: "
                  f"{_fmt(ref['identity_from_activity'])} (chance {_fmt(ref['identity_chance'])}): the floor "
                  f"for any encoder that keeps {tasks.utility};"),
                 (f"* PSNR of answering the attacker's mean frame (no information about the clip): "
@@ -178,7 +176,7 @@ def operating_points_section(ops: dict | None, tasks: Tasks) -> list[str]:
         return [*out, "not measured", ""]
     t = ops["targets"]
     out += [(f"Targets: {tasks.utility} >= {t['activity_fraction']:.0%} of beta = 0's, "
-             f"{_identity_word(tasks)} at k = 1 <= chance + {t['identity_k1_over_chance']:.2f}, at "
+             f"{identity_word(tasks)} at k = 1 <= chance + {t['identity_k1_over_chance']:.2f}, at "
              f"k_max <= chance + {t['identity_kmax_over_chance']:.2f}, linkage AUC at k_max <= "
              f"{t['linkage_auc']:.2f}, reconstruction PSNR <= blur's. Unlinkable releases: the "
              "attacker links the shuffled vectors itself before it accumulates. epsilon: one "
@@ -198,132 +196,12 @@ def operating_points_section(ops: dict | None, tasks: Tasks) -> list[str]:
             "identity_via_activity", "activity_bound")
     out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(_fmt(p[c]) for c in cols) + " |" for p in ops["points"]]
-    out += ["", (f"identity_via_activity: {_identity_word(tasks)} from the {tasks.utility} "
+    out += ["", (f"identity_via_activity: {identity_word(tasks)} from the {tasks.utility} "
                  "predicted from the release alone; any release that keeps the utility keeps this "
                  "much. activity_bound: the highest accuracy any classifier can reach from a "
                  "randomized release (Fano's inequality over the Gaussian channel's capacity per "
                  "clip)."), ""]
     return out
-
-
-# ------------------------------------------------------------------ plots
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.hashsalt": "fedmsr", "font.size": 8})
-    return plt
-
-
-def _identity_word(tasks: Tasks) -> str:
-    return "identity" if tasks.identity == "identity" else f"identity ({tasks.identity})"
-
-
-def plot_frontier(rows: Sequence[dict], path: Path, tasks: Tasks = SYNTHETIC) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    util = f"{tasks.utility}_linear"
-    for r in rows:
-        marker = "o" if r["family"] == "encoder" else "s"
-        ax.scatter(r["identity_single"], r[util], marker=marker)
-        ax.annotate(r["name"], (r["identity_single"], r[util]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    if rows:
-        ax.axvline(rows[0]["identity_chance"], color="grey", ls=":", lw=1, label="identity chance")
-    ax.set_xlabel(f"{_identity_word(tasks)} inference, single clip (accuracy; lower = more private)")
-    ax.set_ylabel(f"{tasks.utility} probe accuracy (higher = more useful)")
-    ax.set_title("privacy-utility frontier")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, metadata=PNG_META)
-    plt.close(fig)
-
-
-def plot_pareto(ops: dict | None, path: Path, tasks: Tasks = SYNTHETIC) -> None:
-    """Activity vs identity at k_max for every release; the frontier joined by a line."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
-    points = (ops or {}).get("points", [])
-    for p in points:
-        if p["identity_kmax"] is None:
-            continue
-        marker = ("^" if p["randomized"] else "o") if not p["unlinkable"] else ("v" if p["randomized"] else "D")
-        ax.scatter(p["identity_kmax"], p["activity_acc"], marker=marker, s=18)
-        ax.annotate(p["name"], (p["identity_kmax"], p["activity_acc"]), fontsize=5,
-                    xytext=(2, 2), textcoords="offset points")
-    front = [p for name in (ops or {}).get("pareto", []) for p in points
-             if p["name"] == name and p["identity_kmax"] is not None]
-    if front:
-        front.sort(key=lambda p: p["identity_kmax"])
-        ax.plot([p["identity_kmax"] for p in front], [p["activity_acc"] for p in front],
-                color="black", lw=1, label="Pareto frontier")
-        ax.axvline(front[0]["identity_chance"], color="grey", ls=":", lw=1, label="chance")
-        ax.legend(loc="lower right", fontsize=7)
-    ax.set_xlabel(f"{_identity_word(tasks)} at k_max (accumulated; lower = more private)")
-    ax.set_ylabel(f"{tasks.utility} accuracy (higher = more useful)")
-    ax.set_title("releases: o linkable, D unlinkable, ^/v with randomized release")
-    fig.tight_layout()
-    fig.savefig(path, metadata=PNG_META)
-    plt.close(fig)
-
-
-def plot_pl_curves(reps: Sequence[dict], path: Path, tasks: Tasks = SYNTHETIC) -> None:
-    plt = _figure()
-    panels = [("identity_best", f"{_identity_word(tasks)} PL(k)"),
-              *((a, _PANEL_TITLES.get(a, f"{a} PL(k)")) for a in tasks.private if a != tasks.identity),
-              ("linkage_auc", "cross-day linkage AUC(k)")]
-    rows_n = (len(panels) + 1) // 2
-    fig, axes = plt.subplots(rows_n, 2, figsize=(9, 3.5 * rows_n), dpi=100, squeeze=False)
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    for ax, (key, title) in zip(axes.ravel(), panels, strict=False):
-        for rep in reps:
-            c = rep["pl"]["curves"].get(key, {})
-            if c:
-                ks = sorted(int(k) for k in c)
-                ax.plot(ks, [c.get(str(k), c.get(k)) for k in ks], marker="o", ms=3, label=rep["name"])
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k representations of one device")
-        ax.set_title(title)
-        chance = 0.5 if key == "linkage_auc" else (reps[0]["pl"]["device_chance"] if reps else 0)
-        ax.axhline(chance, color="grey", ls=":", lw=1)
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, metadata=PNG_META)
-    plt.close(fig)
-
-
-def montage(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
-    """One image: row i holds the images of ``rows[i]`` ([n_i, H, W, 3]) side by side."""
-    h, w = rows[0].shape[1:3]
-    n = max(len(r) for r in rows)
-    out = np.ones((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), np.float32)
-    for i, imgs in enumerate(rows):
-        for j, img in enumerate(imgs):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            out[y:y + h, x:x + w] = np.clip(img, 0, 1)
-    return out
-
-
-def plot_reconstructions(truth: np.ndarray, rows: Sequence[tuple[str, np.ndarray]], path: Path) -> None:
-    """Originals (first row) next to each attacker's reconstructions of the same clips."""
-    plt = _figure()
-    labelled = [("original", truth), *rows]
-    grid = montage([imgs for _, imgs in labelled])
-    h = truth.shape[1] + 2
-    fig, ax = plt.subplots(figsize=(2.6 + 0.5 * len(truth), 0.55 * len(labelled) + 0.4), dpi=100)
-    ax.imshow(grid, interpolation="nearest")
-    ax.set_yticks([2 + h * i + h / 2 - 1 for i in range(len(labelled))])
-    ax.set_yticklabels([label.replace("\n", " ") for label, _ in labelled], fontsize=6)
-    ax.set_xticks([])
-    ax.set_title("temporal mean frame: original and reconstructions", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, metadata=PNG_META)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------ everything
@@ -350,7 +228,7 @@ def write_report(results: dict, timings: dict, out_dir: Path, *, truth: np.ndarr
     for name, text in files.items():
         (out_dir / name).write_text(text)
         paths.append(out_dir / name)
-    plot_frontier(rows, out_dir / "frontier.png", tasks)
+    plot_frontier(rows, out_dir / "frontier.png", tasks, clean["settings"].get("utility_classes"))
     plot_pl_curves(clean["representations"], out_dir / "pl_curves.png", tasks)
     plot_reconstructions(truth, recon_rows, out_dir / "reconstructions.png")
     plot_pareto(clean.get("operating_points"), out_dir / "pareto.png", tasks)

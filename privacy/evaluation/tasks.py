@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["HOUR_BIN", "RESERVED_ATTRIBUTES", "SYNTHETIC", "Tasks", "attribute"]
+__all__ = ["HOUR_BIN", "RESERVED_ATTRIBUTES", "SYNTHETIC", "Tasks", "attribute", "identity_word"]
 
 HOUR_BIN = 4  # hours per routine bin
 #: names the leakage curves use for their own attacks: no private attribute may take them
@@ -70,3 +70,8 @@ class Tasks:
 
 #: the synthetic benchmark's tasks (what `fedmsr eval` without --dataset measures)
 SYNTHETIC = Tasks()
+
+
+def identity_word(tasks: Tasks) -> str:
+    """How reports name the identity attribute: "identity", or "identity (wearer)"."""
+    return "identity" if tasks.identity == "identity" else f"identity ({tasks.identity})"
