@@ -151,6 +151,48 @@ def test_a_short_capture_is_padded_with_dummies_to_the_same_size(arrays, tmp_pat
     assert InfoLedger.at(tmp_path).total_bits == batch.bits > 3
 
 
+class _CountingRng:
+    """A generator that records the shape of every draw (the device's random work)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng, self.draws = np.random.default_rng(seed), []
+
+    def standard_normal(self, size, dtype=np.float64):
+        self.draws.append((tuple(np.atleast_1d(size)), np.dtype(dtype).name))
+        return self._rng.standard_normal(size, dtype=dtype)
+
+
+def test_the_work_of_an_upload_does_not_depend_on_the_real_clips(arrays, tmp_path,
+                                                                monkeypatch) -> None:
+    """The timing claim, checked on what timing is made of: whatever the device holds (M
+    real clips, 3 real clips, or M clips of which its cap lets 1 through), it runs the
+    encoder once on M clips of the same shape and draws the same noise."""
+    from fl_client import uploads
+
+    calls: list[tuple] = []
+    real_encode = uploads.encode
+
+    def counting_encode(model, frames):
+        calls.append((frames.shape, frames.dtype.name))
+        return real_encode(model, frames)
+    monkeypatch.setattr(uploads, "encode", counting_encode)
+    full = SyntheticSource(SPEC, 0).capture(1, M)
+    short = Capture(full.frames[:3], full.days[:3], full.hours[:3], full.clip_ids[:3])
+    one_clip = math.ceil(kl_bits_by_hand(arrays, full.frames[:1]).sum()) + 0.5
+    work = []
+    for name, capture, cap in (("full", full, 0.0), ("short", short, 0.0),
+                               ("capped", full, one_clip)):
+        calls.clear()
+        rng = _CountingRng(0)
+        blob = answer_upload(request(arrays, cap=cap), MODEL, arrays, capture,
+                             InfoLedger.at(tmp_path / name), None, rng)
+        real = sum(r.real for r in decode_batch(blob).records)
+        work.append((name, real, tuple(calls), tuple(rng.draws)))
+    assert [real for _, real, _, _ in work] == [M, 3, 1]  # three different contents
+    assert {(c, d) for _, _, c, d in work} == {(
+        (((M, *full.frames.shape[1:]), "uint8"),), (((M, MODEL.latent_dim), "float32"),))}
+
+
 def test_uploaded_z_is_a_fresh_sample_of_the_posterior(arrays, tmp_path) -> None:
     """Not mu: (z - mu) / sigma looks standard normal, and two uploads differ."""
     capture = SyntheticSource(SPEC, 1).capture(1, M)
