@@ -42,6 +42,10 @@ BUNDLES_EXTRA = "bundles_dir"
 SUPERLINK_EXTRA = "superlink"
 #: How often a round waiting for its devices counts them again.
 RECOUNT_S = 1.0
+#: The end of the refusal of a node whose device index the registry left out of the run.
+NOT_IN_RUN = "is not among the run's devices"
+#: Run id -> the (node, refusal) pairs already logged: a refusal is logged once per run.
+_ANNOUNCED: dict[str, set[tuple[int, str]]] = {}
 
 
 @dataclass
@@ -105,16 +109,31 @@ class CheckinGate:
                 self.refused[node_id] = problem
             else:
                 admitted[node_id] = answer.device
-        if self.refused:
-            log.warning("check-in refused %d node(s): %s", len(self.refused),
-                        "; ".join(f"node {n}: {p}" for n, p in sorted(self.refused.items())))
+        self._log_refusals()
         return admitted
+
+    def _log_refusals(self) -> None:
+        """Warn about each refusal once per run, not every round. In simulation every
+        synthetic index is a virtual SuperNode, so the indices the registry left out of the
+        run are refused every round by design: the run's header names them (`fedmsr run`),
+        and they are logged at debug level only."""
+        announced = _ANNOUNCED.setdefault(self.run_id, set())
+        fresh = {n: p for n, p in self.refused.items() if (n, p) not in announced}
+        announced.update(fresh.items())
+        expected = {n: p for n, p in fresh.items()
+                    if not self.on_superlink and p.endswith(NOT_IN_RUN)}
+        if expected:
+            log.debug("check-in left out %d node(s) of devices not in the run", len(expected))
+        unexpected = {n: p for n, p in fresh.items() if n not in expected}
+        if unexpected:
+            log.warning("check-in refused %d node(s): %s", len(unexpected),
+                        "; ".join(f"node {n}: {p}" for n, p in sorted(unexpected.items())))
 
     def _problem(self, node_id: int, answer: CheckinAnswer,
                  devices: Mapping[int, _Enrolled]) -> str:
         index = answer.device
         if index not in self.allowed:
-            return f"device index {index} is not among the run's devices"
+            return f"device index {index} {NOT_IN_RUN}"
         if answer.device_id is None or not answer.signature:
             return "no signed answer (no enrollment key on the node)"
         device_id = answer.device_id
