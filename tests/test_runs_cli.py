@@ -45,15 +45,24 @@ class SharedRun:
     warnings: list[str]
 
 
+class _Collect(logging.Handler):
+    """Keeps the messages of the records it gets."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory) -> SharedRun:
     from flwr.supercore.task_identity import TaskIdentity
 
     root = tmp_path_factory.mktemp("runs-cli")
     url = f"sqlite:///{root / 'registry.db'}"
-    records: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    handler = _Collect(logging.WARNING)
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     logging.getLogger("fedmsr").addHandler(handler)
@@ -77,7 +86,7 @@ def shared_run(tmp_path_factory) -> SharedRun:
         finally:
             logging.getLogger("fedmsr").removeHandler(handler)
             TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-    return SharedRun(root, url, cfg, out.getvalue(), records)
+    return SharedRun(root, url, cfg, out.getvalue(), handler.messages)
 
 
 @pytest.fixture
