@@ -262,3 +262,22 @@ def test_the_header_names_the_left_out_devices_and_why(tmp_path, monkeypatch, ca
     assert _devices_phrase(cfg) == "2 of 6 devices (from the registry)"
     _print_left_out(cfg)
     assert "left out, not enrolled: 2 device(s), index 3, 5" in capsys.readouterr().out
+
+
+def test_a_running_run_whose_engine_is_gone_is_stale(in_root: SharedRun, capsys, tmp_path,
+                                                    monkeypatch) -> None:
+    import subprocess
+
+    from fl_server.launcher import ENGINE_FILE, EngineRecord
+
+    monkeypatch.delenv("FEDMSR_DB")
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "killed"
+    shutil.copytree(in_root.cfg.run_dir(), run_dir)
+    (run_dir / "status.json").write_text(json.dumps({"status": "running", "planned_rounds": 2,
+                                                     "completed_rounds": 1}))
+    gone = subprocess.Popen(["true"], start_new_session=True)  # its own group, then none
+    gone.wait()
+    (run_dir / ENGINE_FILE).write_text(EngineRecord(gone.pid, gone.pid, 1, "b", "t").to_json())
+    code, out, _ = fedmsr_here(capsys, "runs", "list")
+    assert code == 0 and "running (stale)" in out and "--resume killed" in out
