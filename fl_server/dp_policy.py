@@ -73,6 +73,8 @@ class DpPolicy:
         self.central = central
         self.ledger = ledger
         self.selection = None if ledger is None else BudgetSelection(ledger, min_devices)
+        #: Devices whose own ledger's refusal was logged already (once per run, not per round).
+        self._announced: set[int] = set()
 
     @classmethod
     def for_config(cls, cfg: RunConfig, train: TrainConfig) -> DpPolicy:
@@ -105,14 +107,16 @@ class DpPolicy:
                 declined[index] = answer.declined
             else:
                 taking_part[node] = index
-        if declined:
-            log.warning("round %d: %d device(s) declined by their own ledger: %s",
-                        server_round, len(declined), "; ".join(
-                            f"device {i}: {reason}" for i, reason in sorted(declined.items())))
         labelled = {f"device {index}": why for index, why in declined.items()}
-        if len(taking_part) < self.min_devices:
+        if len(taking_part) < self.min_devices:  # the run stops; its one message says why
             raise BudgetExhausted(server_round, len(taking_part), self.min_devices, [],
                                   labelled)
+        fresh = sorted(set(declined) - self._announced)
+        if fresh:  # a device out of budget stays out: said once, when it first declines
+            self._announced.update(fresh)
+            log.warning("round %d: %d device(s) out of their own budget from now on "
+                        "(device %s); `fedmsr budget show` lists the spend", server_round,
+                        len(fresh), ", ".join(map(str, fresh)))
         admission = Admission(tuple(sorted(taking_part)), declined)
         if self.ledger is None:
             return admission

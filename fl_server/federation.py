@@ -155,7 +155,7 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
         try:
             arrays, record = _one_round(fed, grid, arrays, server_round, discriminator)
         except BudgetExhausted as exc:  # nothing sent this round: stop cleanly, keep the model
-            _stop_budget_exhausted(run_dir, cfg, fed.plan, arrays, exc, console, observers)
+            _stop_budget_exhausted(run_dir, cfg, fed.plan, arrays, exc, observers)
             return
         if collector is not None and collector.due(server_round):
             collected = collector.collect(grid, fed.plan, arrays, server_round)
@@ -181,13 +181,17 @@ def _run_rounds(grid: Grid, cfg: RunConfig, run_dir: Path, console: Console,
 
 def _stop_budget_exhausted(run_dir: Path, cfg: RunConfig, plan: Plan,
                            arrays: dict[str, np.ndarray], exc: BudgetExhausted,
-                           console: Console, observers: Sequence[RoundObserver]) -> None:
-    """Too few devices can afford another round: the model so far is the final one."""
+                           observers: Sequence[RoundObserver]) -> None:
+    """Too few devices can afford another round: the model so far is the final one.
+
+    Nothing is printed here: the launcher (`fedmsr run`) prints the status's one-line
+    summary once; the full reason, every device and its cap, stays in status.json and the
+    registry (`fedmsr runs show`).
+    """
     _save_final_model(run_dir, plan.model, arrays)
     status = RunStatus("budget-exhausted", cfg.rounds, completed_rounds=exc.server_round - 1,
-                       reason=str(exc))
+                       reason=str(exc), summary=exc.summary)
     write_status(run_dir, status)
-    console.print(f"[yellow]budget-exhausted[/] {exc}", soft_wrap=True, highlight=False)
     for observer in observers:
         observer.run_finished(cfg, status)
 

@@ -26,6 +26,9 @@ class RunStatus:
     completed_rounds: int = 0
     reason: str = ""
     updated_unix: float = field(default_factory=time.time)
+    #: `reason` in one short line for a terminal, where the reason is long (a
+    #: budget-exhausted run's reason names every device and its cap); else empty.
+    summary: str = ""
 
 
 def write_status(run_dir: Path, status: RunStatus) -> None:

@@ -83,6 +83,14 @@ class BudgetExhausted(RuntimeError):
         super().__init__(exhausted_message(server_round, eligible, needed, self.refusals,
                                            self.declined))
 
+    @property
+    def summary(self) -> str:
+        """The message without the device list: one short line for a terminal (the full
+        message, every device and its cap, is the run's recorded reason)."""
+        out = len(self.refusals) + len(self.declined)
+        return (f"privacy budget exhausted before round {self.server_round}: {out} device(s) "
+                f"out of budget, {self.eligible} can afford the round, {self.needed} needed")
+
 
 def exhausted_message(server_round: int, eligible: int, needed: int,
                       refusals: Sequence[RefusalLike],
@@ -129,6 +137,8 @@ class BudgetSelection:
         self.min_train_nodes = int(min_train_nodes)
         self.reserved: dict[int, list[int]] = {}
         self.refused: dict[int, list[RefusalLike]] = {}
+        #: Devices whose refusal was logged already (once per run, not every round).
+        self._announced: set[int] = set()
 
     def select(self, server_round: int, plan: RoundPlan, candidates: Sequence[int],
                sample: Callable[[list[int]], Sequence[int]]) -> list[int]:
@@ -148,14 +158,16 @@ class BudgetSelection:
         fits = set(ok)
         eligible = [n for n in nodes if not plan.planned(n) or plan.ledger_ids[n] in fits]
         self.refused[server_round] = list(refusals)
-        if refusals:
-            log.warning("round %d: %d device(s) left out, over their privacy cap: %s",
-                        server_round, len(refusals),
-                        ", ".join(f"{r.name} ({r.epsilon_spent:.3g}/{r.epsilon_cap:g})"
-                                  for r in refusals[:NAMED_IN_MESSAGE]))
-        if len(eligible) < self.min_train_nodes:
+        if len(eligible) < self.min_train_nodes:  # the run stops; its one message says why
             raise BudgetExhausted(server_round, len(eligible), self.min_train_nodes, refusals,
                                   plan.declined)
+        fresh = [r for r in refusals if r.device_id not in self._announced]
+        if fresh:  # a device over its cap stays over it: said once, when it first is
+            self._announced.update(r.device_id for r in fresh)
+            log.warning("round %d: %d device(s) over their privacy cap, left out from now "
+                        "on: %s", server_round, len(fresh),
+                        ", ".join(f"{r.name} ({r.epsilon_spent:.3g}/{r.epsilon_cap:g})"
+                                  for r in fresh[:NAMED_IN_MESSAGE]))
         return eligible
 
     def _reserve(self, server_round: int, plan: RoundPlan, eligible: list[int],

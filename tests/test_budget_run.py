@@ -175,14 +175,19 @@ def test_sigkill_after_reservation_keeps_the_charge_and_resume_does_not_double_i
     resumed = fedmsr("--db", url, "run", "--resume", "k", "--runs-dir", str(tmp_path / "runs"),
                      cwd=tmp_path)
     assert resumed.returncode == 3, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "budget-exhausted" in resumed.stderr and "past its own cap" in resumed.stderr
-    assert "device 0" in resumed.stderr and "device 1" in resumed.stderr  # who, which cap
+    # One short line, once: how many, and where the details are (not the device list).
+    (line,) = [x for x in resumed.stderr.splitlines() if "budget exhausted" in x]
+    assert line.startswith("budget-exhausted: run k stopped after 1 of 2 rounds: ")
+    assert "2 device(s) out of budget" in line and "`fedmsr budget show`" in line
+    assert "budget exhausted" not in resumed.stdout
     assert [r["devices"] for r in history(run_dir)] == [[0, 1]], [
         round_outcome(r) for r in history(run_dir)]
     assert [(r[0], r[2], r[4]) for r in ledger_rows(url)] == [
         ("cam-0", 1, "committed"), ("cam-1", 1, "committed")]  # round 1 charged once
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "budget-exhausted" and status["completed_rounds"] == 1
+    assert "past its own cap" in status["reason"]  # the full reason: who, which cap
+    assert "device 0" in status["reason"] and "device 1" in status["reason"]
     assert np.load(run_dir / "final_model.npz").files
 
 

@@ -1,6 +1,6 @@
 """The `fedmsr` command line: one module per command group (`run`, `eval`, `monitor`,
-`db`, `fleet`, `pki`, `superlink`, `device`, `footage`, `budget`, `leakage`, `encoder`,
-`privatize`, `shuffler`, `representations`).
+`runs`, `db`, `fleet`, `pki`, `superlink`, `device`, `footage`, `budget`, `leakage`,
+`encoder`, `privatize`, `shuffler`, `representations`).
 
 Errors are one line on stderr, `error: <option>: <what is wrong>`, with a non-zero exit:
 2 for bad input (nothing was started or written), 1 for a run that failed, 3 for a run
@@ -30,6 +30,7 @@ from fl_server.cli.pki import pki_app
 from fl_server.cli.privatize import privatize_command
 from fl_server.cli.representations import representations_app
 from fl_server.cli.run import run
+from fl_server.cli.runs import runs_app
 from fl_server.cli.shuffler import shuffler_app
 from fl_server.cli.superlink import superlink_app
 from fl_server.config import ConfigError
@@ -50,6 +51,7 @@ def _root(
         os.environ[DB_ENV_VAR] = db
 
 
+app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(pki_app, name="pki")

@@ -88,8 +88,9 @@ def run(**options: Any) -> None:
         from fl_server.cli.run_forecast import warn_before_run
 
         warn_before_run(cfg, deployed=superlink is not None)
-    console.print(f"[bold]run[/] {cfg.run_id}: {cfg.devices} devices, {cfg.rounds} rounds, "
-                  f"{_dp_phrase(cfg)} -> {cfg.run_dir()}")
+    console.print(f"[bold]run[/] {cfg.run_id}: {_devices_phrase(cfg)}, {cfg.rounds} rounds, "
+                  f"{_dp_phrase(cfg)} -> {cfg.run_dir()}", soft_wrap=True)
+    _print_left_out(cfg)
     if superlink is None:
         if cfg.shuffler:  # the simulated devices' out-of-band step: pin today's shuffler
             from fl_server.unlinkable_collection import provision_simulated_devices
@@ -148,6 +149,36 @@ def _check_registry_needs(cfg: RunConfig) -> None:
              "`fedmsr db upgrade` and enroll the fleet first (or pass --db URL)")
 
 
+def _devices_phrase(cfg: RunConfig) -> str:
+    """How many devices train: the registry's eligible ones of the synthetic fleet."""
+    if cfg.device_indices is None:
+        return f"{cfg.devices} devices (no registry: the whole synthetic fleet)"
+    return f"{len(cfg.device_indices)} of {cfg.devices} devices (from the registry)"
+
+
+def _print_left_out(cfg: RunConfig) -> None:
+    """Once, under the header: the fleet's devices that take no part, and why."""
+    from fl_server.registry.fleet import left_out
+
+    for group in left_out(cfg):
+        names = f" ({', '.join(group.names[:5])}{', ...' if len(group.names) > 5 else ''})" \
+            if group.names else ""
+        console.print(f"  left out, {group.reason}: {len(group.indices)} device(s), "
+                      f"index {_index_ranges(group.indices)}{names}", soft_wrap=True,
+                      highlight=False)
+
+
+def _index_ranges(indices: tuple[int, ...]) -> str:
+    """(3, 4, 5, 9) -> "3-5, 9"."""
+    spans: list[list[int]] = []
+    for i in sorted(indices):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _dp_phrase(cfg: RunConfig) -> str:
     """The run's DP mode in one phrase, for the banner."""
     parts = []
@@ -171,7 +202,9 @@ def _finish_run(cfg: RunConfig, status: RunStatus) -> None:
     _print_history(cfg.run_dir())
     if status.status == "budget-exhausted":  # a clean stop, not a failure: its own exit code
         print(f"budget-exhausted: run {cfg.run_id} stopped after {status.completed_rounds} of "
-              f"{status.planned_rounds} rounds: {status.reason}", file=sys.stderr)
+              f"{status.planned_rounds} rounds: {status.summary or status.reason}; `fedmsr "
+              f"budget show` lists each device's spend, `fedmsr runs show {cfg.run_id}` the "
+              "full reason", file=sys.stderr)
         raise typer.Exit(EXIT_BUDGET_EXHAUSTED)
     if status.status != "completed":
         print(f"error: run {cfg.run_id} {status.status} after {status.completed_rounds} of "

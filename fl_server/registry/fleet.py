@@ -13,10 +13,19 @@ while the run was stopped takes no part in the rounds that remain.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from fl_server.config import RunConfig
-from fl_server.registry.db import RegistryError, redacted, registry_configured, resolve_url
-from fl_server.registry.devices import bundle_dirs, eligible_indices
+from fl_server.privacy_ledger import fleet_rdp_epsilons
+from fl_server.registry.db import (
+    RegistryError,
+    redacted,
+    registry_configured,
+    resolve_url,
+    session_scope,
+)
+from fl_server.registry.devices import bundle_dirs, devices_for_indices, eligible_indices
+from fl_server.registry.models import DeviceStatus
 from fl_server.registry.identity import BUNDLES_EXTRA, bundles_dir_for_run
 
 
@@ -61,3 +70,53 @@ def fleet_for_resume(cfg: RunConfig) -> tuple[RunConfig, list[int]]:
         raise RegistryError("--resume", f"none of the run's devices is still eligible in the "
                             f"registry {redacted(url)} (revoked or withdrawn consent)")
     return dataclasses.replace(cfg, device_indices=kept).validate(), dropped
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Synthetic indices below `--devices` that take no part in the run, and why."""
+
+    reason: str
+    indices: tuple[int, ...]
+    #: The registry names of the devices (empty where none is enrolled).
+    names: tuple[str, ...] = ()
+
+
+def left_out(cfg: RunConfig) -> list[LeftOut]:
+    """Why each index of the synthetic fleet (`--devices`) is not among the run's devices
+    (not enrolled, revoked, no consent to training), and which of the run's devices are
+    already at their DP cap (they check in but are never sampled). Empty without a registry.
+
+    Said once, in the run's header: in simulation every index is a virtual SuperNode, and
+    the check-in refuses the left-out ones every round without logging each time.
+    """
+    if cfg.device_indices is None:
+        return []
+    url = resolve_url()
+    taking_part = set(cfg.device_indices)
+    groups: dict[str, list[tuple[int, str]]] = {}
+    with session_scope(url) as session:
+        holders = devices_for_indices(session, range(cfg.devices))
+        for index in range(cfg.devices):
+            device = holders.get(index)
+            if index in taking_part:
+                continue
+            if device is None:
+                reason, name = "not enrolled", ""
+            elif device.status == DeviceStatus.REVOKED.value:
+                reason, name = "revoked", device.name
+            elif not device.consent_training:
+                reason, name = "no consent to training", device.name
+            else:
+                reason, name = "not eligible", device.name
+            groups.setdefault(reason, []).append((index, name))
+        caps = {d.id: (d.epsilon_cap if d.epsilon_cap is not None else cfg.epsilon_cap, i, d.name)
+                for i, d in holders.items() if i in taking_part}
+    if cfg.dp_mode != "none" and caps:
+        ids, spent, _ = fleet_rdp_epsilons(url, cfg.delta)
+        for device_id, eps in zip(ids.tolist(), spent.tolist(), strict=True):
+            cap, index, name = caps.get(device_id, (None, -1, ""))
+            if cap is not None and eps >= cap:
+                groups.setdefault("at their DP cap", []).append((index, name))
+    return [LeftOut(reason, tuple(i for i, _ in found), tuple(n for _, n in found if n))
+            for reason, found in groups.items()]

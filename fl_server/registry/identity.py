@@ -42,6 +42,10 @@ BUNDLES_EXTRA = "bundles_dir"
 SUPERLINK_EXTRA = "superlink"
 #: How often a round waiting for its devices counts them again.
 RECOUNT_S = 1.0
+#: The end of the refusal of a node whose device index the registry left out of the run.
+NOT_IN_RUN = "is not among the run's devices"
+#: Run id -> the (node, refusal) pairs already logged: a refusal is logged once per run.
+_ANNOUNCED: dict[str, set[tuple[int, str]]] = {}
 
 
 @dataclass
@@ -109,10 +113,25 @@ class CheckinGate:
                 admitted[node_id] = answer.device
                 assert answer.device_id is not None  # _problem refuses an unsigned answer
                 self.admitted_ids[node_id] = answer.device_id
-        if self.refused:
-            log.warning("check-in refused %d node(s): %s", len(self.refused),
-                        "; ".join(f"node {n}: {p}" for n, p in sorted(self.refused.items())))
+        self._log_refusals()
         return admitted
+
+    def _log_refusals(self) -> None:
+        """Warn about each refusal once per run, not every round. In simulation every
+        synthetic index is a virtual SuperNode, so the indices the registry left out of the
+        run are refused every round by design: the run's header names them (`fedmsr run`),
+        and they are logged at debug level only."""
+        announced = _ANNOUNCED.setdefault(self.run_id, set())
+        fresh = {n: p for n, p in self.refused.items() if (n, p) not in announced}
+        announced.update(fresh.items())
+        expected = {n: p for n, p in fresh.items()
+                    if not self.on_superlink and p.endswith(NOT_IN_RUN)}
+        if expected:
+            log.debug("check-in left out %d node(s) of devices not in the run", len(expected))
+        unexpected = {n: p for n, p in fresh.items() if n not in expected}
+        if unexpected:
+            log.warning("check-in refused %d node(s): %s", len(unexpected),
+                        "; ".join(f"node {n}: {p}" for n, p in sorted(unexpected.items())))
 
     def revoked_since_admission(self, node_ids: Iterable[int]) -> dict[int, str]:
         """Node id -> why, for the admitted nodes whose device has been revoked since it
@@ -134,7 +153,7 @@ class CheckinGate:
                  devices: Mapping[int, _Enrolled]) -> str:
         index = answer.device
         if index not in self.allowed:
-            return f"device index {index} is not among the run's devices"
+            return f"device index {index} {NOT_IN_RUN}"
         if answer.device_id is None or not answer.signature:
             return "no signed answer (no enrollment key on the node)"
         device_id = answer.device_id
