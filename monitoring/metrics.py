@@ -32,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeHistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from privacy.accounting.fleet import FleetBudgets
 from privacy.wire.round_record import RoundRecord
 
 # `_created` series double every counter and histogram and nothing here reads them.
@@ -187,22 +188,33 @@ class FedmsrMetrics:
                                   buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0))
         self.dp_steps = Histogram("fedmsr_dp_steps", "Noisy steps of each DP-SGD release",
                                   registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
-        self.epsilon = FleetDistribution("fedmsr_device_epsilon", "Epsilon each tracked "
-                                         "device has spent (fleet distribution)", EPSILON_BUCKETS)
+        # Two epsilons per device, never one under the other's name: the reported spend
+        # (PLD, what `fedmsr budget show` prints) and the RDP bound enforcement checks first.
+        self.epsilon = FleetDistribution(
+            "fedmsr_device_epsilon_spent", "Epsilon each tracked device has spent (reported, "
+            "PLD, as fedmsr budget show prints it; fleet distribution)", EPSILON_BUCKETS)
         self.information = FleetDistribution(
             "fedmsr_device_information_bytes", "Information each tracked device has uploaded "
             "(sum of per-clip KL; bytes = bits / 8; fleet distribution)",
             INFORMATION_BYTES_BUCKETS)
         r.register(self.epsilon)
         r.register(self.information)
-        self.epsilon_max = Gauge("fedmsr_fleet_epsilon_max", "Largest epsilon spent by a "
-                                 "tracked device", registry=r)
-        self.epsilon_p95 = Gauge("fedmsr_fleet_epsilon_p95", "95th percentile of epsilon "
-                                 "spent over tracked devices", registry=r)
-        self.near_cap = Gauge("fedmsr_devices_near_budget_cap", "Tracked devices within 10% "
-                              "of their epsilon cap (not yet over it)", registry=r)
+        self.epsilon_max = Gauge("fedmsr_fleet_epsilon_spent_max", "Largest epsilon spent "
+                                 "(reported, PLD) by a tracked device", registry=r)
+        self.epsilon_p95 = Gauge("fedmsr_fleet_epsilon_spent_p95", "95th percentile of "
+                                 "epsilon spent (reported, PLD) over tracked devices",
+                                 registry=r)
+        self.rdp_bound_max = Gauge("fedmsr_fleet_epsilon_rdp_bound_max", "Largest RDP bound "
+                                   "on a tracked device's epsilon (>= its spend; what "
+                                   "enforcement compares to the cap first)", registry=r)
+        self.rdp_bound_p95 = Gauge("fedmsr_fleet_epsilon_rdp_bound_p95", "95th percentile of "
+                                   "the RDP bound over tracked devices", registry=r)
+        self.near_cap = Gauge("fedmsr_devices_near_budget_cap", "Tracked devices whose epsilon "
+                              "spent (PLD) is within 10% of their cap (not yet at it)",
+                              registry=r)
         self.exhausted = Gauge("fedmsr_devices_budget_exhausted", "Tracked devices whose "
-                               "epsilon reached their cap", registry=r)
+                               "epsilon spent (PLD, the figure that finally decides) reached "
+                               "their cap", registry=r)
         self.release_epsilon_max = Gauge(
             "fedmsr_fleet_release_epsilon_max", "Largest accumulated randomized-release "
             "epsilon of a run device (PLD, uploads only) after the last collection",
@@ -229,7 +241,7 @@ class FedmsrMetrics:
             self.updates_rejected.labels(reason=reason)
         for status in RUN_STATUSES:
             self.run_status.labels(status=status).set(0)
-        self.set_budgets([], [])
+        self.set_budgets(FleetBudgets())
 
     # -- setters used by the observer, `fedmsr monitor` and (later) the ledger ----------
 
@@ -239,16 +251,21 @@ class FedmsrMetrics:
         for name in RUN_STATUSES:
             self.run_status.labels(status=name).set(1 if name == status else 0)
 
-    def set_budgets(self, epsilons: Sequence[float], caps: Sequence[float]) -> None:
-        """Fleet figures from each tracked device's epsilon spent and its cap."""
-        eps = np.asarray(epsilons, dtype=float)
-        cap = np.asarray(caps, dtype=float)
-        if eps.shape != cap.shape:
-            raise ValueError(f"{eps.size} epsilons but {cap.size} caps")
+    def set_budgets(self, budgets: FleetBudgets) -> None:
+        """Fleet figures from each tracked device's spend, RDP bound and cap.
+
+        Near-cap and exhausted counts use the reported spend: enforcement refuses a device
+        only once that figure would pass its cap (the RDP bound only decides when it fits).
+        """
+        eps = np.asarray(budgets.epsilon_spent, dtype=float)
+        bound = np.asarray(budgets.epsilon_rdp_bound, dtype=float)
+        cap = np.asarray(budgets.caps, dtype=float)
         self.epsilon.set(eps)
         self.budget_tracked.set(eps.size)
-        self.epsilon_max.set(float(eps.max()) if eps.size else 0.0)
-        self.epsilon_p95.set(float(np.quantile(eps, 0.95)) if eps.size else 0.0)
+        for top, p95, values in ((self.epsilon_max, self.epsilon_p95, eps),
+                                 (self.rdp_bound_max, self.rdp_bound_p95, bound)):
+            top.set(float(values.max()) if values.size else 0.0)
+            p95.set(float(np.quantile(values, 0.95)) if values.size else 0.0)
         exhausted = eps >= cap
         self.exhausted.set(int(np.count_nonzero(exhausted)))
         self.near_cap.set(int(np.count_nonzero(~exhausted & (eps >= NEAR_CAP_FRACTION * cap))))

@@ -26,12 +26,13 @@ from typing import Any
 
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
+from privacy.accounting.fleet import FleetBudgets
 from privacy.atomic_write import write_text_atomic
 from privacy.wire.round_record import DeviceDpEvent, RoundRecord
 
 ENDPOINT_FILE = "metrics.json"
-#: () -> (epsilon per tracked device, cap per tracked device), for FedmsrMetrics.set_budgets.
-BudgetSource = Callable[[], tuple[Sequence[float], Sequence[float]]]
+#: () -> every tracked device's spend, RDP bound and cap, for FedmsrMetrics.set_budgets.
+BudgetSource = Callable[[], FleetBudgets]
 #: The round record's attribute for each timed phase (SecAgg+ adds its own stages).
 PHASE_ATTRIBUTES = {"checkin": "checkin_s", "train": "train_phase_s",
                     "aggregate": "aggregate_s", "evaluate": "eval_s"}
@@ -173,7 +174,7 @@ class MetricsObserver:
     def _set_budgets(self) -> None:
         """The ledger after this round's reservations (the whole fleet, one snapshot)."""
         if self.budgets is not None:
-            self.metrics.set_budgets(*self.budgets())
+            self.metrics.set_budgets(self.budgets())
 
     def _dp_events(self, events: Sequence[DeviceDpEvent]) -> None:
         m = self.metrics

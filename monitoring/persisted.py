@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.metrics import DEVICE_STATUSES, RUN_STATUSES, FedmsrMetrics
+from privacy.accounting.fleet import FleetBudgets
 from privacy.wire.round_record import RoundRecord
 
 
@@ -24,8 +25,7 @@ class FleetSnapshot:
     """The registry's view of the fleet, as plain numbers (no device ids)."""
 
     devices_by_status: dict[str, int]
-    epsilons: list[float] = field(default_factory=list)
-    epsilon_caps: list[float] = field(default_factory=list)
+    budgets: FleetBudgets = field(default_factory=FleetBudgets)
     information_bits: list[float] = field(default_factory=list)
     #: Each device's accumulated randomized-release epsilon (None: not read here).
     release_epsilons: list[float] | None = None
@@ -33,7 +33,7 @@ class FleetSnapshot:
     def apply(self, metrics: FedmsrMetrics) -> None:
         for status in DEVICE_STATUSES:
             metrics.devices.labels(status=status).set(self.devices_by_status.get(status, 0))
-        metrics.set_budgets(self.epsilons, self.epsilon_caps)
+        metrics.set_budgets(self.budgets)
         metrics.set_information_bits(self.information_bits)
         if self.release_epsilons is not None:
             released = self.release_epsilons

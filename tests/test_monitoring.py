@@ -31,6 +31,7 @@ from monitoring import dashboards
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
 from monitoring.observer import ENDPOINT_FILE, MetricsObserver
+from privacy.accounting.fleet import FleetBudgets
 from privacy.wire.round_record import RoundRecord
 from tests.helpers import FEDMSR, fedmsr
 
@@ -120,27 +121,34 @@ def test_two_metric_sets_do_not_clash() -> None:
 def test_fleet_budget_figures_match_an_independent_count() -> None:
     metrics = FedmsrMetrics()
     eps = [0.5, 0.95, 1.0, 2.0, 0.1, 0.3]
+    bounds = [0.6, 1.1, 1.2, 2.5, 0.2, 0.35]  # the RDP bound is >= the reported spend
     caps = [1.0, 1.0, 1.0, 1.0, 1.0, 0.3]
-    metrics.set_budgets(eps, caps)
-    # by hand: exhausted = eps >= cap -> 1.0, 2.0, 0.3; near cap (>= 0.9 cap, not over) -> 0.95
+    metrics.set_budgets(FleetBudgets(eps, bounds, caps))
+    # by hand, on the spend: exhausted = eps >= cap -> 1.0, 2.0, 0.3; near cap -> 0.95
+    # (on the bound it would be 1.1, 1.2, 2.5, 0.35 exhausted and 0.6 not near)
     assert value(metrics, "fedmsr_devices_budget_exhausted") == 3
     assert value(metrics, "fedmsr_devices_near_budget_cap") == 1
-    assert value(metrics, "fedmsr_fleet_epsilon_max") == 2.0
-    ordered = sorted(eps)  # p95 by linear interpolation between order statistics
-    position = 0.95 * (len(ordered) - 1)
-    lower = ordered[int(position)]
-    p95 = lower + (position - int(position)) * (ordered[int(position) + 1] - lower)
-    assert value(metrics, "fedmsr_fleet_epsilon_p95") == pytest.approx(p95)
+    assert value(metrics, "fedmsr_fleet_epsilon_spent_max") == 2.0
+    assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_max") == 2.5
+
+    def p95(values: list[float]) -> float:  # linear interpolation between order statistics
+        ordered = sorted(values)
+        position = 0.95 * (len(ordered) - 1)
+        lower = ordered[int(position)]
+        return lower + (position - int(position)) * (ordered[int(position) + 1] - lower)
+
+    assert value(metrics, "fedmsr_fleet_epsilon_spent_p95") == pytest.approx(p95(eps))
+    assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_p95") == pytest.approx(p95(bounds))
     assert value(metrics, "fedmsr_budget_tracked_devices") == 6
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="0.5") == 3  # 0.1, 0.3, 0.5
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="1.0") == 5
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="+Inf") == 6
-    assert value(metrics, "fedmsr_device_epsilon_gsum") == pytest.approx(sum(eps))
-    metrics.set_budgets([0.2], [1.0])  # a snapshot replaces the last one whole
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="+Inf") == 1
+    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="0.5") == 3  # 0.1, 0.3, 0.5
+    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="1.0") == 5
+    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="+Inf") == 6
+    assert value(metrics, "fedmsr_device_epsilon_spent_gsum") == pytest.approx(sum(eps))
+    metrics.set_budgets(FleetBudgets([0.2], [0.3], [1.0]))  # a snapshot replaces the last whole
+    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="+Inf") == 1
     assert value(metrics, "fedmsr_devices_budget_exhausted") == 0
     with pytest.raises(ValueError, match="caps"):
-        metrics.set_budgets([1.0, 2.0], [1.0])
+        FleetBudgets([1.0, 2.0], [1.0, 2.0], [1.0])
 
 
 def test_information_bits_are_exported_as_bytes() -> None:
@@ -287,7 +295,7 @@ def test_scraped_page_passes_promtool(tmp_path) -> None:
     cfg = fake_cfg(tmp_path)
     observer.run_started(cfg, 0)
     observer.round_finished(cfg, record(1))
-    observer.metrics.set_budgets([0.5, 1.2], [1.0, 1.0])
+    observer.metrics.set_budgets(FleetBudgets([0.5, 1.2], [0.6, 1.3], [1.0, 1.0]))
     observer.metrics.set_information_bits([100.0])
     page = generate_latest(observer.metrics.registry)
     result = subprocess.run([promtool(), "check", "metrics"], input=page, capture_output=True,
