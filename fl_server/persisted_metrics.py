@@ -28,7 +28,7 @@ def monitor_metrics(runs_dir: Path, db: str | None) -> FedmsrMetrics:
 
     holder: list[FedmsrMetrics] = []
     registry = _refreshing_registry(lambda: refresh(holder[0], runs_dir, db))
-    holder.append(FedmsrMetrics(registry))
+    holder.append(FedmsrMetrics(registry, between_runs=True))
     return holder[0]
 
 
@@ -82,7 +82,7 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
         released = kind_epsilons(session, EventKind.RANDOMIZED_RELEASE, 1e-5, kept)
     return FleetSnapshot({str(status): int(count) for status, count in rows},
                          budgets=fleet_budgets(url, 1e-5), information_bits=bits,
-                         release_epsilons=list(released.values()))
+                         release_epsilons=list(released.values()), from_registry=True)
 
 
 def _refreshing_registry(refresh: Callable[[], None]) -> CollectorRegistry:

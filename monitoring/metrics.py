@@ -91,16 +91,69 @@ class FleetDistribution(Collector):
         yield family
 
 
+class LateGauge:
+    """A gauge without a series until its first value (then an ordinary gauge)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, documentation: str) -> None:
+        self._registry = registry
+        self.name = name
+        self._gauge = Gauge(name, documentation, registry=None)
+        self._registered = False
+
+    def set(self, value: float) -> None:
+        self._gauge.set(value)
+        if not self._registered:
+            self._registry.register(self._gauge)
+            self._registered = True
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-class FedmsrMetrics:
-    """The metric set of one process (engine, `fedmsr monitor`, a test)."""
+def _set_release(gauges: tuple[Gauge, Gauge], epsilon_max: float, epsilon_mean: float) -> None:
+    for name, x in (("max", epsilon_max), ("mean", epsilon_mean)):
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"release epsilon {name} must be finite and >= 0, got {x!r}")
+    gauges[0].set(epsilon_max)
+    gauges[1].set(epsilon_mean)
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+
+class RegistryFleetMetrics:
+    """What `fedmsr monitor` reads from the fleet registry: the whole fleet, not a run's
+    devices, so under names of its own (a run exports `fedmsr_devices` and
+    `fedmsr_fleet_release_epsilon_*` for its own devices)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.devices = Gauge("fedmsr_registry_devices", "Devices in the fleet registry by "
+                             "status (fedmsr monitor)", ["status"], registry=r)
+        self.release_epsilon_max = Gauge(
+            "fedmsr_registry_release_epsilon_max", "Largest accumulated randomized-release "
+            "epsilon of a registry device not revoked (PLD at delta 1e-5; fedmsr monitor)",
+            registry=r)
+        self.release_epsilon_mean = Gauge(
+            "fedmsr_registry_release_epsilon_mean", "Mean accumulated randomized-release "
+            "epsilon over the registry's devices not revoked (PLD at delta 1e-5; fedmsr "
+            "monitor)", registry=r)
+
+    def set_release_epsilon(self, epsilon_max: float, epsilon_mean: float) -> None:
+        _set_release((self.release_epsilon_max, self.release_epsilon_mean), epsilon_max,
+                     epsilon_mean)
+
+
+class FedmsrMetrics:
+    """The metric set of one process (engine, `fedmsr monitor`, a test).
+
+    `between_runs` adds the registry's own figures (:class:`RegistryFleetMetrics`), which
+    only `fedmsr monitor` reads.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 between_runs: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.fleet_registry = RegistryFleetMetrics(r) if between_runs else None
         # -- run ---------------------------------------------------------------------
         self.run_status = Gauge("fedmsr_run_status", "1 for the run's current status, 0 for "
                                 "the others", ["status"], registry=r)
@@ -110,10 +163,12 @@ class FedmsrMetrics:
                                           "Rounds the current run has finished", registry=r)
         self.run_dp_sgd = Gauge("fedmsr_run_dp_sgd_enabled",
                                 "1 when devices train with DP-SGD in the current run", registry=r)
-        self.run_start_time = Gauge("fedmsr_run_start_time_seconds",
-                                    "Unix time the current run (or resume) started", registry=r)
-        self.last_round_time = Gauge("fedmsr_last_round_end_time_seconds",
-                                     "Unix time the last round finished", registry=r)
+        # Times exist only once known: no run (or no round yet) exports no series, never
+        # a 0 that reads as 1970.
+        self.run_start_time = LateGauge(r, "fedmsr_run_start_time_seconds",
+                                        "Unix time the current run (or resume) started")
+        self.last_round_time = LateGauge(r, "fedmsr_last_round_end_time_seconds",
+                                         "Unix time the last round finished")
         # -- rounds --------------------------------------------------------------------
         self.rounds = Counter("fedmsr_rounds", "Rounds by outcome (aborted: secure "
                               "aggregation could not unmask)", ["status"], registry=r)
@@ -173,7 +228,8 @@ class FedmsrMetrics:
                                    "NaN: unknown)", registry=r)
         self.leakage_alert.set(math.nan)
         # -- devices, DP and budgets ---------------------------------------------------
-        self.devices = Gauge("fedmsr_devices", "Devices by status", ["status"], registry=r)
+        self.devices = Gauge("fedmsr_devices", "The run's devices by status (enrolled: not "
+                             "yet taken part in the run)", ["status"], registry=r)
         self.runs = Gauge("fedmsr_runs", "Runs in the runs directory by status (fedmsr "
                           "monitor)", ["status"], registry=r)
         self.source_up = Gauge("fedmsr_monitor_source_up", "1 when fedmsr monitor could read "
@@ -299,11 +355,8 @@ class FedmsrMetrics:
 
     def set_release_epsilon(self, epsilon_max: float, epsilon_mean: float) -> None:
         """The fleet's accumulated randomized-release epsilon (fleet figures, no device)."""
-        for name, x in (("max", epsilon_max), ("mean", epsilon_mean)):
-            if not math.isfinite(x) or x < 0:
-                raise ValueError(f"release epsilon {name} must be finite and >= 0, got {x!r}")
-        self.release_epsilon_max.set(epsilon_max)
-        self.release_epsilon_mean.set(epsilon_mean)
+        _set_release((self.release_epsilon_max, self.release_epsilon_mean), epsilon_max,
+                     epsilon_mean)
 
     def set_linkage_auc(self, auc: float) -> None:
         """Linkage AUC at the largest k measured."""
@@ -322,5 +375,7 @@ class FedmsrMetrics:
             self.set_release_epsilon(record.release_epsilon.max, record.release_epsilon.mean)
 
     def metric_names(self) -> set[str]:
-        """Every metric family name this set exposes (as scraped, without suffixes)."""
-        return {family.name for family in self.registry.collect()}
+        """Every metric family name this set can expose (as scraped, without suffixes),
+        the times not yet known included."""
+        late = {gauge.name for gauge in (self.run_start_time, self.last_round_time)}
+        return {family.name for family in self.registry.collect()} | late

@@ -30,7 +30,7 @@ from fl_server.config import ConfigError, RunConfig
 from monitoring import dashboards
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
-from monitoring.observer import ENDPOINT_FILE, MetricsObserver
+from monitoring.observer import ENDPOINT_FILE, TARGETS_DIR, MetricsObserver
 from privacy.accounting.fleet import FleetBudgets
 from privacy.wire.round_record import RoundRecord
 from tests.helpers import FEDMSR, fedmsr
@@ -93,9 +93,12 @@ def assert_port_closed(port: int) -> None:
 
 
 def fake_cfg(tmp_path: Path, **overrides: object) -> SimpleNamespace:
+    """A run configuration whose run directory is `tmp_path/runs/r1` (made here)."""
     values = {"devices": 3, "rounds": 3, "dp_sgd": True, "metrics_port": -1,
               "metrics_linger_s": 0.0, **overrides}
-    return SimpleNamespace(**values, run_dir=lambda: tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return SimpleNamespace(**values, run_dir=lambda: run_dir)
 
 
 # -- metric definitions ----------------------------------------------------------------
@@ -243,14 +246,20 @@ def test_observer_serves_while_the_run_lives_then_stops(tmp_path) -> None:
     observer = MetricsObserver.for_config(fake_cfg(tmp_path, metrics_port=0))
     cfg = fake_cfg(tmp_path, metrics_port=0)
     observer.run_started(cfg, 0)
-    endpoint = json.loads((tmp_path / ENDPOINT_FILE).read_text())
+    endpoint = json.loads((cfg.run_dir() / ENDPOINT_FILE).read_text())
     assert endpoint["url"] == f"http://127.0.0.1:{endpoint['port']}/metrics"
+    # Prometheus' file-based discovery finds the run on whatever port it got
+    target_file = tmp_path / "runs" / TARGETS_DIR / "r1.json"
+    assert json.loads(target_file.read_text()) == [
+        {"targets": [f"127.0.0.1:{endpoint['port']}"],
+         "labels": {"job": "fedmsr-run", "run": "r1"}}]
     observer.round_finished(cfg, record(1))
     page = urllib.request.urlopen(endpoint["url"], timeout=10).read().decode()
     assert 'fedmsr_rounds_total{status="completed"} 1.0' in page
     observer.run_finished(cfg, SimpleNamespace(status="completed", completed_rounds=1,
                                                planned_rounds=1))
-    assert not (tmp_path / ENDPOINT_FILE).exists()
+    assert not (cfg.run_dir() / ENDPOINT_FILE).exists()
+    assert not target_file.exists()  # Prometheus drops the target with the exporter
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(endpoint["url"], timeout=5)
     assert threading.active_count() == threads_before
@@ -264,7 +273,8 @@ def test_observer_names_the_option_when_the_port_is_taken(tmp_path) -> None:
         observer = MetricsObserver.for_config(fake_cfg(tmp_path, metrics_port=port))
         with pytest.raises(RuntimeError, match="metrics_port.*--metrics-port"):
             observer.run_started(fake_cfg(tmp_path, metrics_port=port), 0)
-    assert not (tmp_path / ENDPOINT_FILE).exists()
+    assert not (tmp_path / "runs" / "r1" / ENDPOINT_FILE).exists()
+    assert not (tmp_path / "runs" / TARGETS_DIR).exists()
 
 
 # -- the exporter ----------------------------------------------------------------------
@@ -362,11 +372,15 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def test_dashboards_cover_the_issue_and_query_only_defined_metrics() -> None:
-    defined = FedmsrMetrics().metric_names()
+    defined = FedmsrMetrics(between_runs=True).metric_names()
     titles = set()
     for path in sorted(dashboards.OUTPUT_DIR.glob("*.json")):
         board = json.loads(path.read_text())
         titles.add(board["title"])
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert set(variables) == {"job", "run"}, path.name
+        assert variables["run"]["allValue"] == ".*" and variables["run"]["multi"]
+        assert not variables["job"]["includeAll"]  # one job at a time: never both figures
         for panel in board["panels"]:
             if panel["type"] == "row":
                 continue
@@ -375,6 +389,10 @@ def test_dashboards_cover_the_issue_and_query_only_defined_metrics() -> None:
         for expr in _exprs(board):
             assert _metric_names(expr) <= defined, expr
             assert "device" not in re.findall(r"(\w+)\s*=~?", expr)
+            # every metric in every query is selected by the job and run variables
+            for selector in re.findall(r"\bfedmsr_[a-z0-9_]+(\{[^}]*\})?", expr):
+                assert selector.startswith('{job=~"$job", run=~"$run"'), expr
+            assert re.search(r"\bfedmsr_[a-z0-9_]+(?![a-z0-9_{])", expr) is None, expr
     assert titles == {"fedmsr / Federation overview", "fedmsr / Privacy budgets",
                       "fedmsr / Leakage", "fedmsr / Secure aggregation & devices"}
 
@@ -450,6 +468,9 @@ def test_monitor_reports_the_runs_directory(tmp_path) -> None:
     assert page[("fedmsr_run_status", (("status", "completed"),))] == 1  # the newest run
     assert page[("fedmsr_probe_accuracy_ratio", (("probe", "utility"),))] == 0.8
     assert page[("fedmsr_run_rounds_completed", ())] == 2
+    # the files do not say when a run started: no start time rather than a 0 (1970)
+    assert ("fedmsr_run_start_time_seconds", ()) not in page
+    assert page[("fedmsr_last_round_end_time_seconds", ())] == 200.0
     # 4 devices; rounds took part with {0, 2} and {0, 1}: 3 active, 1 never took part
     assert page[("fedmsr_devices", (("status", "active"),))] == 3
     assert page[("fedmsr_devices", (("status", "enrolled"),))] == 1

@@ -405,7 +405,7 @@ def test_budget_metrics_read_the_ledger(registry_url, tmp_path) -> None:
     assert value("fedmsr_fleet_epsilon_spent_max") == pytest.approx(reported)
     assert value("fedmsr_fleet_epsilon_rdp_bound_max") == pytest.approx(rdp)
 
-    between_runs = FedmsrMetrics()
+    between_runs = FedmsrMetrics(between_runs=True)
     snapshot = registry_snapshot(registry_url)
     assert snapshot is not None
     snapshot.apply(between_runs)
