@@ -361,9 +361,27 @@ def build(spec: DashboardSpec) -> Dashboard:
     return dashboard
 
 
+#: What grafana-foundation-sdk writes that Grafana's published dashboard schema
+#: (@grafana/schema, monitoring/grafana/schema/) no longer has: the long-gone dashboard
+#: `style`, and on a query variable the interval-variable fields and a placeholder `id`.
+OBSOLETE_DASHBOARD_KEYS = ("style",)
+OBSOLETE_VARIABLE_KEYS = ("auto", "auto_count", "auto_min", "id")
+
+
+def _as_json(spec: DashboardSpec) -> dict[str, object]:
+    """The built dashboard as Grafana's schema has it (obsolete SDK keys dropped)."""
+    board = json.loads(json.dumps(build(spec).build(), cls=JSONEncoder))
+    for key in OBSOLETE_DASHBOARD_KEYS:
+        board.pop(key, None)
+    for variable in board.get("templating", {}).get("list", []):
+        for key in OBSOLETE_VARIABLE_KEYS:
+            variable.pop(key, None)
+    return board
+
+
 def render(spec: DashboardSpec) -> str:
     """The dashboard's JSON, deterministic (sorted keys) so regeneration is byte-stable."""
-    return json.dumps(build(spec).build(), cls=JSONEncoder, sort_keys=True, indent=2) + "\n"
+    return json.dumps(_as_json(spec), sort_keys=True, indent=2) + "\n"
 
 
 def expected_files() -> dict[str, str]:
