@@ -24,11 +24,13 @@ from pathlib import Path
 
 from grafana_foundation_sdk.builders import bargauge, common, prometheus, stat, timeseries
 from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
+    VariableModel,
     VariableOption,
     VariableRefresh,
     VariableSort,
@@ -332,7 +334,7 @@ def _panel(spec: PanelSpec) -> AnyPanel:
     return panel
 
 
-def _variables() -> list[QueryVariable]:
+def _variables() -> list[Builder[VariableModel]]:
     """`job` (one at a time: a run's and the monitor's figures never mix) and `run` (All,
     or any set of runs to compare), both read from Prometheus' label values."""
     job = (QueryVariable("job").label("Job").datasource(DATASOURCE)
