@@ -72,7 +72,7 @@ from privacy.accounting import (
     would_exceed,
 )
 from privacy.accounting.events import Composition, check_delta, composition
-from privacy.accounting.fleet import FleetBudgets
+from privacy.accounting.fleet import FleetBudgets, summarise
 from privacy.checks import is_finite, is_int
 from privacy.wire.budget import LedgerReport
 
@@ -656,14 +656,14 @@ def _fleet_rows(url: str) -> list[Any]:
 
 
 def fleet_budgets(url: str, delta: float, default_cap: float | None = None) -> FleetBudgets:
-    """Every device not revoked: reported epsilon, RDP bound and cap, for the metrics.
+    """Every device not revoked: its RDP bound and cap, and the fleet's reported figures.
 
-    The reported figure (PLD, at the device's own delta cap else `delta`) is what `fedmsr
-    budget show` prints; the RDP bound of the cached vector (one NumPy pass) is what
-    enforcement compares to a cap first. Both are 0 for a device never charged. The PLD
-    figures are cached per composition (:func:`_reported`), so a fleet charged alike, or a
-    scrape after an unchanged round, costs one computation per distinct history. Cap is
-    the device's own, else `default_cap`, else +inf (uncapped).
+    The bound of the cached vector is one NumPy pass; the reported (PLD) epsilon, what
+    `fedmsr budget show` prints, at the device's own delta cap else `delta`, is computed
+    only for the devices that decide the largest spend and the near-cap / exhausted counts
+    (:func:`privacy.accounting.fleet.summarise`), each cached per composition
+    (:func:`_reported`). Both are 0 for a device never charged. Cap is the device's own,
+    else `default_cap`, else +inf (uncapped).
     """
     delta = check_delta(delta)
     default_cap = _check_cap(default_cap)
@@ -672,12 +672,15 @@ def fleet_budgets(url: str, delta: float, default_cap: float | None = None) -> F
     with session_scope(url) as session:
         rows = session.execute(select(Device.id, Device.epsilon_cap, Device.delta_cap).where(
             Device.status != DeviceStatus.REVOKED.value).order_by(Device.id)).all()
-        deltas = {i: d if d is not None else delta for i, _, d in rows}
-        spent = _reported_epsilons(session, None, deltas)
-    caps = [c if c is not None else (default_cap if default_cap is not None else np.inf)
-            for _, c, _ in rows]
-    return FleetBudgets(epsilon_spent=[spent[i] for i, _, _ in rows],
-                        epsilon_rdp_bound=[bound.get(i, 0.0) for i, _, _ in rows], caps=caps)
+        caps = [c if c is not None else (default_cap if default_cap is not None else np.inf)
+                for _, c, _ in rows]
+
+        def reported(index: int) -> float:
+            device_id, _, delta_cap = rows[index]
+            spent = _reported_epsilons(session, None, {device_id: delta_cap if delta_cap is not None else delta})
+            return spent[device_id]
+
+        return summarise([bound.get(i, 0.0) for i, _, _ in rows], caps, reported)
 
 
 def kind_epsilons(session: Session, kind: EventKind, delta: float,

@@ -171,9 +171,9 @@ OVERVIEW = DashboardSpec(
 
 BUDGETS = DashboardSpec(
     "fedmsr-budgets", "fedmsr / Privacy budgets",
-    "Per-device DP and information budgets, as fleet distributions (no device ids). "
-    "ε spent is the reported (PLD) figure `fedmsr budget show` prints; the RDP bound "
-    "(>= it) is what enforcement checks first, shown as its own series.",
+    "Per-device DP and information budgets, as fleet figures (no device ids). ε spent is "
+    "the reported (PLD) figure `fedmsr budget show` prints; the RDP bound (>= it) is what "
+    "enforcement checks first, always labelled as such.",
     (
         ("Epsilon", (
             PanelSpec("stat", "Max ε spent", "Largest epsilon any tracked device has spent "
@@ -182,21 +182,21 @@ BUDGETS = DashboardSpec(
                       (Query(m("fedmsr_fleet_epsilon_spent_max"), "{{run}} ε spent (PLD)"),
                        Query(m("fedmsr_fleet_epsilon_rdp_bound_max"),
                              "{{run}} RDP bound (enforcement)")), 6),
-            PanelSpec("stat", "p95 ε spent", "95th percentile of epsilon spent (PLD) over "
-                      "tracked devices, and of the RDP bound.", "none",
-                      (Query(m("fedmsr_fleet_epsilon_spent_p95"), "{{run}} ε spent (PLD)"),
-                       Query(m("fedmsr_fleet_epsilon_rdp_bound_p95"),
-                             "{{run}} RDP bound (enforcement)")), 6),
-            PanelSpec("stat", "Near cap / exhausted", "Devices whose ε spent is within 10% "
-                      "of their cap, and at their cap.", "none",
+            PanelSpec("stat", "Near cap / exhausted", "Devices whose ε spent (PLD) is within "
+                      "10% of their cap, and at their cap.", "none",
                       (Query(m("fedmsr_devices_near_budget_cap"), "{{run}} near cap"),
                        Query(m("fedmsr_devices_budget_exhausted"), "{{run}} exhausted")), 6),
+            PanelSpec("stat", "p95 RDP bound", "95th percentile of the RDP bound over tracked "
+                      "devices: an upper bound on the p95 of ε spent (the per-device PLD "
+                      "figure is too costly to compute for a whole fleet on every scrape).",
+                      "none", (Query(m("fedmsr_fleet_epsilon_rdp_bound_p95"),
+                                     "{{run}} RDP bound (enforcement)"),), 6),
             PanelSpec("stat", "Tracked devices", "Devices the budget figures cover.", "none",
                       (Query(m("fedmsr_budget_tracked_devices"), "{{run}} tracked"),), 6),
-            PanelSpec("bargauge", "ε spent distribution", "Devices whose ε spent (PLD) is "
-                      "<= le.", "none",
-                      (Query(m("fedmsr_device_epsilon_spent_bucket"), "{{le}}",
-                             heatmap=True),), 12),
+            PanelSpec("bargauge", "RDP bound distribution", "Devices whose RDP bound on "
+                      "epsilon is <= le (each device's ε spent is at most its bound).",
+                      "none", (Query(m("fedmsr_device_epsilon_rdp_bound_bucket"), "{{le}}",
+                                     heatmap=True),), 12),
             PanelSpec("bargauge", "Information bits distribution", "Devices whose uploaded "
                       "representations carry <= le bytes (bits / 8) in total.", "none",
                       (Query(m("fedmsr_device_information_bytes_bucket"), "{{le}}",

@@ -54,8 +54,6 @@ REJECT_REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", 
 PROBES = ("utility", "identity")
 LEAKAGE_KS = (1, 2, 4, 8, 16, 32, 64)
 LEAKAGE_ATTACKS = ("identity",)
-#: Fraction of its cap at which a device counts as "near exhaustion".
-NEAR_CAP_FRACTION = 0.9
 
 EPSILON_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 #: Information is exported in bytes (Prometheus' base unit; promtool rejects `_bits`):
@@ -244,22 +242,22 @@ class FedmsrMetrics:
                                   buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0))
         self.dp_steps = Histogram("fedmsr_dp_steps", "Noisy steps of each DP-SGD release",
                                   registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
-        # Two epsilons per device, never one under the other's name: the reported spend
-        # (PLD, what `fedmsr budget show` prints) and the RDP bound enforcement checks first.
-        self.epsilon = FleetDistribution(
-            "fedmsr_device_epsilon_spent", "Epsilon each tracked device has spent (reported, "
-            "PLD, as fedmsr budget show prints it; fleet distribution)", EPSILON_BUCKETS)
+        # Two epsilons, never one under the other's name: the reported spend (PLD, what
+        # `fedmsr budget show` prints) and the RDP bound enforcement checks first. The
+        # per-device distribution and p95 are of the bound, the one figure cheap enough
+        # for every device (privacy.accounting.fleet says why).
+        self.epsilon_bound = FleetDistribution(
+            "fedmsr_device_epsilon_rdp_bound", "RDP bound on the epsilon each tracked device "
+            "has spent (>= the reported figure; fleet distribution)", EPSILON_BUCKETS)
         self.information = FleetDistribution(
             "fedmsr_device_information_bytes", "Information each tracked device has uploaded "
             "(sum of per-clip KL; bytes = bits / 8; fleet distribution)",
             INFORMATION_BYTES_BUCKETS)
-        r.register(self.epsilon)
+        r.register(self.epsilon_bound)
         r.register(self.information)
         self.epsilon_max = Gauge("fedmsr_fleet_epsilon_spent_max", "Largest epsilon spent "
-                                 "(reported, PLD) by a tracked device", registry=r)
-        self.epsilon_p95 = Gauge("fedmsr_fleet_epsilon_spent_p95", "95th percentile of "
-                                 "epsilon spent (reported, PLD) over tracked devices",
-                                 registry=r)
+                                 "(reported, PLD, as fedmsr budget show prints it) by a "
+                                 "tracked device", registry=r)
         self.rdp_bound_max = Gauge("fedmsr_fleet_epsilon_rdp_bound_max", "Largest RDP bound "
                                    "on a tracked device's epsilon (>= its spend; what "
                                    "enforcement compares to the cap first)", registry=r)
@@ -308,23 +306,20 @@ class FedmsrMetrics:
             self.run_status.labels(status=name).set(1 if name == status else 0)
 
     def set_budgets(self, budgets: FleetBudgets) -> None:
-        """Fleet figures from each tracked device's spend, RDP bound and cap.
+        """The fleet's spend (reported, PLD), its RDP bounds, and the counts near / at cap.
 
-        Near-cap and exhausted counts use the reported spend: enforcement refuses a device
-        only once that figure would pass its cap (the RDP bound only decides when it fits).
+        Near-cap and exhausted counts are on the reported spend: enforcement refuses a
+        device only once that figure would pass its cap (the bound only decides when it
+        fits).
         """
-        eps = np.asarray(budgets.epsilon_spent, dtype=float)
         bound = np.asarray(budgets.epsilon_rdp_bound, dtype=float)
-        cap = np.asarray(budgets.caps, dtype=float)
-        self.epsilon.set(eps)
-        self.budget_tracked.set(eps.size)
-        for top, p95, values in ((self.epsilon_max, self.epsilon_p95, eps),
-                                 (self.rdp_bound_max, self.rdp_bound_p95, bound)):
-            top.set(float(values.max()) if values.size else 0.0)
-            p95.set(float(np.quantile(values, 0.95)) if values.size else 0.0)
-        exhausted = eps >= cap
-        self.exhausted.set(int(np.count_nonzero(exhausted)))
-        self.near_cap.set(int(np.count_nonzero(~exhausted & (eps >= NEAR_CAP_FRACTION * cap))))
+        self.epsilon_bound.set(bound)
+        self.budget_tracked.set(bound.size)
+        self.epsilon_max.set(budgets.epsilon_spent_max)
+        self.rdp_bound_max.set(float(bound.max()) if bound.size else 0.0)
+        self.rdp_bound_p95.set(float(np.quantile(bound, 0.95)) if bound.size else 0.0)
+        self.exhausted.set(budgets.exhausted)
+        self.near_cap.set(budgets.near_cap)
 
     def set_information_bits(self, bits: Sequence[float]) -> None:
         """Each tracked device's uploaded information, in bits (exported as bytes)."""

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 from prometheus_client import generate_latest
@@ -31,7 +32,7 @@ from monitoring import dashboards
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
 from monitoring.observer import ENDPOINT_FILE, TARGETS_DIR, MetricsObserver
-from privacy.accounting.fleet import FleetBudgets
+from privacy.accounting.fleet import FleetBudgets, summarise
 from privacy.wire.round_record import RoundRecord
 from tests.helpers import FEDMSR, fedmsr
 
@@ -123,35 +124,51 @@ def test_two_metric_sets_do_not_clash() -> None:
 
 def test_fleet_budget_figures_match_an_independent_count() -> None:
     metrics = FedmsrMetrics()
-    eps = [0.5, 0.95, 1.0, 2.0, 0.1, 0.3]
+    eps = [0.5, 0.95, 1.0, 2.0, 0.1, 0.3]     # reported (PLD)
     bounds = [0.6, 1.1, 1.2, 2.5, 0.2, 0.35]  # the RDP bound is >= the reported spend
     caps = [1.0, 1.0, 1.0, 1.0, 1.0, 0.3]
-    metrics.set_budgets(FleetBudgets(eps, bounds, caps))
+    metrics.set_budgets(summarise(bounds, caps, eps.__getitem__))
     # by hand, on the spend: exhausted = eps >= cap -> 1.0, 2.0, 0.3; near cap -> 0.95
     # (on the bound it would be 1.1, 1.2, 2.5, 0.35 exhausted and 0.6 not near)
     assert value(metrics, "fedmsr_devices_budget_exhausted") == 3
     assert value(metrics, "fedmsr_devices_near_budget_cap") == 1
     assert value(metrics, "fedmsr_fleet_epsilon_spent_max") == 2.0
     assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_max") == 2.5
-
-    def p95(values: list[float]) -> float:  # linear interpolation between order statistics
-        ordered = sorted(values)
-        position = 0.95 * (len(ordered) - 1)
-        lower = ordered[int(position)]
-        return lower + (position - int(position)) * (ordered[int(position) + 1] - lower)
-
-    assert value(metrics, "fedmsr_fleet_epsilon_spent_p95") == pytest.approx(p95(eps))
-    assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_p95") == pytest.approx(p95(bounds))
+    ordered = sorted(bounds)  # p95 by linear interpolation between order statistics
+    position = 0.95 * (len(ordered) - 1)
+    lower = ordered[int(position)]
+    p95 = lower + (position - int(position)) * (ordered[int(position) + 1] - lower)
+    assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_p95") == pytest.approx(p95)
     assert value(metrics, "fedmsr_budget_tracked_devices") == 6
-    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="0.5") == 3  # 0.1, 0.3, 0.5
-    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="1.0") == 5
-    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="+Inf") == 6
-    assert value(metrics, "fedmsr_device_epsilon_spent_gsum") == pytest.approx(sum(eps))
-    metrics.set_budgets(FleetBudgets([0.2], [0.3], [1.0]))  # a snapshot replaces the last whole
-    assert value(metrics, "fedmsr_device_epsilon_spent_bucket", le="+Inf") == 1
+    bucket = "fedmsr_device_epsilon_rdp_bound_bucket"
+    assert value(metrics, bucket, le="0.5") == 2  # 0.2, 0.35
+    assert value(metrics, bucket, le="1.0") == 3
+    assert value(metrics, bucket, le="+Inf") == 6
+    assert value(metrics, "fedmsr_device_epsilon_rdp_bound_gsum") == pytest.approx(sum(bounds))
+    metrics.set_budgets(summarise([0.3], [1.0], [0.2].__getitem__))  # replaces the last whole
+    assert value(metrics, bucket, le="+Inf") == 1
     assert value(metrics, "fedmsr_devices_budget_exhausted") == 0
+    assert value(metrics, "fedmsr_fleet_epsilon_spent_max") == 0.2
     with pytest.raises(ValueError, match="caps"):
-        FleetBudgets([1.0, 2.0], [1.0, 2.0], [1.0])
+        FleetBudgets([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_reported_figures_come_from_the_devices_that_decide_them(seed: int) -> None:
+    """summarise asks for few reported (PLD) figures, yet agrees with asking for all."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    eps = rng.gamma(2.0, 1.0, n) * rng.choice([0.0, 1.0], n, p=[0.1, 0.9])  # some never charged
+    bounds = eps * rng.uniform(1.0, 1.2, n)  # RDP: 0-20% looser
+    caps = rng.choice([1.0, 2.0, 4.0, np.inf], n)
+    asked: list[int] = []
+    figures = summarise(bounds, caps, lambda i: asked.append(i) or float(eps[i]))
+    assert len(asked) == len(set(asked)) == figures.reported_devices  # each at most once
+    assert figures.epsilon_spent_max == (float(eps.max()) if n else 0.0)
+    assert figures.exhausted == int(np.sum(eps >= caps))
+    assert figures.near_cap == int(np.sum((eps < caps) & (eps >= 0.9 * caps)))
+    if n >= 100:  # a fleet's worth: most devices' reported figures are never needed
+        assert figures.reported_devices < n / 2
 
 
 def test_information_bits_are_exported_as_bytes() -> None:
@@ -305,7 +322,7 @@ def test_scraped_page_passes_promtool(tmp_path) -> None:
     cfg = fake_cfg(tmp_path)
     observer.run_started(cfg, 0)
     observer.round_finished(cfg, record(1))
-    observer.metrics.set_budgets(FleetBudgets([0.5, 1.2], [0.6, 1.3], [1.0, 1.0]))
+    observer.metrics.set_budgets(summarise([0.6, 1.3], [1.0, 1.0], [0.5, 1.2].__getitem__))
     observer.metrics.set_information_bits([100.0])
     page = generate_latest(observer.metrics.registry)
     result = subprocess.run([promtool(), "check", "metrics"], input=page, capture_output=True,

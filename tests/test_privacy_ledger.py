@@ -392,7 +392,8 @@ def test_budget_metrics_read_the_ledger(registry_url, tmp_path) -> None:
     reported = ledger.budget_state(registry_url, a, DELTA).epsilon  # what budget show prints
     assert reported < rdp
     assert budgets.epsilon_rdp_bound == pytest.approx([rdp, rdp, 0.0])
-    assert budgets.epsilon_spent == pytest.approx([reported, reported, 0.0])
+    assert budgets.epsilon_spent_max == pytest.approx(reported, rel=1e-12)
+    assert (budgets.exhausted, budgets.near_cap) == (1, 0)  # b: cap rdp / 2 < reported
     assert budgets.caps == [8.0, rdp / 2, 4.0]
 
     metrics = FedmsrMetrics()
