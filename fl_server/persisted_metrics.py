@@ -28,7 +28,7 @@ def monitor_metrics(runs_dir: Path, db: str | None) -> FedmsrMetrics:
 
     holder: list[FedmsrMetrics] = []
     registry = _refreshing_registry(lambda: refresh(holder[0], runs_dir, db))
-    holder.append(FedmsrMetrics(registry))
+    holder.append(FedmsrMetrics(registry, between_runs=True))
     return holder[0]
 
 
@@ -54,8 +54,8 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
 
     None when the registry package is not installed or no registry is configured here
     (no `--db`, no FEDMSR_DB, no local registry file). Per-device epsilon comes from the
-    privacy ledger (`privacy_ledger.fleet_budgets`: the RDP bound of each device not revoked,
-    at delta 1e-5 or the device's own delta cap); randomized-release epsilon too (reported,
+    privacy ledger (`privacy_ledger.fleet_budgets`: each device not revoked, its reported
+    epsilon and its RDP bound, at delta 1e-5 or the device's own delta cap); randomized-release epsilon too (reported,
     PLD at delta 1e-5, those devices' `randomized-release` events only).
     """
     try:
@@ -80,10 +80,9 @@ def registry_snapshot(db: str | None) -> FleetSnapshot | None:
         kept = session.scalars(select(models.Device.id).where(
             models.Device.status != models.DeviceStatus.REVOKED.value)).all()
         released = kind_epsilons(session, EventKind.RANDOMIZED_RELEASE, 1e-5, kept)
-    epsilons, caps = fleet_budgets(url, 1e-5)
     return FleetSnapshot({str(status): int(count) for status, count in rows},
-                         epsilons=epsilons, epsilon_caps=caps, information_bits=bits,
-                         release_epsilons=list(released.values()))
+                         budgets=fleet_budgets(url, 1e-5), information_bits=bits,
+                         release_epsilons=list(released.values()), from_registry=True)
 
 
 def _refreshing_registry(refresh: Callable[[], None]) -> CollectorRegistry:

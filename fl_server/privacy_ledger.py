@@ -72,6 +72,7 @@ from privacy.accounting import (
     would_exceed,
 )
 from privacy.accounting.events import Composition, check_delta, composition
+from privacy.accounting.fleet import FleetBudgets, summarise
 from privacy.checks import is_finite, is_int
 from privacy.wire.budget import LedgerReport
 
@@ -654,25 +655,32 @@ def _fleet_rows(url: str) -> list[Any]:
         raise unreachable(url, exc) from None
 
 
-def fleet_budgets(url: str, delta: float, default_cap: float | None = None
-                  ) -> tuple[list[float], list[float]]:
-    """(epsilon, cap) of every device not revoked, for `FedmsrMetrics.set_budgets`.
+def fleet_budgets(url: str, delta: float, default_cap: float | None = None) -> FleetBudgets:
+    """Every device not revoked: its RDP bound and cap, and the fleet's reported figures.
 
-    Epsilon is the RDP bound of the cached vector (>= the reported figure; one NumPy pass,
-    cheap enough for every scrape of a 10,000-device fleet), 0 for a device never charged;
-    cap is the device's own, else `default_cap`, else +inf (uncapped).
+    The bound of the cached vector is one NumPy pass; the reported (PLD) epsilon, what
+    `fedmsr budget show` prints, at the device's own delta cap else `delta`, is computed
+    only for the devices that decide the largest spend and the near-cap / exhausted counts
+    (:func:`privacy.accounting.fleet.summarise`), each cached per composition
+    (:func:`_reported`). Both are 0 for a device never charged. Cap is the device's own,
+    else `default_cap`, else +inf (uncapped).
     """
     delta = check_delta(delta)
     default_cap = _check_cap(default_cap)
     ids, eps, _ = fleet_rdp_epsilons(url, delta)
-    spent = dict(zip(ids.tolist(), eps.tolist(), strict=True))
+    bound = dict(zip(ids.tolist(), eps.tolist(), strict=True))
     with session_scope(url) as session:
-        rows = session.execute(select(Device.id, Device.epsilon_cap).where(
+        rows = session.execute(select(Device.id, Device.epsilon_cap, Device.delta_cap).where(
             Device.status != DeviceStatus.REVOKED.value).order_by(Device.id)).all()
-    caps = [c if c is not None else (default_cap if default_cap is not None else np.inf)
-            for _, c in rows]
-    return [spent.get(i, 0.0) for i, _ in rows], caps
+        caps = [c if c is not None else (default_cap if default_cap is not None else np.inf)
+                for _, c, _ in rows]
 
+        def reported(index: int) -> float:
+            device_id, _, delta_cap = rows[index]
+            spent = _reported_epsilons(session, None, {device_id: delta_cap if delta_cap is not None else delta})
+            return spent[device_id]
+
+        return summarise([bound.get(i, 0.0) for i, _, _ in rows], caps, reported)
 
 
 def kind_epsilons(session: Session, kind: EventKind, delta: float,
@@ -689,17 +697,26 @@ def kind_epsilons(session: Session, kind: EventKind, delta: float,
     """
     kind = EventKind(kind)
     delta = check_delta(delta)
-    ids = sorted(set(_device_ids(device_ids)))
+    return _reported_epsilons(session, kind, dict.fromkeys(_device_ids(device_ids), delta))
+
+
+def _reported_epsilons(session: Session, kind: EventKind | None,
+                       deltas: dict[int, float]) -> dict[int, float]:
+    """Each device's reported epsilon at its delta over its releases of `kind` (None: every
+    kind), 0 for a device with none, in device id order."""
+    ids = sorted(deltas)
     steps: dict[int, dict[tuple[float, float], int]] = defaultdict(dict)
     for chunk in in_chunks(ids):
-        for device_id, q, sigma, total in session.execute(
-                select(PrivacyEvent.device_id, PrivacyEvent.sample_rate,
+        stmt = (select(PrivacyEvent.device_id, PrivacyEvent.sample_rate,
                        PrivacyEvent.noise_multiplier, func.sum(PrivacyEvent.steps))
-                .where(PrivacyEvent.kind == kind.value, PrivacyEvent.device_id.in_(chunk))
+                .where(PrivacyEvent.device_id.in_(chunk))
                 .group_by(PrivacyEvent.device_id, PrivacyEvent.sample_rate,
-                          PrivacyEvent.noise_multiplier)):
+                          PrivacyEvent.noise_multiplier))
+        if kind is not None:
+            stmt = stmt.where(PrivacyEvent.kind == kind.value)
+        for device_id, q, sigma, total in session.execute(stmt):
             steps[device_id][(float(q), float(sigma))] = int(total)
-    return {i: _reported(tuple(sorted(steps[i].items())), delta) if i in steps else 0.0
+    return {i: _reported(tuple(sorted(steps[i].items())), deltas[i]) if i in steps else 0.0
             for i in ids}
 
 

@@ -32,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeHistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from privacy.accounting.fleet import FleetBudgets
 from privacy.wire.round_record import RoundRecord
 
 # `_created` series double every counter and histogram and nothing here reads them.
@@ -53,8 +54,6 @@ REJECT_REASONS = ("wrong_run", "stale_round", "identity", "malformed", "shape", 
 PROBES = ("utility", "identity")
 LEAKAGE_KS = (1, 2, 4, 8, 16, 32, 64)
 LEAKAGE_ATTACKS = ("identity",)
-#: Fraction of its cap at which a device counts as "near exhaustion".
-NEAR_CAP_FRACTION = 0.9
 
 EPSILON_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 #: Information is exported in bytes (Prometheus' base unit; promtool rejects `_bits`):
@@ -90,16 +89,69 @@ class FleetDistribution(Collector):
         yield family
 
 
+class LateGauge:
+    """A gauge without a series until its first value (then an ordinary gauge)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, documentation: str) -> None:
+        self._registry = registry
+        self.name = name
+        self._gauge = Gauge(name, documentation, registry=None)
+        self._registered = False
+
+    def set(self, value: float) -> None:
+        self._gauge.set(value)
+        if not self._registered:
+            self._registry.register(self._gauge)
+            self._registered = True
+
+
 def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-class FedmsrMetrics:
-    """The metric set of one process (engine, `fedmsr monitor`, a test)."""
+def _set_release(gauges: tuple[Gauge, Gauge], epsilon_max: float, epsilon_mean: float) -> None:
+    for name, x in (("max", epsilon_max), ("mean", epsilon_mean)):
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"release epsilon {name} must be finite and >= 0, got {x!r}")
+    gauges[0].set(epsilon_max)
+    gauges[1].set(epsilon_mean)
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+
+class RegistryFleetMetrics:
+    """What `fedmsr monitor` reads from the fleet registry: the whole fleet, not a run's
+    devices, so under names of its own (a run exports `fedmsr_devices` and
+    `fedmsr_fleet_release_epsilon_*` for its own devices)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.devices = Gauge("fedmsr_registry_devices", "Devices in the fleet registry by "
+                             "status (fedmsr monitor)", ["status"], registry=r)
+        self.release_epsilon_max = Gauge(
+            "fedmsr_registry_release_epsilon_max", "Largest accumulated randomized-release "
+            "epsilon of a registry device not revoked (PLD at delta 1e-5; fedmsr monitor)",
+            registry=r)
+        self.release_epsilon_mean = Gauge(
+            "fedmsr_registry_release_epsilon_mean", "Mean accumulated randomized-release "
+            "epsilon over the registry's devices not revoked (PLD at delta 1e-5; fedmsr "
+            "monitor)", registry=r)
+
+    def set_release_epsilon(self, epsilon_max: float, epsilon_mean: float) -> None:
+        _set_release((self.release_epsilon_max, self.release_epsilon_mean), epsilon_max,
+                     epsilon_mean)
+
+
+class FedmsrMetrics:
+    """The metric set of one process (engine, `fedmsr monitor`, a test).
+
+    `between_runs` adds the registry's own figures (:class:`RegistryFleetMetrics`), which
+    only `fedmsr monitor` reads.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 between_runs: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.fleet_registry = RegistryFleetMetrics(r) if between_runs else None
         # -- run ---------------------------------------------------------------------
         self.run_status = Gauge("fedmsr_run_status", "1 for the run's current status, 0 for "
                                 "the others", ["status"], registry=r)
@@ -109,10 +161,12 @@ class FedmsrMetrics:
                                           "Rounds the current run has finished", registry=r)
         self.run_dp_sgd = Gauge("fedmsr_run_dp_sgd_enabled",
                                 "1 when devices train with DP-SGD in the current run", registry=r)
-        self.run_start_time = Gauge("fedmsr_run_start_time_seconds",
-                                    "Unix time the current run (or resume) started", registry=r)
-        self.last_round_time = Gauge("fedmsr_last_round_end_time_seconds",
-                                     "Unix time the last round finished", registry=r)
+        # Times exist only once known: no run (or no round yet) exports no series, never
+        # a 0 that reads as 1970.
+        self.run_start_time = LateGauge(r, "fedmsr_run_start_time_seconds",
+                                        "Unix time the current run (or resume) started")
+        self.last_round_time = LateGauge(r, "fedmsr_last_round_end_time_seconds",
+                                         "Unix time the last round finished")
         # -- rounds --------------------------------------------------------------------
         self.rounds = Counter("fedmsr_rounds", "Rounds by outcome (aborted: secure "
                               "aggregation could not unmask)", ["status"], registry=r)
@@ -172,7 +226,8 @@ class FedmsrMetrics:
                                    "NaN: unknown)", registry=r)
         self.leakage_alert.set(math.nan)
         # -- devices, DP and budgets ---------------------------------------------------
-        self.devices = Gauge("fedmsr_devices", "Devices by status", ["status"], registry=r)
+        self.devices = Gauge("fedmsr_devices", "The run's devices by status (enrolled: not "
+                             "yet taken part in the run)", ["status"], registry=r)
         self.runs = Gauge("fedmsr_runs", "Runs in the runs directory by status (fedmsr "
                           "monitor)", ["status"], registry=r)
         self.source_up = Gauge("fedmsr_monitor_source_up", "1 when fedmsr monitor could read "
@@ -187,22 +242,33 @@ class FedmsrMetrics:
                                   buckets=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0))
         self.dp_steps = Histogram("fedmsr_dp_steps", "Noisy steps of each DP-SGD release",
                                   registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
-        self.epsilon = FleetDistribution("fedmsr_device_epsilon", "Epsilon each tracked "
-                                         "device has spent (fleet distribution)", EPSILON_BUCKETS)
+        # Two epsilons, never one under the other's name: the reported spend (PLD, what
+        # `fedmsr budget show` prints) and the RDP bound enforcement checks first. The
+        # per-device distribution and p95 are of the bound, the one figure cheap enough
+        # for every device (privacy.accounting.fleet says why).
+        self.epsilon_bound = FleetDistribution(
+            "fedmsr_device_epsilon_rdp_bound", "RDP bound on the epsilon each tracked device "
+            "has spent (>= the reported figure; fleet distribution)", EPSILON_BUCKETS)
         self.information = FleetDistribution(
             "fedmsr_device_information_bytes", "Information each tracked device has uploaded "
             "(sum of per-clip KL; bytes = bits / 8; fleet distribution)",
             INFORMATION_BYTES_BUCKETS)
-        r.register(self.epsilon)
+        r.register(self.epsilon_bound)
         r.register(self.information)
-        self.epsilon_max = Gauge("fedmsr_fleet_epsilon_max", "Largest epsilon spent by a "
+        self.epsilon_max = Gauge("fedmsr_fleet_epsilon_spent_max", "Largest epsilon spent "
+                                 "(reported, PLD, as fedmsr budget show prints it) by a "
                                  "tracked device", registry=r)
-        self.epsilon_p95 = Gauge("fedmsr_fleet_epsilon_p95", "95th percentile of epsilon "
-                                 "spent over tracked devices", registry=r)
-        self.near_cap = Gauge("fedmsr_devices_near_budget_cap", "Tracked devices within 10% "
-                              "of their epsilon cap (not yet over it)", registry=r)
+        self.rdp_bound_max = Gauge("fedmsr_fleet_epsilon_rdp_bound_max", "Largest RDP bound "
+                                   "on a tracked device's epsilon (>= its spend; what "
+                                   "enforcement compares to the cap first)", registry=r)
+        self.rdp_bound_p95 = Gauge("fedmsr_fleet_epsilon_rdp_bound_p95", "95th percentile of "
+                                   "the RDP bound over tracked devices", registry=r)
+        self.near_cap = Gauge("fedmsr_devices_near_budget_cap", "Tracked devices whose epsilon "
+                              "spent (PLD) is within 10% of their cap (not yet at it)",
+                              registry=r)
         self.exhausted = Gauge("fedmsr_devices_budget_exhausted", "Tracked devices whose "
-                               "epsilon reached their cap", registry=r)
+                               "epsilon spent (PLD, the figure that finally decides) reached "
+                               "their cap", registry=r)
         self.release_epsilon_max = Gauge(
             "fedmsr_fleet_release_epsilon_max", "Largest accumulated randomized-release "
             "epsilon of a run device (PLD, uploads only) after the last collection",
@@ -229,7 +295,7 @@ class FedmsrMetrics:
             self.updates_rejected.labels(reason=reason)
         for status in RUN_STATUSES:
             self.run_status.labels(status=status).set(0)
-        self.set_budgets([], [])
+        self.set_budgets(FleetBudgets())
 
     # -- setters used by the observer, `fedmsr monitor` and (later) the ledger ----------
 
@@ -239,19 +305,21 @@ class FedmsrMetrics:
         for name in RUN_STATUSES:
             self.run_status.labels(status=name).set(1 if name == status else 0)
 
-    def set_budgets(self, epsilons: Sequence[float], caps: Sequence[float]) -> None:
-        """Fleet figures from each tracked device's epsilon spent and its cap."""
-        eps = np.asarray(epsilons, dtype=float)
-        cap = np.asarray(caps, dtype=float)
-        if eps.shape != cap.shape:
-            raise ValueError(f"{eps.size} epsilons but {cap.size} caps")
-        self.epsilon.set(eps)
-        self.budget_tracked.set(eps.size)
-        self.epsilon_max.set(float(eps.max()) if eps.size else 0.0)
-        self.epsilon_p95.set(float(np.quantile(eps, 0.95)) if eps.size else 0.0)
-        exhausted = eps >= cap
-        self.exhausted.set(int(np.count_nonzero(exhausted)))
-        self.near_cap.set(int(np.count_nonzero(~exhausted & (eps >= NEAR_CAP_FRACTION * cap))))
+    def set_budgets(self, budgets: FleetBudgets) -> None:
+        """The fleet's spend (reported, PLD), its RDP bounds, and the counts near / at cap.
+
+        Near-cap and exhausted counts are on the reported spend: enforcement refuses a
+        device only once that figure would pass its cap (the bound only decides when it
+        fits).
+        """
+        bound = np.asarray(budgets.epsilon_rdp_bound, dtype=float)
+        self.epsilon_bound.set(bound)
+        self.budget_tracked.set(bound.size)
+        self.epsilon_max.set(budgets.epsilon_spent_max)
+        self.rdp_bound_max.set(float(bound.max()) if bound.size else 0.0)
+        self.rdp_bound_p95.set(float(np.quantile(bound, 0.95)) if bound.size else 0.0)
+        self.exhausted.set(budgets.exhausted)
+        self.near_cap.set(budgets.near_cap)
 
     def set_information_bits(self, bits: Sequence[float]) -> None:
         """Each tracked device's uploaded information, in bits (exported as bytes)."""
@@ -282,11 +350,8 @@ class FedmsrMetrics:
 
     def set_release_epsilon(self, epsilon_max: float, epsilon_mean: float) -> None:
         """The fleet's accumulated randomized-release epsilon (fleet figures, no device)."""
-        for name, x in (("max", epsilon_max), ("mean", epsilon_mean)):
-            if not math.isfinite(x) or x < 0:
-                raise ValueError(f"release epsilon {name} must be finite and >= 0, got {x!r}")
-        self.release_epsilon_max.set(epsilon_max)
-        self.release_epsilon_mean.set(epsilon_mean)
+        _set_release((self.release_epsilon_max, self.release_epsilon_mean), epsilon_max,
+                     epsilon_mean)
 
     def set_linkage_auc(self, auc: float) -> None:
         """Linkage AUC at the largest k measured."""
@@ -305,5 +370,7 @@ class FedmsrMetrics:
             self.set_release_epsilon(record.release_epsilon.max, record.release_epsilon.mean)
 
     def metric_names(self) -> set[str]:
-        """Every metric family name this set exposes (as scraped, without suffixes)."""
-        return {family.name for family in self.registry.collect()}
+        """Every metric family name this set can expose (as scraped, without suffixes),
+        the times not yet known included."""
+        late = {gauge.name for gauge in (self.run_start_time, self.last_round_time)}
+        return {family.name for family in self.registry.collect()} | late

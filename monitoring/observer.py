@@ -9,7 +9,9 @@ The exporter lives as long as the run: started in `run_started`, stopped in
 `run_finished` after `metrics_linger_s` seconds, so a scraper that polls every few
 seconds still sees the final state of a short run. While it is up, `metrics.json` in the
 run directory says where (port 0 asks for any free port; that file is how a caller
-learns which).
+learns which). Beside it, `<runs-dir>/prometheus-targets/<run-id>.json` is a Prometheus
+`file_sd_configs` target group (labels `job`, `run`), so Prometheus finds every live run
+whatever its port, and stops scraping it when the file goes with the exporter.
 """
 
 from __future__ import annotations
@@ -26,12 +28,18 @@ from typing import Any
 
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
+from privacy.accounting.fleet import FleetBudgets
 from privacy.atomic_write import write_text_atomic
 from privacy.wire.round_record import DeviceDpEvent, RoundRecord
 
 ENDPOINT_FILE = "metrics.json"
-#: () -> (epsilon per tracked device, cap per tracked device), for FedmsrMetrics.set_budgets.
-BudgetSource = Callable[[], tuple[Sequence[float], Sequence[float]]]
+#: Prometheus file-based service discovery: `<runs-dir>/prometheus-targets/<run-id>.json`
+#: names the live run's exporter (any port, `--metrics-port 0` included) while it is up.
+TARGETS_DIR = "prometheus-targets"
+#: The scrape job the target files declare (monitoring/prometheus/prometheus.yml).
+RUN_JOB = "fedmsr-run"
+#: () -> every tracked device's spend, RDP bound and cap, for FedmsrMetrics.set_budgets.
+BudgetSource = Callable[[], FleetBudgets]
 #: The round record's attribute for each timed phase (SecAgg+ adds its own stages).
 PHASE_ATTRIBUTES = {"checkin": "checkin_s", "train": "train_phase_s",
                     "aggregate": "aggregate_s", "evaluate": "eval_s"}
@@ -49,6 +57,7 @@ class MetricsObserver:
         self.exporter = MetricsExporter(self.metrics.registry, port) if port >= 0 else None
         self.linger_s = max(0.0, float(linger_s))
         self._endpoint_file: Path | None = None
+        self._target_file: Path | None = None
         self._stop_linger = threading.Event()
         self._active: set[int] = set()
         self._fleet_size = 0
@@ -126,16 +135,23 @@ class MetricsObserver:
         write_text_atomic(self._endpoint_file, json.dumps(
             {"url": self.exporter.url, "port": self.exporter.port, "pid": os.getpid()},
             indent=2) + "\n")
+        run_dir = Path(cfg.run_dir())
+        self._target_file = run_dir.parent / TARGETS_DIR / f"{run_dir.name}.json"
+        self._target_file.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self._target_file, json.dumps(
+            [{"targets": [f"127.0.0.1:{self.exporter.port}"],
+              "labels": {"job": RUN_JOB, "run": run_dir.name}}], indent=2) + "\n")
         print(f"metrics: {self.exporter.url}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
-        """Stop serving now (ends a linger early) and remove the endpoint file."""
+        """Stop serving now (ends a linger early); remove the endpoint and target files."""
         self._stop_linger.set()
         if self.exporter is not None:
             self.exporter.stop()
-        if self._endpoint_file is not None:
-            self._endpoint_file.unlink(missing_ok=True)
-            self._endpoint_file = None
+        for path in (self._endpoint_file, self._target_file):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        self._endpoint_file = self._target_file = None
 
     # -- record -> metrics ------------------------------------------------------------
 
@@ -173,7 +189,7 @@ class MetricsObserver:
     def _set_budgets(self) -> None:
         """The ledger after this round's reservations (the whole fleet, one snapshot)."""
         if self.budgets is not None:
-            self.metrics.set_budgets(*self.budgets())
+            self.metrics.set_budgets(self.budgets())
 
     def _dp_events(self, events: Sequence[DeviceDpEvent]) -> None:
         m = self.metrics

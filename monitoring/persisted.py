@@ -16,29 +16,40 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.metrics import DEVICE_STATUSES, RUN_STATUSES, FedmsrMetrics
+from privacy.accounting.fleet import FleetBudgets
 from privacy.wire.round_record import RoundRecord
 
 
 @dataclass(frozen=True)
 class FleetSnapshot:
-    """The registry's view of the fleet, as plain numbers (no device ids)."""
+    """A fleet as plain numbers (no device ids): the registry's, or a run's own devices."""
 
     devices_by_status: dict[str, int]
-    epsilons: list[float] = field(default_factory=list)
-    epsilon_caps: list[float] = field(default_factory=list)
+    budgets: FleetBudgets = field(default_factory=FleetBudgets)
     information_bits: list[float] = field(default_factory=list)
     #: Each device's accumulated randomized-release epsilon (None: not read here).
     release_epsilons: list[float] | None = None
+    #: True: the registry's whole fleet (exported under `fedmsr_registry_*`); False: the
+    #: latest run's devices (the names a run exports).
+    from_registry: bool = False
 
     def apply(self, metrics: FedmsrMetrics) -> None:
+        registry = metrics.fleet_registry
+        if self.from_registry and registry is None:
+            raise ValueError("a registry snapshot needs FedmsrMetrics(between_runs=True)")
+        gauge = registry.devices if self.from_registry and registry else metrics.devices
         for status in DEVICE_STATUSES:
-            metrics.devices.labels(status=status).set(self.devices_by_status.get(status, 0))
-        metrics.set_budgets(self.epsilons, self.epsilon_caps)
+            gauge.labels(status=status).set(self.devices_by_status.get(status, 0))
+        metrics.set_budgets(self.budgets)
         metrics.set_information_bits(self.information_bits)
         if self.release_epsilons is not None:
             released = self.release_epsilons
-            metrics.set_release_epsilon(max(released, default=0.0),
-                                        sum(released) / len(released) if released else 0.0)
+            figures = (max(released, default=0.0),
+                       sum(released) / len(released) if released else 0.0)
+            if self.from_registry and registry:
+                registry.set_release_epsilon(*figures)
+            else:
+                metrics.set_release_epsilon(*figures)
 
 
 @dataclass(frozen=True)

@@ -197,11 +197,15 @@ def test_release_epsilon_metrics_refuse_what_no_ledger_holds() -> None:
 def test_the_leakage_dashboard_draws_the_alert_level_with_the_gains() -> None:
     board = json.loads((dashboards.OUTPUT_DIR / "fedmsr-leakage.json").read_text())
     panels = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in board["panels"]}
-    assert panels["Accumulation gain"] == ["fedmsr_leakage_accumulation_gain_ratio",
-                                           "fedmsr_leakage_alert_ratio"]
-    assert panels["Linkage AUC"] == ["fedmsr_leakage_linkage_auc_ratio"]
-    assert panels["Randomized-release epsilon"] == ["fedmsr_fleet_release_epsilon_max",
-                                                    "fedmsr_fleet_release_epsilon_mean"]
+    selected = '{job=~"$job", run=~"$run"}'
+    assert panels["Accumulation gain"] == [f"fedmsr_leakage_accumulation_gain_ratio{selected}",
+                                           f"fedmsr_leakage_alert_ratio{selected}"]
+    assert panels["Linkage AUC"] == [f"fedmsr_leakage_linkage_auc_ratio{selected}"]
+    assert panels["Randomized-release ε"] == [
+        f"fedmsr_fleet_release_epsilon_max{selected}",
+        f"fedmsr_fleet_release_epsilon_mean{selected}",
+        f"fedmsr_registry_release_epsilon_max{selected}",
+        f"fedmsr_registry_release_epsilon_mean{selected}"]
 
 
 # -- fedmsr leakage show -------------------------------------------------------------------
@@ -269,12 +273,16 @@ def test_fedmsr_monitor_reads_release_epsilon_from_the_registry_and_runs(
     assert snapshot is not None and snapshot.release_epsilons is not None
     exact = gaussian_epsilon(RELEASE.noise_multiplier, M, 1e-5)
     assert sorted(snapshot.release_epsilons) == [0.0, pytest.approx(exact, rel=0.005)]
-    m = FedmsrMetrics()
+    m = FedmsrMetrics(between_runs=True)
     history = [round_record(1, leakage={"linkage_auc": {"1": 0.5, "8": 0.8}}), round_record(2)]
     apply_runs(m, [RunOnDisk("r", {"leakage_alert": 0.2}, {"status": "completed"}, history)])
     assert value(m, "fedmsr_leakage_alert_ratio") == 0.2
     assert value(m, "fedmsr_leakage_linkage_auc_ratio") == 0.8
     snapshot.apply(m)
-    assert value(m, "fedmsr_fleet_release_epsilon_max") == max(snapshot.release_epsilons)
-    assert value(m, "fedmsr_fleet_release_epsilon_mean") == pytest.approx(
+    # the registry's whole fleet, under its own names (a run's devices keep theirs)
+    assert value(m, "fedmsr_registry_release_epsilon_max") == max(snapshot.release_epsilons)
+    assert value(m, "fedmsr_registry_release_epsilon_mean") == pytest.approx(
         sum(snapshot.release_epsilons) / 2)
+    assert value(m, "fedmsr_fleet_release_epsilon_max") == 0.0  # no run collected one
+    with pytest.raises(ValueError, match="between_runs"):
+        snapshot.apply(FedmsrMetrics())

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 from prometheus_client import generate_latest
@@ -30,7 +31,8 @@ from fl_server.config import ConfigError, RunConfig
 from monitoring import dashboards
 from monitoring.exporter import MetricsExporter
 from monitoring.metrics import FedmsrMetrics
-from monitoring.observer import ENDPOINT_FILE, MetricsObserver
+from monitoring.observer import ENDPOINT_FILE, TARGETS_DIR, MetricsObserver
+from privacy.accounting.fleet import FleetBudgets, summarise
 from privacy.wire.round_record import RoundRecord
 from tests.helpers import FEDMSR, fedmsr
 
@@ -92,9 +94,12 @@ def assert_port_closed(port: int) -> None:
 
 
 def fake_cfg(tmp_path: Path, **overrides: object) -> SimpleNamespace:
+    """A run configuration whose run directory is `tmp_path/runs/r1` (made here)."""
     values = {"devices": 3, "rounds": 3, "dp_sgd": True, "metrics_port": -1,
               "metrics_linger_s": 0.0, **overrides}
-    return SimpleNamespace(**values, run_dir=lambda: tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return SimpleNamespace(**values, run_dir=lambda: run_dir)
 
 
 # -- metric definitions ----------------------------------------------------------------
@@ -119,28 +124,51 @@ def test_two_metric_sets_do_not_clash() -> None:
 
 def test_fleet_budget_figures_match_an_independent_count() -> None:
     metrics = FedmsrMetrics()
-    eps = [0.5, 0.95, 1.0, 2.0, 0.1, 0.3]
+    eps = [0.5, 0.95, 1.0, 2.0, 0.1, 0.3]     # reported (PLD)
+    bounds = [0.6, 1.1, 1.2, 2.5, 0.2, 0.35]  # the RDP bound is >= the reported spend
     caps = [1.0, 1.0, 1.0, 1.0, 1.0, 0.3]
-    metrics.set_budgets(eps, caps)
-    # by hand: exhausted = eps >= cap -> 1.0, 2.0, 0.3; near cap (>= 0.9 cap, not over) -> 0.95
+    metrics.set_budgets(summarise(bounds, caps, eps.__getitem__))
+    # by hand, on the spend: exhausted = eps >= cap -> 1.0, 2.0, 0.3; near cap -> 0.95
+    # (on the bound it would be 1.1, 1.2, 2.5, 0.35 exhausted and 0.6 not near)
     assert value(metrics, "fedmsr_devices_budget_exhausted") == 3
     assert value(metrics, "fedmsr_devices_near_budget_cap") == 1
-    assert value(metrics, "fedmsr_fleet_epsilon_max") == 2.0
-    ordered = sorted(eps)  # p95 by linear interpolation between order statistics
+    assert value(metrics, "fedmsr_fleet_epsilon_spent_max") == 2.0
+    assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_max") == 2.5
+    ordered = sorted(bounds)  # p95 by linear interpolation between order statistics
     position = 0.95 * (len(ordered) - 1)
     lower = ordered[int(position)]
     p95 = lower + (position - int(position)) * (ordered[int(position) + 1] - lower)
-    assert value(metrics, "fedmsr_fleet_epsilon_p95") == pytest.approx(p95)
+    assert value(metrics, "fedmsr_fleet_epsilon_rdp_bound_p95") == pytest.approx(p95)
     assert value(metrics, "fedmsr_budget_tracked_devices") == 6
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="0.5") == 3  # 0.1, 0.3, 0.5
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="1.0") == 5
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="+Inf") == 6
-    assert value(metrics, "fedmsr_device_epsilon_gsum") == pytest.approx(sum(eps))
-    metrics.set_budgets([0.2], [1.0])  # a snapshot replaces the last one whole
-    assert value(metrics, "fedmsr_device_epsilon_bucket", le="+Inf") == 1
+    bucket = "fedmsr_device_epsilon_rdp_bound_bucket"
+    assert value(metrics, bucket, le="0.5") == 2  # 0.2, 0.35
+    assert value(metrics, bucket, le="1.0") == 3
+    assert value(metrics, bucket, le="+Inf") == 6
+    assert value(metrics, "fedmsr_device_epsilon_rdp_bound_gsum") == pytest.approx(sum(bounds))
+    metrics.set_budgets(summarise([0.3], [1.0], [0.2].__getitem__))  # replaces the last whole
+    assert value(metrics, bucket, le="+Inf") == 1
     assert value(metrics, "fedmsr_devices_budget_exhausted") == 0
+    assert value(metrics, "fedmsr_fleet_epsilon_spent_max") == 0.2
     with pytest.raises(ValueError, match="caps"):
-        metrics.set_budgets([1.0, 2.0], [1.0])
+        FleetBudgets([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_reported_figures_come_from_the_devices_that_decide_them(seed: int) -> None:
+    """summarise asks for few reported (PLD) figures, yet agrees with asking for all."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    eps = rng.gamma(2.0, 1.0, n) * rng.choice([0.0, 1.0], n, p=[0.1, 0.9])  # some never charged
+    bounds = eps * rng.uniform(1.0, 1.2, n)  # RDP: 0-20% looser
+    caps = rng.choice([1.0, 2.0, 4.0, np.inf], n)
+    asked: list[int] = []
+    figures = summarise(bounds, caps, lambda i: asked.append(i) or float(eps[i]))
+    assert len(asked) == len(set(asked)) == figures.reported_devices  # each at most once
+    assert figures.epsilon_spent_max == (float(eps.max()) if n else 0.0)
+    assert figures.exhausted == int(np.sum(eps >= caps))
+    assert figures.near_cap == int(np.sum((eps < caps) & (eps >= 0.9 * caps)))
+    if n >= 100:  # a fleet's worth: most devices' reported figures are never needed
+        assert figures.reported_devices < n / 2
 
 
 def test_information_bits_are_exported_as_bytes() -> None:
@@ -235,14 +263,20 @@ def test_observer_serves_while_the_run_lives_then_stops(tmp_path) -> None:
     observer = MetricsObserver.for_config(fake_cfg(tmp_path, metrics_port=0))
     cfg = fake_cfg(tmp_path, metrics_port=0)
     observer.run_started(cfg, 0)
-    endpoint = json.loads((tmp_path / ENDPOINT_FILE).read_text())
+    endpoint = json.loads((cfg.run_dir() / ENDPOINT_FILE).read_text())
     assert endpoint["url"] == f"http://127.0.0.1:{endpoint['port']}/metrics"
+    # Prometheus' file-based discovery finds the run on whatever port it got
+    target_file = tmp_path / "runs" / TARGETS_DIR / "r1.json"
+    assert json.loads(target_file.read_text()) == [
+        {"targets": [f"127.0.0.1:{endpoint['port']}"],
+         "labels": {"job": "fedmsr-run", "run": "r1"}}]
     observer.round_finished(cfg, record(1))
     page = urllib.request.urlopen(endpoint["url"], timeout=10).read().decode()
     assert 'fedmsr_rounds_total{status="completed"} 1.0' in page
     observer.run_finished(cfg, SimpleNamespace(status="completed", completed_rounds=1,
                                                planned_rounds=1))
-    assert not (tmp_path / ENDPOINT_FILE).exists()
+    assert not (cfg.run_dir() / ENDPOINT_FILE).exists()
+    assert not target_file.exists()  # Prometheus drops the target with the exporter
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(endpoint["url"], timeout=5)
     assert threading.active_count() == threads_before
@@ -256,7 +290,8 @@ def test_observer_names_the_option_when_the_port_is_taken(tmp_path) -> None:
         observer = MetricsObserver.for_config(fake_cfg(tmp_path, metrics_port=port))
         with pytest.raises(RuntimeError, match="metrics_port.*--metrics-port"):
             observer.run_started(fake_cfg(tmp_path, metrics_port=port), 0)
-    assert not (tmp_path / ENDPOINT_FILE).exists()
+    assert not (tmp_path / "runs" / "r1" / ENDPOINT_FILE).exists()
+    assert not (tmp_path / "runs" / TARGETS_DIR).exists()
 
 
 # -- the exporter ----------------------------------------------------------------------
@@ -287,7 +322,7 @@ def test_scraped_page_passes_promtool(tmp_path) -> None:
     cfg = fake_cfg(tmp_path)
     observer.run_started(cfg, 0)
     observer.round_finished(cfg, record(1))
-    observer.metrics.set_budgets([0.5, 1.2], [1.0, 1.0])
+    observer.metrics.set_budgets(summarise([0.6, 1.3], [1.0, 1.0], [0.5, 1.2].__getitem__))
     observer.metrics.set_information_bits([100.0])
     page = generate_latest(observer.metrics.registry)
     result = subprocess.run([promtool(), "check", "metrics"], input=page, capture_output=True,
@@ -354,11 +389,15 @@ def _metric_names(expr: str) -> set[str]:
 
 
 def test_dashboards_cover_the_issue_and_query_only_defined_metrics() -> None:
-    defined = FedmsrMetrics().metric_names()
+    defined = FedmsrMetrics(between_runs=True).metric_names()
     titles = set()
     for path in sorted(dashboards.OUTPUT_DIR.glob("*.json")):
         board = json.loads(path.read_text())
         titles.add(board["title"])
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert set(variables) == {"job", "run"}, path.name
+        assert variables["run"]["allValue"] == ".*" and variables["run"]["multi"]
+        assert not variables["job"]["includeAll"]  # one job at a time: never both figures
         for panel in board["panels"]:
             if panel["type"] == "row":
                 continue
@@ -367,6 +406,10 @@ def test_dashboards_cover_the_issue_and_query_only_defined_metrics() -> None:
         for expr in _exprs(board):
             assert _metric_names(expr) <= defined, expr
             assert "device" not in re.findall(r"(\w+)\s*=~?", expr)
+            # every metric in every query is selected by the job and run variables
+            for selector in re.findall(r"\bfedmsr_[a-z0-9_]+(\{[^}]*\})?", expr):
+                assert selector.startswith('{job=~"$job", run=~"$run"'), expr
+            assert re.search(r"\bfedmsr_[a-z0-9_]+(?![a-z0-9_{])", expr) is None, expr
     assert titles == {"fedmsr / Federation overview", "fedmsr / Privacy budgets",
                       "fedmsr / Leakage", "fedmsr / Secure aggregation & devices"}
 
@@ -442,6 +485,9 @@ def test_monitor_reports_the_runs_directory(tmp_path) -> None:
     assert page[("fedmsr_run_status", (("status", "completed"),))] == 1  # the newest run
     assert page[("fedmsr_probe_accuracy_ratio", (("probe", "utility"),))] == 0.8
     assert page[("fedmsr_run_rounds_completed", ())] == 2
+    # the files do not say when a run started: no start time rather than a 0 (1970)
+    assert ("fedmsr_run_start_time_seconds", ()) not in page
+    assert page[("fedmsr_last_round_end_time_seconds", ())] == 200.0
     # 4 devices; rounds took part with {0, 2} and {0, 1}: 3 active, 1 never took part
     assert page[("fedmsr_devices", (("status", "active"),))] == 3
     assert page[("fedmsr_devices", (("status", "enrolled"),))] == 1

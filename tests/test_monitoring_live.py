@@ -1,9 +1,10 @@
 """The dashboards and alerts against a real Prometheus scraping a live simulated run.
 
 A 3-device x 2-round DP-SGD run with secure aggregation (3: a device's smallest cohort)
-serves its metrics (`--metrics-port 0`, the port comes
-from the run's metrics.json); a Prometheus started here on 127.0.0.1, with the committed
-scrape config (retargeted) and the committed alert rules, scrapes it every second. Once
+serves its metrics on any free port (`--metrics-port 0`); a Prometheus started here on
+127.0.0.1, with the committed scrape config (its file-based discovery pointed at this
+runs directory, nothing else changed) and the committed alert rules, finds the run through
+the target file the run writes and scrapes it every second. Once
 Prometheus has seen the run complete and evaluated its rules, every dashboard panel
 query must return data and every alert expression must evaluate without error; a few
 values are checked against the run's own history.json. Both processes are stopped by
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,7 +31,9 @@ import yaml
 from fl_server.launcher import group_members
 from monitoring import dashboards
 from monitoring.metrics import PHASES
+from monitoring.observer import TARGETS_DIR
 from tests.helpers import FEDMSR, SMALL, wait_for
+from tests.test_monitoring import _metric_names
 
 pytestmark = pytest.mark.slow
 PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "monitoring" / "prometheus"
@@ -62,8 +66,12 @@ def _api(base: str, path: str, **params: str) -> dict:
         return json.loads(exc.read())
 
 
-def _query(base: str, expr: str) -> dict:
-    return _api(base, "/api/v1/query", query=expr.replace("$__rate_interval", RATE_WINDOW))
+def _query(base: str, expr: str, job: str = "fedmsr-run", run: str = "live") -> dict:
+    """`expr` evaluated now, Grafana's variables substituted (a dashboard's job and run
+    selection, and the rate window)."""
+    for variable, value in (("$__rate_interval", RATE_WINDOW), ("$job", job), ("$run", run)):
+        expr = expr.replace(variable, value)
+    return _api(base, "/api/v1/query", query=expr)
 
 
 def _poll(condition, what: str, timeout_s: float, *procs: subprocess.Popen) -> None:
@@ -78,13 +86,17 @@ def _poll(condition, what: str, timeout_s: float, *procs: subprocess.Popen) -> N
         time.sleep(0.5)
 
 
-def _prometheus_config(tmp_path: Path, target_port: int) -> Path:
-    """The committed config, scraping the live run every second, with the committed rules."""
+def _prometheus_config(tmp_path: Path, runs_dir: Path) -> Path:
+    """The committed config, scraping every second, its run discovery pointed at `runs_dir`."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
     run_job = next(job for job in config["scrape_configs"] if job["job_name"] == "fedmsr-run")
-    run_job["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
+    (discovery,) = run_job["file_sd_configs"]
+    committed = Path(discovery["files"][0])
+    assert committed.parent.name == TARGETS_DIR, committed  # the directory runs write to
+    discovery["files"] = [str(runs_dir / TARGETS_DIR / committed.name)]
+    discovery["refresh_interval"] = "1s"
     config["scrape_configs"] = [run_job]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
@@ -120,7 +132,7 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path) -> None:
         prom_port = _free_port()
         base = f"http://127.0.0.1:{prom_port}"
         prometheus = subprocess.Popen(
-            [prometheus_bin, f"--config.file={_prometheus_config(tmp_path, endpoint['port'])}",
+            [prometheus_bin, f"--config.file={_prometheus_config(tmp_path, tmp_path / 'runs')}",
              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
             stdout=open(tmp_path / "prometheus.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
@@ -132,6 +144,10 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path) -> None:
             return bool(result.get("data", {}).get("result"))
 
         _poll(completed_seen, "Prometheus saw the run complete", 400, run, prometheus)
+        # found through the run's target file, on the port it got, labelled with its id
+        (target,) = _api(base, "/api/v1/targets")["data"]["activeTargets"]
+        assert target["labels"]["instance"] == f"127.0.0.1:{endpoint['port']}"
+        assert (target["labels"]["job"], target["labels"]["run"]) == ("fedmsr-run", "live")
 
         def rules_evaluated_after_completion() -> bool:
             groups = _api(base, "/api/v1/rules")["data"]["groups"]
@@ -139,16 +155,34 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path) -> None:
 
         _poll(rules_evaluated_after_completion, "every rule evaluated", 60, prometheus)
 
-        # every panel query of every dashboard returns data
+        # every panel query of every dashboard returns data for this run (the metrics only
+        # `fedmsr monitor` exports excepted: they must evaluate, and be empty here), for
+        # the run selected by id and for All; another job or run selects nothing
         empty = []
         for path in sorted(dashboards.OUTPUT_DIR.glob("*.json")):
             for panel in json.loads(path.read_text())["panels"]:
                 for target in panel.get("targets", []):
-                    result = _query(base, target["expr"])
-                    assert result["status"] == "success", (panel["title"], result)
-                    if not result["data"]["result"]:
-                        empty.append(f"{path.name}: {panel['title']}: {target['expr']}")
-        assert not empty, "panel queries without data:\n" + "\n".join(empty)
+                    expr = target["expr"]
+                    monitor_only = bool(_metric_names(expr) & dashboards.MONITOR_ONLY)
+                    for run_value in ("live", dashboards.ALL):
+                        result = _query(base, expr, run=run_value)
+                        assert result["status"] == "success", (panel["title"], result)
+                        if bool(result["data"]["result"]) == monitor_only:
+                            empty.append(f"{path.name}: {panel['title']}: {expr}")
+                    for job, run_value in (("fedmsr-monitor", ".*"), ("fedmsr-run", "other")):
+                        result = _query(base, expr, job=job, run=run_value)
+                        assert result["data"]["result"] == [], (job, run_value, expr)
+        assert not empty, "panel queries without data (or monitor-only with):\n" + \
+            "\n".join(empty)
+        # the template variables' own queries offer this job and this run
+        variables = json.loads((dashboards.OUTPUT_DIR / "fedmsr-budgets.json").read_text())[
+            "templating"]["list"]
+        for variable in variables:  # the variables' own queries find this job and run
+            values = _api(base, "/api/v1/series", **{"match[]": re.search(
+                r"label_values\((.*), \w+\)", variable["query"]).group(1).replace(
+                    "$job", "fedmsr-run")})["data"]
+            assert any(v.get(variable["name"]) == {"job": "fedmsr-run", "run": "live"}[
+                variable["name"]] for v in values), variable["name"]
 
         # every alert expression evaluates, in the API and in the rule manager
         rules = yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())

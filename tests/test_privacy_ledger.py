@@ -401,18 +401,25 @@ def test_budget_metrics_read_the_ledger(registry_url, tmp_path) -> None:
     with db.get_engine(registry_url).begin() as conn:  # the operator lowers b's cap later
         conn.execute(text(f"UPDATE devices SET epsilon_cap = {rdp / 2} WHERE id = {b}"))
     revoke(registry_url, "cam-3", "lost")
-    eps, caps = ledger.fleet_budgets(registry_url, DELTA, default_cap=4.0)
-    assert eps == pytest.approx([rdp, rdp, 0.0]) and caps == [8.0, rdp / 2, 4.0]
+    budgets = ledger.fleet_budgets(registry_url, DELTA, default_cap=4.0)
+    reported = ledger.budget_state(registry_url, a, DELTA).epsilon  # what budget show prints
+    assert reported < rdp
+    assert budgets.epsilon_rdp_bound == pytest.approx([rdp, rdp, 0.0])
+    assert budgets.epsilon_spent_max == pytest.approx(reported, rel=1e-12)
+    assert (budgets.exhausted, budgets.near_cap) == (1, 0)  # b: cap rdp / 2 < reported
+    assert budgets.caps == [8.0, rdp / 2, 4.0]
 
     metrics = FedmsrMetrics()
     observer = MetricsObserver(metrics, budgets=lambda: ledger.fleet_budgets(registry_url, DELTA))
     observer.run_started(SimpleNamespace(rounds=1, dp_sgd=True, devices=4), 0)
     value = metrics.registry.get_sample_value
     assert value("fedmsr_budget_tracked_devices") == 3
-    assert value("fedmsr_devices_budget_exhausted") == 1
-    assert value("fedmsr_fleet_epsilon_max") == pytest.approx(rdp)
+    # b's cap (rdp / 2) is under its reported spend too
+    assert reported > rdp / 2 and value("fedmsr_devices_budget_exhausted") == 1
+    assert value("fedmsr_fleet_epsilon_spent_max") == pytest.approx(reported)
+    assert value("fedmsr_fleet_epsilon_rdp_bound_max") == pytest.approx(rdp)
 
-    between_runs = FedmsrMetrics()
+    between_runs = FedmsrMetrics(between_runs=True)
     snapshot = registry_snapshot(registry_url)
     assert snapshot is not None
     snapshot.apply(between_runs)
