@@ -145,14 +145,14 @@ def test_a_robust_rule_through_the_engine(tmp_path, rule: str) -> None:
 
 
 def _bulyan(flat: np.ndarray, f: int) -> np.ndarray:
-    """Bulyan (El Mhamdi et al. 2018): theta = n - 2f updates chosen by Krum one at a time,
-    then per coordinate the mean of the beta = theta - 2f values nearest their median."""
-    remaining, chosen = list(range(len(flat))), []
-    for _ in range(len(flat) - 2 * f):
-        scores = _krum_scores(flat[remaining], f)
-        chosen.append(remaining.pop(int(np.argmin(scores))))
-    selected = flat[chosen]
-    beta = len(chosen) - 2 * f
+    """Bulyan as Flower 1.42 defines it: theta = n - 2f updates selected by Multi-Krum in
+    one shot (the theta lowest Krum scores; El Mhamdi et al. 2018 apply Krum recursively,
+    see docs/robustness.md), then per coordinate the mean of the beta = theta - 2f values
+    nearest the selected updates' median."""
+    theta = len(flat) - 2 * f
+    chosen = np.argsort(_krum_scores(flat, f), kind="stable")[:theta]
+    selected = flat[np.sort(chosen)]
+    beta = theta - 2 * f
     nearest = np.argsort(np.abs(selected - np.median(selected, axis=0)), axis=0,
                          kind="stable")[:beta]
     return np.take_along_axis(selected, nearest, axis=0).mean(axis=0)
