@@ -110,3 +110,23 @@ def test_the_distribution_test_rejects_a_leaking_dealer(monkeypatch: pytest.Monk
     a = share_histogram(bytes(32), 2, holders, [0], 4)
     b = share_histogram(b"\xff" * 32, 2, holders, [0], 4)
     assert same_distribution_p(a, b) < ALPHA
+
+
+def test_combine_refuses_repeated_or_zero_evaluation_points() -> None:
+    shares = list(shamir.split(os.urandom(32), 2, [0, 1]).values())
+    with pytest.raises(shamir.ShamirError, match="^shares must have distinct non-zero x$"):
+        shamir.combine([shares[0], shares[0]], 2)  # the same point twice
+    with pytest.raises(shamir.ShamirError, match="^shares must have distinct non-zero x$"):
+        shamir.combine([shares[0], shamir.Share(PRIME, 5)], 2)  # x = 0 in the field
+
+
+def test_combine_refuses_a_value_too_large_to_be_a_secret_at_the_first_one() -> None:
+    """2^256 is the smallest field value that is not a 32-byte secret; 2^256 - 1 the
+    largest that is (t = 1: the polynomial is its constant, every share is it)."""
+    largest = (1 << 256) - 1
+    assert shamir.combine([shamir.Share(1, largest)], 1) == largest.to_bytes(32, "big")
+    for value in (1 << 256, 1 << 257, 1 << 288):
+        with pytest.raises(shamir.ShamirError,
+                           match=r"^shares are inconsistent \(interpolated value is not a "
+                                 r"secret\)$"):
+            shamir.combine([shamir.Share(1, value)], 1)
