@@ -130,3 +130,12 @@ def test_combine_refuses_a_value_too_large_to_be_a_secret_at_the_first_one() -> 
                            match=r"^shares are inconsistent \(interpolated value is not a "
                                  r"secret\)$"):
             shamir.combine([shamir.Share(1, value)], 1)
+
+
+def test_share_indices_are_exactly_the_ids_that_map_into_the_field() -> None:
+    """x = id + 1 must be a non-zero field element: ids 0 .. PRIME - 2, nothing else."""
+    assert shamir.x_for(0) == 1 and shamir.x_for(PRIME - 2) == PRIME - 1
+    for bad in (-1, PRIME - 1, PRIME):
+        with pytest.raises(shamir.ShamirError,
+                           match=rf"^holder id {bad} is not a valid share index$"):
+            shamir.x_for(bad)
