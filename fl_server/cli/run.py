@@ -42,7 +42,11 @@ EXIT_INTERRUPTED_BASE = 128
 
 
 def run(**options: Any) -> None:
-    """Run a federation on Flower's simulation engine (embedded defaults), or a SuperLink."""
+    """Run or resume a federation, simulated or on a SuperLink.
+
+    Simulated: Flower's simulation engine on this machine (the default); with
+    --superlink, the enrolled devices' SuperNodes train.
+    """
     resume, superlink = options[RESUME], options[SUPERLINK]
     if resume is None:  # options checked before the engine's imports: a typo costs a second
         checked = config_from_options(options)

@@ -1,0 +1,75 @@
+"""What an operator sees of the command line itself: help screens, version, database URLs,
+colour. In-process (`main`), so each test takes well under a second."""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+import typer
+
+from fl_server.cli import app, main, package_version
+from fl_server.config import RUN_PANELS
+
+
+def _every_command() -> list[list[str]]:
+    """The argv prefix of every command and group of the tree (the root is [])."""
+    found: list[list[str]] = []
+
+    def walk(cmd: click.Command, path: list[str]) -> None:
+        found.append(path)
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main([*argv]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    return out.out
+
+
+@pytest.mark.parametrize("path", _every_command(), ids=lambda p: " ".join(p) or "fedmsr")
+def test_every_help_screen_is_plain_and_answers_to_h(capsys, path: list[str]) -> None:
+    text = _help(capsys, *path, "-h")
+    assert text.startswith("Usage: fedmsr"), text
+    assert "\\[" not in text  # Typer's rich-markup escape, meaningless in plain help
+    assert "\x1b" not in text
+    assert "-h, --help" in text
+    if "Commands:" in text:  # every summary whole at 80 columns, none cut with "..."
+        commands = text.split("Commands:", 1)[1]
+        assert "..." not in commands, commands
+
+
+def test_defaults_show_without_escape(capsys) -> None:
+    assert "[default: 8]" in _help(capsys, "run", "--help")
+
+
+def test_version(capsys) -> None:
+    assert _help(capsys, "--version").strip() == f"fedmsr {package_version()}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", package_version())
+
+
+@pytest.mark.parametrize("argv", [[], ["fleet"], ["db"]])
+def test_bare_command_prints_help_and_exits_0(capsys, argv: list[str]) -> None:
+    text = _help(capsys, *argv)
+    assert text.startswith("Usage: fedmsr") and "Commands:" in text
+
+
+def test_run_help_is_in_panels_deprecated_last(capsys) -> None:
+    text = _help(capsys, "run", "-h")
+    sections = re.findall(r"^(\S[^\n:]*):$", text, flags=re.MULTILINE)
+    assert sections == [p for p in RUN_PANELS if p in sections] + ["Options"], sections
+    for panel in ("Federation", "Data", "Training", "Differential privacy", "Secure aggregation",
+                  "Collection and release", "Deployment", "Monitoring", "Deprecated"):
+        assert panel in sections
+    assert sections[-2:] == ["Deprecated", "Options"]
+    deprecated = text.split("\nDeprecated:\n", 1)[1].split("\nOptions:\n", 1)[0]
+    assert "--dp-sgd" in deprecated and "--dp-sgd" not in text.split("\nDeprecated:\n")[0]
+    dp = text.split("\nDifferential privacy:\n", 1)[1]
+    assert dp.lstrip().startswith("--dp TEXT")  # the DP mode heads its panel
