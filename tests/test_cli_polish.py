@@ -73,3 +73,47 @@ def test_run_help_is_in_panels_deprecated_last(capsys) -> None:
     assert "--dp-sgd" in deprecated and "--dp-sgd" not in text.split("\nDeprecated:\n")[0]
     dp = text.split("\nDifferential privacy:\n", 1)[1]
     assert dp.lstrip().startswith("--dp TEXT")  # the DP mode heads its panel
+
+
+@pytest.fixture
+def registry_env(monkeypatch, tmp_path):
+    """A clean slate for the registry URL: no FEDMSR_DB, no remembered --db, cwd tmp."""
+    from fl_server.registry import db
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(db.ENV_VAR, raising=False)
+    monkeypatch.setattr(db, "_flag_url", None)
+    return db
+
+
+@pytest.mark.parametrize(("given", "meant"), [
+    ("postgres://u@127.0.0.1:1/test", "postgresql+psycopg://u@127.0.0.1:1/test"),
+    ("postgresql://u@h/test", "postgresql+psycopg://u@h/test"),
+    ("postgres+psycopg://h/test", "postgresql+psycopg://h/test"),
+    ("postgresql+psycopg://h/test", "postgresql+psycopg://h/test"),
+    ("sqlite:///postgres.db", "sqlite:///postgres.db"),
+])
+def test_postgres_spellings_mean_psycopg(registry_env, given: str, meant: str) -> None:
+    assert registry_env.normalised(given) == meant
+    assert str(registry_env.get_engine(given).url) == meant  # the driver loads: no refusal
+
+
+def test_postgres_alias_is_accepted_by_db_flag(registry_env, capsys) -> None:
+    # Nothing listens on port 1: the URL is accepted (no "unsupported", no "no driver"),
+    # and the refusal is the connection's.
+    assert main(["--db", "postgres://fedmsr@127.0.0.1:1/test", "db", "current"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --db: cannot use the registry database "
+                          "postgresql+psycopg://fedmsr@127.0.0.1:1/test"), err
+
+
+@pytest.mark.parametrize("url", ["mysql://x/y", "not a url"])
+def test_bad_fedmsr_db_is_named_as_the_variable(registry_env, monkeypatch, capsys,
+                                                url: str) -> None:
+    monkeypatch.setenv("FEDMSR_DB", url)
+    assert main(["db", "current"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FEDMSR_DB: ") and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setattr(registry_env, "_flag_url", None)
+    assert main(["--db", url, "db", "current"]) == 2
+    assert capsys.readouterr().err.startswith("error: --db: ")

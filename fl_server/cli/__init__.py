@@ -12,7 +12,6 @@ that stopped cleanly because the devices' privacy budgets were exhausted (`fedms
 
 from __future__ import annotations
 
-import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
@@ -38,8 +37,7 @@ from fl_server.cli.run_options import RunCommand
 from fl_server.cli.shuffler import shuffler_app
 from fl_server.cli.superlink import superlink_app
 from fl_server.config import ConfigError
-from fl_server.registry.db import ENV_VAR as DB_ENV_VAR
-from fl_server.registry.db import RegistryError
+from fl_server.registry.db import RegistryError, use_flag_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="fedmsr: federated privatization encoders.",
@@ -70,7 +68,7 @@ def _root(
 ) -> None:
     """fedmsr: federated training of Minimal Sufficient Representations for life-log video."""
     if db:  # kept in the environment: subcommands and the engine subprocess read it there
-        os.environ[DB_ENV_VAR] = db
+        use_flag_url(db)
 
 
 app.add_typer(db_app, name="db")
