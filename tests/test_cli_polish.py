@@ -3,6 +3,9 @@ colour. In-process (`main`), so each test takes well under a second."""
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 import re
 
 import click
@@ -117,3 +120,58 @@ def test_bad_fedmsr_db_is_named_as_the_variable(registry_env, monkeypatch, capsy
     monkeypatch.setattr(registry_env, "_flag_url", None)
     assert main(["--db", url, "db", "current"]) == 2
     assert capsys.readouterr().err.startswith("error: --db: ")
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_colour_only_on_a_terminal_without_no_color(monkeypatch) -> None:
+    from fl_server.terminal import colour_allowed
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert colour_allowed(_Stream(tty=True)) and not colour_allowed(_Stream(tty=False))
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not colour_allowed(_Stream(tty=True))
+    monkeypatch.setenv("NO_COLOR", "")  # the convention: empty means unset
+    assert colour_allowed(_Stream(tty=True))
+
+
+@pytest.mark.parametrize(("tty", "no_color", "coloured"), [
+    (False, "", False), (True, "1", False), (True, "", True)])
+def test_engine_log_is_plain_off_a_terminal_and_without_the_deprecation(
+        monkeypatch, tty: bool, no_color: str, coloured: bool) -> None:
+    """What the engine process sets up before `run_simulation`, through Flower's own
+    logger: the run_simulation notice is dropped, any other record kept, colour only on a
+    terminal without NO_COLOR (Ray's prefixes follow)."""
+    from flwr.common.logger import FLOWER_LOGGER, console_handler, log
+
+    from fl_server.engine_output import DropRunSimulationDeprecation, configure_engine_output
+
+    stream = _Stream(tty)
+    monkeypatch.setattr("sys.stderr", stream)
+    monkeypatch.setenv("NO_COLOR", no_color)
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # restored afterwards, whatever is set
+    monkeypatch.setattr(console_handler, "colored", console_handler.colored)
+    monkeypatch.setattr(FLOWER_LOGGER, "filters", list(FLOWER_LOGGER.filters))
+    old = console_handler.setStream(stream)
+    try:
+        configure_engine_output()
+        configure_engine_output()  # idempotent: one filter
+        log(logging.WARNING, "DEPRECATED FEATURE: %s\n\n  removed later", "The `run_simulation` "
+            "function is deprecated and will be removed in a future version of Flower.")
+        log(logging.WARNING, "DEPRECATED FEATURE: %s", "something else")
+        log(logging.INFO, "aggregate_train: Received 2 results and 0 failures")
+    finally:
+        console_handler.setStream(old)
+    text = stream.getvalue()
+    assert "run_simulation" not in text
+    assert "DEPRECATED FEATURE: something else" in text and "aggregate_train" in text
+    assert ("\x1b" in text) is coloured
+    assert (os.environ["RAY_COLOR_PREFIX"] == "0") is not coloured
+    assert sum(isinstance(f, DropRunSimulationDeprecation) for f in FLOWER_LOGGER.filters) == 1
