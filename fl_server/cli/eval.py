@@ -19,7 +19,8 @@ from fl_server.cli.errors import fail
 
 
 def eval_command(
-    reduced: Annotated[bool, typer.Option("--reduced", help="CI-sized run (a few minutes).")] = False,
+    reduced: Annotated[bool, typer.Option(
+        "--reduced", help="CI-sized run (~5 min on 2 idle cores).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for data, training, sampling and attacks.")] = 0,
     out: Annotated[str, typer.Option(help="Output folder for the report.")] = "eval-report",
     clips: Annotated[str | None, typer.Option(help="Real footage (video or folder) for RR and SE.")] = None,
