@@ -34,7 +34,7 @@ from fl_server.config import (
     RunOption,
 )
 
-#: The command's own options (parameter names), after the generated ones.
+#: The command's own options (parameter names), listed before the generated ones.
 DP, RESUME, SUPERLINK = "dp", "resume", "superlink"
 #: Options that may go with --resume: where to find the run.
 _RESUME_MAY_GIVE = frozenset({RESUME, SUPERLINK, "runs_dir"})

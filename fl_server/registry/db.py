@@ -53,8 +53,8 @@ class RegistryError(Exception):
 
 #: The URL `fedmsr --db` gave in this process (normalised), to tell it from `FEDMSR_DB`'s.
 _flag_url: str | None = None
-#: Scheme spellings of PostgreSQL without a driver or under its short name -> ours.
-_POSTGRES_SCHEMES = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg"}
+#: The names URLs give PostgreSQL (SQLAlchemy knows only the second).
+_POSTGRES_NAMES = ("postgres", "postgresql")
 
 
 def resolve_url(flag: str | None = None) -> str:
@@ -79,15 +79,15 @@ def normalised(url: str) -> str:
     if not sep:
         return url
     backend, plus, driver = scheme.partition("+")
-    if backend not in _POSTGRES_SCHEMES:
+    if backend not in _POSTGRES_NAMES:
         return url
-    return f"{'postgresql+' + driver if plus else _POSTGRES_SCHEMES[backend]}://{rest}"
+    return f"postgresql+{driver if plus else 'psycopg'}://{rest}"
 
 
 def url_source(url: str) -> str:
     """Where `url` came from, for an error message: `FEDMSR_DB` when that variable holds
     it and `--db` did not give it, else `--db` (also for the embedded default)."""
-    from_env = os.environ.get(ENV_VAR)
+    url, from_env = normalised(url), os.environ.get(ENV_VAR)
     if url != _flag_url and from_env and normalised(from_env) == url:
         return ENV_VAR
     return "--db"
