@@ -37,13 +37,14 @@ STARTING_RAY = "starting Ray (simulation engine)"
 class RunProgress(NullObserver):
     """``with RunProgress(cfg, console): run_simulation(...)``; also a round observer."""
 
-    def __init__(self, cfg: RunConfig, console: Console) -> None:
+    def __init__(self, cfg: RunConfig, console: Console, redirect_stdout: bool = True) -> None:
         self._rounds = cfg.rounds
         self._offset = 0  # rounds finished before this launch (a resume): not in the ETA
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
             MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
-            TextColumn("left"), TimeRemainingColumn(), console=console, transient=True)
+            TextColumn("left"), TimeRemainingColumn(), console=console, transient=True,
+            redirect_stdout=redirect_stdout)
         self._task = self._progress.add_task(STARTING_RAY, total=cfg.rounds)
         self._ray_up = threading.Event()
         self._stop = threading.Event()
@@ -52,10 +53,14 @@ class RunProgress(NullObserver):
     @classmethod
     def for_terminal(cls, cfg: RunConfig, console: Console) -> RunProgress | None:
         """Shown only when stderr is a terminal; on `console` when that is one too (the
-        round lines then print above the bar), else on stderr."""
+        round lines then print above the bar), else on stderr, leaving stdout alone (it
+        goes to a file or a pipe: the round lines must land there, not on the bar's
+        terminal)."""
         if not is_terminal(sys.stderr):
             return None
-        return cls(cfg, console if console.is_terminal else Console(stderr=True))
+        if console.is_terminal:
+            return cls(cfg, console)
+        return cls(cfg, Console(stderr=True), redirect_stdout=False)
 
     def __enter__(self) -> RunProgress:
         from flwr.common.logger import console_handler
@@ -74,6 +79,11 @@ class RunProgress(NullObserver):
         self._progress.stop()
         if self._flower_stream is not None:
             console_handler.setStream(self._flower_stream)
+
+    @property
+    def description(self) -> str:
+        """What the line says now ("starting Ray (simulation engine)", "round 2/5")."""
+        return str(self._progress.tasks[0].description)
 
     def _wait_for_ray(self) -> None:
         import ray

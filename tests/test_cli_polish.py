@@ -175,3 +175,45 @@ def test_engine_log_is_plain_off_a_terminal_and_without_the_deprecation(
     assert ("\x1b" in text) is coloured
     assert (os.environ["RAY_COLOR_PREFIX"] == "0") is not coloured
     assert sum(isinstance(f, DropRunSimulationDeprecation) for f in FLOWER_LOGGER.filters) == 1
+
+
+def test_run_progress_says_ray_is_starting_then_counts_rounds(monkeypatch) -> None:
+    import sys
+    import threading
+    import time
+    import types
+
+    from rich.console import Console
+
+    from fl_server.config import RunConfig
+    from fl_server.run_progress import STARTING_RAY, RunProgress
+    from tests.helpers import round_record
+
+    ray_up = threading.Event()
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=ray_up.is_set))
+    cfg = RunConfig(rounds=3)
+    out = io.StringIO()
+    with RunProgress(cfg, Console(file=out, force_terminal=True, width=150)) as progress:
+        progress.run_started(cfg, 1)  # a resume after round 1: Ray is still starting
+        assert progress.description == STARTING_RAY
+        ray_up.set()
+        deadline = time.monotonic() + 30  # the watcher polls every 0.2 s
+        while progress.description != "round 2/3" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert progress.description == "round 2/3"
+        progress.round_finished(cfg, round_record(2))
+        assert progress.description == "round 3/3"
+    assert STARTING_RAY in out.getvalue()
+
+
+def test_run_progress_only_when_stderr_is_a_terminal(monkeypatch) -> None:
+    from rich.console import Console
+
+    from fl_server.config import RunConfig
+    from fl_server.run_progress import RunProgress
+
+    piped = Console(file=io.StringIO())
+    monkeypatch.setattr("sys.stderr", _Stream(tty=False))
+    assert RunProgress.for_terminal(RunConfig(), piped) is None
+    monkeypatch.setattr("sys.stderr", _Stream(tty=True))
+    assert RunProgress.for_terminal(RunConfig(), piped) is not None
