@@ -27,6 +27,7 @@ from fl_server.config import (
     PANEL_DEPLOYMENT,
     PANEL_DP,
     PANEL_FEDERATION,
+    PANEL_OTHER,
     RUN_OPTION,
     RUN_PANELS,
     ConfigError,
@@ -79,7 +80,7 @@ def run_parameters() -> inspect.Signature:
 
 
 def _keyword(name: str, annotation: Any, default: Any, help_text: str,
-             panel: str) -> inspect.Parameter:
+             panel: str = PANEL_OTHER) -> inspect.Parameter:
     option = typer.Option(default, OPTION_NAMES[name], help=help_text, rich_help_panel=panel)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                              annotation=annotation)
