@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedmsr-installed
-# Ray must bind loopback only (DESIGN.md); exported for every recipe.
+# Ray must bind loopback only (docs/architecture.md); exported for every recipe.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: setup demo test typecheck bench real-pixel-table clean

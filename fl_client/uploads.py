@@ -8,7 +8,7 @@ Frames, mu and logvar never do.
 rate KL(q(z|x) || N(0, I)) bounds I(X; Z) for the *sampled* Z (and, by data processing,
 for its quantisation); it bounds nothing for the deterministic mean mu(x). Every upload
 draws fresh noise, so each Z_t depends on its clip X_t alone and the sum of the KL rates
-over the uploads bounds I(X_1..X_T; Z_1..Z_T) (DESIGN.md, docs/representations.md).
+over the uploads bounds I(X_1..X_T; Z_1..Z_T) (docs/architecture.md, docs/representations.md).
 
 **Side channels.** Whoever watches encrypted traffic sees the sizes and times of messages,
 and activity can be inferred from those alone. So a batch reveals neither how many clips

@@ -42,6 +42,16 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+#: The sections of `fedmsr run --help`, in the order they are printed (`RunOption.panel`).
+PANEL_FEDERATION, PANEL_DATA, PANEL_TRAINING = "Federation", "Data", "Training"
+PANEL_DP, PANEL_SECAGG = "Differential privacy", "Secure aggregation"
+PANEL_ROBUST, PANEL_COLLECTION = "Robust aggregation", "Collection and release"
+PANEL_DEPLOYMENT, PANEL_MONITORING = "Deployment", "Monitoring"
+PANEL_OTHER, PANEL_DEPRECATED = "Other", "Deprecated"
+RUN_PANELS = (PANEL_FEDERATION, PANEL_DATA, PANEL_TRAINING, PANEL_DP, PANEL_SECAGG, PANEL_ROBUST,
+              PANEL_COLLECTION, PANEL_DEPLOYMENT, PANEL_MONITORING, PANEL_OTHER, PANEL_DEPRECATED)
+
+
 @dataclass(frozen=True)
 class RunOption:
     """How `fedmsr run` offers a RunConfig field: the field stays the one definition of the
@@ -49,12 +59,15 @@ class RunOption:
 
     ``flag`` is the option's name where it is not the field's (``--clip`` for
     ``clip_norm``); ``unset`` is the command-line value that stands for a default of
-    None (``--epsilon-cap 0``: no cap), since an option cannot be given None.
+    None (``--epsilon-cap 0``: no cap), since an option cannot be given None; ``panel``
+    is the section of `fedmsr run --help` that lists it (one of ``RUN_PANELS``; a new
+    option that names none is listed under "Other").
     """
 
     help: str
     flag: str = ""
     unset: float | None = None
+    panel: str = PANEL_OTHER
 
     def name_for(self, field_name: str) -> str:
         return self.flag or "--" + field_name.replace("_", "-")
@@ -65,83 +78,91 @@ RUN_OPTION = "fedmsr.run_option"
 _T = TypeVar("_T")
 
 
-def _option(default: _T, help: str, *, flag: str = "", unset: float | None = None) -> _T:
+def _option(default: _T, help: str, *, flag: str = "", unset: float | None = None,
+            panel: str = PANEL_OTHER) -> _T:
     """A RunConfig field that `fedmsr run` offers as an option."""
-    return field(default=default, metadata={RUN_OPTION: RunOption(help, flag, unset)})
+    return field(default=default, metadata={RUN_OPTION: RunOption(help, flag, unset, panel)})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a federated run (same config + seed -> same numbers)."""
 
-    devices: int = _option(8, "Synthetic fleet size (virtual SuperNodes).")
-    rounds: int = _option(3, "Federation rounds.")
-    seed: int = _option(0, "Seed for data, model, sampling and training.")
+    devices: int = _option(8, "Synthetic fleet size (virtual SuperNodes).", panel=PANEL_FEDERATION)
+    rounds: int = _option(3, "Federation rounds.", panel=PANEL_FEDERATION)
+    seed: int = _option(0, "Seed for data, model, sampling and training.", panel=PANEL_FEDERATION)
     # synthetic fleet
-    days: int = _option(4, "Training days of footage per device.")
-    clips_per_day: int = _option(8, "Clips each device films per day.")
+    days: int = _option(4, "Training days of footage per device.", panel=PANEL_DATA)
+    clips_per_day: int = _option(8, "Clips each device films per day.", panel=PANEL_DATA)
     frames: int = 8
-    image_size: int = _option(32, "Frame size: 32 or 64.")
+    image_size: int = _option(32, "Frame size: 32 or 64.", panel=PANEL_DATA)
     eval_days: int = 4
     # encoder and local training
-    latent_dim: int = _option(32, "Size of the encoder's latent representation z.")
+    latent_dim: int = _option(32, "Size of the encoder's latent representation z.",
+                              panel=PANEL_TRAINING)
     width: int = 32
-    utility: str = _option("supervised", "supervised | ssl | both.")
-    beta: float = _option(0.01, "VIB weight on KL(q(z|x) || N(0, I)).")
-    local_epochs: int = _option(1, "Local epochs per round.")
+    utility: str = _option("supervised", "supervised | ssl | both.", panel=PANEL_TRAINING)
+    beta: float = _option(0.01, "VIB weight on KL(q(z|x) || N(0, I)).", panel=PANEL_TRAINING)
+    local_epochs: int = _option(1, "Local epochs per round.", panel=PANEL_TRAINING)
     batch_size: int = _option(
         16, "Local batch size; with DP-SGD the Poisson sample rate is q = batch / the "
-        "device's clips (q = 1 when batch >= clips: no subsampling amplification).")
-    learning_rate: float = _option(2e-3, "Local learning rate (Adam).", flag="--lr")
+        "device's clips (q = 1 when batch >= clips: no subsampling amplification).",
+        panel=PANEL_TRAINING)
+    learning_rate: float = _option(2e-3, "Local learning rate (Adam).", flag="--lr",
+                                   panel=PANEL_TRAINING)
     # DP-SGD on the devices (`fedmsr run --dp local`; --dp-sgd is its old spelling)
-    dp_sgd: bool = _option(False, "Deprecated alias of --dp local.")
-    noise_multiplier: float = _option(1.0, "DP-SGD noise multiplier sigma.")
-    clip_norm: float = _option(1.0, "DP-SGD per-example clipping norm C.", flag="--clip")
+    dp_sgd: bool = _option(False, "Deprecated alias of --dp local.", panel=PANEL_DEPRECATED)
+    noise_multiplier: float = _option(1.0, "DP-SGD noise multiplier sigma.", panel=PANEL_DP)
+    clip_norm: float = _option(1.0, "DP-SGD per-example clipping norm C.", flag="--clip",
+        panel=PANEL_DP)
     # orchestration
-    fraction_train: float = _option(1.0, "Fraction of devices per round.")
+    fraction_train: float = _option(1.0, "Fraction of devices per round.", panel=PANEL_FEDERATION)
     min_train_devices: int = _option(
         1, "Fewest devices whose updates make a round (fewer: the round fails).",
-        flag="--min-devices")
+        flag="--min-devices", panel=PANEL_FEDERATION)
     round_timeout_s: float = _option(
         600.0, "Seconds a round waits for training replies; later ones are dropped.",
-        flag="--round-timeout")
+        flag="--round-timeout", panel=PANEL_FEDERATION)
     fleet_wait_s: float = _option(
         60.0, "Seconds a round waits for the whole fleet to connect before going on without "
-        "the devices still missing.", flag="--fleet-wait")
+        "the devices still missing.", flag="--fleet-wait", panel=PANEL_FEDERATION)
     reply_timeout_s: float = _option(
         120.0, "Seconds a round waits for check-in, evaluation and upload replies (training "
-        "replies: --round-timeout).", flag="--reply-timeout")
+        "replies: --round-timeout).", flag="--reply-timeout", panel=PANEL_FEDERATION)
     # secure aggregation (SecAgg+, docs/secure-aggregation.md); 0 = default k / t
     secure_aggregation: bool = _option(
-        False, "SecAgg+: the server learns only the sum of updates.")
+        False, "SecAgg+: the server learns only the sum of updates.", panel=PANEL_SECAGG)
     secagg_neighbours: int = _option(0, "SecAgg+ neighbours per device (0: 2*ceil(log2 n)).",
-                                     flag="--neighbours")
+                                     flag="--neighbours", panel=PANEL_SECAGG)
     secagg_threshold: int = _option(0, "SecAgg+ Shamir threshold (0: floor((k+C)/2)+1).",
-                                    flag="--threshold")
+                                    flag="--threshold", panel=PANEL_SECAGG)
     secagg_max_colluding: int = _option(
         0, "SecAgg+: enrolled devices C that may collude with the server; t and the "
         "consistency quorum are chosen so that C of them and the server learn only the sum.",
-        flag="--max-colluding")
+        flag="--max-colluding", panel=PANEL_SECAGG)
     secagg_clip: float = 1.0
     secagg_mod_bits: int = 32
     # update validation and robust aggregation (docs/robustness.md): an update farther than
     # max_update_norm (L2) from the global model is dropped; `aggregation` is fedavg or one
     # of Flower's robust rules, tolerating `byzantine_devices` hostile devices per round
     max_update_norm: float = _option(
-        100.0, "Drop an update farther than this (L2) from the global model.")
+        100.0, "Drop an update farther than this (L2) from the global model.", panel=PANEL_ROBUST)
     aggregation: str = _option(
         "fedavg", "fedavg | median | trimmed-mean | krum | multikrum | bulyan "
-        "(docs/robustness.md).")
+        "(docs/robustness.md).", panel=PANEL_ROBUST)
     byzantine_devices: int = _option(
-        1, "Hostile devices per round a robust --aggregation must tolerate.", flag="--byzantine")
-    trim_fraction: float = _option(0.2, "trimmed-mean: fraction cut from each tail.")
+        1, "Hostile devices per round a robust --aggregation must tolerate.", flag="--byzantine",
+        panel=PANEL_ROBUST)
+    trim_fraction: float = _option(0.2, "trimmed-mean: fraction cut from each tail.",
+        panel=PANEL_ROBUST)
     # monitoring: Prometheus exporter on 127.0.0.1 (-1 = off, 0 = any free port), kept up
     # metrics_linger_s after the run ends so a scraper sees the final state
     metrics_port: int = _option(
         -1, "Serve Prometheus metrics on 127.0.0.1:PORT while the run lives (0: any free "
-        "port, written to metrics.json; -1: off).")
+        "port, written to metrics.json; -1: off).", panel=PANEL_MONITORING)
     metrics_linger_s: float = _option(
-        0.0, "Keep the metrics endpoint up this many seconds after the run ends.")
+        0.0, "Keep the metrics endpoint up this many seconds after the run ends.",
+        panel=PANEL_MONITORING)
     # representation collection and leakage tracking (docs/representations.md): every
     # collect_every rounds (0 = off) each device uploads collect_clips representations;
     # info_bits_cap caps a device's uploaded information in bits (0: the registry's caps
@@ -149,14 +170,17 @@ class RunConfig:
     # when a leakage curve's accumulation gain PL(k) - PL(1) reaches leakage_alert
     collect_every: int = _option(
         0, "Every N rounds, collect privatized representations from the devices and track "
-        "leakage (0: off; needs the registry; docs/representations.md).")
+        "leakage (0: off; needs the registry; docs/representations.md).", panel=PANEL_COLLECTION)
     collect_clips: int = _option(
-        16, "Representations each device uploads per collection (fixed batch size).")
+        16, "Representations each device uploads per collection (fixed batch size).",
+        panel=PANEL_COLLECTION)
     info_bits_cap: float = _option(
-        0.0, "Cap on each device's uploaded information, bits (0: registry caps only).")
+        0.0, "Cap on each device's uploaded information, bits (0: registry caps only).",
+        panel=PANEL_COLLECTION)
     info_bits_alert: float = 0.0
     leakage_alert: float = _option(
-        0.1, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.")
+        0.1, "Flag the fleet when a leakage curve's PL(k) - PL(1) reaches this.",
+        panel=PANEL_COLLECTION)
     # unlinkable collection (docs/representations.md, "Unlinkable collection"): uploads go
     # through the shuffler at `shuffler` (a running `fedmsr shuffler start`) and are stored
     # with no device, a pseudonym instead of the clip id, and the capture day coarsened to
@@ -165,15 +189,16 @@ class RunConfig:
     # ("": <runs_dir>/analyzer.pem, created on first use)
     shuffler: str = _option(
         "", "Unlinkable collection: URL of a running `fedmsr shuffler start` "
-        "(http://127.0.0.1:PORT); needs --collect-every.")
+        "(http://127.0.0.1:PORT); needs --collect-every.", panel=PANEL_COLLECTION)
     time_granularity_days: int = _option(
-        7, "Unlinkable collection: capture day coarsened to windows of N days (0: dropped).")
+        7, "Unlinkable collection: capture day coarsened to windows of N days (0: dropped).",
+        panel=PANEL_COLLECTION)
     min_crowd: int = _option(
         3, "Unlinkable collection: store a collection only when at least this many devices "
-        "sent a batch (the shuffler must require at least as many).")
+        "sent a batch (the shuffler must require at least as many).", panel=PANEL_COLLECTION)
     analyzer_key: str = _option(
         "", "Unlinkable collection: the analyzer's private key (default: "
-        "<runs-dir>/analyzer.pem, created on first use).")
+        "<runs-dir>/analyzer.pem, created on first use).", panel=PANEL_COLLECTION)
     # randomized release (docs/representations.md): devices upload the posterior mean
     # clipped to release_clip plus Gaussian noise; the noise multiplier is calibrated so that
     # release_horizon uploaded clips (0: the run's planned uploads) compose to
@@ -181,12 +206,13 @@ class RunConfig:
     release_epsilon: float | None = _option(
         None, "Randomized release: devices upload the clipped mean plus Gaussian noise "
         "calibrated so --release-horizon clips compose to this epsilon (0: off; needs "
-        "--collect-every).", unset=0.0)
+        "--collect-every).", unset=0.0, panel=PANEL_COLLECTION)
     release_horizon: int = _option(
         0, "Randomized release: clips per device the epsilon covers (0: the run's planned "
-        "uploads, collections x --collect-clips).")
+        "uploads, collections x --collect-clips).", panel=PANEL_COLLECTION)
     release_clip: float = _option(
-        1.0, "Randomized release: L2 norm the posterior mean is clipped to.")
+        1.0, "Randomized release: L2 norm the posterior mean is clipped to.",
+        panel=PANEL_COLLECTION)
     #: Calibrated from release_epsilon at run start (0: no randomized release).
     release_noise_multiplier: float = 0.0
     # identity-invariant training (docs/representations.md): after each collection the
@@ -195,21 +221,22 @@ class RunConfig:
     invariance_weight: float = _option(
         0.0, "Train the encoder to leave a device discriminator, fitted by the server on "
         "the collected representations, uncertain; weight of that term (0: off; needs "
-        "--collect-every).")
+        "--collect-every).", panel=PANEL_TRAINING)
     # real footage (docs/real-footage.md): simulate one device per distinct `device` of a
     # manifest, each training on its own rows; the server probes on an operator-owned,
     # labelled manifest of its own
     dataset: str = _option(
         "", "Simulate over a footage manifest (CSV: path, device, day or captured_at, labels): "
-        "one virtual device per distinct `device` value.")
+        "one virtual device per distinct `device` value.", panel=PANEL_DATA)
     eval_dataset: str = _option(
         "", "The server's own labelled manifest for its utility and identity probes "
-        "(needed with --dataset; also for deployed devices that film real footage).")
+        "(needed with --dataset; also for deployed devices that film real footage).",
+        panel=PANEL_DATA)
     utility_label: str = _option(
         "", "With --dataset: the label column devices train on (supervised); without it, "
-        "self-supervised.")
-    runs_dir: str = _option("runs", "Where runs/<run-id>/ are written.")
-    run_id: str = _option("", "Run id (default: time + random suffix).")
+        "self-supervised.", panel=PANEL_DATA)
+    runs_dir: str = _option("runs", "Where runs/<run-id>/ are written.", panel=PANEL_FEDERATION)
+    run_id: str = _option("", "Run id (default: time + random suffix).", panel=PANEL_FEDERATION)
     #: Synthetic device indices the registry lets take part (None: no registry in use).
     device_indices: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -221,20 +248,21 @@ class RunConfig:
     # registry gives none (None: only the registry's caps).
     central_dp: bool = False
     client_sample_rate: float = _option(
-        0.5, "Central DP: Poisson probability q that a device takes part in a round.")
+        0.5, "Central DP: Poisson probability q that a device takes part in a round.",
+        panel=PANEL_DP)
     central_noise_multiplier: float = _option(
         1.0, "Central DP: noise multiplier sigma (noise std / update clip).",
-        flag="--central-noise")
+        flag="--central-noise", panel=PANEL_DP)
     central_clip_norm: float = _option(
         1.0, "Central DP: L2 clip C of each device's model update (on the device).",
-        flag="--central-clip")
+        flag="--central-clip", panel=PANEL_DP)
     target_epsilon: float | None = _option(
         None, "Central DP: calibrate sigma so the planned rounds reach this epsilon "
-        "(0: use --central-noise).", unset=0.0)
+        "(0: use --central-noise).", unset=0.0, panel=PANEL_DP)
     epsilon_cap: float | None = _option(
         None, "Epsilon cap of devices the registry gives none (0: registry caps only).",
-        unset=0.0)
-    delta: float = _option(1e-5, "Delta every budget is accounted at.")
+        unset=0.0, panel=PANEL_DP)
+    delta: float = _option(1e-5, "Delta every budget is accounted at.", panel=PANEL_DP)
 
     @property
     def planned_uploads(self) -> int:

@@ -282,7 +282,7 @@ def run_evaluation(scale: Scale, seed: int, out_dir: Path, run_model: RunModel |
         rows = []
         for rep in reps:
             stages.start(f"evaluating {rep.name}", f"evaluating {rep.name}")
-            rows.append(evaluate_representation(rep, data, hc))
+            rows.append(evaluate_representation(rep, data, hc, on_step=stages.sub_step))
             stages.done()
         msr = min((r for r in reps if r.family == "encoder" and r.beta > 0 and not r.dp_sgd
                    and r.name.startswith("MSR")), key=lambda r: abs(r.beta - 0.01))

@@ -35,6 +35,7 @@ class Stages:
             TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
             console=console, transient=False)
         self._task: TaskID = self._progress.add_task("starting", total=total)
+        self._stage = "starting"
 
     def __enter__(self) -> Stages:
         self._progress.start()
@@ -50,7 +51,13 @@ class Stages:
         """Stage `stage` begins (shown on the bar); `log` is printed above it."""
         if log:
             self.console.print(log)
+        self._stage = stage
         self._progress.update(self._task, description=stage)
+
+    def sub_step(self, step: str) -> None:
+        """A named part of the current stage begins (an attack of "evaluating blur"):
+        shown on the bar after the stage, so a stage of minutes does not look stuck."""
+        self._progress.update(self._task, description=f"{self._stage}: {step}")
 
     def done(self, steps: int = 1) -> None:
         self._progress.advance(self._task, steps)

@@ -1,6 +1,6 @@
 """The federation loop the ServerApp runs: a run is rounds, a round is stages.
 
-One round, as data (DESIGN.md):
+One round, as data (docs/architecture.md):
 
 1. **check-in** (`fl_server.checkin`): roll call; in a registry-backed run, only devices
    that sign the round's nonce with an eligible enrollment key are admitted;

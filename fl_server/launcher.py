@@ -1,9 +1,9 @@
 """Start a run on Flower's simulation engine (or a SuperLink) and report how it really ended.
 
 Ray binds non-loopback addresses unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` is in the
-environment of the process that starts it (DESIGN.md), so the engine process gets it in
-its environment. The outcome comes from the run's status file, never from the engine's
-return code alone.
+environment of the process that starts it (docs/architecture.md), so the engine process
+gets it in its environment. The outcome comes from the run's status file, never from the
+engine's return code alone.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -220,13 +220,21 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     from fl_client.client_app import app as client_app
     from fl_server.server_app import make_server_app
 
+    from fl_server.engine_output import configure_engine_output
+    from fl_server.run_progress import RunProgress
+
     # Opacus calls logging.basicConfig at import; without this every Flower DEBUG record
     # would reach that root handler and flood the console.
     logging.getLogger("flwr").propagate = False
+    configure_engine_output()  # plain off a terminal; no run_simulation deprecation notice
+    console = console or Console()
+    progress = RunProgress.for_terminal(cfg, console)
     engine_error = ""
     try:
-        run_simulation(server_app=make_server_app(cfg, console), client_app=client_app,
-                       num_supernodes=cfg.devices, backend_config=backend_config())
+        with progress or nullcontext():
+            run_simulation(server_app=make_server_app(cfg, console, [progress] if progress else []),
+                           client_app=client_app, num_supernodes=cfg.devices,
+                           backend_config=backend_config())
     except (Exception, SystemExit) as exc:  # the engine wraps ServerApp errors; status says more
         engine_error = str(exc) or type(exc).__name__
     return settle_status(cfg, engine_error)

@@ -1,6 +1,6 @@
 """The run's status file, the one place that says whether a run succeeded.
 
-`flwr run` exits 0 even when the run failed (DESIGN.md), and Flower's simulation engine
+`flwr run` exits 0 even when the run failed (docs/architecture.md), and Flower's simulation engine
 swallows some ServerApp failures; the launcher therefore decides its exit code from what
 the ServerApp itself wrote here, not from the engine's return.
 """

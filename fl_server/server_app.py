@@ -14,6 +14,8 @@ Three ways in, one federation loop:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
@@ -21,6 +23,7 @@ from rich.console import Console
 from fl_server.config import RunConfig
 from fl_server.deployment_run import RUN_CONFIG_KEY, load_submitted_run
 from fl_server.federation import run_federation
+from fl_server.observers import RoundObserver
 from fl_server.sinks import observers_for
 
 app = ServerApp()
@@ -42,12 +45,14 @@ def main(grid: Grid, context: Context) -> None:
     run_federation(grid, cfg, observers=observers_for(cfg))
 
 
-def make_server_app(cfg: RunConfig, console: Console | None = None) -> ServerApp:
-    """A ServerApp bound to `cfg` (used by the `fedmsr run` launcher)."""
+def make_server_app(cfg: RunConfig, console: Console | None = None,
+                    watchers: Sequence[RoundObserver] = ()) -> ServerApp:
+    """A ServerApp bound to `cfg` (used by the `fedmsr run` launcher); `watchers` observe
+    the rounds besides the configured sinks (the engine's progress line)."""
     bound = ServerApp()
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, console, observers=observers_for(cfg))
+        run_federation(grid, cfg, console, observers=[*observers_for(cfg), *watchers])
 
     return bound

@@ -132,7 +132,9 @@ def plan(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
-    """Epsilon of ROUNDS x STEPS Poisson-subsampled Gaussian steps, or of CLIPS randomized
+    """What a plan costs in epsilon, or the sigma for a target.
+
+    Epsilon of ROUNDS x STEPS Poisson-subsampled Gaussian steps, or of CLIPS randomized
     releases (--kind randomized-release); or the sigma that reaches a target epsilon."""
     event_kind = _kind(kind)
     extra: dict[str, object] = {}
@@ -212,7 +214,10 @@ def show(
     as_json: Annotated[bool, typer.Option(
         "--json", help="JSON with every event, for an independent recomputation.")] = False,
 ) -> None:
-    """Epsilon spent per device (reported, PLD), delta, cap, rounds and the last event."""
+    """Epsilon spent per device, with delta, cap and rounds.
+
+    The reported epsilon (PLD), delta, cap, rounds and the last event of each device.
+    """
     if not (math.isfinite(delta) and 0.0 < delta < 1.0):
         fail("--delta", f"must be in (0, 1), got {delta}")
     url = db.resolve_url()

@@ -17,7 +17,10 @@ db_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mod
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create or migrate the registry schema to this fedmsr's revision (idempotent)."""
+    """Create or migrate the registry schema (idempotent).
+
+    The schema is brought to this fedmsr's revision; nothing happens when it is there.
+    """
     url = db.resolve_url()
     before, after = db.upgrade(url)
     state = "already at" if before == after else f"upgraded from {before or 'empty'} to"
@@ -26,7 +29,7 @@ def db_upgrade() -> None:
 
 @db_app.command("current")
 def db_current() -> None:
-    """Print the registry's schema revision (`none` for an empty database)."""
+    """Print the registry's schema revision (`none`: empty database)."""
     print(db.current_revision(db.resolve_url()) or "none")
 
 
@@ -35,8 +38,10 @@ def db_grants(
     role: str = typer.Argument(..., help="The PostgreSQL role `fedmsr run` connects as."),
     schema: str = typer.Option("public", help="The schema `fedmsr db upgrade` created."),
 ) -> None:
-    """Print the GRANT statements for the role a run should use on PostgreSQL: it owns
-    nothing, holds no UPDATE on the cached spend, and can append to the ledgers only."""
+    """Print the GRANT statements for a run's PostgreSQL role.
+
+    The role a run should use owns nothing, holds no UPDATE on the cached spend, and can
+    append to the ledgers only."""
     try:
         statements = grant_statements(role, schema)
     except ValueError as e:

@@ -27,7 +27,10 @@ def device_start(
         help="The device's own footage: a folder of video files or frame-image folders "
         "(default: the bundle's `footage` entry; none: the synthetic fleet).")] = None,
 ) -> None:
-    """Run flower-supernode for a device: its key, CA, own FLWR_HOME and port."""
+    """Run a device's flower-supernode from its bundle.
+
+    With the device's key, the CA, its own FLWR_HOME and port.
+    """
     bundle = deployment.Bundle.load(bundle_dir)
     console.print(f"device {bundle.info['device_id']} ({bundle.info['name']}) -> "
                   f"{superlink or bundle.info['superlink']}", highlight=False)

@@ -24,7 +24,10 @@ def encoder_export(
     payload_dtype: Annotated[str, typer.Option(
         help="Payload v1 value type: int8, float16 or float32.")] = "int8",
 ) -> None:
-    """Write the encoder + posterior head (mu, logvar) and its model card into --out."""
+    """Write the encoder, its posterior head and model card to --out.
+
+    The posterior head gives (mu, logvar).
+    """
     from fl_server.encoder_export import ExportInputError, export_run
     from privacy.privatizer_card import FORMATS
 

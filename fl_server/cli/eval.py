@@ -19,7 +19,8 @@ from fl_server.cli.errors import fail
 
 
 def eval_command(
-    reduced: Annotated[bool, typer.Option("--reduced", help="CI-sized run (a few minutes).")] = False,
+    reduced: Annotated[bool, typer.Option(
+        "--reduced", help="CI-sized run (~5 min on 2 idle cores).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for data, training, sampling and attacks.")] = 0,
     out: Annotated[str, typer.Option(help="Output folder for the report.")] = "eval-report",
     clips: Annotated[str | None, typer.Option(help="Real footage (video or folder) for RR and SE.")] = None,
@@ -37,7 +38,7 @@ def eval_command(
     image_size: Annotated[int | None, typer.Option(
         help="Frame size in pixels, 32 or 64 (default: the --model's, else 32).")] = None,
 ) -> None:
-    """Evaluate encoders and baselines on DTP / PL / RR / SE and write the report."""
+    """Score encoders and baselines on DTP/PL/RR/SE; write a report."""
     from fl_server import eval_pipeline as pipeline
     from fl_server.eval_splits import DatasetProblem, plan_manifest
 

@@ -63,7 +63,10 @@ def enroll(
     = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Enroll one device (NAME), or many (--count N --prefix P, or --manifest devices.csv)."""
+    """Enroll one device (NAME), or many (--count or --manifest).
+
+    Many: --count N --prefix P, or --manifest devices.csv.
+    """
     forms = [form for form, given in (("NAME", name is not None), ("--count", count is not None),
                                       ("--manifest", manifest is not None)) if given]
     if len(forms) != 1:
@@ -124,7 +127,10 @@ def list_devices(
 
 @fleet_app.command("show")
 def show(ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")]) -> None:
-    """One device: fields, public key, rounds taken part in, audit trail (JSON)."""
+    """One device as JSON: fields, key, rounds, audit trail.
+
+    Its fields, public key, the rounds it took part in and its audit trail.
+    """
     print(json.dumps(registry_devices.show_device(db.resolve_url(), ident), indent=2))
 
 
@@ -133,7 +139,10 @@ def revoke(
     ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "",
 ) -> None:
-    """Revoke a device for ever; a key registered at the SuperLink is unregistered at once."""
+    """Revoke a device for ever.
+
+    A key registered at the SuperLink is unregistered at once.
+    """
     url = db.resolve_url()
     device = revocation.revoke(url, ident, reason)
     console.print(f"revoked {device['id']} {device['name']} at {device['revoked_at']}: "
@@ -154,7 +163,9 @@ def revoke(
 def identities(
     out: Annotated[Path, typer.Option(help="Where to write the JSON table.")],
 ) -> None:
-    """Export {device index: public key} of the devices not revoked: the registry-issued
+    """Export the devices' public keys that SecAgg+ devices check.
+
+    Export {device index: public key} of the devices not revoked: the registry-issued
     identities SecAgg+ devices verify each other against (`--node-config
     identities-file=PATH`). Distribute it out of band, not through the server."""
     from fl_server.secagg_identities import identities_table, write_identities
@@ -169,7 +180,10 @@ def erase(
     ident: Annotated[str, typer.Argument(metavar="ID", help="Device id or name.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Consent withdrawn: delete every stored representation of a device (ledgers stay)."""
+    """Consent withdrawn: delete a device's representations.
+
+    Every stored representation of the device is deleted; its ledgers stay.
+    """
     from fl_server.representations import erase_device
 
     url = db.resolve_url()
@@ -186,7 +200,10 @@ def erase(
 
 @fleet_app.command("sync")
 def sync() -> None:
-    """Register enrolled devices' keys with the SuperLink; unregister revoked ones."""
+    """Register enrolled devices' keys with the SuperLink.
+
+    Keys of revoked devices are unregistered.
+    """
     result = deployment.sync(db.resolve_url(), deployment.operator_flwr_home())
     console.print(f"registered {len(result.registered)} key(s), unregistered "
                   f"{len(result.unregistered)}", highlight=False)

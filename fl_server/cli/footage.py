@@ -22,7 +22,9 @@ def footage_sample(
     per_day: Annotated[int, typer.Option(help="Recordings per device and day.")] = 4,
     seed: Annotated[int, typer.Option(help="Where the camera looks.")] = 0,
 ) -> None:
-    """Write OUT/cam-N/ (each device's recordings), OUT/manifest.csv over them (for `fedmsr
+    """Write sample footage and its manifests into OUT.
+
+    Write OUT/cam-N/ (each device's recordings), OUT/manifest.csv over them (for `fedmsr
     run --dataset`) and OUT/eval/manifest.csv (another set, for --eval-dataset)."""
     from privacy.footage_samples import write_pan_dataset
 

@@ -59,8 +59,9 @@ def show(
                                          "at (the run's --delta).")] = 1e-5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The fleet's leakage curve and every device's information bits and release epsilon
-    (or one device's)."""
+    """The fleet's leakage curve and devices' information bits.
+
+    With every device's information bits and release epsilon (or one device's)."""
     if not (math.isfinite(delta) and 0.0 < delta < 1.0):
         fail("--delta", f"must be in (0, 1), got {delta}")
     url = db.resolve_url()

@@ -26,7 +26,7 @@ def monitor(
     once: Annotated[bool, typer.Option("--once", help="Print the metrics once and exit "
                                        "(e.g. for a textfile collector).")] = False,
 ) -> None:
-    """Serve fleet-level metrics between runs (Prometheus, 127.0.0.1 only)."""
+    """Serve fleet metrics between runs (Prometheus, 127.0.0.1)."""
     from prometheus_client import generate_latest
 
     from fl_server.persisted_metrics import monitor_metrics

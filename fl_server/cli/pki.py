@@ -14,7 +14,8 @@ from fl_server import pki
 console = Console(soft_wrap=True)  # no wrapping: output is read by scripts too
 pki_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                       help="The CA, the SuperLink's TLS certificate, the operator's "
-                           "client certificate.")
+                           "client certificate.",
+                      short_help="The CA and the SuperLink's and operator's certificates.")
 
 
 @pki_app.command("init")
@@ -40,7 +41,9 @@ def pki_operator(
     days: Annotated[int, typer.Option(min=1, max=825, help="Validity in days.")] = 90,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing one.")] = False,
 ) -> None:
-    """Issue the operator's client certificate: the deployment front admits Control API
+    """Issue the operator's client certificate.
+
+    The deployment front admits Control API
     calls (fleet sync, runs, key registration) only with it."""
     issued = pki.issue_operator(pki_dir, name, days, force=force)
     console.print(f"operator certificate {issued.operator_cert}, key {issued.operator_key}",

@@ -21,7 +21,9 @@ def privatize_command(
     max_clips: Annotated[int | None, typer.Option(help="Privatize at most this many clips.")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for the model.")] = 1,
 ) -> None:
-    """Cut the footage into clips as the model card says, privatize each clip (z sampled
+    """Privatize footage into payloads with an exported encoder.
+
+    Cut the footage into clips as the model card says, privatize each clip (z sampled
     with OS CSPRNG noise, payload v1) and write the payloads to --out."""
     from privacy.footage import load_footage
     from privacy.payload_file import encode_payload_file

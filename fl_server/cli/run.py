@@ -48,7 +48,11 @@ EXIT_INTERRUPTED_BASE = 128
 
 
 def run(**options: Any) -> None:
-    """Run a federation on Flower's simulation engine (embedded defaults), or a SuperLink."""
+    """Run or resume a federation, simulated or on a SuperLink.
+
+    Simulated: Flower's simulation engine on this machine (the default); with
+    --superlink, the enrolled devices' SuperNodes train.
+    """
     resume = options[RESUME]
     if resume is None:  # options checked before the engine's imports: a typo costs a second
         settings = with_config_file(click.get_current_context(), options)

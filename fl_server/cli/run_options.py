@@ -22,12 +22,30 @@ import click
 import typer
 from click.core import ParameterSource
 
-from fl_server.config import DP_MODES, RUN_OPTION, ConfigError, RunConfig, RunOption
+from fl_server.cli.help import PanelledCommand
+from fl_server.config import (
+    DP_MODES,
+    PANEL_DEPLOYMENT,
+    PANEL_DP,
+    PANEL_FEDERATION,
+    PANEL_OTHER,
+    RUN_OPTION,
+    RUN_PANELS,
+    ConfigError,
+    RunConfig,
+    RunOption,
+)
 
-#: The command's own options (parameter names), after the generated ones.
+#: The command's own options (parameter names), listed before the generated ones.
 DP, RESUME, SUPERLINK, CONFIG, DRY_RUN = "dp", "resume", "superlink", "config", "dry_run"
 #: Options that may go with --resume: where to find the run.
 _RESUME_MAY_GIVE = frozenset({RESUME, SUPERLINK, "runs_dir"})
+
+
+class RunCommand(PanelledCommand):
+    """`fedmsr run`: its options listed by panel (`RunOption.panel`), deprecated ones last."""
+
+    panel_order = RUN_PANELS
 
 
 def _run_option(f: dataclasses.Field[Any]) -> RunOption:
@@ -45,31 +63,33 @@ OPTION_NAMES = {**_OPTION_OF_FIELD, DP: "--dp", RESUME: "--resume", SUPERLINK: "
 def run_parameters() -> inspect.Signature:
     """The signature Typer reads `fedmsr run`'s options from."""
     hints = typing.get_type_hints(RunConfig)
-    params = []
+    params = [  # the command's own options first: --dp heads its panel
+        _keyword(DP, str, RunConfig().dp_mode,
+                 "none | local (DP-SGD on devices) | central (DP-FedAvg, server noise) | both "
+                 "(docs/privacy-accounting.md).", PANEL_DP),
+        _keyword(RESUME, str | None, None, "Continue the run with this id.", PANEL_FEDERATION),
+        _keyword(SUPERLINK, str | None, None,
+                 "Run on Flower's deployment engine: HOST:PORT of a running `fedmsr superlink "
+                 "start` whose enrolled devices' SuperNodes train (default: simulation).",
+                 PANEL_DEPLOYMENT),
+        _keyword(CONFIG, str | None, None,
+                 "TOML file of option values (keys: option names without '--'); options "
+                 "given on the command line override it (docs/running.md).", PANEL_FEDERATION),
+        _keyword(DRY_RUN, bool, False,
+                 "Print each device's planned epsilon for the run against its cap, and "
+                 "start and write nothing.", PANEL_DP),
+    ]
     for f in _OPTION_FIELDS:
         opt = _run_option(f)
         default = opt.unset if f.default is None else f.default
-        params.append(_keyword(f.name, _without_none(hints[f.name]), default, opt.help))
-    params += [
-        _keyword(DP, str, RunConfig().dp_mode,
-                 "none | local (DP-SGD on devices) | central (DP-FedAvg, server noise) | both "
-                 "(docs/privacy-accounting.md)."),
-        _keyword(RESUME, str | None, None, "Continue the run with this id."),
-        _keyword(SUPERLINK, str | None, None,
-                 "Run on Flower's deployment engine: HOST:PORT of a running `fedmsr superlink "
-                 "start` whose enrolled devices' SuperNodes train (default: simulation)."),
-        _keyword(CONFIG, str | None, None,
-                 "TOML file of option values (keys: option names without '--'); options "
-                 "given on the command line override it (docs/running.md)."),
-        _keyword(DRY_RUN, bool, False,
-                 "Print each device's planned epsilon for the run against its cap, and "
-                 "start and write nothing."),
-    ]
+        params.append(_keyword(f.name, _without_none(hints[f.name]), default, opt.help,
+                               opt.panel))
     return inspect.Signature(params, return_annotation=None)
 
 
-def _keyword(name: str, annotation: Any, default: Any, help_text: str) -> inspect.Parameter:
-    option = typer.Option(default, OPTION_NAMES[name], help=help_text)
+def _keyword(name: str, annotation: Any, default: Any, help_text: str,
+             panel: str = PANEL_OTHER) -> inspect.Parameter:
+    option = typer.Option(default, OPTION_NAMES[name], help=help_text, rich_help_panel=panel)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                              annotation=annotation)
 

@@ -50,7 +50,9 @@ def shuffler_start(
     host: Annotated[str, typer.Option("--host", help="Loopback address to bind.")]
     = "127.0.0.1",
 ) -> None:
-    """Serve the shuffler until SIGTERM or Ctrl-C; prints its URL and public key.
+    """Serve the shuffler until SIGTERM or Ctrl-C.
+
+    Prints its URL and public key.
 
     What it released and accepted is kept in <key>.journal, next to the key, and read back
     on start: a restarted shuffler releases no collection twice and takes no blob twice."""

@@ -35,7 +35,7 @@ def superlink_start(
              "certificate of `fedmsr pki operator`. The SuperLink must then bind loopback; "
              "run the printed nginx command next to it.")] = None,
 ) -> None:
-    """Run flower-superlink (TLS, SuperNode authentication) in the foreground."""
+    """Run flower-superlink (TLS, SuperNode auth) in the foreground."""
     plan = deployment.SuperLinkPlan(pki.Pki(pki_dir).require(), host, port, state)
     if front_address is not None:
         front_host, front_port = front.parse_address(front_address, "--front")
@@ -61,7 +61,9 @@ def superlink_connect(
         help="Where ca.pem, operator.pem and operator.key are (`fedmsr pki operator`).")]
     = pki.DEFAULT_DIR,
 ) -> None:
-    """Point the operator's connection (`$FLWR_HOME/config.toml`) at the front, with the
+    """Point the operator's connection at the deployment front.
+
+    Writes `$FLWR_HOME/config.toml` for the front, with the
     operator certificate: `fedmsr fleet sync`, `fleet revoke` and `run --superlink` present
     it (Flower's own `flwr` CLI cannot, and gets 403 there)."""
     front.parse_address(address, "HOST:PORT")

@@ -2,8 +2,11 @@
 
 The URL comes from `fedmsr --db URL`, else the `FEDMSR_DB` environment variable, else
 the embedded default `sqlite:///fedmsr.db` in the working directory. The `--db` flag is
-stored in `FEDMSR_DB` by the CLI, so the engine subprocess of `fedmsr run` (and every
-sink in it) reaches the same database. PostgreSQL works via `postgresql+psycopg://`.
+stored in `FEDMSR_DB` by the CLI (`use_flag_url`), so the engine subprocess of `fedmsr
+run` (and every sink in it) reaches the same database. PostgreSQL works via psycopg 3:
+`postgres://` and `postgresql://` (the spellings other tools print) mean
+`postgresql+psycopg://`. An error about the URL names where it came from: `--db`, or
+`FEDMSR_DB` when the variable set it.
 
 Every failure to reach or use the database becomes a :class:`RegistryError`: one line
 naming what is wrong and the fix, never a driver traceback.
@@ -48,11 +51,46 @@ class RegistryError(Exception):
         self.field_name = name
 
 
+#: The URL `fedmsr --db` gave in this process (normalised), to tell it from `FEDMSR_DB`'s.
+_flag_url: str | None = None
+#: The names URLs give PostgreSQL (SQLAlchemy knows only the second).
+_POSTGRES_NAMES = ("postgres", "postgresql")
+
+
 def resolve_url(flag: str | None = None) -> str:
     """`--db` flag, else `FEDMSR_DB`, else the embedded SQLite file in the working directory."""
     if flag:
-        return flag
-    return os.environ.get(ENV_VAR) or f"sqlite:///{DEFAULT_FILE}"
+        return normalised(flag)
+    return normalised(os.environ.get(ENV_VAR) or f"sqlite:///{DEFAULT_FILE}")
+
+
+def use_flag_url(url: str) -> None:
+    """`fedmsr --db URL`: the registry of this process and of every process it starts."""
+    global _flag_url
+    _flag_url = normalised(url)
+    os.environ[ENV_VAR] = _flag_url
+
+
+def normalised(url: str) -> str:
+    """`postgres://` and `postgresql://` -> `postgresql+psycopg://` (psycopg 3, the driver
+    fedmsr installs; SQLAlchemy would look for psycopg2 or refuse `postgres`); `postgres+X`
+    -> `postgresql+X`. Anything else unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    backend, plus, driver = scheme.partition("+")
+    if backend not in _POSTGRES_NAMES:
+        return url
+    return f"postgresql+{driver if plus else 'psycopg'}://{rest}"
+
+
+def url_source(url: str) -> str:
+    """Where `url` came from, for an error message: `FEDMSR_DB` when that variable holds
+    it and `--db` did not give it, else `--db` (also for the embedded default)."""
+    url, from_env = normalised(url), os.environ.get(ENV_VAR)
+    if url != _flag_url and from_env and normalised(from_env) == url:
+        return ENV_VAR
+    return "--db"
 
 
 def registry_configured() -> bool:
@@ -73,6 +111,7 @@ _ENGINES: dict[str, Engine] = {}
 
 def get_engine(url: str) -> Engine:
     """One engine per URL in this process (a connection pool is not cheap)."""
+    url = normalised(url)
     if url not in _ENGINES:
         _ENGINES[url] = _new_engine(url)
     return _ENGINES[url]
@@ -89,7 +128,7 @@ def _new_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise RegistryError("--db", f"{url!r} is not a database URL; use e.g. "
+        raise RegistryError(url_source(url), f"{url!r} is not a database URL; use e.g. "
                             "sqlite:///fedmsr.db or postgresql+psycopg://user@host/db") from None
     kwargs: dict[str, object] = {}
     if parsed.get_backend_name() == "postgresql":
@@ -99,12 +138,12 @@ def _new_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"connect_timeout": 5}
         kwargs["pool_pre_ping"] = True
     elif parsed.get_backend_name() != "sqlite":
-        raise RegistryError("--db", f"unsupported database {parsed.get_backend_name()!r}; "
+        raise RegistryError(url_source(url), f"unsupported database {parsed.get_backend_name()!r}; "
                             "use sqlite:///PATH or postgresql+psycopg://...")
     try:
         engine = create_engine(url, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
-        raise RegistryError("--db", f"no driver for {redacted(url)} ({exc}); "
+        raise RegistryError(url_source(url), f"no driver for {redacted(url)} ({exc}); "
                             "use postgresql+psycopg:// (psycopg 3)") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -125,8 +164,9 @@ def _first_line(exc: BaseException) -> str:
 
 def unreachable(url: str, exc: BaseException) -> RegistryError:
     first = _first_line(exc)
-    return RegistryError("--db", f"cannot use the registry database {redacted(url)}: {first}; "
-                         f"check --db / {ENV_VAR} and that the database server is running")
+    return RegistryError(url_source(url), f"cannot use the registry database {redacted(url)}: "
+                         f"{first}; check --db / {ENV_VAR} and that the database server is "
+                         "running")
 
 
 def alembic_config(connection: object | None = None) -> Config:
@@ -157,6 +197,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
 
 def current_revision(url: str) -> str | None:
     """The schema revision, None for an empty database (a missing SQLite file is not created)."""
+    get_engine(url)  # a malformed URL is reported as such, before anything else
     if _missing_sqlite_file(url):
         return None
     try:
@@ -179,7 +220,7 @@ def require_schema(url: str) -> None:
     current, head = current_revision(url), head_revision()
     if current != head:
         state = "has no fedmsr registry" if current is None else f"is at revision {current}"
-        raise RegistryError("--db", f"the registry database {redacted(url)} {state}, this "
+        raise RegistryError(url_source(url), f"the registry database {redacted(url)} {state}, this "
                             f"fedmsr expects {head}: run `fedmsr --db URL db upgrade` first")
 
 

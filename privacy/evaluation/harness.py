@@ -82,21 +82,29 @@ def release(rep: Representation, split: Split, seed: int, tag: str) -> np.ndarra
     return rep.features(split.x, seed * 1000 + _SPLIT_TAG[tag])
 
 
-def evaluate_representation(rep: Representation, data: EvalData, cfg: HarnessConfig) -> dict:
-    """DTP, PL and RR (decoder; direct view for pixels; white-box inversion for encoders)."""
+def evaluate_representation(rep: Representation, data: EvalData, cfg: HarnessConfig,
+                            on_step: Callable[[str], None] = lambda step: None) -> dict:
+    """DTP, PL and RR (decoder; direct view for pixels; white-box inversion for encoders).
+
+    ``on_step`` hears the name of each attack as it starts: each takes minutes at full
+    scale, and a progress display that only names the representation looks stuck."""
+    on_step("releasing")
     z_fit = release(rep, data.fit, cfg.seed, "fit")
     z_test = release(rep, data.test, cfg.seed, "test")
     row: dict = {"name": rep.name, "family": rep.family}
     tasks = cfg.tasks
+    on_step("DTP probes")
     row["dtp"] = evaluate_dtp(z_fit, data.fit.labels, z_test, data.test.labels, cfg.seed,
                               tuple(cfg.probes), (tasks.utility, *tasks.unseen), tasks.multilabel)
     pop = None
     if data.pop is not None:
         pop = Observed(release(rep, data.pop, cfg.seed, "pop"), data.pop.labels)
+    on_step("PL attacks")
     row["pl"] = evaluate_leakage(Observed(z_fit, data.fit.labels), Observed(z_test, data.test.labels),
                                  pop, ks=cfg.ks, repeats=cfg.repeats, seed=cfg.seed, probes=cfg.probes,
                                  attributes=tasks.private, identity=tasks.identity)
     truth_fit, truth_test = mean_frames(data.fit.x), mean_frames(data.test.x)
+    on_step("RR decoder attack")
     dec = decoder_attack(z_fit, truth_fit, z_test, truth_test, cfg.seed, cfg.decoder_epochs)
     rr: dict = {"decoder": {k: dec[k] for k in ("decoder", "validation_psnr", "psnr", "ssim")}}
     recon = {"decoder": dec["recon"][: cfg.recon_examples]}
@@ -115,6 +123,7 @@ def evaluate_representation(rep: Representation, data: EvalData, cfg: HarnessCon
         # white-box inversion matches the encoder's own sample; a randomized release is
         # attacked by the learned decoder only (its outputs are not the encoder's scale)
         n = min(cfg.inversion_targets, len(z_test))
+        on_step("RR inversion attack")
         inv = invert_encoder(rep.model, z_test[:n], truth_fit.mean(axis=0), steps=cfg.inversion_steps)
         rr["inversion"] = quality(inv, truth_test[:n])
         recon["inversion"] = inv[: cfg.recon_examples]
