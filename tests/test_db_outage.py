@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,13 +37,11 @@ from fl_server.deployment import free_port
 from fl_server.launcher import prepare_new_run
 from fl_server.registry.db import dispose_engines
 from fl_server.run_status import read_status
-from tests import faulty_devices
 from tests.helpers import PATIENT_CONFIG, fedmsr, history, round_outcome
 from tests.ledger_recount import epsilon_mismatches, ledger_rows, mismatches
-from tests.test_fault_injection import local_event, stop_group
+from tests.test_fault_injection import local_event, start_faulty_engine, stop_group
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 DELTA = 1e-5
 WAIT_S = 300.0
 
@@ -154,12 +151,8 @@ def test_postgres_down_mid_round_loses_and_doubles_no_ledger_row(
         **PATIENT_CONFIG).validate())
     dispose_engines()
     run_dir = cfg.run_dir()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO),
-           faulty_devices.FAULTS_ENV: "2:hold@1"}
     log = (tmp_path / "engine.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faulty_devices", str(run_dir)],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_faulty_engine(run_dir, "2:hold@1", log=log, cwd=tmp_path)
     try:
         # Reserved and sent, cam-2's reply pending: the database goes away and comes back.
         wait_until(lambda: reserved_for(url, "outage", 1) == 3, "the round's reservation", proc)

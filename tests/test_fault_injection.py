@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -134,18 +135,27 @@ def _enroll(tmp_path: Path, url: str, count: int, *extra: str) -> None:
         assert result.returncode == 0, result.stderr
 
 
-def faulty_engine(run_dir: Path, faults: str, fault: str | None = None
-                  ) -> subprocess.CompletedProcess:
+def start_faulty_engine(run_dir: Path, faults: str, fault: str | None = None,
+                        log: IO[str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
     """`python -m tests.faulty_devices RUN_DIR` in a session of its own (so a fault point
-    takes its whole process group, Ray included, as in `fedmsr run`)."""
+    takes its whole process group, Ray included, as in `fedmsr run`); its output into
+    `log`, else into pipes."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO),
            faulty_devices.FAULTS_ENV: faults}
     env.pop(ENV, None)
     if fault:
         env[ENV] = fault
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faulty_devices", str(run_dir)],
-                            env=env, cwd=run_dir.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "tests.faulty_devices", str(run_dir)],
+                            env=env, cwd=cwd or run_dir.parent,
+                            stdout=log or subprocess.PIPE,
+                            stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def faulty_engine(run_dir: Path, faults: str, fault: str | None = None
+                  ) -> subprocess.CompletedProcess:
+    """The faulty engine run to its end (see :func:`start_faulty_engine`)."""
+    proc = start_faulty_engine(run_dir, faults, fault)
     try:
         out, err = proc.communicate(timeout=600)
     finally:

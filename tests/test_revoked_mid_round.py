@@ -12,10 +12,6 @@ releases the reply.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -24,14 +20,12 @@ from fl_server.config import RunConfig
 from fl_server.launcher import prepare_new_run
 from fl_server.registry.db import dispose_engines
 from fl_server.run_status import read_status
-from tests import faulty_devices
 from tests.helpers import PATIENT_CONFIG, fedmsr, history, round_outcome
 from tests.test_db_outage import release, wait_until
-from tests.test_fault_injection import _enroll, stop_group
+from tests.test_fault_injection import _enroll, start_faulty_engine, stop_group
 from tests.test_faults import assert_same_model, honest_rounds
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_an_update_of_a_device_revoked_mid_round_is_dropped(tmp_path, monkeypatch) -> None:
@@ -44,12 +38,8 @@ def test_an_update_of_a_device_revoked_mid_round_is_dropped(tmp_path, monkeypatc
         runs_dir=str(tmp_path / "runs"), run_id="revoked", **PATIENT_CONFIG).validate())
     dispose_engines()
     run_dir = cfg.run_dir()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(REPO),
-           faulty_devices.FAULTS_ENV: "2:hold@1"}
     log = (tmp_path / "engine.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faulty_devices", str(run_dir)],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_faulty_engine(run_dir, "2:hold@1", log=log, cwd=tmp_path)
     trained = [run_dir / "test-updates" / f"round-1-device-{d}.npz" for d in (0, 1)]
     try:
         wait_until(lambda: all(p.exists() for p in trained), "devices 0 and 1 to train", proc)
