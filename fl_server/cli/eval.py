@@ -38,7 +38,7 @@ def eval_command(
     image_size: Annotated[int | None, typer.Option(
         help="Frame size in pixels, 32 or 64 (default: the --model's, else 32).")] = None,
 ) -> None:
-    """Score encoders and baselines on DTP/PL/RR/SE; write a report."""
+    """Score encoders and baselines; write a report."""
     from fl_server import eval_pipeline as pipeline
     from fl_server.eval_splits import DatasetProblem, plan_manifest
 

@@ -26,9 +26,10 @@ def representations_export(
     out: Annotated[Path | None, typer.Option(help="File to write.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Write one encoder version's representations (payloads decoded to float32 vectors)
-    to --out; erased devices are left out, unlinkable rows have no device, and the export
-    is audit-logged."""
+    """Export one encoder version's representations to a file.
+
+    Payloads are decoded to float32 vectors; erased devices are left out, unlinkable rows
+    have no device, and the export is audit-logged."""
     from fl_server.registry import db
     from fl_server.representation_export import ExportInputError, ExportRequest, export
 
