@@ -5,6 +5,7 @@ called directly (not our code)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 
@@ -351,3 +352,75 @@ def test_a_secure_round_reports_its_fixed_point_rounding(tmp_path) -> None:
     setup = round_setup(secagg, sorted(NODES.values()), d)
     assert secure.rounding_l2 == pytest.approx(math.sqrt(d) * setup.encoding.quantisation_bound)
     assert 0 < secure.rounding_l2 < 1e-3  # tiny at 32 bits, but accounted
+
+
+# -- the strategy's bookkeeping and guards (mutation testing: docs/testing.md) --------------
+
+def test_the_denominator_needs_a_population_of_at_least_one() -> None:
+    params = CentralDpParams(sample_rate=0.25, noise_multiplier=1.0, clip_norm=1.0)
+    assert params.denominator(1) == 0.25 and params.denominator(8) == 2.0
+    with pytest.raises(ValueError, match=r"^the eligible population must be >= 1, got 0$"):
+        params.denominator(0)
+
+
+def test_round_figures_before_and_after_a_round() -> None:
+    params = CentralDpParams(sample_rate=0.5, noise_multiplier=1.3, clip_norm=0.8)
+    s = strategy(params, SeededRandomness(5, zero_noise=True))
+    fresh = s.round_figures()
+    assert (fresh.population, fresh.drawn, fresh.denominator) == (0, 0, None)
+    assert fresh.noise_std == pytest.approx(1.3 * 0.8)
+    base = model(2_000)
+    population = list(range(100, 110))
+    messages = configure(s, base, population)
+    s.aggregate_train(1, [])
+    after = s.round_figures()
+    assert after.population == 10 and after.drawn == len(messages) == len(s.drawn)
+    assert after.denominator == 0.5 * 10 and after.noise_std == pytest.approx(1.3 * 0.8)
+
+
+def test_aggregation_before_the_round_is_set_up_is_refused() -> None:
+    params = CentralDpParams(sample_rate=0.5, noise_multiplier=1.0, clip_norm=1.0)
+    s = strategy(params, SeededRandomness(6))
+    message = r"^central DP: sample and train_messages must run before aggregation$"
+    with pytest.raises(RuntimeError, match=message):
+        s.aggregate_train(1, [])
+    s.sample(list(range(10)))  # drawn, but no train message (no global arrays) yet
+    with pytest.raises(RuntimeError, match=message):
+        s.aggregate_train(1, [])
+
+
+def test_a_failed_reply_is_skipped_and_the_next_one_still_counts() -> None:
+    from flwr.app import Error
+
+    params = CentralDpParams(sample_rate=1.0, noise_multiplier=1.0, clip_norm=1.0)
+    s = strategy(params, SeededRandomness(7, zero_noise=True))
+    base = model(2_000)
+    configure(s, base, [100, 101])
+    failed = Message(Error(code=1, reason="device crashed"),
+                     reply_to=Message(RecordDict(), dst_node_id=100, message_type="train"))
+    _, metrics = s.aggregate_train(1, [failed, reply(base, 101)])
+    assert metrics["contributors"] == 1
+
+
+def test_the_secure_release_slack_is_checked_and_does_not_outlive_its_release() -> None:
+    params = CentralDpParams(sample_rate=1.0, noise_multiplier=2.0, clip_norm=0.5)
+    s = strategy(params, SeededRandomness(8, zero_noise=True))
+    base = model(2_000)
+    configure(s, base, [100, 101])
+    size = flatten(base).size
+    with pytest.raises(ValueError, match=r"^rounding_l2 must be a finite number >= 0, got -1"):
+        s.aggregate_secure(np.zeros(size), 2, record_of(base), rounding_l2=-1.0)
+    s.aggregate_secure(np.zeros(size), 2, record_of(base))  # no rounding given: none
+    assert s.round_figures().noise_std == pytest.approx(2.0 * 0.5)
+    s.aggregate_secure(np.zeros(size), 2, record_of(base), rounding_l2=0.25)
+    assert s.round_figures().noise_std == pytest.approx(2.0 * (0.5 + 0.25))
+    s.aggregate_sum(np.zeros(size))  # the next release has no slack left over
+    assert s.round_figures().noise_std == pytest.approx(2.0 * 0.5)
+
+
+def test_the_draw_is_logged_with_its_figures(caplog) -> None:
+    params = CentralDpParams(sample_rate=1.0, noise_multiplier=1.0, clip_norm=1.0)
+    s = strategy(params, SeededRandomness(9))
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        configure(s, model(2_000), [100, 101, 102])
+    assert "central DP: drew 3 of 3 eligible devices (q=1.0)" in caplog.text
