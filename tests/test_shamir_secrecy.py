@@ -139,3 +139,14 @@ def test_share_indices_are_exactly_the_ids_that_map_into_the_field() -> None:
         with pytest.raises(shamir.ShamirError,
                            match=rf"^holder id {bad} is not a valid share index$"):
             shamir.x_for(bad)
+
+
+def test_field_inverse() -> None:
+    from privacy.secagg.field import inverse
+
+    assert inverse(2) == (PRIME + 1) // 2
+    for value in (3, 12345, PRIME - 1, PRIME + 7):
+        assert value * inverse(value) % PRIME == 1
+    for zero in (0, PRIME, 2 * PRIME):
+        with pytest.raises(ZeroDivisionError, match="^0 has no inverse in the field$"):
+            inverse(zero)
