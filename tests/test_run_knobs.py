@@ -308,11 +308,11 @@ def test_dry_run_reads_the_registry_caps_and_spend_and_writes_nothing(
     assert after <= float(cam0["after"]) + 5e-5 <= after * 1.02 + 1e-4
     assert float(cam0["remaining"]) == pytest.approx(50 - float(cam0["spent"]), abs=1e-4)
     assert (cam0["cap"], cam0["verdict"]) == ("50", "fits")
-    assert (cam1["cap"], cam1["spent"], cam1["verdict"]) == ("1", "0.0000", "passes cap")
+    assert (cam1["cap"], cam1["spent"], cam1["verdict"]) == ("1", "0.0000", "over cap")
     assert (cam2["cap"], cam2["verdict"]) == ("20", "fits")  # the run's --epsilon-cap
     warnings = out.err.strip().splitlines()
     assert len(warnings) == 1 and re.match(
-        r"warning: 1 of 3 device\(s\) would pass their epsilon cap during this run \(cam-1: "
+        r"warning: 1 of 3 device\(s\) would go over their epsilon cap during this run \(cam-1: "
         r"epsilon [0-9.]+ after the run, cap 1\)", warnings[0]), warnings
 
 
@@ -346,7 +346,7 @@ def test_a_dp_run_warns_once_before_training_and_the_ledger_still_decides(
     assert lines[0] == ("warning: --batch-size 16 >= the 8 clips of 2 device(s): DP-SGD "
                         "samples at q = 1, no subsampling amplification; lower --batch-size "
                         "below 8")
-    assert lines[1].startswith("warning: 2 of 2 device(s) would pass their epsilon cap "
+    assert lines[1].startswith("warning: 2 of 2 device(s) would go over their epsilon cap "
                                "during this run (cam-0: ")
     assert len(lines) == 2
     assert "warning" not in capsys.readouterr().err  # said once, not again per round

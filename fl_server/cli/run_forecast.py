@@ -77,7 +77,7 @@ def _warn(cfg: RunConfig, found: Forecast) -> None:
     if over:
         first = over[0]
         after = "" if first.epsilon_after is None else f" epsilon {first.epsilon_after:.4f}"
-        print(f"warning: {len(over)} of {len(found.devices)} device(s) would pass their "
+        print(f"warning: {len(over)} of {len(found.devices)} device(s) would go over their "
               f"epsilon cap during this run ({first.name}:{after} after the run, cap "
               f"{first.cap:g}); the ledger leaves a device out of any round it cannot "
               "afford, and the run stops (exit 3) when fewer than --min-devices can",
@@ -89,7 +89,7 @@ def _verdict(d: DeviceForecast) -> str:
         return "local epsilon unknown (clips counted at check-in)"
     if d.cap is None:
         return "no cap"
-    return "passes cap" if d.passes_cap else "fits"
+    return "over cap" if d.passes_cap else "fits"
 
 
 def _opt(value: float | int | None, spec: str = "") -> str:
