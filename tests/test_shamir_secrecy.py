@@ -150,3 +150,26 @@ def test_field_inverse() -> None:
     for zero in (0, PRIME, 2 * PRIME):
         with pytest.raises(ZeroDivisionError, match="^0 has no inverse in the field$"):
             inverse(zero)
+
+
+def test_field_element_encoding_refuses_what_is_not_one() -> None:
+    from privacy.secagg.field import ELEMENT_BYTES, from_bytes, to_bytes
+
+    assert from_bytes(to_bytes(PRIME - 1)) == PRIME - 1 and to_bytes(PRIME) == bytes(66)
+    with pytest.raises(ValueError, match=rf"^a field element is {ELEMENT_BYTES} bytes, got 65$"):
+        from_bytes(bytes(65))
+    for too_big in (PRIME, PRIME + 1, (1 << 528) - 1):
+        with pytest.raises(ValueError, match=r"^not a field element \(>= p\)$"):
+            from_bytes(too_big.to_bytes(ELEMENT_BYTES, "big"))
+
+
+def test_split_refuses_bad_parameters_by_name() -> None:
+    secret = os.urandom(32)
+    with pytest.raises(shamir.ShamirError, match="^secrets are 32 bytes, got 31$"):
+        shamir.split(secret[:31], 2, [0, 1])
+    with pytest.raises(shamir.ShamirError, match="^holder ids must be distinct$"):
+        shamir.split(secret, 2, [0, 0, 1])
+    for bad in (0, 4):
+        with pytest.raises(shamir.ShamirError,
+                           match=rf"^threshold {bad} must be in 1\.\.3 \(holders\)$"):
+            shamir.split(secret, bad, [0, 1, 2])
