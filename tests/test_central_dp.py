@@ -423,4 +423,5 @@ def test_the_draw_is_logged_with_its_figures(caplog) -> None:
     s = strategy(params, SeededRandomness(9))
     with caplog.at_level(logging.INFO, logger="flwr"):
         configure(s, model(2_000), [100, 101, 102])
-    assert "central DP: drew 3 of 3 eligible devices (q=1.0)" in caplog.text
+    assert "central DP: drew 3 of 3 eligible devices (q=1.0)" in [
+        r.getMessage() for r in caplog.records]

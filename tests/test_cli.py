@@ -17,8 +17,10 @@ from tests.helpers import fedmsr
         (["--dp-sgd", "--noise-multiplier", "0"], "--noise-multiplier: "),
         (["--fraction-train", "2"], "--fraction-train: "),
         (["--dp", "local", "--clip", "0"], "--clip: must be a finite number > 0 with DP-SGD"),
-        (["--round-timeout", "0"], "--round-timeout: must be > 0"),
-        (["--round-timeout", "nan"], "--round-timeout: must be > 0"),
+        (["--round-timeout", "0"], "--round-timeout: must be a finite number > 0"),
+        (["--reply-timeout", "inf"], "--reply-timeout: must be a finite number > 0"),
+        (["--fleet-wait", "-1"], "--fleet-wait: must be a finite number > 0"),
+        (["--round-timeout", "nan"], "--round-timeout: must be a finite number > 0"),
         # An infinite default cap would fail every reservation of a DP run.
         (["--dp", "local", "--epsilon-cap", "inf"], "--epsilon-cap: must be a finite epsilon"),
         (["--dp", "local", "--epsilon-cap", "1e309"], "--epsilon-cap: must be a finite"),
