@@ -6,8 +6,23 @@ import os
 
 import pytest
 
-# Every Ray a test starts binds loopback only (DESIGN.md).
+# Every Ray a test starts binds loopback only.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _registry_selection_is_restored():
+    """`main(["--db", URL, ...])` in a test's own process sets the registry for that process
+    and its children (`FEDMSR_DB`, as the real CLI must); the next test starts without it."""
+    from fl_server.registry import db
+
+    saved_env, saved_flag = os.environ.get(db.ENV_VAR), db._flag_url
+    yield
+    db._flag_url = saved_flag
+    if saved_env is None:
+        os.environ.pop(db.ENV_VAR, None)
+    else:
+        os.environ[db.ENV_VAR] = saved_env
 
 
 @pytest.fixture
