@@ -1,4 +1,4 @@
-"""The long fault-injection campaign (issue 8): kill the server at random steps, resume, check.
+"""The long fault-injection campaign: kill the server at random steps, resume, check.
 
 Each trial starts a `fedmsr run` (Flower's simulation engine) whose engine SIGKILLs its own
 process group at a random step of a random round (``FEDMSR_FAULT_POINT``, see

@@ -1,4 +1,4 @@
-"""The registry's PostgreSQL unavailable mid-round (issue 8's fault suite).
+"""The registry's PostgreSQL unavailable mid-round (the fault suite).
 
 The test runs its OWN PostgreSQL -- `initdb` in a temporary directory, its own free port on
 127.0.0.1, `pg_ctl start/stop` -- and never touches the machine's shared server on 5432.

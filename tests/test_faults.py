@@ -1,4 +1,4 @@
-"""Fault suite (issue 8): hostile devices in a real simulated federation, corrupt checkpoints.
+"""Fault suite: hostile devices in a real simulated federation, corrupt checkpoints.
 
 * A fleet where most devices misbehave in one way each (NaN, wrong shape, wrong dtype, a
   10^4-times update, an earlier round's reply replayed, a reply claiming another device,
