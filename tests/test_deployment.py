@@ -106,6 +106,7 @@ def nodes_or_empty(flwr_home: Path) -> dict[str, str]:
 # message), and every registry code path it uses is tested on both backends elsewhere
 # (test_registry*, test_enrollment); the README deployment test runs on SQLite.
 @pytest.mark.slow
+@pytest.mark.extended  # the README deployment block's test is the default run's sibling
 @pytest.mark.parametrize("registry_url", ["postgresql"], indirect=True)
 def test_deployed_run_with_authenticated_supernodes_and_revocation_mid_run(
         registry_url, tmp_path, monkeypatch) -> None:

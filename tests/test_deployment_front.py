@@ -122,6 +122,7 @@ def _refused(what: str, request) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the front's configuration and refusals are tested above, quickly
 def test_through_the_front_control_needs_the_operator_and_devices_still_train(
         tmp_path, monkeypatch) -> None:
     binary = _nginx()

@@ -100,6 +100,7 @@ def test_eval_writes_every_output(report: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # determinism of the pipeline's parts: the unit tests of each
 def test_eval_is_deterministic_for_a_seed(report: Path, tmp_path: Path):
     """Same seed, same inputs: every file but the wall-clock timings is byte-identical."""
     again = tmp_path / "again"
@@ -140,6 +141,7 @@ def test_out_folder_that_is_not_a_report_is_refused(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # test_eval_writes_every_output runs the same pipeline, smaller
 def test_reduced_eval_as_ci_runs_it(tmp_path: Path):
     """`fedmsr eval --reduced` unchanged (the CI-sized benchmark): every file, every row."""
     out = tmp_path / "reduced"

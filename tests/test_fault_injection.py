@@ -102,6 +102,7 @@ def test_fault_point_spec() -> None:
     assert POINTS == ("checkin", "reserved", "mid-round", "aggregate", "checkpoint", "commit")
 
 
+@pytest.mark.extended  # the aggregate/commit kills below resume in the default run
 def test_killed_between_the_two_files_of_a_checkpoint_resumes_to_the_same_model(
         tmp_path, one_torch_thread) -> None:
     """Killed after round 2's .npz, before its .json: the resume names no checkpoint 2,

@@ -128,7 +128,10 @@ def expected_model(rule: str, models: list[dict[str, np.ndarray]], f: int
     return arrays
 
 
-@pytest.mark.parametrize("rule", ["median", "trimmed-mean", "krum", "multikrum"])
+@pytest.mark.parametrize("rule", [
+    "median",  # the default run's sibling of the four others
+    *(pytest.param(rule, marks=pytest.mark.extended)
+      for rule in ("trimmed-mean", "krum", "multikrum"))])
 def test_a_robust_rule_through_the_engine(tmp_path, rule: str) -> None:
     run_dir, cfg = run(tmp_path, None, rule, "--devices", "5", "--rounds", "1", "--seed", "2",
                        "--aggregation", rule, "--byzantine", "1")
@@ -158,6 +161,7 @@ def _bulyan(flat: np.ndarray, f: int) -> np.ndarray:
     return np.take_along_axis(selected, nearest, axis=0).mean(axis=0)
 
 
+@pytest.mark.extended
 def test_bulyan_through_the_engine(tmp_path) -> None:
     """Bulyan tolerating f = 1 needs 4f + 3 = 7 updates: 7 devices."""
     run_dir, cfg = run(tmp_path, None, "bulyan", "--devices", "7", "--rounds", "1", "--seed",
