@@ -1,4 +1,4 @@
-"""The device's answers to the server's messages: check-in, train, evaluate, upload.
+"""The device's answers to the server's messages: train, evaluate, upload.
 
 Each handler is a plain function ``(Message, Context) -> Message`` that parses the
 message into its typed parts (`privacy.wire`), asks the module that does the work, and
@@ -20,8 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fl_client.device_ledger import DeviceLedger, DeviceLedgerError
 from fl_client.info_ledger import InfoLedger
 from fl_client.ledger_location import device_ledger
-from fl_client.ledger_reservations import checkin_verdict
-from fl_client.local_clips import own_clips, own_source, training_clips, utility_labels
+from fl_client.local_clips import own_clips, own_source, utility_labels
 from fl_client.recorded_footage import NoFootage
 from fl_client.local_round import LocalRound, run_local_round
 from fl_client.node import (
@@ -29,7 +28,6 @@ from fl_client.node import (
     device_state_dir,
     own_info_cap,
     shuffler_pin,
-    sign_challenge,
 )
 from fl_client.release import releases_private_metrics
 from fl_client.uploads import UploadRefused, answer_upload
@@ -37,14 +35,12 @@ from privacy.encoder import build_model, encode, load_numpy_state
 from privacy.vib import kl_bits
 from privacy.wire.arrays import arrays_of, record_of
 from privacy.wire.budget import BudgetPlan
-from privacy.wire.checkin import Challenge, CheckinAnswer
 from privacy.wire.dp_event import dp_event_to_record
 from privacy.wire.instructions import Instructions
 from privacy.wire.keys import (
     ACTIVITY_CLIPS_KEY,
     ARRAYS_KEY,
     BATCH_KEY,
-    CHALLENGE_KEY,
     CONFIG_KEY,
     DEVICE_KEY,
     DISCRIMINATOR_KEY,
@@ -54,45 +50,6 @@ from privacy.wire.keys import (
     WEIGHT_KEY,
 )
 from privacy.wire.upload import UploadRequest
-
-
-def checkin(msg: Message, context: Context) -> Message:
-    """Answer the server's roll call: who this device is and how much footage it holds.
-
-    A node whose device index is outside the planned fleet (e.g. a federation with more
-    SuperNodes than devices) answers `in-fleet = false` and is left out, not failed.
-    """
-    config = msg.content.config_records[CONFIG_KEY]
-    instructions = Instructions.from_record(config)
-    device = device_index(context)
-    if not 0 <= device < instructions.fleet.num_devices:
-        answer = CheckinAnswer(device=device, in_fleet=False)
-        return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
-    try:
-        source = own_source(instructions, context)
-        num_clips = int(training_clips(instructions, context).x.shape[0])
-    except NoFootage as exc:  # nothing to train on: decline the round, saying why
-        answer = CheckinAnswer(device=device, in_fleet=True, num_clips=0,
-                               declined=f"no usable footage: {exc.reason}")
-        return _signed(msg, context, answer)
-    verdict = None
-    if (budget := BudgetPlan.from_flat(config)) is not None:  # DP run: own ledger, or decline
-        verdict = checkin_verdict(budget, context, device, device_state_dir(
-            context, budget.sim_bundles_dir, device), instructions, num_clips)
-    answer = CheckinAnswer(
-        device=device, in_fleet=True, num_clips=num_clips,
-        profile=source.profile,
-        ledger=None if verdict is None else verdict.report,
-        declined=None if verdict is None else verdict.declined)
-    return _signed(msg, context, answer)
-
-
-def _signed(msg: Message, context: Context, answer: CheckinAnswer) -> Message:
-    """The check-in reply; signed last, so the signature covers the whole answer."""
-    if CHALLENGE_KEY in msg.content:
-        answer = sign_challenge(
-            Challenge.from_record(msg.content.config_records[CHALLENGE_KEY]), context, answer)
-    return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
 
 
 def train_reply(msg: Message, result: LocalRound) -> Message:

@@ -42,12 +42,11 @@ import json
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fl_client.local_round import LocalRound, run_local_round
 from fl_client.masked_inputs import MaskedInputLog, round_keys
 from fl_client.node import device_index, device_state_dir, enrollment_key
 from fl_client.release import reported_metrics
@@ -67,6 +66,9 @@ from privacy.wire.keys import (
     SECAGG_KEY,
     SECAGG_SIM_STATE_KEY,
 )
+
+if TYPE_CHECKING:  # the local round is torch code: the key-exchange stages never load it
+    from fl_client.local_round import LocalRound
 
 #: Where the node keeps this round's protocol state between stages (`context.state`).
 STATE_KEY = "secagg-state"
@@ -185,11 +187,14 @@ def share(msg: Message, context: Context) -> Message:
 
 #: A device's local round (`fl_client.local_round.run_local_round`, or a bench's stand-in).
 #: Its last argument: the message's optional device-discriminator record.
-LocalRoundFn = Callable[[ConfigRecord, dict[str, np.ndarray], Context, ArrayRecord | None], LocalRound]
+LocalRoundFn = Callable[[ConfigRecord, dict[str, np.ndarray], Context, ArrayRecord | None],
+                        "LocalRound"]
 
 
 def masked_train(msg: Message, context: Context) -> Message:
     """Train as usual (`fl_client.local_round`), then upload only the masked update."""
+    from fl_client.local_round import run_local_round  # noqa: PLC0415 - torch, on use
+
     return masked_round(msg, context, run_local_round)
 
 

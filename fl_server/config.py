@@ -129,6 +129,10 @@ class RunConfig:
     reply_timeout_s: float = _option(
         120.0, "Seconds a round waits for check-in, evaluation and upload replies (training "
         "replies: --round-timeout).", flag="--reply-timeout", panel=PANEL_FEDERATION)
+    eval_every: int = _option(
+        1, "Ask the trained devices to evaluate the new model on their held-out clips every N "
+        "rounds (and after the last); the server's own probes run every round.",
+        panel=PANEL_FEDERATION)
     # secure aggregation (SecAgg+, docs/secure-aggregation.md); 0 = default k / t
     secure_aggregation: bool = _option(
         False, "SecAgg+: the server learns only the sum of updates.", panel=PANEL_SECAGG)
@@ -283,7 +287,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` for the first bad field; return self when all good."""
         _positive_int(self, "devices", "rounds", "days", "clips_per_day", "latent_dim", "width",
-                      "local_epochs", "batch_size", "min_train_devices")
+                      "local_epochs", "batch_size", "min_train_devices", "eval_every")
         _at_least(self, "eval_days", 2, "the server probes fit on one held-out day and test on another")
         if not 8 <= self.frames <= 16:
             raise ConfigError("frames", f"must be between 8 and 16, got {self.frames}")
@@ -351,6 +355,10 @@ class RunConfig:
             name = _FIELD_OF_USER_KEY.get(key, key.replace("-", "_"))
             data[name] = value
         return cls.from_json_dict(_coerce_types(data), "[tool.flwr.app.config]")
+
+    def devices_evaluate(self, server_round: int) -> bool:
+        """Whether this round's trained devices evaluate the new model (`--eval-every`)."""
+        return server_round % self.eval_every == 0 or server_round == self.rounds
 
     def with_run_id(self, run_id: str) -> RunConfig:
         return dataclasses.replace(self, run_id=run_id).validate()

@@ -12,9 +12,11 @@ start a device's SuperNode from its bundle.
   `flwr supernode register` process per key. Flower refuses a SuperNode whose key is not
   registered, cuts off a running one whose key is unregistered, and never accepts an
   unregistered key again, which is what makes revocation permanent.
-* `fedmsr device start BUNDLE_DIR` runs `flower-supernode` with the bundle's key and CA
+* `fedmsr device start BUNDLE_DIR` runs Flower's SuperNode with the bundle's key and CA
   certificate, its own `FLWR_HOME` (inside the bundle, never inside the app directory) and
-  port, and `--node-config` carrying its device id and data index.
+  port, and `--node-config` carrying its device id and data index; its ClientApps start
+  from a warm SuperExec (`fl_client.warm_clientapp`) and it pulls faster while a run
+  talks to it (`fl_client.supernode_polling`); `--stock` runs Flower's as it ships.
 
 Flower's Control API has no authentication in the open-source release: whoever reaches the
 SuperLink's port can start runs and (un)register keys, so it binds loopback by default, and
@@ -355,9 +357,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def supernode_command(bundle: Bundle, port: int, superlink: str | None = None,
-                      footage: Path | None = None) -> list[str]:
+                      footage: Path | None = None, stock: bool = False) -> list[str]:
+    """The device's SuperNode: Flower's `flower-supernode` as it ships (`stock`), or the
+    same SuperNode with a shorter pull interval while a run talks to it
+    (`fl_client.supernode_polling`) whose ClientApps a warm SuperExec starts
+    (`fl_client.warm_clientapp`, so `--isolation process`)."""
     root = bundle.root.resolve()
-    return [tool("flower-supernode"),
+    head = [tool("flower-supernode")] if stock else [
+        sys.executable, "-m", "fl_client.supernode_polling", "--isolation", "process"]
+    return [*head,
             "--superlink", superlink or str(bundle.info["superlink"]),
             "--root-certificates", str(root / CA_FILE),
             "--auth-supernode-private-key", str(root / KEY_FILE),
@@ -365,11 +373,31 @@ def supernode_command(bundle: Bundle, port: int, superlink: str | None = None,
             "--host", "127.0.0.1", "--port", str(port)]
 
 
+def warm_executor_command(port: int, supernode_pid: int) -> list[str]:
+    """The SuperExec that forks each ClientApp from a warm process, on the SuperNode's
+    Runtime API (`--host`/`--port` above) and watching the SuperNode's PID."""
+    return [sys.executable, "-m", "fl_client.warm_clientapp",
+            "--runtime-api-address", f"127.0.0.1:{port}", "--parent-pid", str(supernode_pid)]
+
+
 def exec_supernode(bundle: Bundle, port: int | None, superlink: str | None = None,
-                   footage: Path | None = None) -> None:
-    """Replace this process by the device's SuperNode, FLWR_HOME inside the bundle."""
-    command = supernode_command(bundle, port or free_port(), superlink, footage)
+                   footage: Path | None = None, stock: bool = False) -> None:
+    """Replace this process by the device's SuperNode, FLWR_HOME inside the bundle.
+
+    Unless `stock`, a child of it runs the warm SuperExec: the SuperNode (this PID) is its
+    parent, as with Flower's own SuperExec, and it exits when the SuperNode does."""
+    port = port or free_port()
+    command = supernode_command(bundle, port, superlink, footage, stock)
     flwr_home = bundle.root.resolve() / ".flwr"
     flwr_home.mkdir(exist_ok=True)
+    env = tool_env(flwr_home)
     sys.stdout.flush()
-    os.execve(command[0], command, tool_env(flwr_home))
+    sys.stderr.flush()
+    if not stock:
+        executor = warm_executor_command(port, os.getpid())
+        if os.fork() == 0:
+            try:
+                os.execve(executor[0], executor, env)
+            finally:
+                os._exit(127)  # exec failed: the SuperNode still runs, without ClientApps
+    os.execve(command[0], command, env)

@@ -253,8 +253,9 @@ def _one_round(fed: Federation, grid: Grid, arrays: dict[str, np.ndarray],
         arrays = arrays_of(outcome.arrays)
     eval_started = time.perf_counter()
     # Devices' own evaluation metrics are un-noised functions of private clips: only
-    # outside DP.
-    evaluated = [] if fed.dp.private else [r.metadata.src_node_id for r in ok]
+    # outside DP, and every `--eval-every` rounds (one exchange fewer in the others).
+    evaluated = [] if fed.dp.private or not cfg.devices_evaluate(server_round) \
+        else [r.metadata.src_node_id for r in ok]
     on_devices = federated_evaluate(grid, plan, strategy, server_round, arrays, evaluated)
     probes = evaluate_encoder(plan.model, arrays, fed.held_out, seed=cfg.seed, beta=cfg.beta)
     client_seconds = [metric_float(metric_record(r.content, METRICS_KEY), "train_seconds")

@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord
 
 from fl_server.config import RunConfig
 from privacy.clips import ACTIVITIES
-from privacy.encoder import EncoderConfig
+from privacy.encoder_config import EncoderConfig
 from privacy.synthetic import FleetSpec
 from privacy.wire.budget import BudgetPlan
 from privacy.wire.instructions import Instructions

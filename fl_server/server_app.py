@@ -25,6 +25,7 @@ from fl_server.deployment_run import RUN_CONFIG_KEY, load_submitted_run
 from fl_server.federation import run_federation
 from fl_server.observers import RoundObserver
 from fl_server.sinks import observers_for
+from privacy.wire.object_pulls import shorten_object_pull_backoff
 
 app = ServerApp()
 
@@ -32,6 +33,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of a Flower-launched run (`flwr run .`, `fedmsr run --superlink`)."""
+    shorten_object_pull_backoff()  # replies' arrays: ask again soon, not after 1-10 s
     user_config = dict(context.run_config)
     submitted = str(user_config.pop(RUN_CONFIG_KEY, "") or "")
     if submitted:  # `fedmsr run --superlink`: its frozen run.json, launcher-prepared

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from privacy.checks import is_int
+from privacy.encoder_config import EncoderConfig
 from privacy.vib import VIBOutput
 
 LOGVAR_BOUND = 8.0
@@ -48,28 +48,6 @@ GRID = 4
 #: initial log-variance of the posterior: a start near deterministic codes, so the first
 #: steps at small beta learn from mu rather than from noise
 LOGVAR_INIT = -4.0
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    image_size: int = 32  # 32 or 64
-    frames: int = 8
-    latent_dim: int = 32
-    width: int = 32
-    num_activities: int = 8
-    proj_dim: int = 32
-
-    def __post_init__(self) -> None:
-        if self.image_size not in (32, 64):
-            raise ValueError(f"image_size must be 32 or 64, got {self.image_size!r}")
-        for name in ("frames", "latent_dim", "width", "num_activities", "proj_dim"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.num_activities < 2:
-            raise ValueError(f"num_activities must be >= 2, got {self.num_activities}")
-        if self.width % 4:
-            raise ValueError(f"width must be a multiple of 4 (GroupNorm groups), got {self.width}")
 
 
 # --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tests.helpers import fedmsr
         (["--round-timeout", "0"], "--round-timeout: must be a finite number > 0"),
         (["--reply-timeout", "inf"], "--reply-timeout: must be a finite number > 0"),
         (["--fleet-wait", "-1"], "--fleet-wait: must be a finite number > 0"),
+        (["--eval-every", "0"], "--eval-every: must be a positive integer, got 0"),
         (["--round-timeout", "nan"], "--round-timeout: must be a finite number > 0"),
         # An infinite default cap would fail every reservation of a DP run.
         (["--dp", "local", "--epsilon-cap", "inf"], "--epsilon-cap: must be a finite epsilon"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from fl_client.handlers import checkin
+from fl_client.checkin_handler import checkin
 from fl_client.local_clips import own_source, training_clips
 from fl_client.manifest_source import ManifestSource
 from fl_server.cli import main

@@ -34,8 +34,9 @@ def _final(run_dir) -> dict[str, np.ndarray]:
 
 
 def test_three_devices_two_rounds(tmp_path) -> None:
+    """Devices evaluate every second round (`--eval-every 2`): round 2 only."""
     result = fedmsr("run", "--devices", "3", "--rounds", "2", "--seed", "3", *SMALL, *PATIENT,
-                    "--runs-dir", str(tmp_path), "--run-id", "e2e")
+                    "--eval-every", "2", "--runs-dir", str(tmp_path), "--run-id", "e2e")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "e2e"
     rows = history(run_dir)
@@ -57,8 +58,10 @@ def test_three_devices_two_rounds(tmp_path) -> None:
     assert final.keys() == initial.keys()
     assert any(not np.allclose(final[k], initial[k]) for k in final)
     model_bytes = record_bytes(record_of(final))
-    for row in rows:  # 3 train + 3 evaluate messages out, 3 updates back
-        assert row["bytes_sent"] == 6 * model_bytes and row["bytes_received"] == 3 * model_bytes
+    # Round 1: 3 train messages out; round 2 also 3 evaluate messages; 3 updates back.
+    assert [r["bytes_sent"] for r in rows] == [3 * model_bytes, 6 * model_bytes]
+    assert all(r["bytes_received"] == 3 * model_bytes for r in rows)
+    assert rows[0]["device_kl_bits"] is None and rows[1]["device_kl_bits"] > 0
     assert not (run_dir / "engine.json").exists()  # the launcher cleaned up after itself
     assert "round   2/2" in result.stdout
 

@@ -26,8 +26,12 @@ def device_start(
     footage: Annotated[Path | None, typer.Option(
         help="The device's own footage: a folder of video files or frame-image folders "
         "(default: the bundle's `footage` entry; none: the synthetic fleet).")] = None,
+    stock: Annotated[bool, typer.Option(
+        "--stock", help="Flower's SuperNode as it ships: a cold ClientApp process per "
+        "message and Flower's poll intervals (default: a warm SuperExec forks each "
+        "ClientApp, and the SuperNode pulls faster while a run talks to it).")] = False,
 ) -> None:
-    """Run a device's flower-supernode from its bundle.
+    """Run a device's SuperNode from its bundle.
 
     With the device's key, the CA, its own FLWR_HOME and port.
     """
@@ -37,4 +41,4 @@ def device_start(
     folder = bundle.footage(footage)
     if folder is not None:
         console.print(f"footage: {folder}", highlight=False)
-    deployment.exec_supernode(bundle, port, superlink, folder)
+    deployment.exec_supernode(bundle, port, superlink, folder, stock)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord
 
-from privacy.encoder import EncoderConfig
-from privacy.identity_adversary import Discriminator
+from privacy.encoder_config import EncoderConfig
 from privacy.synthetic import FleetSpec
 from privacy.wire.arrays import arrays_of, record_of
 from privacy.wire.keys import DISCRIMINATOR_KEY, ECHO_KEYS
 from privacy.wire.records import config_float, config_int, config_str
 from privacy.wire.train import TrainConfig
+
+if TYPE_CHECKING:  # the discriminator is torch code: a check-in never loads it
+    from privacy.identity_adversary import Discriminator
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def discriminator_of(record: ArrayRecord | None, train: TrainConfig) -> Discrimi
     if not isinstance(record, ArrayRecord):
         raise ValueError(f"malformed instructions from the server: {DISCRIMINATOR_KEY} must be "  # noqa: TRY004
                          f"an ArrayRecord, got {type(record).__name__}")
+    from privacy.identity_adversary import Discriminator  # noqa: PLC0415 - torch, on use
+
     try:
         return Discriminator.from_arrays(arrays_of(record))
     except ValueError as exc:
