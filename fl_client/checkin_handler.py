@@ -11,7 +11,7 @@ from __future__ import annotations
 from flwr.app import Context, Message, RecordDict
 
 from fl_client.ledger_reservations import checkin_verdict
-from fl_client.local_clips import own_source, training_clips
+from fl_client.local_clips import own_source, training_clip_count
 from fl_client.node import device_index, device_state_dir, sign_challenge
 from fl_client.recorded_footage import NoFootage
 from privacy.wire.budget import BudgetPlan
@@ -34,7 +34,7 @@ def checkin(msg: Message, context: Context) -> Message:
         return Message(RecordDict({DEVICE_KEY: answer.to_record()}), reply_to=msg)
     try:
         source = own_source(instructions, context)
-        num_clips = int(training_clips(instructions, context).x.shape[0])
+        num_clips = training_clip_count(instructions, context)
     except NoFootage as exc:  # nothing to train on: decline the round, saying why
         answer = CheckinAnswer(device=device, in_fleet=True, num_clips=0,
                                declined=f"no usable footage: {exc.reason}")

@@ -37,8 +37,8 @@ from privacy.footage_spec import FootageSpec
 from privacy.synthetic import FleetSpec
 from privacy.wire.instructions import Instructions
 
-__all__ = ["TrainingClips", "local_clips", "own_clips", "own_source", "training_clips",
-           "utility_labels"]
+__all__ = ["TrainingClips", "local_clips", "own_clips", "own_source", "training_clip_count",
+           "training_clips", "utility_labels"]
 
 #: node config key of a real device's own footage folder
 FOOTAGE_KEY = "footage"
@@ -140,3 +140,15 @@ def training_clips(instructions: Instructions, context: Context) -> TrainingClip
     if not keep.any():
         return TrainingClips(batch.x, np.zeros(batch.x.shape[0], np.int64), "ssl")
     return TrainingClips(batch.x[keep], np.asarray(y)[keep], instructions.train.utility)
+
+
+def training_clip_count(instructions: Instructions, context: Context) -> int:
+    """How many clips `training_clips` gives, for the check-in. A member of the synthetic
+    fleet trains on every clip of its training days, `clips_per_day` a day, so it counts
+    them without rendering a frame (a check-in of 1,000 simulated devices would otherwise
+    render all their footage every round); real footage is read (and cached) as for
+    training, since which clips carry the utility label is known only from the data."""
+    source = own_source(instructions, context)
+    if isinstance(source, SyntheticSource):
+        return instructions.fleet.clips_per_day * len(instructions.days("train"))
+    return int(training_clips(instructions, context).x.shape[0])

@@ -239,6 +239,10 @@ class RunConfig:
     utility_label: str = _option(
         "", "With --dataset: the label column devices train on (supervised); without it, "
         "self-supervised.", panel=PANEL_DATA)
+    probe_devices: int = _option(
+        0, "The server's probes use the held-out clips of this many devices of the synthetic "
+        "fleet, evenly spread over it and the same every round (0: every device).",
+        panel=PANEL_DATA)
     runs_dir: str = _option("runs", "Where runs/<run-id>/ are written.", panel=PANEL_FEDERATION)
     run_id: str = _option("", "Run id (default: time + random suffix).", panel=PANEL_FEDERATION)
     #: Synthetic device indices the registry lets take part (None: no registry in use).
@@ -288,6 +292,12 @@ class RunConfig:
         """Raise :class:`ConfigError` for the first bad field; return self when all good."""
         _positive_int(self, "devices", "rounds", "days", "clips_per_day", "latent_dim", "width",
                       "local_epochs", "batch_size", "min_train_devices", "eval_every")
+        if not is_int(self.probe_devices) or not 0 <= self.probe_devices:
+            raise ConfigError("probe_devices", f"must be an integer >= 0, got "
+                              f"{self.probe_devices!r}")
+        if self.probe_devices and self.eval_dataset:
+            raise ConfigError("probe_devices", "chooses devices of the synthetic fleet; with "
+                              "--eval-dataset the server probes on that manifest's clips")
         _at_least(self, "eval_days", 2, "the server probes fit on one held-out day and test on another")
         if not 8 <= self.frames <= 16:
             raise ConfigError("frames", f"must be between 8 and 16, got {self.frames}")

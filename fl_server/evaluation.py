@@ -30,12 +30,24 @@ class HeldOut:
     test: ClipBatch
 
     @classmethod
-    def for_fleet(cls, spec: FleetSpec, train_days: int) -> HeldOut:
-        """Days [train_days, spec.days) are held out; fit on the first half, test on the rest."""
-        devices = range(spec.num_devices)
+    def for_fleet(cls, spec: FleetSpec, train_days: int, probe_devices: int = 0) -> HeldOut:
+        """Days [train_days, spec.days) are held out; fit on the first half, test on the rest.
+
+        `probe_devices` > 0 keeps that many devices, evenly spread over the fleet (a
+        1,000-device fleet would otherwise have the server encode 1,000 devices' held-out
+        clips and fit a 1,000-way identity probe every round)."""
+        devices = probe_device_indices(spec.num_devices, probe_devices)
         split = train_days + max(1, (spec.days - train_days) // 2)
         return cls(fit=fleet_batch(spec, devices, range(train_days, split)),
                    test=fleet_batch(spec, devices, range(split, spec.days)))
+
+
+def probe_device_indices(num_devices: int, probe_devices: int) -> list[int]:
+    """`probe_devices` device indices evenly spread over `num_devices` (0 or more: all)."""
+    if probe_devices <= 0 or probe_devices >= num_devices:
+        return list(range(num_devices))
+    return sorted({round(i * (num_devices - 1) / (probe_devices - 1)) if probe_devices > 1
+                   else 0 for i in range(probe_devices)})
 
 
 def evaluate_encoder(

@@ -101,7 +101,7 @@ def _held_out(cfg: RunConfig, plan: Plan) -> HeldOut:
     """The server's probe clips: the synthetic fleet's held-out days, or the operator's own
     eval manifest (a run over real footage: the server holds no device's footage)."""
     if not cfg.eval_dataset:
-        return HeldOut.for_fleet(plan.fleet, plan.train_days)
+        return HeldOut.for_fleet(plan.fleet, plan.train_days, cfg.probe_devices)
     from fl_server.eval_set import held_out_from_manifest
 
     return held_out_from_manifest(cfg.eval_dataset, cfg.utility_label, cfg.dataset,

@@ -341,3 +341,18 @@ def test_report_is_order_free_and_deterministic():
     a = [DpEvent(0.01, 1.0, 100), DpEvent(1.0, 3.0, 5), DpEvent(0.2, 2.0, 7)]
     assert epsilon(a, DELTA) == epsilon(list(reversed(a)), DELTA) == epsilon(a, DELTA)
     assert np.array_equal(rdp_vector(a), rdp_vector(list(reversed(a))))
+
+
+def test_a_composition_is_reported_once_whatever_its_order_or_split() -> None:
+    """A fleet charged alike asks for the same figure once per device: `pld_report` is
+    cached on the composition, and every history with that composition gets it."""
+    from privacy.accounting.pld import _report_of, pld_report
+
+    _report_of.cache_clear()
+    split = [DpEvent(0.05, 1.3, 1), DpEvent(0.2, 2.0, 2), DpEvent(0.05, 1.3, 2)]
+    joined = [DpEvent(0.2, 2.0, 2), DpEvent(0.05, 1.3, 3)]
+    first = pld_report(split, 1e-5)
+    assert pld_report(joined, 1e-5) is first and pld_report(split[::-1], 1e-5) is first
+    assert _report_of.cache_info().misses == 1 and _report_of.cache_info().hits == 2
+    assert pld_report(joined, 1e-6).epsilon > first.epsilon  # delta is part of the key
+    assert pld_report(joined[:1], 1e-5).epsilon < first.epsilon  # so is every group

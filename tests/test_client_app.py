@@ -79,3 +79,22 @@ def test_a_redone_dp_round_reproduces_its_release_and_new_inputs_get_new_noise(t
     (tmp_path / "dev" / "dp-training.secret").write_bytes(b"short")
     with pytest.raises(Exception, match="corrupt"):
         training_secret(tmp_path / "dev")
+
+
+@pytest.mark.parametrize(("clips_per_day", "days", "train_days", "device"),
+                         [(4, 2, 1, 0), (8, 6, 4, 3), (3, 5, 2, 1)])
+def test_a_synthetic_check_in_counts_exactly_the_clips_training_uses(
+        clips_per_day, days, train_days, device) -> None:
+    """The check-in counts a synthetic device's clips without rendering them; the count
+    is what training then renders and uses (it plans the DP-SGD sample rate)."""
+    from flwr.app import Context, RecordDict
+
+    from fl_client.local_clips import training_clip_count, training_clips
+
+    instructions = dataclasses.replace(
+        _instructions(), fleet=FleetSpec(seed=2, num_devices=4, days=days,
+                                         clips_per_day=clips_per_day), train_days=train_days)
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": device},
+                      state=RecordDict(), run_config={})
+    rendered = training_clips(instructions, context).x.shape[0]
+    assert training_clip_count(instructions, context) == rendered == clips_per_day * train_days

@@ -310,3 +310,19 @@ def test_references_known_cases():
     assert ref["prior_psnr"] > 100  # exact up to float32 rounding
     labels_b = {"activity": np.zeros(12, int), "wearer": wearer}
     assert references(EvalData(Split(x, labels_b), Split(x, labels_b)))["identity_from_activity"] == pytest.approx(1 / 3)
+
+
+def test_the_server_probes_on_an_even_spread_of_the_fleet_when_asked() -> None:
+    from fl_server.evaluation import HeldOut, probe_device_indices
+    from privacy.synthetic import FleetSpec
+
+    assert probe_device_indices(1000, 20)[:3] == [0, 53, 105]
+    assert len(set(probe_device_indices(1000, 20))) == 20
+    assert probe_device_indices(1000, 20)[-1] == 999
+    assert probe_device_indices(6, 0) == probe_device_indices(6, 9) == list(range(6))
+    assert probe_device_indices(6, 1) == [0]
+    spec = FleetSpec(seed=1, num_devices=9, days=4, clips_per_day=2)
+    some, every = HeldOut.for_fleet(spec, 2, 3), HeldOut.for_fleet(spec, 2)
+    assert sorted(set(some.fit.labels["device"])) == [0, 4, 8]
+    assert sorted(set(every.test.labels["device"])) == list(range(9))
+    assert some.fit.x.shape[0] == 3 * 2  # 3 devices x 1 fit day x 2 clips

@@ -33,7 +33,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from privacy.accounting.events import EventLike, History, as_history, check_delta, grouped_steps
+from privacy.accounting.events import (
+    Composition,
+    DpEvent,
+    EventLike,
+    History,
+    as_history,
+    check_delta,
+    composition,
+    grouped_steps,
+)
 from privacy.accounting.rdp import epsilon_from_rdp, rdp_vector
 
 # dp_accounting is imported where it is used: its import (scipy.signal) costs about a
@@ -120,7 +129,16 @@ def pld_report(history: Iterable[EventLike], delta: float) -> PldReport:
     is what lets enforcement (`would_exceed`) and calibration agree with the report exactly.
     """
     delta = check_delta(delta)
-    events = as_history(history)
+    return _report_of(composition(as_history(history)), delta)
+
+
+@lru_cache(maxsize=1024)
+def _report_of(groups: Composition, delta: float) -> PldReport:
+    """`pld_report` of one composition, cached: every figure below depends on the history
+    only through its grouped (q, sigma) steps, so every history with the same composition
+    (a fleet of devices charged alike, or one device asked again with an unchanged ledger)
+    gets the figure computed once, identical to the bit."""
+    events = tuple(DpEvent(q, sigma, steps) for (q, sigma), steps in groups)
     if not events:
         return PldReport(0.0, 0.0, 0.0, True, delta)
     scale = _scale(events, delta)
