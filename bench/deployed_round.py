@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -145,6 +146,11 @@ def deployed(tmp: Path, env: dict[str, str], enrolled: int,
                    "superlink.log")
         wait_until(lambda: _answers(flwr_home), STARTUP_S, "the SuperLink")
         run_cli(["fleet", "sync"], tmp, env)
+        # The registry's public keys, which SecAgg+ devices check each other against,
+        # distributed out of band (what the README's deployment block does).
+        run_cli(["fleet", "identities", "--out", "identities.json"], tmp, env)
+        for index in range(enrolled):
+            shutil.copy(tmp / "identities.json", tmp / "devices" / f"dev-{index}")
         for variant in variants:
             nodes = Processes(tmp, env)
             try:

@@ -47,27 +47,11 @@ POSTGRES_ADMIN_URL = os.environ.get("FEDMSR_TEST_POSTGRES",
 def registry_url(request, tmp_path):
     """An empty database URL, isolated per test: a fresh SQLite file, or a fresh PostgreSQL
     schema (the URL pins `search_path` to it) dropped afterwards with everything in it."""
-    import secrets
+    from fl_server.registry.scratch import scratch_registry
 
-    from sqlalchemy import create_engine, text
-
-    from fl_server.registry.db import dispose_engines
-
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
-        dispose_engines()
-        return
-    schema = f"fedmsr_test_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with scratch_registry(request.param, POSTGRES_ADMIN_URL, tmp_path,
+                          prefix="fedmsr_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
