@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 
 import fl_client.client_app
 from fl_client import handlers as honest
+from fl_client.checkin_handler import checkin
 from fl_client.node import device_index
 from privacy.wire.arrays import arrays_of
 from privacy.wire.keys import ARRAYS_KEY, CHECKIN_ACTION, CONFIG_KEY, METRICS_KEY, WEIGHT_KEY
@@ -44,7 +45,7 @@ RUN_DIR_ENV = "FEDMSR_TEST_RUN_DIR"
 MAX_WAIT_S = 900.0
 
 app = ClientApp()
-app.query(CHECKIN_ACTION)(honest.checkin)
+app.query(CHECKIN_ACTION)(checkin)
 app.evaluate()(honest.evaluate)
 
 

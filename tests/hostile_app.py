@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_client import handlers as honest
+from fl_client.checkin_handler import checkin
 from fl_client.node import device_index
 from privacy.wire.keys import ARRAYS_KEY, CHECKIN_ACTION, DEVICE_KEY, METRICS_KEY, WEIGHT_KEY
 
@@ -22,7 +23,7 @@ ENV = "FEDMSR_TEST_HOSTILE"
 REPLAY_STATE = "hostile-replay"
 
 app = ClientApp()
-app.query(CHECKIN_ACTION)(honest.checkin)
+app.query(CHECKIN_ACTION)(checkin)
 app.evaluate()(honest.evaluate)
 
 
