@@ -50,10 +50,20 @@ def _final(run_dir) -> dict[str, np.ndarray]:
 
 def local_round(plan: Plan, seed: int, server_round: int, device: int,
                 start: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-    """One device's local round, as the ClientApp does it (same data, same seed)."""
+    """One device's local round, as the ClientApp does it (same data, same seed), on one
+    torch thread as in the engine (a Ray actor of one CPU): on two threads a convolution's
+    weight gradient is summed in another order and the models differ in the sixth digit,
+    so the result would depend on which test ran before in this process."""
+    import torch
+
     batch = local_clips(plan.fleet, device, range(plan.train_days))
     train = dataclasses.replace(plan.train, seed=round_seed(seed, server_round, device))
-    result = train_local(plan.model, start, batch.x, batch.labels["activity"], train)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train_local(plan.model, start, batch.x, batch.labels["activity"], train)
+    finally:
+        torch.set_num_threads(threads)
     return result.arrays, result.num_examples
 
 
