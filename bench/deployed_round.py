@@ -144,7 +144,7 @@ def deployed(tmp: Path, env: dict[str, str], enrolled: int,
     try:
         link.start(["superlink", "start", "--pki-dir", "pki", "--port", str(port)],
                    "superlink.log")
-        wait_until(lambda: _answers(flwr_home), STARTUP_S, "the SuperLink")
+        wait_until(lambda: superlink_answers(flwr_home), STARTUP_S, "the SuperLink")
         run_cli(["fleet", "sync"], tmp, env)
         # The registry's public keys, which SecAgg+ devices check each other against,
         # distributed out of band (what the README's deployment block does).
@@ -181,7 +181,7 @@ def bench_env(tmp: Path) -> dict[str, str]:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def _answers(flwr_home: Path) -> bool:
+def superlink_answers(flwr_home: Path) -> bool:
     try:
         deployment.online_nodes(flwr_home)
         return True

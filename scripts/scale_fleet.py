@@ -51,10 +51,9 @@ from bench.deployed_round import (  # noqa: E402
     bench_env,
     deployed,
     history,
-    online,
     run_cli,
+    superlink_answers,
     wait_until,
-    _answers,
 )
 from fl_server import deployment  # noqa: E402
 
@@ -209,7 +208,7 @@ def scenario_registry(args: argparse.Namespace) -> None:
         try:
             link.start(["superlink", "start", "--pki-dir", "pki", "--port", str(port)],
                        "superlink.log")
-            wait_until(lambda: _answers(flwr_home), STARTUP_S, "the SuperLink")
+            wait_until(lambda: superlink_answers(flwr_home), STARTUP_S, "the SuperLink")
             start = time.perf_counter()
             synced = run_cli(["fleet", "sync"], tmp, env, timeout=RUN_S)
             timings["fleet sync"] = time.perf_counter() - start

@@ -22,6 +22,8 @@ from tests.helpers import fedmsr
         (["--fleet-wait", "-1"], "--fleet-wait: must be a finite number > 0"),
         (["--eval-every", "0"], "--eval-every: must be a positive integer, got 0"),
         (["--probe-devices", "-1"], "--probe-devices: must be an integer >= 0, got -1"),
+        (["--probe-devices", "3", "--eval-dataset", "x.csv"],
+         "--probe-devices: chooses devices of the synthetic fleet"),
         (["--round-timeout", "nan"], "--round-timeout: must be a finite number > 0"),
         # An infinite default cap would fail every reservation of a DP run.
         (["--dp", "local", "--epsilon-cap", "inf"], "--epsilon-cap: must be a finite epsilon"),
