@@ -31,6 +31,10 @@ from privacy.secagg.messages import (
 
 Flat = dict[str, Any]
 
+#: The keys of a flat `RoundSetup` (`setup_to_flat` writes exactly these).
+SETUP_FIELDS = frozenset({"context", "participants", "k", "t", "seed", "clip", "bits",
+                          "max-weight", "max-devices", "length", "colluding", "norm"})
+
 
 def setup_to_flat(s: RoundSetup) -> Flat:
     e = s.encoding
@@ -41,11 +45,15 @@ def setup_to_flat(s: RoundSetup) -> Flat:
 
 
 def setup_from_flat(f: Flat) -> RoundSetup:
+    """Every field is required: a setup that leaves out the collusion bound or the norm
+    would otherwise be read with a default the server never chose (and never signed for)."""
+    missing = sorted(SETUP_FIELDS - f.keys())
+    if missing:
+        raise SecAggError(f"round setup lacks the field(s) {', '.join(missing)}")
     spec = EncodingSpec(float(f["clip"]), int(f["bits"]), int(f["max-weight"]),
-                        int(f["max-devices"]), float(f.get("norm", 0.0)))
+                        int(f["max-devices"]), float(f["norm"]))
     return RoundSetup(bytes(f["context"]), tuple(int(p) for p in f["participants"]), int(f["k"]),
-                      int(f["t"]), bytes(f["seed"]), spec, int(f["length"]),
-                      int(f.get("colluding", 0)))
+                      int(f["t"]), bytes(f["seed"]), spec, int(f["length"]), int(f["colluding"]))
 
 
 def advertise_to_flat(a: AdvertiseKeys, prefix: str = "") -> Flat:
