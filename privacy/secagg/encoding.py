@@ -149,12 +149,11 @@ class EncodingSpec:
                                 "the sum was not unmasked correctly")
         offset = self.dtype.type((self.levels * weight) % self.modulus)
         centred = reduce(total[:-1].astype(self.dtype) - offset, self.mod_bits)
-        if self.mod_bits == 64:
-            signed = centred.view(np.int64).astype(np.float64)
-        else:
-            wide = centred.astype(np.int64)
-            signed = np.where(wide >= 1 << (self.mod_bits - 1), wide - self.modulus,
-                              wide).astype(np.float64)
+        # Two's complement at k bits, sign-extended to 64: move the k bits to the top of a
+        # uint64, read it as int64 and shift back arithmetically (exact for every k <= 64).
+        shift = 64 - self.mod_bits
+        top = centred.astype(np.uint64) << np.uint64(shift)
+        signed = (top.view(np.int64) >> np.int64(shift)).astype(np.float64)
         return signed / (self.scale * weight), weight
 
 

@@ -1,0 +1,155 @@
+"""SecAgg+ building blocks pinned one by one: the graph's defaults, the byte layout of what a
+device signs, HKDF's domain separation, the fixed-point decoding at the widest moduli, and
+the refusals with the messages an operator reads."""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from privacy.secagg import graph, keys, masks
+from privacy.secagg.encoding import EncodingSpec, modular_sum
+from privacy.secagg.errors import EncodingError, SecAggError
+
+DIGEST = hashlib.sha256(b"round").digest()
+
+
+# --- graph ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "k"), [(2, 1), (3, 2), (4, 3), (5, 4), (8, 6), (9, 8),
+                                      (16, 8), (17, 10), (1000, 20)])
+def test_default_neighbours_is_2_ceil_log2_n_capped_at_the_complete_graph(n: int, k: int) -> None:
+    assert graph.default_neighbours(n) == k
+
+
+def test_fewer_than_two_devices_are_refused_by_name() -> None:
+    with pytest.raises(SecAggError, match="^secure aggregation needs at least 2 devices$"):
+        graph.default_neighbours(1)
+
+
+@pytest.mark.parametrize(("k", "t"), [(1, 1), (2, 2), (3, 2), (4, 3), (6, 4), (20, 11)])
+def test_default_threshold_is_a_strict_majority(k: int, t: int) -> None:
+    assert graph.default_threshold(k) == t == graph.threshold_for(k)
+
+
+def test_the_quorum_without_colluders_is_a_strict_majority_of_the_round() -> None:
+    assert graph.consistency_quorum(10, 3) == 6 == graph.consistency_quorum(10, 3, 0)
+    assert graph.consistency_quorum(10, 3, 2) == 7
+    assert graph.consistency_quorum(10, 8) == 8
+
+
+# --- what a device signs ---------------------------------------------------------------------
+
+def test_the_survivor_statement_has_a_fixed_layout() -> None:
+    """prefix | setup digest | signer | |U3| | each id ascending, integers as 8 bytes big
+    endian: an independent implementation (a device's firmware) must produce these bytes."""
+    got = keys.survivors_statement(DIGEST, 7, (300, 5, 300, 42))
+    want = (b"fedmsr-secagg-v1/survivors" + DIGEST + bytes.fromhex("0000000000000007")
+            + bytes.fromhex("0000000000000003") + bytes.fromhex("0000000000000005")
+            + bytes.fromhex("000000000000002a") + bytes.fromhex("000000000000012c"))
+    assert got == want
+
+
+def test_a_survivor_signature_needs_an_ec_p384_identity() -> None:
+    """A registry entry that is not an EC key (here Ed25519) verifies nothing, whatever the
+    signature: a guard that answered True would let any bytes through."""
+    signer = ec.generate_private_key(ec.SECP384R1())
+    good = keys.sign_survivors(signer, DIGEST, 3, (1, 2, 3))
+    assert keys.verify_survivors(signer.public_key(), good, DIGEST, 3, (1, 2, 3))
+    other = ed25519.Ed25519PrivateKey.generate()
+    assert not keys.verify_survivors(other.public_key(), good, DIGEST, 3, (1, 2, 3))  # type: ignore[arg-type]
+    assert not keys.verify_keys(other.public_key(), good, DIGEST, 3, b"c" * 32, b"m" * 32)  # type: ignore[arg-type]
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    assert not keys.verify_survivors(p256.public_key(), good, DIGEST, 3, (1, 2, 3))
+
+
+# --- key derivation and masks ----------------------------------------------------------------
+
+def test_derived_keys_are_separated_by_label_and_round_context() -> None:
+    secret = bytes(range(32))
+    base = masks.derive(secret, masks.PAIRWISE_LABEL, b"round-1")
+    assert len(base) == masks.SEED_BYTES
+    assert base != masks.derive(secret, masks.SELF_LABEL, b"round-1")
+    assert base != masks.derive(secret, masks.PAIRWISE_LABEL, b"round-2")
+    assert base == masks.derive(secret, masks.PAIRWISE_LABEL, b"round-1")
+
+
+def test_the_derivation_is_rfc5869_hkdf_sha256_with_an_empty_salt() -> None:
+    """Recomputed by hand with hmac: extract with a zero salt, expand with the label info."""
+    import hmac
+
+    secret, label, context = b"\x0b" * 32, b"self-mask", b"ctx"
+    prk = hmac.new(b"\x00" * 32, secret, hashlib.sha256).digest()
+    info = b"fedmsr-secagg/" + label + b"/" + context
+    okm = hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+    assert masks.derive(secret, label, context) == okm
+
+
+def test_pairwise_masks_cancel_and_the_sign_is_antisymmetric() -> None:
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    raw = lambda k: k.public_key().public_bytes_raw()  # noqa: E731
+    m_ab = masks.pairwise_mask(a, raw(b), b"ctx", 17, 40)
+    m_ba = masks.pairwise_mask(b, raw(a), b"ctx", 17, 40)
+    np.testing.assert_array_equal(m_ab, m_ba)
+    assert masks.pairwise_sign(3, 9) > 0 > masks.pairwise_sign(9, 3)
+    with pytest.raises(ValueError, match="^no pairwise mask with oneself$"):
+        masks.pairwise_sign(4, 4)
+    with pytest.raises(ValueError, match="^mask seeds are 32 bytes$"):
+        masks.expand(b"short", 4, 32)
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [60, 62, 63, 64])
+def test_decoding_is_exact_at_the_widest_moduli(bits: int) -> None:
+    """The signed sum is read in integers before the one division: recomputed with Python
+    integers, the result is bit for bit the same (a float detour loses the low bits of
+    negative sums, which sit just below 2^bits)."""
+    spec = EncodingSpec(clip=1.0, mod_bits=bits, max_weight=3, max_devices=4)
+    updates = [np.array([-0.3, 0.7, -1e-9, -1.0]), np.array([-0.31, -0.2, 0.0, -0.999])]
+    weights = [3, 2]
+    total = modular_sum([spec.encode(u, w) for u, w in zip(updates, weights, strict=True)], bits)
+    mean, weight = spec.decode(total, len(updates))
+    assert weight == 5
+    for i in range(4):
+        s = sum(w * round(Fraction(float(u[i])) * Fraction(spec.levels) / Fraction(spec.clip))
+                for u, w in zip(updates, weights, strict=True))
+        assert mean[i] == float(s) / (spec.scale * weight), (bits, i)
+
+
+def test_the_signed_reading_is_twos_complement() -> None:
+    """A centred sum of exactly 2^(bits-1) reads as the most negative value."""
+    spec = EncodingSpec(clip=1.0, mod_bits=16, max_weight=1, max_devices=2)
+    offset = spec.levels * 2
+    total = np.array([(offset + (1 << 15)) % (1 << 16), 2], dtype=spec.dtype)
+    mean, _ = spec.decode(total, 2)
+    assert mean[0] == -(1 << 15) / (spec.scale * 2)
+
+
+def test_an_impossible_total_weight_is_named() -> None:
+    spec = EncodingSpec(clip=1.0, mod_bits=32, max_weight=2, max_devices=4)
+    total = np.zeros(3, dtype=spec.dtype)
+    with pytest.raises(EncodingError, match="^total weight 0 impossible for 2 inputs: the sum "
+                                            "was not unmasked correctly$"):
+        spec.decode(total, 2)
+
+
+def test_the_mean_bound_is_norm_plus_the_quantisation_and_holds_at_its_edge() -> None:
+    spec = EncodingSpec(clip=1.0, mod_bits=32, max_weight=1, max_devices=4, norm=2.0)
+    assert spec.mean_bound(16) == 2.0 + 4.0 * spec.quantisation_bound
+    edge = np.full(16, spec.mean_bound(16) / 4.0)
+    edge *= spec.mean_bound(16) / float(np.linalg.norm(edge))
+    assert float(np.linalg.norm(edge)) == spec.mean_bound(16)
+    spec.check_mean(edge)  # exactly at the bound: allowed
+    with pytest.raises(EncodingError, match="more than the"):
+        spec.check_mean(edge * (1 + 1e-9))
+
+
+def test_an_empty_modular_sum_is_refused() -> None:
+    with pytest.raises(ValueError, match="^nothing to sum$"):
+        modular_sum([], 32)
