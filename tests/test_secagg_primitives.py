@@ -153,3 +153,51 @@ def test_the_mean_bound_is_norm_plus_the_quantisation_and_holds_at_its_edge() ->
 def test_an_empty_modular_sum_is_refused() -> None:
     with pytest.raises(ValueError, match="^nothing to sum$"):
         modular_sum([], 32)
+
+
+# --- share boxes -----------------------------------------------------------------------------
+
+def test_a_share_box_opens_with_the_documented_key_nonce_and_authenticated_data() -> None:
+    """nonce (12 bytes) | AES-256-GCM under HKDF(X25519, "share-box", context), with
+    context | sender | recipient (8 bytes big endian each) as authenticated data: decrypted
+    here with `cryptography` directly, not through the module."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from privacy.secagg import field, share_box
+
+    sender, recipient = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    pair = share_box.SharePair(self_mask=field.PRIME - 2, key=12345)
+    box = share_box.seal(sender, recipient.public_key().public_bytes_raw(), b"ctx", 7, 300, pair)
+    secret = recipient.exchange(sender.public_key())
+    key = masks.derive(secret, b"share-box", b"ctx")
+    aad = b"ctx" + (7).to_bytes(8, "big") + (300).to_bytes(8, "big")
+    plain = AESGCM(key).decrypt(box[:12], box[12:], aad)
+    assert plain == field.to_bytes(pair.self_mask) + field.to_bytes(pair.key)
+    assert share_box.open_box(recipient, sender.public_key().public_bytes_raw(), b"ctx", 7, 300,
+                              box) == pair
+
+
+# --- round setup -----------------------------------------------------------------------------
+
+_SPEC = EncodingSpec(clip=1.0, mod_bits=32, max_weight=1, max_devices=8)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"participants": (1, 2, 2, 4, 5)}, "participants must be distinct"),
+    ({"participants": (-1, 2, 3, 4, 5)}, "participant ids must be in 0..2\\^63-1"),
+    ({"participants": (1 << 63, 2, 3, 4, 5)}, "participant ids must be in 0..2\\^63-1"),
+    ({"vector_length": 0}, "vector_length must be >= 1"),
+    ({"graph_seed": b"x" * 15}, "graph_seed must be at least 16 bytes"),
+    ({"max_colluding": 2}, "threshold t=3 must be in 4..4 for k=4 and C=2 colluding devices"),
+])
+def test_an_impossible_round_setup_is_refused_by_name(change: dict, message: str) -> None:
+    from dataclasses import replace
+
+    from privacy.secagg.messages import RoundSetup
+
+    good = RoundSetup(b"ctx", (1, 2, 3, 4, 5), 4, 3, b"s" * 16, _SPEC, 6)
+    assert good.participants[-1] == 5  # the unchanged setup is valid
+    assert replace(good, participants=(0, 2, 3, 4, (1 << 63) - 1)).participants[-1] \
+        == (1 << 63) - 1
+    with pytest.raises(SecAggError, match=f"^{message}"):
+        replace(good, **change)
