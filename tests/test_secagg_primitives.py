@@ -201,3 +201,176 @@ def test_an_impossible_round_setup_is_refused_by_name(change: dict, message: str
         == (1 << 63) - 1
     with pytest.raises(SecAggError, match=f"^{message}"):
         replace(good, **change)
+
+
+# --- parameters, statements, key loading -----------------------------------------------------
+
+@pytest.mark.parametrize(("n", "k", "t", "c", "message"), [
+    (1, 1, 1, 0, "^secure aggregation needs at least 2 devices$"),
+    (6, 3, 2, 0, "^neighbours k=3 must be even and in 2..5, or 5 \\(complete graph\\) for n=6 "
+                 "devices$"),
+    (6, 6, 4, 0, "^neighbours k=6 must be even and in 2..5, or 5"),
+    (6, 0, 1, 0, "^neighbours k=0 must be even"),
+    (6, 4, 3, 4, "^collusion bound C=4 must be in 0..3 for k=4 neighbours \\(raise the "
+                 "neighbours or lower the bound\\)$"),
+    (6, 4, 3, -1, "^collusion bound C=-1 must be in 0..3"),
+    (6, 4, 3, 1, "^threshold t=3 must be in 3..4"),  # passes: see below
+    (6, 4, 3, 2, "^threshold t=3 must be in 4..4 for k=4 and C=2 colluding devices \\(more "
+                 "than \\(k \\+ C\\) / 2\\)$"),
+    (6, 4, 5, 0, "^threshold t=5 must be in 3..4 for k=4 and C=0"),
+])
+def test_parameters_out_of_range_are_refused_by_name(n: int, k: int, t: int, c: int,
+                                                    message: str) -> None:
+    if (n, k, t, c) == (6, 4, 3, 1):  # (4 + 1) // 2 + 1 = 3: allowed
+        graph.check_parameters(n, k, t, c)
+        return
+    with pytest.raises(SecAggError, match=message):
+        graph.check_parameters(n, k, t, c)
+
+
+def test_the_smallest_and_largest_neighbourhoods_are_allowed() -> None:
+    graph.check_parameters(6, 2, 2)  # k = 2: a ring
+    graph.check_parameters(6, 5, 3)  # k = n - 1: the complete graph
+    graph.check_parameters(6, 4, 4, 3)  # C = k - 1 needs t = (4 + 3) // 2 + 1 = 4
+    assert graph.threshold_for(4, 3) == 4
+    with pytest.raises(SecAggError, match="^the collusion bound must be >= 0, got -1$"):
+        graph.threshold_for(4, -1)
+
+
+def test_without_a_collusion_bound_every_default_is_zero_colluders() -> None:
+    assert graph.threshold_for(6) == graph.threshold_for(6, 0) == 4
+    assert graph.consistency_quorum(9, 2) == graph.consistency_quorum(9, 2, 0) == 5
+    graph.check_parameters(6, 4, 3)  # t = 3 is the C = 0 minimum; C = 1 would allow it too
+    with pytest.raises(SecAggError, match="threshold t=2 must be in 3..4"):
+        graph.check_parameters(6, 4, 2)
+
+
+def test_every_device_has_the_k_nearest_on_the_ring_and_ids_must_be_distinct() -> None:
+    ids = [5, 9, 13, 21, 34, 55, 89]
+    ring = graph.ring_order(ids, b"s" * 16)
+    got = graph.neighbours(ids, 4, b"s" * 16)
+    for pos, d in enumerate(ring):
+        assert got[d] == {ring[(pos + o) % 7] for o in (-2, -1, 1, 2)}
+    with pytest.raises(SecAggError, match="^device ids must be distinct$"):
+        graph.neighbours([1, 1, 2], 2, b"s" * 16)
+
+
+def test_the_key_statement_has_a_fixed_layout_and_needs_two_32_byte_keys() -> None:
+    got = keys.statement(DIGEST, 300, b"c" * 32, b"m" * 32)
+    assert got == (b"fedmsr-secagg-v1/keys" + DIGEST + (300).to_bytes(8, "big") + b"c" * 32
+                   + b"m" * 32)
+    for cipher, mask in ((b"c" * 31, b"m" * 32), (b"c" * 32, b"m" * 33)):
+        with pytest.raises(ValueError, match="^X25519 public keys are 32 bytes$"):
+            keys.statement(DIGEST, 1, cipher, mask)
+
+
+def test_enrollment_keys_load_from_pem_and_openssh_and_other_kinds_are_named() -> None:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    private = ec.generate_private_key(ec.SECP384R1())
+    openssh = private.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH,
+                                    ser.NoEncryption())
+    assert keys.load_private_key(openssh).private_numbers() == private.private_numbers()
+    line = private.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH)
+    loaded = keys.load_public_key(b"  " + line + b"\n")  # as pasted, with whitespace around
+    assert loaded.public_numbers() == private.public_key().public_numbers()
+    other = ed25519.Ed25519PrivateKey.generate()
+    pem = other.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    with pytest.raises(ValueError, match="^enrollment private key is not an EC key$"):
+        keys.load_private_key(pem)
+    pub = other.public_key().public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(ValueError, match="^identity is not an EC public key$"):
+        keys.load_public_key(pub)
+
+
+def test_the_setup_digest_is_sha256_of_the_documented_canonical_json() -> None:
+    """Keys are signed under this digest, so a device written in another language must
+    compute the same bytes; and every parameter is bound by it."""
+    import json
+    from dataclasses import replace
+
+    from privacy.secagg.messages import RoundSetup
+
+    spec = EncodingSpec(clip=1.5, mod_bits=40, max_weight=3, max_devices=8, norm=2.25)
+    setup = RoundSetup(b"ctx", (4, 1, 2, 3, 5), 4, 4, b"s" * 16, spec, 6, max_colluding=1)
+    canonical = json.dumps({
+        "bits": 40, "clip": "1.5", "colluding": 1, "context": b"ctx".hex(), "k": 4,
+        "length": 6, "max_devices": 8, "max_weight": 3, "norm": "2.25",
+        "participants": [1, 2, 3, 4, 5], "seed": (b"s" * 16).hex(), "t": 4,
+    }).encode()
+    assert setup.digest() == hashlib.sha256(canonical).digest()
+    variants = [replace(setup, round_context=b"ctx2"), replace(setup, participants=(1, 2, 3, 4, 6)),
+                replace(setup, threshold=3), replace(setup, graph_seed=b"t" * 16),
+                replace(setup, vector_length=7), replace(setup, max_colluding=0),
+                replace(setup, encoding=replace(spec, clip=1.25)),
+                replace(setup, encoding=replace(spec, mod_bits=41)),
+                replace(setup, encoding=replace(spec, max_weight=2)),
+                replace(setup, encoding=replace(spec, max_devices=9)),
+                replace(setup, encoding=replace(spec, norm=2.0))]
+    assert len({v.digest() for v in variants} | {setup.digest()}) == len(variants) + 1
+
+
+# --- encoding: ranges, clipping, exact integers ----------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"clip": 0.0}, "^clip must be a positive finite number, got 0.0$"),
+    ({"clip": float("inf")}, "^clip must be a positive finite number, got inf$"),
+    ({"norm": float("inf")}, "^norm must be a finite number >= 0, got inf$"),
+    ({"norm": -1.0}, "^norm must be a finite number >= 0, got -1.0$"),
+    ({"mod_bits": 7}, "^mod_bits must be in 8..64, got 7$"),
+    ({"mod_bits": 65}, "^mod_bits must be in 8..64, got 65$"),
+    ({"max_weight": 0}, "^max_weight and max_devices must be >= 1$"),
+    ({"max_devices": 0}, "^max_weight and max_devices must be >= 1$"),
+])
+def test_an_impossible_encoding_is_refused_by_name(kwargs: dict, message: str) -> None:
+    with pytest.raises(EncodingError, match=message):
+        EncodingSpec(**kwargs)
+
+
+def test_too_many_devices_and_non_finite_updates_are_named() -> None:
+    spec = EncodingSpec(clip=1.0, mod_bits=32, max_weight=1, max_devices=3)
+    with pytest.raises(EncodingError, match="^4 devices exceed the encoding's max_devices=3; "
+                                            "the sum could overflow: raise max_devices \\(and "
+                                            "mod_bits\\)$"):
+        spec.check_devices(4)
+    with pytest.raises(EncodingError, match="^update has non-finite values$"):
+        spec.encode(np.array([0.0, np.nan]), 1)
+
+
+def test_the_word_size_follows_the_modulus() -> None:
+    from privacy.secagg.encoding import dtype_for, reduce
+
+    assert dtype_for(32) == np.uint32 and dtype_for(33) == np.uint64
+    values = np.array([(1 << 40) + 5, (1 << 33) - 1], dtype=np.uint64)
+    np.testing.assert_array_equal(reduce(values, 33), [5, (1 << 33) - 1])
+    np.testing.assert_array_equal(reduce(values, 64), values)
+    np.testing.assert_array_equal(reduce(values.astype(np.uint32), 32), values.astype(np.uint32))
+
+
+def test_an_update_longer_than_the_norm_is_scaled_onto_it() -> None:
+    spec = EncodingSpec(clip=4.0, mod_bits=48, max_weight=1, max_devices=2, norm=1.0)
+    update = np.array([1.2, -1.6])  # L2 norm 2: halved to [0.6, -0.8]
+    mean, _ = spec.decode(spec.encode(update, 1), 1)
+    np.testing.assert_allclose(mean, [0.6, -0.8], atol=spec.quantisation_bound)
+    on_norm = np.array([0.6, -0.8])  # exactly on the norm: unchanged
+    mean, _ = spec.decode(spec.encode(on_norm, 1), 1)
+    np.testing.assert_allclose(mean, on_norm, atol=spec.quantisation_bound)
+
+
+def test_the_range_ends_encode_exactly() -> None:
+    """-clip and +clip are levels -L and +L (0 and 2L once shifted)."""
+    spec = EncodingSpec(clip=0.5, mod_bits=16, max_weight=2, max_devices=2)
+    encoded = spec.encode(np.array([-0.5, 0.5, -9.0, 9.0]), 2)
+    np.testing.assert_array_equal(encoded, [0, 4 * spec.levels, 0, 4 * spec.levels, 2])
+
+
+def test_encoding_is_exact_in_integers_with_large_weights_and_float32_updates() -> None:
+    """w * (level + L) is formed in integers: at 64 bits with 2L = 2^53 and w = 999 a float
+    detour would round; and a float32 update encodes as its float64 value does."""
+    spec = EncodingSpec(clip=1.0, mod_bits=64, max_weight=999, max_devices=2)
+    assert spec.levels == 1 << 52
+    update = np.array([0.1, -0.7, 1.0, -1.0, 0.3333333], dtype=np.float32)
+    got = spec.encode(update, 999)
+    want = [999 * (round(Fraction(float(x)) * spec.levels) + spec.levels) for x in update]
+    assert [int(v) for v in got[:-1]] == want and int(got[-1]) == 999
+    np.testing.assert_array_equal(spec.encode(update.astype(np.float64), 999), got)

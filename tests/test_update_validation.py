@@ -120,30 +120,58 @@ def _other_device(reply: Message) -> None:
     reply.content[DEVICE_KEY]["device"] = 2  # node 101 checked in as device 0
 
 
+#: case -> (change, reason, the exact detail the round's record shows).
 HOSTILE = {
-    "nan": (_nan, "non_finite", "w holds 1 NaN/Inf"),
-    "inf": (with_array("b", np.array([0, np.inf, 0, 0], dtype=np.float32)), "non_finite", "b"),
-    "shape": (with_array("w", np.zeros((4, 3), dtype=np.float32)), "shape", "(4, 3)"),
-    "dtype": (with_array("w", GLOBAL["w"].astype(np.float64)), "dtype", "float64"),
-    "huge norm": (with_array("w", GLOBAL["w"] + np.float32(100)), "norm_bound", "exceeds"),
-    "missing array": (lambda r: r.content[ARRAYS_KEY].pop("b"), "malformed", "missing ['b']"),
-    "extra array": (with_array("z", np.zeros(1, dtype=np.float32)), "malformed", "'z'"),
-    "header lies": (_header_lies, "malformed", "decodes to float32(2, 6)"),
-    "extra record": (_extra_record, "malformed", "smuggled"),
-    "bad dp event": (_bad_dp_event, "malformed", "DP event"),
-    "inflated weight": (with_metric("num-examples", 10**9), "metrics", "1..8"),
-    "float weight": (with_metric("num-examples", 8.0), "metrics", "num-examples"),
-    "nan loss": (with_metric("loss", float("nan")), "metrics", "loss"),
-    "negative kl": (with_metric("kl_bits", -1.0), "metrics", "negative"),
-    "slow clock": (with_metric("train_seconds", 1e6), "metrics", "train_seconds"),
-    "bad sample rate": (with_metric("sample_rate", 1.5), "metrics", "sample_rate"),
-    "list metric": (with_metric("loss", [1.0, 2.0]), "metrics", "loss"),
-    "no train_seconds": (_drop_train_seconds, "metrics", "missing train_seconds"),
-    "replayed round": (with_echo("server-round", 1), "stale_round", "echoes round 1"),
-    "replayed nonce": (with_echo("round-nonce", "0" * 32), "stale_round", "nonce"),
-    "no echo": (lambda r: r.content[DEVICE_KEY].pop("round-nonce"), "stale_round", "nonce"),
-    "other run": (with_echo("run-id", "run-b"), "wrong_run", "run-b"),
-    "other device": (_other_device, "identity", "claims device 2"),
+    "nan": (_nan, "non_finite",
+            'w holds 1 NaN/Inf value(s)'),
+    "inf": (with_array("b", np.array([0, np.inf, 0, 0], dtype=np.float32)), "non_finite",
+            'b holds 1 NaN/Inf value(s)'),
+    "shape": (with_array("w", np.zeros((4, 3), dtype=np.float32)), "shape",
+              "w has shape (4, 3), the global model's is (3, 4)"),
+    "dtype": (with_array("w", GLOBAL["w"].astype(np.float64)), "dtype",
+              "w has dtype float64, the global model's is float32"),
+    "huge norm": (with_array("w", GLOBAL["w"] + np.float32(100)), "norm_bound",
+                  'update norm 346.4 exceeds the bound 10'),
+    "missing array": (lambda r: r.content[ARRAYS_KEY].pop("b"), "malformed",
+                      "array names differ from the global model's (missing ['b'], "
+                      "unexpected [])"),
+    "extra array": (with_array("z", np.zeros(1, dtype=np.float32)), "malformed",
+                    "array names differ from the global model's (missing [], "
+                    "unexpected ['z'])"),
+    "header lies": (_header_lies, "malformed",
+                    'w decodes to float32(2, 6), its header says float32(3, 4)'),
+    "extra record": (_extra_record, "malformed",
+                     "config records ['device', 'smuggled'], expected ['device'] "
+                     "(+ optional ['dp_event'])"),
+    "bad dp event": (_bad_dp_event, "malformed",
+                     "unparsable DP event (PoissonGaussianEvent is missing field(s): "
+                     "noise_multiplier, steps)"),
+    "inflated weight": (with_metric("num-examples", 10**9), "metrics",
+                        'num-examples 1000000000 is not an integer in 1..8'),
+    "float weight": (with_metric("num-examples", 8.0), "metrics",
+                     'num-examples 8.0 is not an integer in 1..8'),
+    "nan loss": (with_metric("loss", float("nan")), "metrics",
+                 'loss nan is not a finite number'),
+    "negative kl": (with_metric("kl_bits", -1.0), "metrics",
+                    'kl_bits -1.0 is negative'),
+    "slow clock": (with_metric("train_seconds", 1e6), "metrics",
+                   'train_seconds 1000000.0 is not in [0, 60]'),
+    "bad sample rate": (with_metric("sample_rate", 1.5), "metrics",
+                        'sample_rate 1.5 is not in (0, 1]'),
+    "list metric": (with_metric("loss", [1.0, 2.0]), "metrics",
+                    'loss [1.0, 2.0] is not a finite number'),
+    "no train_seconds": (_drop_train_seconds, "metrics",
+                         'missing train_seconds'),
+    "replayed round": (with_echo("server-round", 1), "stale_round",
+                       'echoes round 1, this is round 2'),
+    "replayed nonce": (with_echo("round-nonce", "0" * 32), "stale_round",
+                       "echoes another round's nonce (a replayed update)"),
+    "no echo": (lambda r: r.content[DEVICE_KEY].pop("round-nonce"), "stale_round",
+                "echoes another round's nonce (a replayed update)"),
+    "other run": (with_echo("run-id", "run-b"), "wrong_run",
+                  "echoes run 'run-b', this is run 'run-a'"),
+    "other device": (_other_device, "identity",
+                     'claims device 2; node 101 checked in as device 0'),
 }
 
 
@@ -158,7 +186,7 @@ def test_each_hostile_change_is_dropped_for_its_reason(round_, case) -> None:
     assert result.accepted == [] and len(result.rejected) == 1
     rejection = result.rejected[0]
     assert (rejection.reason, rejection.node_id, rejection.device) == (reason, 101, 0)
-    assert detail in rejection.detail, rejection.detail
+    assert rejection.detail == detail  # the whole line an operator reads
     assert result.counts() == {reason: 1}
 
 

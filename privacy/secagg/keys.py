@@ -98,8 +98,8 @@ def load_public_key(key: ec.EllipticCurvePublicKey | bytes | str) -> ec.Elliptic
     if isinstance(key, ec.EllipticCurvePublicKey):
         loaded = key
     else:
-        data = key.encode() if isinstance(key, str) else key
-        if data.lstrip().startswith(b"ecdsa-"):
+        data = (key.encode() if isinstance(key, str) else key).strip()  # as pasted
+        if data.startswith(b"ecdsa-"):
             loaded = serialization.load_ssh_public_key(data)  # type: ignore[assignment]
         else:
             loaded = serialization.load_pem_public_key(data)  # type: ignore[assignment]
