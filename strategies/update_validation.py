@@ -101,7 +101,7 @@ class RoundTicket:
         return config
 
     def check_echo(self, device_record: ConfigRecord) -> None:
-        if str(device_record.get("run-id", "")) != self.run_id:
+        if device_record.get("run-id") != self.run_id:
             raise Rejected("wrong_run", f"echoes run {device_record.get('run-id')!r}, "
                                         f"this is run {self.run_id!r}")
         if device_record.get("server-round") != self.server_round:

@@ -22,6 +22,7 @@ from privacy.wire.arrays import record_of
 from privacy.wire.keys import ARRAYS_KEY, CONFIG_KEY, DEVICE_KEY, DP_EVENT_KEY, METRICS_KEY
 from strategies.update_validation import (
     REASONS,
+    Rejected,
     RoundTicket,
     Screening,
     SecureVector,
@@ -358,3 +359,117 @@ def test_secagg_screening_turns_a_bad_masked_reply_into_a_dropout(task_identity,
     rest = set(NODES.values()) - {NODES[node]}
     assert set(secure.result.contributors) == rest
     assert_close_to_fedavg(secure, rest)
+
+
+def test_more_hostile_replies_are_named_whole(round_) -> None:
+    """Array bytes that are not an array, four missing arrays (three are named), a missing
+    or extra metric record: each dropped with the line an operator reads."""
+    ticket, sent = round_
+
+    def rejected(change: Callable[[Message], None]) -> tuple[str, str]:
+        reply = honest(sent[0])
+        change(reply)
+        [r] = screen(ticket, sent, [reply]).rejected
+        return r.reason, r.detail
+
+    def garbage(reply: Message) -> None:
+        reply.content[ARRAYS_KEY]["w"] = Array(dtype="float32", shape=(3, 4),
+                                               stype="numpy.ndarray", data=b"not an array")
+
+    reason, detail = rejected(garbage)
+    assert reason == "malformed" and detail.startswith("w does not decode (")
+
+    def no_metrics(reply: Message) -> None:
+        del reply.content[METRICS_KEY]
+
+    assert rejected(no_metrics) == ("malformed", "metric records [], expected ['metrics']")
+
+    def extra_metrics(reply: Message) -> None:
+        reply.content["more"] = MetricRecord({"x": 1.0})
+
+    assert rejected(extra_metrics) == (
+        "malformed", "metric records ['metrics', 'more'], expected ['metrics']")
+
+    def extra_arrays(reply: Message) -> None:
+        reply.content["more"] = ArrayRecord({"x": Array(np.zeros(1, np.float32))})
+
+    assert rejected(extra_arrays) == (
+        "malformed", "array records ['arrays', 'more'], expected ['arrays']")
+
+    wide = {f"a{i}": np.zeros(1, np.float32) for i in range(5)}
+    screening = Screening()
+    reply = honest(sent[0])
+    screen_round(screening, ticket, POLICY, sent, [reply], DEVICES, {**GLOBAL, **wide})
+    assert screening.rejected[0].detail == (
+        "array names differ from the global model's (missing ['a0', 'a1', 'a2'], "
+        "unexpected [])")
+    assert str(Rejected("metrics", "x is wrong")) == "metrics: x is wrong"
+
+
+def test_an_update_exactly_on_the_norm_bound_passes(round_) -> None:
+    ticket, sent = round_
+    reply = honest(sent[0], delta=0.0)
+    with_array("b", GLOBAL["b"] + np.float32(5.0))(reply)  # sqrt(4 * 25) = 10 = the bound
+    assert screen(ticket, sent, [reply]).accepted == [reply]
+    with_array("b", GLOBAL["b"] + np.float32(5.0001))(reply)
+    assert [r.reason for r in screen(ticket, sent, [reply]).rejected] == ["norm_bound"]
+
+
+def test_a_missing_run_echo_is_the_wrong_run(round_) -> None:
+    ticket, sent = round_
+    reply = honest(sent[0])
+    del reply.content[DEVICE_KEY]["run-id"]
+    [r] = screen(ticket, sent, [reply]).rejected
+    assert (r.reason, r.detail) == ("wrong_run", "echoes run None, this is run 'run-a'")
+
+
+def test_revocation_withdraws_accepted_updates_and_records_why(round_) -> None:
+    """Screening.withdraw: the revoked node's valid update leaves the accepted list as
+    `revoked` (with the registry's reason) but stays released (its DP event counts); the
+    rest are kept in order. The records sort by device, nodes without one last."""
+    ticket, sent = round_
+    replies = [honest(m) for m in sent]
+    result = screen(ticket, sent, replies)
+    kept = result.withdraw({102: "revoked by the operator at 12:00"}, DEVICES)
+    assert kept == [replies[0], replies[2]] == result.accepted
+    assert result.released_with([]) == replies
+    assert result.rejected_devices() == ({"node": 102, "device": 1, "reason": "revoked",
+                                          "detail": "revoked by the operator at 12:00"},)
+    result.withdraw({103: "gone"}, {})  # a node the mapping does not know: no device
+    assert [(d["node"], d["device"]) for d in result.rejected_devices()] == [(102, 1),
+                                                                           (103, None)]
+    assert result.summary() == " (2 rejected: revoked 2)"
+    assert Screening().summary() == ""
+
+
+def test_masked_replies_are_named_whole(round_) -> None:
+    from strategies.secagg_workflow import SecAggParams, round_setup
+
+    ticket, sent = round_
+    setup = round_setup(SecAggParams(max_weight=8), sorted(DEVICES.values()), 15)
+    dtype = np.dtype(setup.encoding.dtype)
+    length = setup.encoding.encoded_length(15)
+
+    def masked(secagg: ConfigRecord | None) -> tuple[str, str]:
+        reply = honest(sent[0])
+        content = RecordDict({METRICS_KEY: MetricRecord({"steps": 1.0, "train_seconds": 0.3}),
+                              DEVICE_KEY: reply.content[DEVICE_KEY]})
+        if secagg is not None:
+            content["secagg"] = secagg
+        screening = Screening()
+        screen_round(screening, ticket, POLICY, sent, [Message(content, reply_to=sent[0])],
+                     DEVICES, secure_setup=setup)
+        [r] = screening.rejected
+        return r.reason, r.detail
+
+    assert masked(None) == ("malformed", "config records ['device'], expected ['device', "
+                                         "'secagg'] (+ optional ['dp_event'])")
+    reason, detail = masked(ConfigRecord({"sender": 0, "dtype": dtype.str}))
+    assert reason == "malformed" and detail.startswith("masked input without a valid vector (")
+    short = np.zeros(length - 3, dtype=dtype)
+    assert masked(ConfigRecord({"sender": 0, "dtype": dtype.str, "vector": short.tobytes()})) \
+        == ("shape", f"masked vector has {length - 3} elements, expected {length}")
+    other = np.dtype(np.uint64) if dtype != np.uint64 else np.dtype(np.uint32)
+    assert masked(ConfigRecord({"sender": 0, "dtype": other.str,
+                                "vector": np.zeros(length, other).tobytes()})) \
+        == ("dtype", f"masked vector has dtype {other}, expected {dtype}")
