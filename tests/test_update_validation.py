@@ -291,8 +291,12 @@ def test_secure_rounds_check_what_a_masked_vector_shows(round_) -> None:
     # Only contributors' DP events count under SecAgg+ (a dropped vector is never unmasked).
     assert screening.released_with([good]) == [good]
     arrays_sent = honest(sent[0])  # a plain update where a masked one belongs
-    assert screen_round(Screening(), ticket, POLICY, sent, [arrays_sent], DEVICES,
+    arrays_sent.content["secagg"] = good.content["secagg"]
+    plain_in_secure = Screening()
+    assert screen_round(plain_in_secure, ticket, POLICY, sent, [arrays_sent], DEVICES,
                         secure_setup=setup) == []
+    assert [(r.reason, r.detail) for r in plain_in_secure.rejected] == [
+        ("malformed", "array records ['arrays'], expected []")]
 
 
 def test_a_real_device_reply_passes(task_identity) -> None:
@@ -473,3 +477,73 @@ def test_masked_replies_are_named_whole(round_) -> None:
     assert masked(ConfigRecord({"sender": 0, "dtype": other.str,
                                 "vector": np.zeros(length, other).tobytes()})) \
         == ("dtype", f"masked vector has dtype {other}, expected {dtype}")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("num-examples", 1), ("num-examples", 8), ("kl_bits", 0.0), ("steps", 0.0),
+    ("empty_steps", 0.5), ("sample_rate", 1.0), ("sample_rate", 1e-9), ("train_seconds", 0.0),
+    ("train_seconds", 60.0)])
+def test_metrics_on_the_edge_of_their_range_pass(round_, name: str, value: float) -> None:
+    ticket, sent = round_
+    reply = honest(sent[0])
+    with_metric(name, value)(reply)
+    assert screen(ticket, sent, [reply]).accepted == [reply]
+
+
+@pytest.mark.parametrize(("name", "value", "detail"), [
+    ("num-examples", 0, "num-examples 0 is not an integer in 1..8"),
+    ("sample_rate", 0.0, "sample_rate 0.0 is not in (0, 1]"),
+    ("train_seconds", -0.5, "train_seconds -0.5 is not in [0, 60]"),
+    ("steps", -1.0, "steps -1.0 is negative"),
+])
+def test_metrics_just_outside_their_range_are_named(round_, name: str, value: float,
+                                                    detail: str) -> None:
+    ticket, sent = round_
+    reply = honest(sent[0])
+    with_metric(name, value)(reply)
+    [r] = screen(ticket, sent, [reply]).rejected
+    assert (r.reason, r.detail) == ("metrics", detail)
+
+
+def test_a_plain_reply_must_report_its_weight_and_time(round_) -> None:
+    ticket, sent = round_
+    reply = honest(sent[0])
+    del reply.content[METRICS_KEY]["num-examples"]
+    del reply.content[METRICS_KEY]["train_seconds"]
+    [r] = screen(ticket, sent, [reply]).rejected
+    assert (r.reason, r.detail) == ("metrics", "missing num-examples, train_seconds")
+
+
+def test_sender_checks_are_named_whole(round_) -> None:
+    ticket, sent = round_
+    no_device = honest(sent[0])
+    del no_device.content[DEVICE_KEY]
+    wrong_kind = honest(sent[1])
+    wrong_kind.content[DP_EVENT_KEY] = MetricRecord({"sample_rate": 0.1})
+    other_run = honest(sent[2])
+    other_run.metadata.__dict__["_run_id"] = 77
+    result = screen(ticket, sent, [no_device, wrong_kind, other_run])
+    assert [(r.reason, r.detail) for r in result.rejected] == [
+        ("identity", "no ConfigRecord 'device' in the reply"),
+        ("malformed", "no ConfigRecord 'dp_event' in the reply"),
+        ("wrong_run", f"Flower run 77, this round's is [{sent[0].metadata.run_id}]"),
+    ]
+    stale = screen(ticket, sent, [honest(_pushed(101, RoundTicket("run-a", 1))),
+                                  honest(sent[0]), honest(sent[0])])
+    assert [r.detail for r in stale.rejected] == ["answers no train message of this round",
+                                                  "a second reply to one train message"]
+
+
+def test_an_error_reply_does_not_stop_the_screening(round_) -> None:
+    ticket, sent = round_
+    good = honest(sent[1])
+    result = screen(ticket, sent, [_error_reply(sent[0]), good])
+    assert result.accepted == [good] and result.rejected == []
+
+
+def test_a_validator_is_plain_or_secure_never_both() -> None:
+    from strategies.update_validation import UpdateValidator
+
+    with pytest.raises(ValueError, match="^give exactly one of global_arrays \\(plain\\) or "
+                                         "secure_vector$"):
+        UpdateValidator(RoundTicket("r", 1), POLICY, [], DEVICES)
