@@ -25,6 +25,27 @@ def _registry_selection_is_restored():
         os.environ[db.ENV_VAR] = saved_env
 
 
+#: Modules whose functions keep an lru_cache of accountant figures.
+_CACHED_MODULES = ("privacy.accounting.pld", "privacy.accounting.rdp",
+                   "privacy.accounting.calibration", "fl_server.privacy_ledger")
+
+
+@pytest.fixture(autouse=True)
+def _accountant_caches_are_empty_under_mutation():
+    """Under mutation testing (`scripts/mutation.sh`) each mutant's tests run in a process
+    forked after the clean run, so a figure cached then would answer instead of the
+    mutated function. There, every test starts with the accountants' caches empty."""
+    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
+        import sys
+
+        for name in _CACHED_MODULES:
+            module = sys.modules.get(name)
+            for value in vars(module).values() if module else ():
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
+    yield
+
+
 @pytest.fixture
 def task_identity():
     """Flower 1.42 stamps messages with the process's task identity; unit tests set one."""
