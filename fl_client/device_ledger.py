@@ -190,7 +190,7 @@ class DeviceLedger:
                              for r in data["releases"])
             return cls(path, _check_cap(data["cap_epsilon"]), check_delta(data["delta"]),
                        releases)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise DeviceLedgerError(
                 f"device ledger {path} is corrupt ({exc}): refusing to train; it is never "
                 "reset to zero, restore it from a backup") from None
