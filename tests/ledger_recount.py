@@ -110,3 +110,19 @@ def epsilon_mismatches(url: str, delta: float, rounds_by_device: dict[str, int],
             problems.append(f"{name}: budget show epsilon {got:.6g}, recount {want:.6g} "
                             f"over {rounds} release(s)")
     return problems
+
+
+def sql_execute(url: str, sql: str, **params: object) -> None:
+    """Run one SQL statement on the registry at `url` (a test playing a hostile operator)."""
+    from fl_server.registry import db
+
+    with db.get_engine(url).begin() as c:
+        c.execute(text(sql), params)
+
+
+def sql_rows(url: str, sql: str) -> list[tuple]:
+    """The rows of one SQL query on the registry at `url`, as plain tuples."""
+    from fl_server.registry import db
+
+    with db.get_engine(url).connect() as c:
+        return [tuple(r) for r in c.execute(text(sql))]

@@ -28,6 +28,7 @@ from privacy.synthetic import FleetSpec
 from privacy.wire.budget import BudgetPlan, planned_local_event
 from privacy.wire.instructions import Instructions
 from privacy.wire.train import TrainConfig
+from tests.ledger_recount import sql_execute, sql_rows
 
 DELTA = 1e-5
 
@@ -209,18 +210,8 @@ def _reserve(url: str, device: int, server_round: int) -> ledger.Reservation:
     return ledger.reserve(url, "r1", server_round, [ledger.Release(device, LOCAL)], DELTA, None)
 
 
-def _execute(url: str, sql: str, **params: object) -> None:
-    with db.get_engine(url).begin() as c:
-        c.execute(text(sql), params)
-
-
-def _rows(url: str, sql: str) -> list[tuple]:
-    with db.get_engine(url).connect() as c:
-        return [tuple(r) for r in c.execute(text(sql))]
-
-
 def _vector(url: str) -> np.ndarray:
-    (blob,) = _rows(url, "SELECT rdp FROM device_budgets")[0]
+    (blob,) = sql_rows(url, "SELECT rdp FROM device_budgets")[0]
     return np.frombuffer(bytes(blob), dtype="<f8").copy()
 
 
@@ -240,7 +231,7 @@ def _drop_triggers(url: str) -> None:
 def _over_cap(url: str, device: int, cap: float) -> None:
     """The device's charged epsilon, by dp-accounting over the rows, within its cap; and the
     rows are exactly what was charged (nothing lost)."""
-    events = [DpEvent(q, s, n) for q, s, n in _rows(
+    events = [DpEvent(q, s, n) for q, s, n in sql_rows(
         url, f"SELECT sample_rate, noise_multiplier, steps FROM privacy_events "
              f"WHERE device_id = {device}")]
     assert reference_epsilon(events) <= cap
@@ -255,7 +246,7 @@ def test_the_database_refuses_every_tamper_with_the_spend(registry_url, tmp_path
     device = _device(registry_url, tmp_path, _cap_fitting(3))
     for r in (1, 2, 3):
         assert _reserve(registry_url, device, r).reserved == (device,)
-    vector, before = _vector(registry_url), _rows(registry_url, "SELECT * FROM device_budgets")
+    vector, before = _vector(registry_url), sql_rows(registry_url, "SELECT * FROM device_budgets")
     lowered = vector.copy()
     lowered[10] = 0.0
     statement, params = {
@@ -269,8 +260,8 @@ def test_the_database_refuses_every_tamper_with_the_spend(registry_url, tmp_path
         "raise a noise multiplier": ("UPDATE privacy_events SET noise_multiplier = 50", {}),
     }[tamper]
     with pytest.raises(DBAPIError, match="RDP vector changes only|must equal|append-only"):
-        _execute(registry_url, statement, **params)
-    assert _rows(registry_url, "SELECT * FROM device_budgets") == before
+        sql_execute(registry_url, statement, **params)
+    assert sql_rows(registry_url, "SELECT * FROM device_budgets") == before
     assert _reserve(registry_url, device, 4).refused[0].device_id == device
     _over_cap(registry_url, device, _cap_fitting(3))
 
@@ -290,17 +281,17 @@ def test_a_lowered_cache_is_not_trusted_the_rows_decide(registry_url, tmp_path,
     forged = np.zeros_like(vector) if tamper == "zero the vector" else vector.copy()
     if tamper == "lower one order":
         forged[:] = vector * 0.5
-    _execute(registry_url, "UPDATE device_budgets SET rdp = :v", v=forged.tobytes())
+    sql_execute(registry_url, "UPDATE device_budgets SET rdp = :v", v=forged.tobytes())
     assert ledger.eligible(registry_url, [device], LOCAL, DELTA, None)[0] == [device] or \
         tamper == "lower one order"  # the pre-check reads the cache: that is why it is not enough
     for r in (4, 5, 6):
         out = _reserve(registry_url, device, r)
         assert out.reserved == () and out.refused[0].device_id == device
-    assert _rows(registry_url, "SELECT count(*) FROM privacy_events") == [(3,)]
+    assert sql_rows(registry_url, "SELECT count(*) FROM privacy_events") == [(3,)]
     _over_cap(registry_url, device, cap)
     assert ledger.budget_state(registry_url, device, DELTA).epsilon == pytest.approx(
         reference_epsilon([LOCAL] * 3), rel=1e-2)
-    actions = [a for (a,) in _rows(registry_url, "SELECT action FROM audit_log")]
+    actions = [a for (a,) in sql_rows(registry_url, "SELECT action FROM audit_log")]
     assert "budget.ledger-mismatch" in actions
 
 
@@ -313,7 +304,7 @@ def test_a_zeroed_cache_below_the_cap_is_charged_from_the_rows_and_repaired(
         _reserve(registry_url, device, r)
     truth = _vector(registry_url)
     _drop_triggers(registry_url)
-    _execute(registry_url, "UPDATE device_budgets SET rdp = :v",
+    sql_execute(registry_url, "UPDATE device_budgets SET rdp = :v",
              v=np.zeros_like(truth).tobytes())
     assert _reserve(registry_url, device, 3).reserved == (device,)
     from privacy.accounting import rdp_vector
@@ -331,15 +322,15 @@ def test_rows_lowered_behind_the_databases_back_refuse_the_device(registry_url, 
     for r in (1, 2, 3):
         _reserve(registry_url, device, r)
     _drop_triggers(registry_url)
-    _execute(registry_url, "DELETE FROM privacy_events WHERE round_number = 1"
+    sql_execute(registry_url, "DELETE FROM privacy_events WHERE round_number = 1"
              if tamper == "delete an event row" else
              "UPDATE privacy_events SET noise_multiplier = 50")
     out = _reserve(registry_url, device, 4)
     assert out.reserved == ()
     assert "rows were deleted or rewritten" in out.refused[0].reason
-    assert _rows(registry_url, "SELECT count(*) FROM privacy_events WHERE round_number = 4"
+    assert sql_rows(registry_url, "SELECT count(*) FROM privacy_events WHERE round_number = 4"
                  ) == [(0,)]
-    actions = [a for (a,) in _rows(registry_url, "SELECT action FROM audit_log")]
+    actions = [a for (a,) in sql_rows(registry_url, "SELECT action FROM audit_log")]
     assert "budget.ledger-mismatch" in actions
 
 
@@ -350,9 +341,9 @@ def test_rows_lowered_behind_the_databases_back_refuse_the_device(registry_url, 
 def test_an_infinite_cap_is_refused_by_the_database(registry_url, tmp_path, value) -> None:
     device = _device(registry_url, tmp_path, 5.0)
     with pytest.raises(DBAPIError, match="epsilon_cap"):
-        _execute(registry_url, "UPDATE devices SET epsilon_cap = :c WHERE id = :i",
+        sql_execute(registry_url, "UPDATE devices SET epsilon_cap = :c WHERE id = :i",
                  c=value, i=device)
-    assert _rows(registry_url, "SELECT epsilon_cap FROM devices") == [(5.0,)]
+    assert sql_rows(registry_url, "SELECT epsilon_cap FROM devices") == [(5.0,)]
 
 
 def test_a_database_holding_an_infinite_cap_is_not_upgraded_silently(registry_url,
@@ -361,7 +352,7 @@ def test_a_database_holding_an_infinite_cap_is_not_upgraded_silently(registry_ur
     engine = db.get_engine(registry_url)
     with engine.begin() as c:
         command.upgrade(db.alembic_config(c), "0003_representations")
-    _execute(registry_url, "INSERT INTO devices (name, profile, public_key, key_fingerprint, "
+    sql_execute(registry_url, "INSERT INTO devices (name, profile, public_key, key_fingerprint, "
              "status, consent_training, consent_evaluation, created_at, epsilon_cap, "
              "data_source) VALUES ('cam-0', 'glasses', 'k', 'f', 'enrolled', true, true, "
              ":t, :c, 'synthetic')", t=dt.datetime.now(dt.UTC), c=float("inf"))
@@ -382,7 +373,7 @@ def test_an_infinite_cap_in_a_manifest_is_one_line_exit_2_nothing_written(
     assert main(["fleet", "enroll", "--manifest", "m.csv"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "epsilon_cap: must be a finite number" in err, err
-    assert _rows(registry_url, "SELECT count(*) FROM devices") == [(0,)]
+    assert sql_rows(registry_url, "SELECT count(*) FROM devices") == [(0,)]
     assert not (tmp_path / "devices").exists() or not any((tmp_path / "devices").iterdir())
 
 

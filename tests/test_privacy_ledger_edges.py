@@ -14,31 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import text
 
 from fl_server import privacy_ledger as ledger
 from fl_server.registry import audit, db
 from privacy.accounting import DpEvent, EventKind, epsilon_from_rdp, rdp_vector
 from privacy.wire.budget import LedgerReport
 from tests.test_privacy_ledger import CENTRAL, DELTA, LOCAL, fleet, independent_epsilon
+from tests.ledger_recount import sql_execute, sql_rows
 
 NO_DEVICE_999 = "^device: no registry device with id 999$"
 
 
-def _execute(url: str, sql: str, **params: object) -> None:
-    with db.get_engine(url).begin() as c:
-        c.execute(text(sql), params)
-
-
-def _rows(url: str, sql: str) -> list[tuple]:
-    with db.get_engine(url).connect() as c:
-        return [tuple(r) for r in c.execute(text(sql))]
-
-
 def _drop_sqlite_triggers(url: str) -> None:
     """What a SQLite registry's owner can do: switch off every ledger rule."""
-    for (name,) in _rows(url, "SELECT name FROM sqlite_master WHERE type = 'trigger'"):
-        _execute(url, f'DROP TRIGGER "{name}"')
+    for (name,) in sql_rows(url, "SELECT name FROM sqlite_master WHERE type = 'trigger'"):
+        sql_execute(url, f'DROP TRIGGER "{name}"')
 
 
 def _reserve(url: str, run_id: str, round_number: int, device: int,
@@ -162,7 +152,7 @@ def test_budget_states_in_id_order_of_all_or_the_given_devices(registry_url, tmp
     a, b, c = fleet(registry_url, tmp_path, [8.0, None, 3.0], delta_cap=None)
     _reserve(registry_url, "r1", 1, a, LOCAL)
     _reserve(registry_url, "r1", 1, c, LOCAL, CENTRAL)
-    _execute(registry_url, "UPDATE devices SET epsilon_cap = 9.0 WHERE id = :a", a=a)
+    sql_execute(registry_url, "UPDATE devices SET epsilon_cap = 9.0 WHERE id = :a", a=a)
     states = ledger.budget_states(registry_url, DELTA)
     assert [(s.device_id, s.epsilon_cap, s.delta, len(s.events)) for s in states] == [
         (a, 9.0, DELTA, 1), (b, None, DELTA, 0), (c, 3.0, DELTA, 2)]
@@ -182,7 +172,7 @@ def test_fleet_rdp_epsilons_of_an_empty_fleet(sqlite_url) -> None:
 
 def test_fleet_rdp_epsilons_use_each_devices_delta_and_cap(sqlite_url, tmp_path) -> None:
     a, b = fleet(sqlite_url, tmp_path, [8.0, None], delta_cap=None)
-    _execute(sqlite_url, "UPDATE devices SET delta_cap = 1e-7 WHERE id = :a", a=a)
+    sql_execute(sqlite_url, "UPDATE devices SET delta_cap = 1e-7 WHERE id = :a", a=a)
     _reserve(sqlite_url, "r1", 1, a, LOCAL)
     _reserve(sqlite_url, "r1", 1, b, LOCAL, CENTRAL)
     ids, eps, cap = ledger.fleet_rdp_epsilons(sqlite_url, DELTA)
@@ -199,7 +189,7 @@ def test_fleet_rdp_epsilons_refuse_a_vector_on_another_order_grid(sqlite_url, tm
     (a,) = fleet(sqlite_url, tmp_path, [None])
     _reserve(sqlite_url, "r1", 1, a, LOCAL)
     _drop_sqlite_triggers(sqlite_url)
-    _execute(sqlite_url, "UPDATE device_budgets SET orders_sha256 = :x", x="0" * 64)
+    sql_execute(sqlite_url, "UPDATE device_budgets SET orders_sha256 = :x", x="0" * 64)
     with pytest.raises(db.RegistryError, match=(
             r"^device_budgets: an RDP vector was computed on another order grid than "
             r"privacy\.accounting\.ORDERS$")):
@@ -227,7 +217,7 @@ def test_fleet_rdp_epsilons_check_the_schema_once_per_database(sqlite_url, monke
 def test_fleet_rdp_epsilons_name_the_database_a_query_fails_on(sqlite_url) -> None:
     db.upgrade(sqlite_url)
     ledger.fleet_rdp_epsilons(sqlite_url, DELTA)  # the schema is checked: the hot path next
-    _execute(sqlite_url, "DROP TABLE device_budgets")
+    sql_execute(sqlite_url, "DROP TABLE device_budgets")
     with pytest.raises(db.RegistryError, match=(
             f"^--db: cannot use the registry database {re.escape(sqlite_url)}: no such table: "
             "device_budgets; check --db / FEDMSR_DB and that the database server is running$")):
@@ -268,7 +258,7 @@ def test_kind_epsilons_count_one_kind_only(sqlite_url, tmp_path) -> None:
 # -- check-in reports ------------------------------------------------------------------------
 
 def _disagreements(url: str) -> list[tuple]:
-    return _rows(url, "SELECT device_id, run_id, detail FROM audit_log "
+    return sql_rows(url, "SELECT device_id, run_id, detail FROM audit_log "
                       "WHERE action = 'budget.disagreement' ORDER BY id")
 
 
@@ -401,7 +391,7 @@ def test_a_vector_on_another_order_grid_is_refused_by_reserve_and_state(
     (a,) = fleet(sqlite_url, tmp_path, [None])
     _reserve(sqlite_url, "r1", 1, a, LOCAL)
     _drop_sqlite_triggers(sqlite_url)
-    _execute(sqlite_url, "UPDATE device_budgets SET orders_sha256 = :x", x="0" * 64)
+    sql_execute(sqlite_url, "UPDATE device_budgets SET orders_sha256 = :x", x="0" * 64)
     message = (f"^device_budgets: device {a}'s RDP vector was computed on another order grid "
                r"than privacy\.accounting\.ORDERS$")
     with pytest.raises(db.RegistryError, match=message):
@@ -412,7 +402,7 @@ def test_a_vector_on_another_order_grid_is_refused_by_reserve_and_state(
 
 
 def _mismatches(url: str) -> list[dict]:
-    return [json.loads(d) for (d,) in _rows(
+    return [json.loads(d) for (d,) in sql_rows(
         url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch' ORDER BY id")]
 
 
@@ -423,7 +413,7 @@ def test_rows_below_the_cache_refuse_with_the_whole_reason_and_audit(sqlite_url,
     for r in (1, 2, 3):
         _reserve(sqlite_url, "r1", r, a, LOCAL)
     _drop_sqlite_triggers(sqlite_url)
-    _execute(sqlite_url, "DELETE FROM privacy_events WHERE round_number = 1")
+    sql_execute(sqlite_url, "DELETE FROM privacy_events WHERE round_number = 1")
     out = ledger.reserve(sqlite_url, "r1", 4, [ledger.Release(a, LOCAL)], DELTA, None)
     cached = float(epsilon_from_rdp(rdp_vector([LOCAL] * 3), DELTA))
     rows = float(epsilon_from_rdp(rdp_vector([LOCAL] * 2), DELTA))
@@ -438,7 +428,7 @@ def test_rows_below_the_cache_refuse_with_the_whole_reason_and_audit(sqlite_url,
     ((detail),) = _mismatches(sqlite_url)
     assert detail == {"cached_events": 3, "rows": 2, "cached_epsilon": pytest.approx(cached),
                       "rows_epsilon": pytest.approx(rows), "decision": "refused"}
-    assert _rows(sqlite_url, "SELECT device_id, run_id FROM audit_log WHERE action = "
+    assert sql_rows(sqlite_url, "SELECT device_id, run_id FROM audit_log WHERE action = "
                              "'budget.ledger-mismatch'") == [(a, "r1")]
     assert ledger.ledger_event_count(sqlite_url) == 2
 
@@ -448,7 +438,7 @@ def test_a_zeroed_cache_is_audited_and_charged_from_the_rows(sqlite_url, tmp_pat
     for r in (1, 2):
         _reserve(sqlite_url, "r1", r, a, LOCAL)
     _drop_sqlite_triggers(sqlite_url)
-    _execute(sqlite_url, "UPDATE device_budgets SET rdp = :v",
+    sql_execute(sqlite_url, "UPDATE device_budgets SET rdp = :v",
              v=np.zeros_like(rdp_vector([LOCAL])).tobytes())
     _reserve(sqlite_url, "r2", 1, a, LOCAL)
     ((detail),) = _mismatches(sqlite_url)
@@ -459,7 +449,7 @@ def test_a_zeroed_cache_is_audited_and_charged_from_the_rows(sqlite_url, tmp_pat
     state = ledger.budget_state(sqlite_url, a, DELTA)
     assert state.epsilon_rdp == pytest.approx(epsilon_from_rdp(rdp_vector([LOCAL] * 3), DELTA),
                                               rel=1e-9)
-    assert _rows(sqlite_url, "SELECT events FROM device_budgets") == [(3,)]
+    assert sql_rows(sqlite_url, "SELECT events FROM device_budgets") == [(3,)]
     assert _recounted(state.epsilon, [LOCAL] * 3)
 
 
