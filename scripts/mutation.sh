@@ -11,7 +11,8 @@
 #
 # It prints the survivors with their diffs and a score per module: killed / (killed +
 # survived); timeouts count as killed, "no tests" (a mutant no selected test reaches) as
-# survived. mutmut keeps its results in mutants/: a second call re-runs only what changed.
+# survived. mutmut keeps its results in mutants/: a second call without a pattern runs only
+# the mutants with no result yet; a pattern re-runs every mutant it matches (docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

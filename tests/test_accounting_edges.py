@@ -130,6 +130,20 @@ def test_first_interval_is_a_hundredth_of_the_rdp_scale_halved() -> None:
         assert not met
 
 
+def test_one_interval_is_dp_accountings_pld_bit_for_bit() -> None:
+    """At one interval, a single release is the library's one-mechanism PLD itself (not a
+    composition of it with nothing, which moves the figure in its last digits), and n steps
+    are its n-fold self-composition."""
+    for q, sigma, steps, interval in [(0.05, 1.0, 1, 1e-3), (0.3, 0.5, 1, 1e-2),
+                                      (0.05, 1.0, 3, 1e-3)]:
+        base = pld_lib.from_gaussian_mechanism(
+            standard_deviation=sigma, sampling_prob=q, value_discretization_interval=interval,
+            pessimistic_estimate=True)
+        want = (base.self_compose(steps) if steps > 1 else base).get_epsilon_for_delta(DELTA)
+        assert pld.epsilon_at([DpEvent(q, sigma, steps)], DELTA, interval) == want
+    assert pld.epsilon_at([], DELTA, 1e-3) == 0.0  # nothing released, nothing spent
+
+
 def test_q_one_events_merge_into_one_gaussian() -> None:
     """q = 1 events compose exactly into one Gaussian of sigma_eff = (sum n/s^2)^-1/2."""
     parts = [DpEvent(1.0, 2.0, 3), DpEvent(1.0, 3.0, 4)]
@@ -352,6 +366,27 @@ def test_would_exceed_at_the_cap_itself() -> None:
     # by history, between the two figures: the reported one decides (within)
     assert not would_exceed(planned[:0], planned, (reported + bound) / 2, DELTA)
     assert would_exceed(zero, planned, (reported + bound) / 2, DELTA)
+
+
+def test_a_planned_release_keeps_its_kind_when_given_noise() -> None:
+    central = PlannedRelease(0.2, 1, EventKind.CENTRAL_DP_FEDAVG)
+    assert central.with_noise(1.5) == DpEvent(0.2, 1.5, 1, EventKind.CENTRAL_DP_FEDAVG)
+    assert PlannedRelease(0.05, 20).with_noise(1.0) == DpEvent(0.05, 1.0, 20,
+                                                               EventKind.LOCAL_DP_SGD)
+
+
+def test_calibrate_noise_searches_to_the_rtol_it_is_given() -> None:
+    """On the RDP figure (smooth, so a tiny step in sigma moves it): at rtol 1e-6 a sigma
+    3e-6 lower is over the target; the default 1e-3 stops up to 0.1% above the smallest."""
+    shape = [PlannedRelease(0.05, 10)] * 3
+
+    def rdp_figure(sigma: float) -> float:
+        return ref_rdp([(0.05, sigma, 10)] * 3).get_epsilon(DELTA)
+
+    fine = calibrate_noise(shape, 1.0, DELTA, accountant="rdp", rtol=1e-6)
+    assert rdp_figure(fine) <= 1.0 < rdp_figure(fine * (1 - 3e-6))
+    coarse = calibrate_noise(shape, 1.0, DELTA, accountant="rdp")
+    assert fine <= coarse <= fine * (1 + 1e-3)
 
 
 def test_budget_messages() -> None:

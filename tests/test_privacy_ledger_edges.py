@@ -17,7 +17,7 @@ import pytest
 
 from fl_server import privacy_ledger as ledger
 from fl_server.registry import audit, db
-from privacy.accounting import DpEvent, EventKind, epsilon_from_rdp, rdp_vector
+from privacy.accounting import DpEvent, EventKind, epsilon_from_rdp, pld_epsilon, rdp_vector
 from privacy.wire.budget import LedgerReport
 from tests.test_privacy_ledger import CENTRAL, DELTA, LOCAL, fleet, independent_epsilon
 from tests.ledger_recount import sql_execute, sql_rows
@@ -96,6 +96,66 @@ def test_eligible_checks_delta_and_the_default_cap_and_applies_the_default(
     assert ok == [b]
     assert [(r.device_id, r.epsilon_cap, r.epsilon_spent) for r in refused] == [(a, 1.0, 0.0)]
     assert ledger.eligible(sqlite_url, [a, b], LOCAL, DELTA, None) == ([a, b], [])
+
+
+def test_eligible_takes_a_resumed_round_whole_and_checks_it(sqlite_url, tmp_path) -> None:
+    (a,) = fleet(sqlite_url, tmp_path, [8.0])
+    for half in ({"run_id": "r1"}, {"round_number": 1}):
+        with pytest.raises(ValueError, match="^give both run_id and round_number, or neither$"):
+            ledger.eligible(sqlite_url, [a], LOCAL, DELTA, None, **half)
+    with pytest.raises(ValueError, match="^round_number must be an int >= 1, got 0$"):
+        ledger.eligible(sqlite_url, [a], LOCAL, DELTA, None, run_id="r1", round_number=0)
+    with pytest.raises(ValueError, match="^run_id must be a non-empty string of at most 64 "
+                                         "characters, got ''$"):
+        ledger.eligible(sqlite_url, [a], LOCAL, DELTA, None, run_id="", round_number=1)
+    assert ledger.eligible(sqlite_url, [a], LOCAL, DELTA, None, run_id="r1",
+                           round_number=1) == ([a], [])
+
+
+def test_a_device_exactly_at_its_cap_is_within_it_without_the_history_check(
+        sqlite_url, tmp_path, monkeypatch) -> None:
+    """The cap is inclusive, and the (costly) PLD history check runs only for a device whose
+    RDP bound is over its cap: at the cap exactly, it is not asked; a hair below, it is."""
+    at_cap = float(ledger._epsilons(np.zeros((1, len(ledger.ORDERS))) + rdp_vector([LOCAL]),
+                                    [DELTA])[0])
+    assert at_cap == pytest.approx(float(epsilon_from_rdp(rdp_vector([LOCAL]), DELTA)))
+    a, b = fleet(sqlite_url, tmp_path, [at_cap, float(np.nextafter(at_cap, 0.0))])
+    asked: list[int] = []
+    real = ledger._refusal_by_history
+
+    def spy(session, device, planned, cap, delta):
+        asked.append(device.id)
+        return real(session, device, planned, cap, delta)
+
+    monkeypatch.setattr(ledger, "_refusal_by_history", spy)
+    assert ledger.eligible(sqlite_url, [a], LOCAL, DELTA, None) == ([a], [])
+    assert asked == []
+    # Below it the RDP bound is over; the tighter reported (PLD) figure still fits.
+    assert ledger.eligible(sqlite_url, [b], LOCAL, DELTA, None) == ([b], [])
+    assert asked == [b]
+
+
+def test_a_device_whose_reported_figure_is_its_cap_exactly_is_within_it(
+        sqlite_url, tmp_path) -> None:
+    """Over by the RDP bound, so the reported (PLD) figure decides, inclusively."""
+    reported = pld_epsilon([LOCAL], DELTA)
+    assert reported < float(epsilon_from_rdp(rdp_vector([LOCAL]), DELTA))
+    a, b = fleet(sqlite_url, tmp_path, [reported, float(np.nextafter(reported, 0.0))])
+    ok, refused = ledger.eligible(sqlite_url, [a, b], LOCAL, DELTA, None)
+    assert ok == [a]
+    assert [(r.device_id, r.epsilon_cap) for r in refused] == [
+        (b, float(np.nextafter(reported, 0.0)))]
+
+
+def test_budget_state_checks_delta_and_applies_it_to_a_device_without_its_own(
+        sqlite_url, tmp_path) -> None:
+    (a,) = fleet(sqlite_url, tmp_path, [None], delta_cap=None)
+    with pytest.raises(ValueError, match=r"^delta must be in \(0, 1\), got 2\.0$"):
+        ledger.budget_state(sqlite_url, a, 2.0)
+    _reserve(sqlite_url, "r1", 1, a, LOCAL)
+    state = ledger.budget_state(sqlite_url, a, 1e-6)
+    assert (state.device_id, state.name, state.delta, state.rounds) == (a, "cam-0", 1e-6, 1)
+    assert _recounted(state.epsilon, [LOCAL], 1e-6)
 
 
 def test_audit_device_report_refuses_a_non_report_and_an_unknown_device(sqlite_url) -> None:
