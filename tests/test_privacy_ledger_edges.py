@@ -140,11 +140,11 @@ def test_a_device_whose_reported_figure_is_its_cap_exactly_is_within_it(
     """Over by the RDP bound, so the reported (PLD) figure decides, inclusively."""
     reported = pld_epsilon([LOCAL], DELTA)
     assert reported < float(epsilon_from_rdp(rdp_vector([LOCAL]), DELTA))
-    a, b = fleet(sqlite_url, tmp_path, [reported, float(np.nextafter(reported, 0.0))])
+    below = float(np.nextafter(reported, 0.0))
+    a, b = fleet(sqlite_url, tmp_path, [reported, below])
     ok, refused = ledger.eligible(sqlite_url, [a, b], LOCAL, DELTA, None)
     assert ok == [a]
-    assert [(r.device_id, r.epsilon_cap) for r in refused] == [
-        (b, float(np.nextafter(reported, 0.0)))]
+    assert [(r.device_id, r.epsilon_cap) for r in refused] == [(b, below)]
 
 
 def test_budget_state_checks_delta_and_applies_it_to_a_device_without_its_own(
