@@ -27,6 +27,7 @@ from flwr.app.typing import ConfigRecordValues
 from rich.console import Console
 
 from fl_server.config import ConfigError, RunConfig
+from fl_server.proc_table import live_processes, read_stat
 from fl_server.registry.fleet import fleet_for_new_run, fleet_for_resume
 from fl_server.run_status import RunStatus, read_status, write_status
 from privacy.atomic_write import write_text_atomic
@@ -221,6 +222,7 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     from fl_server.server_app import make_server_app
 
     from fl_server.engine_output import configure_engine_output
+    from fl_server.ray_start import start_ray
     from fl_server.run_progress import RunProgress
 
     # Opacus calls logging.basicConfig at import; without this every Flower DEBUG record
@@ -231,6 +233,9 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     progress = RunProgress.for_terminal(cfg, console)
     engine_error = ""
     try:
+        # Ray first, here: Flower then skips its own start, and a node start that timed out
+        # on a loaded machine is retried instead of leaving the run with no devices.
+        start_ray(backend_config()["init_args"])
         with progress or nullcontext():
             run_simulation(server_app=make_server_app(cfg, console, [progress] if progress else []),
                            client_app=client_app, num_supernodes=cfg.devices,
@@ -304,11 +309,8 @@ def is_this_runs_group(record: EngineRecord) -> bool:
 
 def _start_ticks(pid: int) -> int | None:
     """When process `pid` started (clock ticks since boot), or None if there is none."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[19])  # field 22 of stat; fields[0] here is field 3
+    stat = read_stat(pid)
+    return None if stat is None else stat.start_ticks
 
 
 def _boot_id() -> str:
@@ -320,15 +322,7 @@ def _boot_id() -> str:
 
 def group_members(pgid: int) -> list[int]:
     """Live processes in process group `pgid` (from /proc: no signal is sent)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+    return [stat.pid for stat in live_processes() if stat.pgid == pgid]
 
 
 def _stop_group(pgid: int, grace_s: float) -> None:

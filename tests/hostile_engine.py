@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
     os.environ.update(RAY_LOOPBACK_ENV)
     from flwr.simulation import run_simulation
 
+    from fl_server.ray_start import start_ray
     from fl_server.server_app import make_server_app
     from tests.hostile_app import app as client_app
     cfg = RunConfig.load(run_dir / "run.json").with_run_id(run_dir.name)
@@ -28,6 +29,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("flwr").propagate = False
     error = ""
     try:
+        start_ray(backend_config()["init_args"])  # as the engine does: a late node is retried
         run_simulation(server_app=make_server_app(cfg), client_app=client_app,
                        num_supernodes=cfg.devices, backend_config=backend_config())
     except (Exception, SystemExit) as exc:
