@@ -233,13 +233,13 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
     progress = RunProgress.for_terminal(cfg, console)
     engine_error = ""
     try:
-        # Ray first, here: Flower then skips its own start, and a node start that timed out
-        # on a loaded machine is retried instead of leaving the run with no devices.
-        start_ray(backend_config()["init_args"])
-        with progress or nullcontext():
-            run_simulation(server_app=make_server_app(cfg, console, [progress] if progress else []),
-                           client_app=client_app, num_supernodes=cfg.devices,
-                           backend_config=backend_config())
+        with progress or nullcontext():  # "starting Ray" shows while Ray starts
+            server_app = make_server_app(cfg, console, [progress] if progress else [])
+            # Ray first, here: Flower then skips its own start, and a node start that timed
+            # out on a loaded machine is retried instead of leaving the run with no devices.
+            start_ray(backend_config()["init_args"])
+            run_simulation(server_app=server_app, client_app=client_app,
+                           num_supernodes=cfg.devices, backend_config=backend_config())
     except (Exception, SystemExit) as exc:  # the engine wraps ServerApp errors; status says more
         engine_error = str(exc) or type(exc).__name__
     return settle_status(cfg, engine_error)

@@ -1,22 +1,43 @@
 """`python -m tests.ray_start_probe`: a real Ray node start that times out, then the retry.
 
-Ray's own node start is made to time out exactly as on a loaded machine: the raylet is
-reported as not registered yet (`services.get_node` raises the RuntimeError Ray retries
-on) and Ray's clock (`time.monotonic` as `ray._private.node` sees it) has passed its fixed
-30 s by the next look. Everything else is real: the first start leaves a real GCS, raylet
-and agents behind. Prints one JSON line: the tries used, the processes the failed start
-left and which of them are still alive after the retry, and the running Ray's CPUs.
+Ray's own node start is made to time out as on a loaded machine: the raylet is reported
+as not registered yet (`services.get_node` raises the RuntimeError Ray retries on) after
+a few real seconds in which the GCS, the raylet and their agents start, and Ray's clock
+(`time.monotonic` as `ray._private.node` sees it) has then passed its fixed 30 s.
+Everything else is real. Prints one JSON line: the tries used, the processes of the
+failed start's session (found by its session name in their command lines, anywhere on
+the machine) at the failure and after the retry, and the running Ray's CPUs.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
 import types
+from pathlib import Path
 
 from fl_server.launcher import RAY_LOOPBACK_ENV, backend_config
-from fl_server.proc_table import descendants, read_stat
+
+#: Real seconds the first start runs before its node is reported late.
+LATE_AFTER_S = 4.0
+
+
+def session_processes(session_name: str) -> list[int]:
+    """Live processes on the machine whose command line names `session_name`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if session_name.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def main() -> None:
@@ -29,12 +50,16 @@ def main() -> None:
 
     real_get_node = ray_services.get_node
     late = {"s": 0.0}
-    left_by_first: list[int] = []
+    first: dict[str, object] = {}
 
     def get_node(*args: object, **kwargs: object) -> object:
-        if not late["s"]:  # the first look: the raylet "has not registered yet"
+        if not late["s"]:  # the first start: its raylet "has not registered" in time
+            frame = inspect.currentframe()
+            node = frame.f_back.f_locals["self"] if frame and frame.f_back else None
+            time.sleep(LATE_AFTER_S)  # its agents start meanwhile
+            first["session"] = str(node.session_name)  # type: ignore[union-attr]
+            first["at_failure"] = session_processes(str(first["session"]))
             late["s"] = 31.0
-            left_by_first.extend(sorted(descendants(os.getpid())))
             raise RuntimeError("node info not available yet (probe)")
         return real_get_node(*args, **kwargs)
 
@@ -43,14 +68,13 @@ def main() -> None:
     clock.monotonic = lambda: time.monotonic() + late["s"]
     ray_services.get_node = get_node
     ray_node.time = clock  # type: ignore[attr-defined]
-    init_args = dict(backend_config(cpus=2)["init_args"])
-    tries = start_ray(init_args)
-    alive = [pid for pid in left_by_first
-             if (stat := read_stat(pid)) is not None and stat.alive]
+    tries = start_ray(dict(backend_config(cpus=2)["init_args"]))
+    after_retry = session_processes(str(first["session"]))
     cpus = ray.cluster_resources().get("CPU")
     ray.shutdown()
-    print(json.dumps({"tries": tries, "left_by_first": left_by_first,
-                      "alive_after_retry": alive, "cpus": cpus}))
+    print(json.dumps({"tries": tries, "session": first["session"],
+                      "at_failure": first["at_failure"], "after_retry": after_retry,
+                      "cpus": cpus}))
 
 
 if __name__ == "__main__":
