@@ -18,6 +18,9 @@ SMALL = ["--clips-per-day", "4", "--days", "2"]
 PATIENT_S = 3600.0
 PATIENT = ["--fleet-wait", str(PATIENT_S), "--reply-timeout", str(PATIENT_S)]
 PATIENT_CONFIG = {"fleet_wait_s": PATIENT_S, "reply_timeout_s": PATIENT_S}
+#: How long a test waits for a service it signalled (or scraped) to answer or exit: a bound
+#: that catches a hang, never a speed target (the suite runs on loaded machines).
+EXIT_WAIT_S = 300.0
 
 
 def fedmsr(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:

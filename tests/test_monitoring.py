@@ -34,7 +34,7 @@ from monitoring.metrics import FedmsrMetrics
 from monitoring.observer import ENDPOINT_FILE, TARGETS_DIR, MetricsObserver
 from privacy.accounting.fleet import FleetBudgets, summarise
 from privacy.wire.round_record import RoundRecord
-from tests.helpers import FEDMSR, fedmsr
+from tests.helpers import EXIT_WAIT_S, FEDMSR, fedmsr
 
 MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
 PROMETHEUS_DIR = MONITORING / "prometheus"
@@ -503,25 +503,32 @@ def test_monitor_refuses_bad_input(tmp_path, args: list[str], needle: str) -> No
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
 
 
-def test_monitor_serves_until_interrupted(tmp_path) -> None:
+@pytest.mark.parametrize(("stop", "inherited"), [(signal.SIGINT, signal.SIG_IGN),
+                                                  (signal.SIGTERM, signal.SIG_DFL)],
+                         ids=["sigint-inherited-ignored", "sigterm"])
+def test_monitor_serves_until_interrupted(tmp_path, stop, inherited) -> None:
+    """It serves until SIGINT or SIGTERM, then exits 0 and frees its port; SIGINT stops it
+    even when it was started with SIGINT ignored (as a background job of a script is)."""
     runs = tmp_path / "runs"
     _write_run(runs, "only", "completed", [record(1)], updated=1.0)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen([*FEDMSR, "monitor", "--runs-dir", str(runs), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env=env)
+                            cwd=tmp_path, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     try:
         line = proc.stdout.readline()  # blocks until the server is listening (or exits)
         match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", line)
         assert match, line + proc.stderr.read()
         url = match.group(0)
-        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        page = urllib.request.urlopen(url, timeout=EXIT_WAIT_S).read().decode()
         assert 'fedmsr_runs{status="completed"} 1.0' in page
         _write_run(runs, "later", "failed", [], updated=2.0)  # each scrape re-reads
-        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        page = urllib.request.urlopen(url, timeout=EXIT_WAIT_S).read().decode()
         assert 'fedmsr_runs{status="failed"} 1.0' in page
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=EXIT_WAIT_S)
+        assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,6 +16,7 @@ from privacy.shuffle.pin import ShufflerPin
 from privacy.shuffle.records import open_outer, outer_context
 from privacy.shuffle.sealed import SealError, generate_private_key, public_bytes
 from privacy.wire.upload import Batch, UploadRecord, UploadRequest, decode_sealed
+from tests.helpers import EXIT_WAIT_S
 
 M, VERSION = 4, "ab" * 32
 SHUFFLER, ANALYZER = generate_private_key(), generate_private_key()
@@ -261,7 +262,7 @@ def stop_service(proc) -> None:
     import signal
 
     os.kill(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    proc.wait(timeout=EXIT_WAIT_S)
 
 
 def test_a_restarted_shuffler_process_releases_nothing_twice(tmp_path):

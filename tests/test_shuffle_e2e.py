@@ -17,7 +17,7 @@ from sqlalchemy import text
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
 from privacy.payload import payload_size
-from tests.helpers import SMALL, fedmsr, history
+from tests.helpers import EXIT_WAIT_S, SMALL, fedmsr, history
 
 CLIPS = 4
 
@@ -36,7 +36,7 @@ def shuffler_url(tmp_path):
         yield match.group(1)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=EXIT_WAIT_S)
 
 
 def test_run_refuses_a_shuffler_laxer_than_min_crowd(tmp_path, shuffler_url):

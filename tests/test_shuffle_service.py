@@ -23,6 +23,7 @@ from privacy.shuffle.records import (
     seal_batch,
 )
 from privacy.shuffle.sealed import generate_private_key, public_bytes
+from tests.helpers import EXIT_WAIT_S
 
 ANALYZER = generate_private_key()
 LABEL = "svc-run/3"
@@ -45,7 +46,7 @@ def service(tmp_path):
         yield ShufflerClient(match.group(1)), bytes.fromhex(match.group(2))
     finally:
         os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=EXIT_WAIT_S)
 
 
 def blob(shuffler_public: bytes, real: int) -> bytes:

@@ -55,13 +55,19 @@ def monitor(
 
 
 def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (the operator's Ctrl-C or a service manager's stop)."""
+    """Block until SIGINT or SIGTERM (the operator's Ctrl-C or a service manager's stop).
+
+    Both are handled here, as the launcher and the shuffler handle them, rather than left
+    to Python's KeyboardInterrupt: Python installs that only when SIGINT was not ignored
+    at start, and a monitor started as a background job of a script inherits SIGINT
+    ignored, so it would never stop on it.
+    """
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
