@@ -237,9 +237,10 @@ def run_engine(cfg: RunConfig, console: Console | None = None) -> RunStatus:
             server_app = make_server_app(cfg, console, [progress] if progress else [])
             # Ray first, here: Flower then skips its own start, and a node start that timed
             # out on a loaded machine is retried instead of leaving the run with no devices.
-            start_ray(backend_config()["init_args"])
+            config = backend_config()
+            start_ray(config["init_args"])
             run_simulation(server_app=server_app, client_app=client_app,
-                           num_supernodes=cfg.devices, backend_config=backend_config())
+                           num_supernodes=cfg.devices, backend_config=config)
     except (Exception, SystemExit) as exc:  # the engine wraps ServerApp errors; status says more
         engine_error = str(exc) or type(exc).__name__
     return settle_status(cfg, engine_error)

@@ -29,9 +29,10 @@ def main(argv: list[str]) -> int:
     logging.getLogger("flwr").propagate = False
     error = ""
     try:
-        start_ray(backend_config()["init_args"])  # as the engine does: a late node is retried
+        config = backend_config()
+        start_ray(config["init_args"])  # as the engine does: a late node is retried
         run_simulation(server_app=make_server_app(cfg), client_app=client_app,
-                       num_supernodes=cfg.devices, backend_config=backend_config())
+                       num_supernodes=cfg.devices, backend_config=config)
     except (Exception, SystemExit) as exc:
         error = str(exc) or type(exc).__name__
     return 0 if settle_status(cfg, error).status == "completed" else 1

@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 from fl_server.launcher import RAY_LOOPBACK_ENV, backend_config
+from fl_server.proc_table import live_processes
 
 #: Real seconds the first start runs before its node is reported late.
 LATE_AFTER_S = 4.0
@@ -27,16 +28,15 @@ LATE_AFTER_S = 4.0
 def session_processes(session_name: str) -> list[int]:
     """Live processes on the machine whose command line names `session_name`."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for stat in live_processes():
+        if stat.pid == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+            cmdline = Path(f"/proc/{stat.pid}/cmdline").read_bytes()
+        except OSError:
             continue
-        if session_name.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
+        if session_name.encode() in cmdline:
+            found.append(stat.pid)
     return sorted(found)
 
 
