@@ -21,6 +21,9 @@ if ! "$PY" -c "import mutmut, importlib.metadata as m; assert m.version('mutmut'
   "$PY" -m pip install -q "mutmut==$MUTMUT_VERSION"
 fi
 export OMP_NUM_THREADS=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# Every mutant runs its tests in a new process: the independent reference figures (dp-accounting's
+# own accountants, which no mutant can change) are kept here between them (tests/reference_memo.py).
+export FEDMSR_REFERENCE_CACHE="$PWD/mutants/.reference-cache"
 .venv/bin/mutmut run --max-children "${MUTATION_CHILDREN:-2}" "$@" || true
 .venv/bin/mutmut results --all true > mutants/results.txt
 "$PY" - "$@" <<'PY'

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 
 from privacy.accounting import DpEvent
 from tests.helpers import fedmsr
+from tests.reference_memo import reference
 
 #: The ledger reports a pessimistic PLD epsilon (never below the exact value); dp_accounting
 #: at its default discretization agrees to well within this.
@@ -76,6 +77,7 @@ def mismatches(rows: Iterable[Row], expected: Iterable[tuple[str, int]],
     return problems
 
 
+@reference
 def independent_epsilon(events: Iterable[DpEvent], delta: float) -> float:
     """PLD epsilon of the composed events, from dp_accounting directly."""
     accountant = pld_privacy_accountant.PLDAccountant()

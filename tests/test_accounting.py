@@ -32,6 +32,7 @@ from privacy.accounting import (
 )
 from privacy.accounting.events import as_history
 from privacy.dp_event import PoissonGaussianEvent
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True,
@@ -51,6 +52,7 @@ def ref_dp_event(events: list[tuple[float, float, int]]) -> dpa.DpEvent:
     return dpa.ComposedDpEvent([dpa.SelfComposedDpEvent(one(q, s), n) for q, s, n in events])
 
 
+@reference
 def ref_pld_epsilon(events: list[tuple[float, float, int]], delta: float, interval: float) -> float:
     acc = dpa.pld.PLDAccountant(value_discretization_interval=interval)
     acc.compose(ref_dp_event(events))

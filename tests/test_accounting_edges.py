@@ -46,6 +46,7 @@ from privacy.accounting import (
 from privacy.accounting import budget, events, fleet, pld, rdp
 from privacy.accounting.fleet import NEAR_CAP_FRACTION, FleetBudgets, summarise
 from privacy.dp_event import PoissonGaussianEvent
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 Raw = tuple[float, float, int]
@@ -53,6 +54,7 @@ Raw = tuple[float, float, int]
 # -- independent references ------------------------------------------------------------------
 
 
+@reference
 def ref_pld_at(raw: Sequence[Raw], delta: float, interval: float) -> float:
     """Pessimistic PLD epsilon at one interval, built here from raw (q, sigma, steps) with
     one group per (q, sigma) and a single plain Gaussian for q = 1 (one q = 1 event only)."""

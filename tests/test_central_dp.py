@@ -32,6 +32,7 @@ from strategies.central_dp import (
     noisy_average,
     poisson_sample,
 )
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 pytestmark = pytest.mark.usefixtures("task_identity")  # Flower stamps every Message
@@ -200,6 +201,7 @@ def test_noisy_average_formula() -> None:
 
 # -- accounting -----------------------------------------------------------------------------
 
+@reference
 def dp_accounting_epsilon(q: float, sigma: float, rounds: int, delta: float) -> float:
     """dp-accounting's own PLD accountant, fine grid: R x PoissonSampled(q, Gaussian(sigma))."""
     acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)

@@ -19,12 +19,14 @@ from fl_client.device_ledger import (
     LedgerReport,
 )
 from privacy.accounting import DpEvent, EventKind
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 ROUND = DpEvent(0.05, 1.0, 20)
 CENTRAL = DpEvent(0.2, 1.5, 1, EventKind.CENTRAL_DP_FEDAVG)
 
 
+@reference
 def exact_upper(events: list[DpEvent]) -> float:
     """dp-accounting's pessimistic PLD (equal mechanisms merged: exact), not our code."""
     steps: dict[tuple[float, float], int] = {}

@@ -29,10 +29,12 @@ from privacy.wire.budget import BudgetPlan, planned_local_event
 from privacy.wire.instructions import Instructions
 from privacy.wire.train import TrainConfig
 from tests.ledger_recount import sql_execute, sql_rows
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 
 
+@reference
 def reference_epsilon(events: list[DpEvent], delta: float = DELTA) -> float:
     """dp-accounting's PLD epsilon of a composition, built from its own event classes."""
     acc = dpa.pld.PLDAccountant(value_discretization_interval=1e-3)

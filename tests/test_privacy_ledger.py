@@ -25,12 +25,14 @@ from fl_server.registry.devices import device_ids_for_indices
 from fl_server.registry.models import Device
 from privacy.accounting import DpEvent, EventKind, epsilon_from_rdp, rdp_vector
 from privacy.wire.budget import LedgerReport
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 LOCAL = DpEvent(0.05, 1.0, 20)                                   # one round of DP-SGD
 CENTRAL = DpEvent(0.2, 1.5, 1, EventKind.CENTRAL_DP_FEDAVG)      # one DP-FedAvg round
 
 
+@reference
 def independent_epsilon(events: list[DpEvent], delta: float, interval: float = 1e-4) -> float:
     """dp-accounting's own PLD accountant over the events (not our code), fine grid."""
     acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=interval)

@@ -21,12 +21,14 @@ from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
 from privacy.accounting import DpEvent, EventKind
 from tests.test_secagg_workflow import LoopbackGrid
+from tests.reference_memo import reference
 
 DELTA = 1e-5
 #: 2 days x 4 clips = 8 clips per device.
 TINY = ["--devices", "2", "--days", "2", "--clips-per-day", "4"]
 
 
+@reference
 def independent_epsilon(*parts: tuple[float, float, int], delta: float = DELTA) -> float:
     """PLD epsilon of the composed Poisson-subsampled Gaussians (q, sigma, count), with a
     finer discretisation than the project uses: the figure the project reports must be at
