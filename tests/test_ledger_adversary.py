@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dp_accounting as dpa
@@ -297,20 +298,105 @@ def test_a_lowered_cache_is_not_trusted_the_rows_decide(registry_url, tmp_path,
     assert "budget.ledger-mismatch" in actions
 
 
-def test_a_zeroed_cache_below_the_cap_is_charged_from_the_rows_and_repaired(
-        registry_url, tmp_path) -> None:
-    """Room left under the cap: the charge goes through on the rows' figure and the cache
-    is written back equal to the rows (not zero + one round)."""
-    device = _device(registry_url, tmp_path, None)
+def _with_forged_cache(url: str, tmp_path: Path,
+                       forge: Callable[[np.ndarray], np.ndarray], wipe_rows: bool = False
+                       ) -> tuple[ledger.Reservation, list[str]]:
+    """Two rounds charged (no cap), the cached vector rewritten behind the database's back by
+    `forge(true vector)` (and, with `wipe_rows`, every event row deleted and the count set to
+    0), then a third round: its reservation and the audited decisions."""
+    device = _device(url, tmp_path, None)
     for r in (1, 2):
-        _reserve(registry_url, device, r)
-    truth = _vector(registry_url)
-    _drop_triggers(registry_url)
-    sql_execute(registry_url, "UPDATE device_budgets SET rdp = :v",
-             v=np.zeros_like(truth).tobytes())
-    assert _reserve(registry_url, device, 3).reserved == (device,)
+        assert _reserve(url, device, r).reserved == (device,)
+    truth = _vector(url)
+    _drop_triggers(url)
+    sql_execute(url, "UPDATE device_budgets SET rdp = :v", v=forge(truth.copy()).tobytes())
+    if wipe_rows:
+        sql_execute(url, "DELETE FROM privacy_events")
+        sql_execute(url, "UPDATE device_budgets SET events = 0")
+    out = _reserve(url, device, 3)
+    decisions = [json.loads(d)["decision"] for (d,) in sql_rows(
+        url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch'")]
+    return out, decisions
+
+
+def _zero_one_order(v: np.ndarray) -> np.ndarray:
+    v[10] = 0.0
+    return v
+
+
+@pytest.mark.parametrize("forge", [np.zeros_like, _zero_one_order],
+                         ids=["zero the vector", "zero one order"])
+def test_a_lowered_cache_below_the_cap_is_charged_from_the_rows_and_repaired(
+        registry_url, tmp_path, forge) -> None:
+    """Room left under the cap: the charge goes through on the rows' figure (audited), and
+    the cache is written back equal to the rows (not the forged vector + one round)."""
+    out, decisions = _with_forged_cache(registry_url, tmp_path, forge)
+    assert out.reserved and not out.refused and decisions == ["charged from the rows"]
     from privacy.accounting import rdp_vector
     np.testing.assert_allclose(_vector(registry_url), rdp_vector([LOCAL] * 3), rtol=1e-9)
+
+
+def test_a_deleted_cache_row_is_rebuilt_from_the_rows(registry_url, tmp_path) -> None:
+    """The owner deletes the device's cached vector: the rows are the truth, so the charge
+    goes through on them (audited) and the cache is rebuilt from them, counting every row."""
+    device = _device(registry_url, tmp_path, None)
+    for r in (1, 2):
+        assert _reserve(registry_url, device, r).reserved == (device,)
+    _drop_triggers(registry_url)
+    sql_execute(registry_url, "DELETE FROM device_budgets")
+    out = _reserve(registry_url, device, 3)
+    assert out.reserved == (device,) and not out.refused
+    (detail,) = [json.loads(d) for (d,) in sql_rows(
+        registry_url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch'")]
+    assert (detail["decision"], detail["cached_events"], detail["rows"],
+            detail["cached_epsilon"]) == ("charged from the rows", 0, 2, 0.0)
+    from privacy.accounting import rdp_vector
+    np.testing.assert_allclose(_vector(registry_url), rdp_vector([LOCAL] * 3), rtol=1e-9)
+    assert sql_rows(registry_url, "SELECT events FROM device_budgets") == [(3,)]
+
+
+def _small(v: np.ndarray) -> np.ndarray:
+    """Orders where the true vector is below 1 (the tolerance there is VECTOR_RTOL itself)."""
+    small = np.flatnonzero((v > 0) & (v < 1))
+    assert small.size and np.any(np.isfinite(v) & (v > 1))  # both regimes are exercised
+    return small
+
+
+def _up_by(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Raise the cache at the small orders by `factor` x the tolerance."""
+    def forge(v: np.ndarray) -> np.ndarray:
+        v[_small(v)] += factor * ledger.VECTOR_RTOL
+        return v
+    return forge
+
+
+def _at_the_tolerance(v: np.ndarray) -> np.ndarray:
+    """With the rows wiped (all zero), a cache of exactly the tolerance: `cache - rows` is
+    the tolerance to the last bit, as it can be only next to zero."""
+    return np.full_like(v, ledger.VECTOR_RTOL)
+
+
+def _at_the_tolerance_and_below_zero_once(v: np.ndarray) -> np.ndarray:
+    v = _at_the_tolerance(v)
+    v[10] = -5.0
+    return v
+
+
+@pytest.mark.parametrize("forge, wipe, charged, decisions", [
+    (lambda v: v * (1 + ledger.VECTOR_RTOL / 2), False, True, []),
+    (_up_by(1.5), False, False, ["refused"]),
+    (_at_the_tolerance, True, True, []),
+    (_at_the_tolerance_and_below_zero_once, True, True, ["charged from the rows"]),
+], ids=["within rounding", "above it", "at it", "at it, one order lower"])
+def test_the_cache_check_forgives_rounding_and_nothing_more(registry_url, tmp_path, forge,
+                                                            wipe, charged, decisions) -> None:
+    """The rows are recomputed in another summation order than the cache was built in, so
+    the two may differ in the last bits: up to VECTOR_RTOL x max(1, |rows|), inclusive, the
+    cache is the same (no audit). A cache above the rows by more says the rows lost
+    something: refused. A cache lowered somewhere is not trusted: the rows are charged."""
+    out, audited = _with_forged_cache(registry_url, tmp_path, forge, wipe_rows=wipe)
+    assert (bool(out.reserved), bool(out.refused)) == (charged, not charged)
+    assert audited == decisions
 
 
 @pytest.mark.parametrize("tamper", ["delete an event row", "raise a noise multiplier"])

@@ -5,6 +5,7 @@ Epsilon figures are checked against dp-accounting's PLD accountant called direct
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -69,7 +70,14 @@ def test_reserve_charges_once_per_round_and_commit_is_the_only_change(
         registry_url, tmp_path) -> None:
     a, b = fleet(registry_url, tmp_path, [8.0, None])
     releases = [ledger.Release(a, LOCAL), ledger.Release(a, CENTRAL), ledger.Release(b, LOCAL)]
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     first = ledger.reserve(registry_url, "r1", 1, releases, DELTA, default_cap=None)
+    after = dt.datetime.now(dt.timezone.utc)
+    # One reservation, one instant: its rows and the move of the cached vector carry it.
+    for device in (a, b):
+        assert rows(registry_url, "SELECT DISTINCT reserved_at FROM privacy_events "
+                                  f"WHERE device_id = {device}") == \
+            rows(registry_url, f"SELECT updated_at FROM device_budgets WHERE device_id = {device}")
     assert first == ledger.Reservation((a, b), ())
     # Resume re-reserves the same round: nothing is charged twice.
     assert ledger.reserve(registry_url, "r1", 1, releases, DELTA, None) == first
@@ -88,6 +96,11 @@ def test_reserve_charges_once_per_round_and_commit_is_the_only_change(
     committed = ledger.budget_state(registry_url, a, DELTA)
     assert {e.status for e in committed.events} == {"committed"}
     assert all(e.committed_at is not None for e in committed.events)
+    # When each release was reserved and committed, in UTC, as the history shows them.
+    for e in committed.events:
+        assert e.reserved_at.tzinfo is not None and before <= e.reserved_at <= after
+        assert e.committed_at is not None and e.reserved_at <= e.committed_at
+        assert e.to_json_dict()["reserved_at"] == e.reserved_at.isoformat()
     assert committed.epsilon == state.epsilon  # committing changes no spend
     with pytest.raises(db.RegistryError, match="no reserved release"):
         ledger.commit(registry_url, "r1", 2, [a])

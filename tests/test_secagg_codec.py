@@ -55,6 +55,15 @@ def test_a_setup_missing_a_field_is_refused_naming_it(key: str) -> None:
         codec.setup_from_flat(_wire(flat))
 
 
+def test_a_setup_missing_several_fields_is_refused_naming_each() -> None:
+    flat = codec.setup_to_flat(SETUP)
+    gone = sorted(codec.SETUP_FIELDS)[:2]
+    for key in gone:
+        del flat[key]
+    with pytest.raises(SecAggError, match=f"lacks the field\\(s\\) {gone[0]}, {gone[1]}$"):
+        codec.setup_from_flat(_wire(flat))
+
+
 def test_key_messages_come_back_equal() -> None:
     adv = _keys(5)
     assert codec.advertise_from_flat(_wire(codec.advertise_to_flat(adv))) == adv

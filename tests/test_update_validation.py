@@ -394,6 +394,14 @@ def test_more_hostile_replies_are_named_whole(round_) -> None:
     assert rejected(extra_metrics) == (
         "malformed", "metric records ['metrics', 'more'], expected ['metrics']")
 
+    def many_unexpected(reply: Message) -> None:
+        for i in range(5):
+            reply.content[ARRAYS_KEY][f"z{i}"] = Array(np.zeros(1, np.float32))
+
+    assert rejected(many_unexpected) == (  # the first three named, as for missing ones
+        "malformed", "array names differ from the global model's (missing [], "
+                     "unexpected ['z0', 'z1', 'z2'])")
+
     def extra_arrays(reply: Message) -> None:
         reply.content["more"] = ArrayRecord({"x": Array(np.zeros(1, np.float32))})
 
