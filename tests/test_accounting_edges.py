@@ -17,6 +17,7 @@ Pinned here:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -246,11 +247,24 @@ def ref_compute_epsilon(vec: np.ndarray, delta: float) -> float:
 def test_kl_shortcut_threshold_agrees_with_dp_accounting(delta: float) -> None:
     """delta**2 + expm1(-r) > 0 means epsilon 0; just above the threshold it does not."""
     threshold = -math.log1p(-delta * delta)
-    for r in (threshold * (1 - 1e-9), threshold * (1 + 1e-6), 0.0, -1.0, 1e-3, 5.0):
+    # ... and at the threshold itself (the float the module compares with) it does not
+    # either: there dp-accounting's test is false, and at delta = 1e-5 epsilon is positive.
+    exact = float(-np.log1p(-delta * delta))
+    for r in (threshold * (1 - 1e-9), threshold * (1 + 1e-6), exact, 0.0, -1.0, 1e-3, 5.0):
         vec = np.full(ORDERS.shape, r)
         got = epsilon_from_rdp(vec, delta)
         assert isinstance(got, float)
         assert got == pytest.approx(ref_compute_epsilon(vec, delta), rel=1e-12, abs=1e-300)
+
+
+def test_an_event_holds_plain_python_numbers() -> None:
+    """NumPy scalars and ints come in (a trainer's figures); plain floats and ints are kept,
+    so the event serialises to JSON and compares and hashes by value."""
+    e = DpEvent(np.float32(0.25), np.int64(2), np.int64(3))
+    assert [type(v) for v in (e.sample_rate, e.noise_multiplier, e.steps)] == [float, float, int]
+    assert json.loads(json.dumps(e.to_dict())) == {
+        "kind": "local-dp-sgd", "sample_rate": 0.25, "noise_multiplier": 2.0, "steps": 3}
+    assert type(DpEvent(1, 1.0, 1).sample_rate) is float
 
 
 def test_unknown_or_infinite_orders_are_excluded() -> None:

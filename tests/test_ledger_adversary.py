@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import dp_accounting as dpa
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, RecordDict
-from sqlalchemy import text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from fl_client.device_ledger import FILE_NAME, DeviceLedger, sealed
@@ -23,13 +26,16 @@ from fl_server import privacy_ledger as ledger
 from fl_server.enrollment import BundleOptions, DeviceSpec, enroll
 from fl_server.registry import db
 from fl_server.registry.models import Device
+from fl_server.registry.scratch import scratch_registry
 from privacy.accounting import DpEvent, EventKind
 from privacy.encoder import EncoderConfig, build_model, state_to_numpy
 from privacy.synthetic import FleetSpec
 from privacy.wire.budget import BudgetPlan, planned_local_event
 from privacy.wire.instructions import Instructions
 from privacy.wire.train import TrainConfig
+from tests.conftest import POSTGRES_ADMIN_URL
 from tests.ledger_recount import sql_execute, sql_rows
+from tests.helpers import EXIT_WAIT_S
 from tests.reference_memo import reference
 
 DELTA = 1e-5
@@ -355,6 +361,38 @@ def test_a_deleted_cache_row_is_rebuilt_from_the_rows(registry_url, tmp_path) ->
     assert sql_rows(registry_url, "SELECT events FROM device_budgets") == [(3,)]
 
 
+def test_the_reservation_lock_holds_writers_off_but_not_references(registry_url,
+                                                                   tmp_path) -> None:
+    """What a reservation locks, from its first read to its commit. On SQLite the database
+    for writing (BEGIN IMMEDIATE): no other writer slips in between the spend it reads and
+    the charge it writes. On PostgreSQL the device rows, FOR NO KEY UPDATE: a second
+    reservation waits for them, an insert that only references the device (an audit or a
+    participation row) does not."""
+    device = _device(registry_url, tmp_path, None)
+    audit_row = ("INSERT INTO audit_log (at, actor, action, device_id, detail) "
+                 "VALUES ('2026-01-01 00:00:00+00:00', 'test', 'test.reference', :d, '{}')")
+    with db.session_scope(registry_url) as session:
+        ledger._lock_devices(session, [device])
+        if registry_url.startswith("sqlite"):
+            other = sqlite3.connect(registry_url.removeprefix("sqlite:///"), timeout=0.2)
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                other.execute(audit_row.replace(":d", "?"), (device,))
+            other.close()
+            return
+        engine = create_engine(registry_url)  # a connection of its own
+        try:
+            with engine.connect() as c:
+                c.execute(text("SET lock_timeout = '20s'"))  # a hang bound, not a speed
+                c.execute(text(audit_row), {"d": device})    # through at once
+                c.commit()
+                c.execute(text("SET lock_timeout = '200ms'"))
+                with pytest.raises(DBAPIError, match="lock timeout"):
+                    c.execute(text("SELECT id FROM devices WHERE id = :d FOR NO KEY UPDATE"),
+                              {"d": device})
+        finally:
+            engine.dispose()
+
+
 def _small(v: np.ndarray) -> np.ndarray:
     """Orders where the true vector is below 1 (the tolerance there is VECTOR_RTOL itself)."""
     small = np.flatnonzero((v > 0) & (v < 1))
@@ -470,3 +508,66 @@ def test_an_infinite_run_cap_is_a_config_error(value) -> None:
     from fl_server.config import ConfigError, RunConfig
     with pytest.raises(ConfigError, match="epsilon_cap.*finite"):
         RunConfig(epsilon_cap=value).validate()
+
+
+def test_two_reservations_lock_devices_in_id_order_whatever_their_plans(tmp_path) -> None:
+    """PostgreSQL: a reservation locks its devices in id order, so two reservations of the
+    same devices never deadlock, even when their plans read the rows in different orders
+    (an index scan reads by id; a sequential scan reads by where the rows lie on disk, and
+    an updated row moves). Choreography: a third transaction holds device 1; reservation A
+    (index scan) queues for it holding nothing; reservation B (sequential scan, which meets
+    device 2 first) queues next. Locking in scan order, B would take device 2 first and the
+    two would deadlock once device 1 is released; locking in id order, both simply wait."""
+    with scratch_registry("postgresql", POSTGRES_ADMIN_URL, tmp_path,
+                          prefix="fedmsr_test") as url:
+        db.upgrade(url)
+        enroll(url, [DeviceSpec(f"cam-{i}") for i in range(2)],
+               BundleOptions(bundles_dir=tmp_path / "b"))
+        with db.session_scope(url) as s:
+            first, second = sorted(s.scalars(select(Device.id)))
+        engine = create_engine(url)
+        try:
+            with engine.connect() as c:  # the row of device 1 moves past device 2 on disk
+                c.execute(text("UPDATE devices SET name = name WHERE id = :d"), {"d": first})
+                c.commit()
+                for off in ("indexscan", "bitmapscan"):
+                    c.execute(text(f"SET enable_{off} = off"))
+                on_disk = c.execute(text("SELECT id FROM devices")).scalars().all()
+                assert on_disk == [second, first]
+            holder = engine.connect()
+            holder.execute(text("SELECT id FROM devices WHERE id = :d FOR UPDATE"),
+                           {"d": first})
+            errors: list[BaseException] = []
+            pids: dict[str, int] = {}
+
+            def reserve(name: str, plans_off: tuple[str, str]) -> None:
+                try:
+                    with db.session_scope(url) as session:
+                        for off in plans_off:
+                            session.execute(text(f"SET enable_{off} = off"))
+                        pids[name] = session.execute(text("SELECT pg_backend_pid()")).scalar()
+                        ledger._lock_devices(session, [second, first])
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            def waiting(name: str) -> bool:
+                with engine.connect() as c:
+                    return bool(c.execute(text("SELECT cardinality(pg_blocking_pids(:p))"),
+                                          {"p": pids.get(name, 0)}).scalar())
+
+            threads = {}
+            for name, plans_off in [("A", ("seqscan", "bitmapscan")),
+                                    ("B", ("indexscan", "bitmapscan"))]:
+                threads[name] = threading.Thread(target=reserve, args=(name, plans_off))
+                threads[name].start()
+                deadline = time.monotonic() + EXIT_WAIT_S
+                while not waiting(name):
+                    assert time.monotonic() < deadline and threads[name].is_alive(), errors
+                    time.sleep(0.05)
+            holder.rollback()
+            holder.close()
+            for t in threads.values():
+                t.join(EXIT_WAIT_S)
+            assert not errors, errors
+        finally:
+            engine.dispose()

@@ -493,6 +493,46 @@ def test_rows_below_the_cache_refuse_with_the_whole_reason_and_audit(sqlite_url,
     assert ledger.ledger_event_count(sqlite_url) == 2
 
 
+def test_a_tampered_device_is_refused_on_the_runs_cap_and_delta_and_the_rest_go_on(
+        sqlite_url, tmp_path) -> None:
+    """A device with neither cap nor delta of its own is judged on the run's: its tamper
+    refusal names them; and the other devices of the same reservation are still charged."""
+    a, b = fleet(sqlite_url, tmp_path, [None, None], delta_cap=None)
+    for r in (1, 2, 3):
+        assert ledger.reserve(sqlite_url, "r1", r, [ledger.Release(a, LOCAL)], DELTA,
+                              8.0).reserved == (a,)
+    _drop_sqlite_triggers(sqlite_url)
+    sql_execute(sqlite_url, "DELETE FROM privacy_events WHERE round_number = 1")
+    out = ledger.reserve(sqlite_url, "r1", 4, [ledger.Release(a, LOCAL),
+                                               ledger.Release(b, LOCAL)], DELTA, 8.0)
+    assert out.reserved == (b,)
+    ((refusal),) = out.refused
+    assert (refusal.device_id, refusal.epsilon_cap, refusal.delta) == (a, 8.0, DELTA)
+
+
+def test_a_devices_own_delta_decides_its_charge_and_names_its_refusal(sqlite_url,
+                                                                    tmp_path) -> None:
+    """A device's own delta cap, tighter than the run's, is the delta it is charged at: a
+    cap it fits at the run's delta but not at its own refuses it, at its own delta."""
+    own = 1e-9
+    cap = (pld_epsilon([LOCAL], DELTA) + pld_epsilon([LOCAL], own)) / 2
+    (a,) = fleet(sqlite_url, tmp_path, [cap], delta_cap=own)
+    out = ledger.reserve(sqlite_url, "r1", 1, [ledger.Release(a, LOCAL)], DELTA, None)
+    assert out.reserved == ()
+    ((refusal),) = out.refused
+    assert (refusal.device_id, refusal.epsilon_cap, refusal.delta) == (a, cap, own)
+
+
+def test_a_one_character_run_id_is_a_run_id_and_two_unknown_devices_are_counted(
+        sqlite_url, tmp_path) -> None:
+    (a,) = fleet(sqlite_url, tmp_path, [None])
+    _reserve(sqlite_url, "r", 1, a, LOCAL)
+    with pytest.raises(db.RegistryError,
+                       match=r"^device: no registry device with id 998 \(and 1 more\)$"):
+        ledger.reserve(sqlite_url, "r", 2, [ledger.Release(998, LOCAL),
+                                            ledger.Release(999, LOCAL)], DELTA, None)
+
+
 def test_a_zeroed_cache_is_audited_and_charged_from_the_rows(sqlite_url, tmp_path) -> None:
     (a,) = fleet(sqlite_url, tmp_path, [None])
     for r in (1, 2):
