@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 #: The (process, mutant) whose caches were last emptied.
-_emptied_for: list[tuple[int, str]] = []
+_emptied_for: tuple[int, str] | None = None
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +54,9 @@ def _accountant_caches_are_empty_under_mutation():
     answer instead of the mutated function. There, the accountants' caches are emptied before
     the mutant's first test; its later tests share what the mutated code computes, as a
     test run shares what the original computes."""
+    global _emptied_for
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
-    if "__mutmut_" in mutant and _emptied_for != [(os.getpid(), mutant)]:
+    if "__mutmut_" in mutant and _emptied_for != (os.getpid(), mutant):
         import sys
 
         for name in _CACHED_MODULES:
@@ -63,7 +64,7 @@ def _accountant_caches_are_empty_under_mutation():
             for value in vars(module).values() if module else ():
                 if callable(getattr(value, "cache_clear", None)):
                     value.cache_clear()
-        _emptied_for[:] = [(os.getpid(), mutant)]
+        _emptied_for = (os.getpid(), mutant)
     yield
 
 

@@ -128,3 +128,10 @@ def sql_rows(url: str, sql: str) -> list[tuple]:
 
     with db.get_engine(url).connect() as c:
         return [tuple(r) for r in c.execute(text(sql))]
+
+
+def mismatch_details(url: str) -> list[dict]:
+    """What the ledger audited each time a device's cached vector disagreed with its rows
+    (`budget.ledger-mismatch`), oldest first."""
+    return [json.loads(d) for (d,) in sql_rows(
+        url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch' ORDER BY id")]

@@ -13,7 +13,8 @@ ledger and accounting tests (about two thirds of `tests/test_privacy_ledger*.py`
   change a reference, so the figure a clean run computed is the figure every mutant's run
   would compute. The key hashes the defining module's whole source (a constant it reads
   counts too), the arguments and the versions of dp-accounting, NumPy and SciPy; a file is
-  written whole, then renamed into place, so parallel mutants never read half of one.
+  written whole, then renamed into place (`privacy.atomic_write`), so parallel mutants
+  never read half of one.
 
 Arguments must have a faithful `repr` (numbers, strings, tuples, lists, frozen dataclasses);
 an iterator argument is read into a tuple first, since it can only be consumed once.
@@ -27,10 +28,11 @@ import importlib.metadata
 import inspect
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec
+
+from privacy.atomic_write import write_text_atomic
 
 P = ParamSpec("P")
 ENV_VAR = "FEDMSR_REFERENCE_CACHE"
@@ -66,9 +68,5 @@ def _on_disk(key: str, compute: Callable[[], float]) -> float:
     except (FileNotFoundError, ValueError):  # not there yet (or not ours): compute it
         pass
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(value.hex())
-    os.replace(tmp, path)
+    write_text_atomic(path, value.hex())  # parallel mutants never read half a file
     return value

@@ -34,7 +34,7 @@ from privacy.wire.budget import BudgetPlan, planned_local_event
 from privacy.wire.instructions import Instructions
 from privacy.wire.train import TrainConfig
 from tests.conftest import POSTGRES_ADMIN_URL
-from tests.ledger_recount import sql_execute, sql_rows
+from tests.ledger_recount import mismatch_details, sql_execute, sql_rows
 from tests.helpers import EXIT_WAIT_S
 from tests.reference_memo import reference
 
@@ -320,9 +320,7 @@ def _with_forged_cache(url: str, tmp_path: Path,
         sql_execute(url, "DELETE FROM privacy_events")
         sql_execute(url, "UPDATE device_budgets SET events = 0")
     out = _reserve(url, device, 3)
-    decisions = [json.loads(d)["decision"] for (d,) in sql_rows(
-        url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch'")]
-    return out, decisions
+    return out, [d["decision"] for d in mismatch_details(url)]
 
 
 def _zero_one_order(v: np.ndarray) -> np.ndarray:
@@ -352,8 +350,7 @@ def test_a_deleted_cache_row_is_rebuilt_from_the_rows(registry_url, tmp_path) ->
     sql_execute(registry_url, "DELETE FROM device_budgets")
     out = _reserve(registry_url, device, 3)
     assert out.reserved == (device,) and not out.refused
-    (detail,) = [json.loads(d) for (d,) in sql_rows(
-        registry_url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch'")]
+    (detail,) = mismatch_details(registry_url)
     assert (detail["decision"], detail["cached_events"], detail["rows"],
             detail["cached_epsilon"]) == ("charged from the rows", 0, 2, 0.0)
     from privacy.accounting import rdp_vector

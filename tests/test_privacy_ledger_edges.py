@@ -20,7 +20,7 @@ from fl_server.registry import audit, db
 from privacy.accounting import DpEvent, EventKind, epsilon_from_rdp, pld_epsilon, rdp_vector
 from privacy.wire.budget import LedgerReport
 from tests.test_privacy_ledger import CENTRAL, DELTA, LOCAL, fleet, independent_epsilon
-from tests.ledger_recount import sql_execute, sql_rows
+from tests.ledger_recount import mismatch_details, sql_execute, sql_rows
 
 NO_DEVICE_999 = "^device: no registry device with id 999$"
 
@@ -461,11 +461,6 @@ def test_a_vector_on_another_order_grid_is_refused_by_reserve_and_state(
     assert ledger.ledger_event_count(sqlite_url) == 1
 
 
-def _mismatches(url: str) -> list[dict]:
-    return [json.loads(d) for (d,) in sql_rows(
-        url, "SELECT detail FROM audit_log WHERE action = 'budget.ledger-mismatch' ORDER BY id")]
-
-
 @pytest.mark.parametrize("cap", [8.0, None])
 def test_rows_below_the_cache_refuse_with_the_whole_reason_and_audit(sqlite_url, tmp_path,
                                                                       cap) -> None:
@@ -485,7 +480,7 @@ def test_rows_below_the_cache_refuse_with_the_whole_reason_and_audit(sqlite_url,
     assert refusal.reason == (
         f"its ledger rows (2, epsilon {rows:.4g}) hold less than its cached RDP vector "
         f"(3 events, epsilon {cached:.4g}): rows were deleted or rewritten")
-    ((detail),) = _mismatches(sqlite_url)
+    ((detail),) = mismatch_details(sqlite_url)
     assert detail == {"cached_events": 3, "rows": 2, "cached_epsilon": pytest.approx(cached),
                       "rows_epsilon": pytest.approx(rows), "decision": "refused"}
     assert sql_rows(sqlite_url, "SELECT device_id, run_id FROM audit_log WHERE action = "
@@ -541,7 +536,7 @@ def test_a_zeroed_cache_is_audited_and_charged_from_the_rows(sqlite_url, tmp_pat
     sql_execute(sqlite_url, "UPDATE device_budgets SET rdp = :v",
              v=np.zeros_like(rdp_vector([LOCAL])).tobytes())
     _reserve(sqlite_url, "r2", 1, a, LOCAL)
-    ((detail),) = _mismatches(sqlite_url)
+    ((detail),) = mismatch_details(sqlite_url)
     assert detail == {"cached_events": 2, "rows": 2, "cached_epsilon": 0.0,
                       "rows_epsilon": pytest.approx(epsilon_from_rdp(rdp_vector([LOCAL] * 2),
                                                                      DELTA)),
